@@ -1,0 +1,154 @@
+"""The data types every other module speaks: actions, decisions, reasons and outcomes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ActionType(str, enum.Enum):
+    """What kind of thing an agent is about to do.
+
+    Accepts the member or its string value:
+
+    >>> ActionType.parse("file_read") is ActionType.FILE_READ
+    True
+    >>> ActionType.parse(ActionType.DATABASE_QUERY).value
+    'database_query'
+    """
+
+    FILE_READ = "file_read"
+    FILE_WRITE = "file_write"
+    FILE_DELETE = "file_delete"
+    API_CALL = "api_call"
+    DATABASE_QUERY = "database_query"
+    DATABASE_WRITE = "database_write"
+    CODE_EXECUTION = "code_execution"
+    NETWORK_REQUEST = "network_request"
+    PERMISSION_CHANGE = "permission_change"
+    PROCESS_SPAWN = "process_spawn"
+    CUSTOM = "custom"
+
+    @classmethod
+    def parse(cls, value: ActionType | str) -> ActionType:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            key = value.strip()
+            try:
+                return cls(key.lower())
+            except ValueError:
+                if key.upper() in cls.__members__:
+                    return cls.__members__[key.upper()]
+        accepted = ", ".join(m.value for m in cls)
+        raise ValueError(f"unknown action type {value!r}; accepted: {accepted}")
+
+    @property
+    def is_file(self) -> bool:
+        return self in _FILE_TYPES
+
+
+_FILE_TYPES = frozenset({ActionType.FILE_READ, ActionType.FILE_WRITE, ActionType.FILE_DELETE})
+
+
+class KillSwitchMode(str, enum.Enum):
+    """What happens when a rule or the risk threshold is crossed (see the README's mode table)."""
+
+    ALERT = "alert"
+    BLOCK = "block"
+    PAUSE = "pause"
+    ROLLBACK = "rollback"
+    TERMINATE = "terminate"
+
+    @classmethod
+    def parse(cls, value: KillSwitchMode | str) -> KillSwitchMode:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            key = value.strip().lower()
+            for mode in cls:
+                if mode.value == key:
+                    return mode
+        accepted = ", ".join(m.value for m in cls)
+        raise ValueError(f"unknown kill switch mode {value!r}; accepted: {accepted}")
+
+
+class Outcome(str, enum.Enum):
+    """What the decision point did with one action."""
+
+    ALLOWED = "allowed"
+    ALERTED = "alerted"
+    BLOCKED = "blocked"
+    PAUSED = "paused"
+    ROLLED_BACK = "rolled_back"
+    TERMINATED = "terminated"
+
+    @property
+    def allows(self) -> bool:
+        return self in (Outcome.ALLOWED, Outcome.ALERTED)
+
+
+class AgentStatus(str, enum.Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    TERMINATED = "terminated"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a decision came out as it did: a stable machine code and a sentence for people.
+
+    `violation` reasons break the policy and trigger the kill switch by themselves;
+    the others explain the risk score (`weight` is their contribution).
+    """
+
+    code: str
+    message: str
+    weight: float = 0.0
+    violation: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "weight": round(self.weight, 6),
+            "violation": self.violation,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One thing an agent is about to do, after normalization."""
+
+    action_type: ActionType
+    resource: str
+    readings: tuple[str, ...]
+    payload: Any
+    agent_id: str
+    session_id: str | None
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer of the decision point for one action. `allowed` is all most callers need."""
+
+    action_id: str
+    agent_id: str
+    allowed: bool
+    outcome: Outcome
+    risk_score: float
+    reasons: tuple[Reason, ...] = field(default_factory=tuple)
+    action_type: ActionType = ActionType.CUSTOM
+    resource: str = ""
+    normalized_resource: str = ""
+
+    @property
+    def reason_codes(self) -> tuple[str, ...]:
+        return tuple(r.code for r in self.reasons)
+
+    def explain(self) -> str:
+        verdict = "allowed" if self.allowed else "denied"
+        why = "; ".join(r.message for r in self.reasons) or "no rule fired"
+        return f"{verdict} ({self.outcome.value}, risk {self.risk_score:.2f}): {why}"

@@ -1,0 +1,125 @@
+"""The audit store protocol, its URL dispatch, and the operations built on any store (verify, purge)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from risk.audit.chain import Verification, verify_chain
+from risk.audit.record import GENESIS_HASH, AuditRecord
+from risk.errors import RetentionError
+
+# HIPAA asks that compliance documentation be kept six years (45 CFR 164.316(b)(2)).
+DEFAULT_RETENTION = timedelta(days=6 * 365 + 2)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    agent_id: str | None = None
+    since: str | None = None
+    until: str | None = None
+    outcome: str | None = None
+    kind: str | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    count: int
+    seq: int
+    hash: str
+
+
+class AuditStore(Protocol):
+    url: str
+
+    def append(self, body: dict[str, Any]) -> AuditRecord:
+        """Seal `body` into the chain and store it durably before returning; raise AuditError if it can't."""
+        ...
+
+    def records(self, after_seq: int = 0) -> Iterator[AuditRecord]:
+        """Every record in sequence order, starting after `after_seq`."""
+        ...
+
+    def query(self, query: AuditQuery) -> list[AuditRecord]: ...
+
+    def head(self) -> Head: ...
+
+    def delete_through(self, seq: int) -> int:
+        """Delete records with sequence number <= `seq`; only `purge` calls this."""
+        ...
+
+    def first_seq_at_or_after(self, ts: str) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("RISK_HOME", ".risk"))
+
+
+def default_audit_url() -> str:
+    return f"sqlite:///{default_home() / 'audit.db'}"
+
+
+def open_audit(url: str | None = None) -> AuditStore:
+    """The audit store named by `url` (`sqlite:///path.db`); `None` means SQLite under `$RISK_HOME`."""
+    url = url or os.environ.get("RISK_AUDIT_URL") or default_audit_url()
+    if url.startswith("sqlite://"):
+        from risk.audit.sqlite import SQLiteAuditStore
+
+        return SQLiteAuditStore(url)
+    raise ValueError(f"unsupported audit store URL {url!r}; use sqlite:///path/to/audit.db")
+
+
+def verify_store(store: AuditStore, expected_head: str | None = None) -> Verification:
+    """Verify the whole chain in `store`, starting after the last retention purge if there was one."""
+    first = next(store.records(), None)
+    anchor, first_seq = GENESIS_HASH, 1
+    if first is not None and first.seq != 1:
+        purges = store.query(AuditQuery(kind="retention", limit=1_000_000))
+        match = next((p for p in purges if p.detail.get("purged_through_seq") == first.seq - 1), None)
+        if match is None:
+            return Verification(False, 0, GENESIS_HASH, 1, f"records 1..{first.seq - 1} are missing with no purge")
+        anchor, first_seq = str(match.detail["anchor_hash"]), first.seq
+    return verify_chain(store.records(), anchor_hash=anchor, first_seq=first_seq, expected_head=expected_head)
+
+
+def purge(store: AuditStore, before: datetime, *, retention: timedelta = DEFAULT_RETENTION, actor: str = "cli") -> int:
+    """Delete records older than `before`, refusing if that reaches into the retention period.
+
+    The purge leaves a `retention` record in the chain naming the last deleted record's hash, so the
+    remaining chain still verifies from that anchor.
+    """
+    now = datetime.now(UTC)
+    if before.tzinfo is None:
+        before = before.replace(tzinfo=UTC)
+    if before > now - retention:
+        keep_until = (now - retention).date().isoformat()
+        raise RetentionError(
+            f"refusing to purge records younger than the retention period ({retention.days} days): "
+            f"choose a date on or before {keep_until}"
+        )
+    boundary = store.first_seq_at_or_after(before.isoformat())
+    head = store.head()
+    last = (boundary - 1) if boundary is not None else head.seq
+    first = next(store.records(), None)
+    if first is None or last < first.seq:
+        return 0
+    anchor = next(r for r in store.records(after_seq=last - 1))
+    store.append(
+        {
+            "record_id": os.urandom(16).hex(),
+            "ts": now.isoformat(),
+            "kind": "retention",
+            "agent_id": "*",
+            "actor": actor,
+            "detail": {"purged_through_seq": last, "anchor_hash": anchor.hash, "before": before.isoformat()},
+        }
+    )
+    return store.delete_through(last)

@@ -1,0 +1,219 @@
+"""The `risk` command: check an action against a policy, inspect and verify the audit trail, run the demo."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from risk.audit.record import FIELDS, AuditRecord
+from risk.audit.store import DEFAULT_RETENTION, AuditQuery, open_audit, purge, verify_store
+from risk.errors import RiskError
+
+app = typer.Typer(help="agent-risk: runtime governance and risk scoring for AI agents.", no_args_is_help=True)
+audit_app = typer.Typer(help="Inspect, verify, export and purge the audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+console = Console()
+err = Console(stderr=True)
+
+AuditUrl = Annotated[
+    str | None, typer.Option("--audit", help="Audit store URL (default: $RISK_AUDIT_URL or sqlite under $RISK_HOME).")
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@app.command()
+def check(
+    action_type: Annotated[str, typer.Argument(help="Action type, e.g. database_query.")],
+    resource: Annotated[str, typer.Argument(help="The resource the action touches.")],
+    policy: Annotated[Path, typer.Option("--policy", help="YAML or TOML policy file.")],
+    payload: Annotated[str | None, typer.Option(help="The action's payload as JSON.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Agent id (default: the policy's).")] = None,
+    audit: AuditUrl = None,
+) -> None:
+    """Decide one action under a policy file and print the decision as JSON. Exit 0 if allowed, 1 if denied."""
+    from risk.guard import Guard
+
+    try:
+        body = json.loads(payload) if payload is not None else None
+    except json.JSONDecodeError as exc:
+        raise _fail(f"--payload is not valid JSON: {exc}") from None
+    try:
+        guard = Guard.from_file(policy, **({"audit": audit} if audit else {}))
+        decision = guard.check(action_type, resource, body, agent_id=agent)
+    except (RiskError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    out = {
+        "allowed": decision.allowed,
+        "outcome": decision.outcome.value,
+        "risk_score": round(decision.risk_score, 4),
+        "action_id": decision.action_id,
+        "normalized_resource": decision.normalized_resource,
+        "reasons": [r.to_dict() for r in decision.reasons],
+    }
+    print(json.dumps(out, indent=2))
+    raise typer.Exit(0 if decision.allowed else 1)
+
+
+@audit_app.command()
+def verify(
+    audit: AuditUrl = None,
+    head: Annotated[str | None, typer.Option(help="A head hash kept elsewhere; also catches truncation.")] = None,
+) -> None:
+    """Recompute every hash in the chain. Exit 1 naming the first bad record."""
+    store = _open(audit)
+    result = verify_store(store, expected_head=head)
+    if result.ok:
+        console.print(f"[green]ok[/green]: {result.count} records verify; head {result.head_hash}")
+        return
+    err.print(
+        f"[red]FAILED[/red] at record seq {result.first_bad_seq}: {result.problem} ({result.count} verified before it)"
+    )
+    raise typer.Exit(1)
+
+
+@audit_app.command()
+def head(audit: AuditUrl = None) -> None:
+    """Print the record count and the head hash, to keep somewhere the agent cannot write."""
+    h = _open(audit).head()
+    print(json.dumps({"count": h.count, "seq": h.seq, "head": h.hash}))
+
+
+@audit_app.command()
+def query(
+    audit: AuditUrl = None,
+    agent: Annotated[str | None, typer.Option(help="Only this agent.")] = None,
+    since: Annotated[str | None, typer.Option(help="From this ISO time (inclusive).")] = None,
+    until: Annotated[str | None, typer.Option(help="Before this ISO time.")] = None,
+    outcome: Annotated[
+        str | None, typer.Option(help="allowed, alerted, blocked, paused, rolled_back, terminated.")
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="decision, outcome, killswitch, rollback, policy, retention.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON record per line.")] = False,
+) -> None:
+    """List audit records matching the filters."""
+    records = _open(audit).query(
+        AuditQuery(
+            agent_id=agent, since=_iso(since), until=_iso(until), outcome=outcome, kind=kind, limit=limit, offset=offset
+        )
+    )
+    if as_json:
+        for r in records:
+            print(json.dumps(r.to_dict(), default=str))
+        return
+    table = Table("seq", "ts", "agent", "kind", "action", "resource", "risk", "outcome")
+    for r in records:
+        risk = f"{r.risk_score:.2f}" if r.risk_score is not None else ""
+        table.add_row(
+            str(r.seq), r.ts, r.agent_id, r.kind, r.action_type or "", r.resource or "", risk, r.outcome or ""
+        )
+    console.print(table)
+
+
+@audit_app.command()
+def export(
+    audit: AuditUrl = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (the trace format) or csv (every field).")] = "jsonl",
+    output: Annotated[Path | None, typer.Option(help="File to write (default: standard output).")] = None,
+) -> None:
+    """Export the audit trail: decisions as JSON Lines traces, or every record as CSV."""
+    if fmt not in ("jsonl", "csv"):
+        raise _fail(f"--format must be jsonl or csv, not {fmt!r}")
+    store = _open(audit)
+    out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
+    try:
+        if fmt == "jsonl":
+            for r in store.records():
+                if r.kind == "decision":
+                    out.write(json.dumps(trace_line(r), default=str) + "\n")
+        else:
+            writer = csv.writer(out)
+            writer.writerow(FIELDS)
+            for r in store.records():
+                writer.writerow(
+                    [
+                        json.dumps(v, default=str) if isinstance(v, dict | list) else v
+                        for v in (getattr(r, f) for f in FIELDS)
+                    ]
+                )
+    finally:
+        if output:
+            out.close()
+
+
+def trace_line(record: AuditRecord) -> dict[str, Any]:
+    """A decision record in the trace format every `risk` tool reads."""
+    line: dict[str, Any] = {
+        "ts": record.ts,
+        "agent_id": record.agent_id,
+        "session_id": record.session_id,
+        "action_type": record.action_type,
+        "resource": record.resource,
+    }
+    if record.payload is not None:
+        line["payload"] = record.payload
+    line.update(action_id=record.action_id, risk_score=record.risk_score, outcome=record.outcome)
+    return line
+
+
+@audit_app.command("purge")
+def purge_command(
+    before: Annotated[str, typer.Option(help="Delete records older than this ISO date.")],
+    audit: AuditUrl = None,
+    retention_days: Annotated[int, typer.Option(help="Retention period in days.")] = DEFAULT_RETENTION.days,
+) -> None:
+    """Delete records older than --before; refuses anything younger than the retention period."""
+    store = _open(audit)
+    try:
+        deleted = purge(store, datetime.fromisoformat(before), retention=timedelta(days=retention_days))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    except RiskError as exc:
+        raise _fail(str(exc), code=1) from None
+    console.print(f"purged {deleted} records older than {before}")
+
+
+@app.command()
+def demo(
+    home: Annotated[Path, typer.Option(help="Where the demo keeps its audit trail.")] = Path(".risk/demo"),
+) -> None:
+    """Govern a small agent on the embedded default and show what the guard did."""
+    from risk.demo import run_demo
+
+    run_demo(home, console)
+
+
+def _open(url: str | None) -> Any:
+    try:
+        return open_audit(url)
+    except (RiskError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def _iso(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _fail(f"{value!r} is not an ISO date or time such as 2026-03-02 or 2026-03-02T09:00:00+00:00") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat(timespec="microseconds")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,489 @@
+"""The Guard: the one decision point every agent action passes, in process, with no server.
+
+    action -> normalize -> policy -> risk score -> kill switch -> audit append -> Decision
+
+The audit record is written before `check` returns, and if it cannot be written the action is denied.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from risk.actions import ActionType, Decision, KillSwitchMode, Outcome, Reason
+from risk.audit.record import canonical_json
+from risk.audit.store import AuditStore, default_home, open_audit
+from risk.errors import ActionDenied, AgentPaused, AgentTerminated, AuditError, GuardDenied, PolicyError
+from risk.killswitch import MODE_OUTCOME, KillSwitch
+from risk.policy import CompiledPolicy, Policy, load_policy_file
+from risk.redaction import mask
+from risk.resources import readings
+from risk.rollback import RollbackReport, UndoLog, UndoStep, savepoint, snapshot_file
+from risk.scoring.rules import RuleScorer
+from risk.state import AgentState, StateStore, open_state
+
+log = logging.getLogger("risk")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MODEL_VERSION = "rules-1"
+# Keys a policy file may hold besides the policy fields themselves.
+_GUARD_FILE_FIELDS = ("agent_id", "audit", "keep_payloads", "state")
+
+
+class Guard:
+    """Governs an agent's actions: policy, risk score, kill switch, audit trail and rollback.
+
+    >>> import tempfile
+    >>> guard = Guard(allowed_resources=["data.deidentified.*"], blocked_resources=["data.phi.*"],
+    ...               mode=KillSwitchMode.PAUSE, audit=f"sqlite:///{tempfile.mkdtemp()}/audit.db")
+    >>> guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims").allowed
+    True
+    >>> d = guard.check(ActionType.DATABASE_QUERY, "data.phi.patients")
+    >>> d.allowed, d.outcome.value, guard.status().status.value
+    (False, 'paused', 'paused')
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        agent_id: str = "default",
+        allowed_action_types: list[ActionType | str] | None = None,
+        allowed_resources: list[str] | None = None,
+        blocked_resources: list[str] | tuple[str, ...] = (),
+        max_risk_score: float = 1.0,
+        max_actions_per_minute: int | None = None,
+        mode: KillSwitchMode | str = KillSwitchMode.BLOCK,
+        audit: str | AuditStore | None = None,
+        rollback_window: float = 900.0,
+        *,
+        max_rows_per_window: int | None = None,
+        max_bytes_per_window: int | None = None,
+        volume_window_seconds: float = 3600.0,
+        keep_payloads: bool = False,
+        state: str | StateStore | None = None,
+        home: str | Path | None = None,
+        endpoint: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if endpoint is not None:
+            raise PolicyError("remote mode (endpoint=...) is not available yet; leave endpoint unset for embedded mode")
+        if not isinstance(agent_id, str) or not agent_id:
+            raise PolicyError("agent_id must be a non-empty string")
+        self.api_key = api_key  # embedded mode keeps it only for the remote mode to come
+        self.agent_id = agent_id
+        self.policy = Policy.build(
+            allowed_action_types=allowed_action_types,
+            allowed_resources=allowed_resources,
+            blocked_resources=blocked_resources,
+            max_risk_score=max_risk_score,
+            max_actions_per_minute=max_actions_per_minute,
+            max_rows_per_window=max_rows_per_window,
+            max_bytes_per_window=max_bytes_per_window,
+            volume_window_seconds=volume_window_seconds,
+            mode=mode,
+            rollback_window=rollback_window,
+        )
+        self._compiled = CompiledPolicy(self.policy)
+        self.keep_payloads = keep_payloads
+        self.home = Path(home) if home is not None else default_home()
+        self.audit: AuditStore = open_audit(audit) if audit is None or isinstance(audit, str) else audit
+        self._state: StateStore = open_state(state) if state is None or isinstance(state, str) else state
+        self._clock = clock
+        self._rules = RuleScorer()
+        self._undo = UndoLog()
+        self.killswitch = KillSwitch(self._state, self._record_event)
+        self.audit_failures = 0
+        self._record_event(
+            agent_id,
+            {
+                "kind": "policy",
+                "actor": "guard",
+                "policy_hash": self.policy.policy_hash,
+                "detail": {"policy": self.policy.model_dump(mode="json")},
+            },
+            strict=True,
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> Guard:
+        """A Guard configured by a YAML or TOML policy file; keyword arguments override the file."""
+        fields = load_policy_file(path)
+        accepted = (*Policy.model_fields, *_GUARD_FILE_FIELDS)
+        unknown = sorted(set(fields) - set(accepted))
+        if unknown:
+            raise PolicyError(f"{path}: unknown field(s) {', '.join(unknown)}; accepted fields: {', '.join(accepted)}")
+        try:
+            return cls(**{**fields, **overrides})
+        except PolicyError as exc:
+            raise PolicyError(f"{path}: {exc}") from None
+
+    # ---- the decision point ------------------------------------------------------------------
+
+    def check(
+        self,
+        action_type: ActionType | str,
+        resource: str,
+        payload: Any = None,
+        *,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+    ) -> Decision:
+        """Decide whether one action may run, record the decision, and apply the kill switch.
+
+        Never raises for a denial. Raises ValueError for an unknown action type or a resource that is not
+        a non-empty string.
+        """
+        atype = ActionType.parse(action_type)
+        read = readings(resource, resolve_symlinks=atype.is_file)
+        agent = agent_id or self.agent_id
+        now = self._clock()
+        action_id = uuid.uuid4().hex
+        payload_json = canonical_json(payload)
+        policy = self.policy
+
+        score, reasons = self._rules.score(atype, read.canonical, payload)
+        fingerprint = ""
+        stopped = self.killswitch.gate(agent)
+        if stopped is not None:
+            outcome, why = stopped
+            reasons.insert(0, why)
+        else:
+            violations = self._compiled.violations(atype, read)
+            if score > policy.max_risk_score:
+                violations.append(
+                    Reason(
+                        "risk_above_threshold",
+                        f"risk {score:.2f} exceeds max_risk_score {policy.max_risk_score}",
+                        1.0,
+                        True,
+                    )
+                )
+            violations += self._volume_violations(agent, now)
+            if violations:
+                fingerprint = _fingerprint(agent, atype, read.canonical, payload_json)
+                if self._state.consume_approval(agent, fingerprint):
+                    reasons.insert(
+                        0, Reason("approved", "a reviewer approved this action once after it paused the agent")
+                    )
+                    violations = []
+            if (not violations or policy.mode is KillSwitchMode.ALERT) and not self._within_rate(agent, now):
+                violations.append(
+                    Reason(
+                        "rate_limited",
+                        f"more than {policy.max_actions_per_minute} actions in the last minute",
+                        1.0,
+                        True,
+                    )
+                )
+            reasons[:0] = violations
+            outcome = MODE_OUTCOME[policy.mode] if violations else Outcome.ALLOWED
+
+        body = {
+            "record_id": action_id,
+            "ts": datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds"),
+            "kind": "decision",
+            "agent_id": agent,
+            "session_id": session_id,
+            "action_id": action_id,
+            "action_type": atype.value,
+            "resource": resource,
+            "resource_normalized": read.canonical,
+            "payload_digest": hashlib.sha256(payload_json).hexdigest(),
+            "payload": _kept_payload(payload) if self.keep_payloads else None,
+            "risk_score": score,
+            "reasons": [r.to_dict() for r in reasons],
+            "decision": "allow" if outcome.allows else "deny",
+            "outcome": outcome.value,
+            "mode": policy.mode.value,
+            "policy_hash": self._compiled.policy_hash,
+            "model_version": MODEL_VERSION,
+        }
+        try:
+            self.audit.append(body)
+        except AuditError as exc:
+            self.audit_failures += 1
+            log.error("denying %s on %r: %s", atype.value, resource, exc)
+            reasons.insert(0, Reason("audit_unavailable", f"the audit record could not be written: {exc}", 1.0, True))
+            if outcome.allows:
+                outcome = Outcome.BLOCKED
+
+        if outcome in (Outcome.PAUSED, Outcome.ROLLED_BACK, Outcome.TERMINATED) and stopped is None:
+            self._trip(
+                agent,
+                outcome,
+                action_id,
+                fingerprint or _fingerprint(agent, atype, read.canonical, payload_json),
+                reasons[0].message,
+            )
+        return Decision(
+            action_id=action_id,
+            agent_id=agent,
+            allowed=outcome.allows,
+            outcome=outcome,
+            risk_score=score,
+            reasons=tuple(reasons),
+            action_type=atype,
+            resource=resource,
+            normalized_resource=read.canonical,
+        )
+
+    def _within_rate(self, agent: str, now: float) -> bool:
+        limit = self.policy.max_actions_per_minute
+        return limit is None or self._state.try_acquire(f"rate:{agent}", now, 60.0, limit)
+
+    def _volume_violations(self, agent: str, now: float) -> list[Reason]:
+        policy, found = self.policy, []
+        window = policy.volume_window_seconds
+        for unit, limit in (("rows", policy.max_rows_per_window), ("bytes", policy.max_bytes_per_window)):
+            if limit is not None and self._state.total(f"{unit}:{agent}", now, window) >= limit:
+                found.append(
+                    Reason(
+                        "data_volume_exceeded",
+                        f"{unit} touched in the last {window:g}s reached the limit of {limit}",
+                        1.0,
+                        True,
+                    )
+                )
+        return found
+
+    def _trip(self, agent: str, outcome: Outcome, action_id: str, fingerprint: str, why: str) -> None:
+        actor = "guard"
+        if outcome is Outcome.TERMINATED:
+            self.killswitch.terminate(agent, actor=actor, reason=why)
+            return
+        if outcome is Outcome.ROLLED_BACK:
+            self._rollback(agent, actor=actor)
+        self.killswitch.pause(agent, actor=actor, reason=why, action_id=action_id, fingerprint=fingerprint)
+
+    # ---- outcomes -----------------------------------------------------------------------------
+
+    def record_outcome(
+        self,
+        action_id: str,
+        *,
+        success: bool = True,
+        error: str | None = None,
+        rows: int | None = None,
+        bytes: int | None = None,  # noqa: A002 - the natural name for the unit
+        agent_id: str | None = None,
+    ) -> None:
+        """Record what an allowed action did; rows and bytes count toward the data-volume limits."""
+        agent = agent_id or self.agent_id
+        now = self._clock()
+        for unit, amount in (("rows", rows), ("bytes", bytes)):
+            if amount:
+                self._state.add(f"{unit}:{agent}", now, float(amount))
+        detail = {"status": "success" if success else "error", "error": error, "rows": rows, "bytes": bytes}
+        self._record_event(
+            agent, {"kind": "outcome", "action_id": action_id, "outcome": detail["status"], "detail": detail}
+        )
+
+    # ---- the human side of the kill switch ---------------------------------------------------
+
+    def status(self, agent_id: str | None = None) -> AgentState:
+        return self.killswitch.status(agent_id or self.agent_id)
+
+    def approve(self, agent_id: str | None = None, *, actor: str = "reviewer") -> str | None:
+        """Resume a paused agent and allow, once, the action that paused it. Returns that action's id."""
+        return self.killswitch.approve(agent_id or self.agent_id, actor=actor)
+
+    def resume(self, agent_id: str | None = None, *, actor: str = "reviewer") -> None:
+        """Resume a paused agent; the action that paused it stays denied."""
+        self.killswitch.resume(agent_id or self.agent_id, actor=actor)
+
+    def terminate(
+        self, agent_id: str | None = None, *, actor: str = "reviewer", reason: str = "terminated by a reviewer"
+    ) -> None:
+        self.killswitch.terminate(agent_id or self.agent_id, actor=actor, reason=reason)
+
+    def reset(self, agent_id: str | None = None, *, actor: str = "reviewer") -> None:
+        """Revive a terminated agent."""
+        self.killswitch.reset(agent_id or self.agent_id, actor=actor)
+
+    def rollback(self, agent_id: str | None = None, *, actor: str = "reviewer") -> RollbackReport:
+        """Undo the agent's actions inside the rollback window, newest first; the report says what was not undone."""
+        return self._rollback(agent_id or self.agent_id, actor=actor)
+
+    def _rollback(self, agent: str, *, actor: str) -> RollbackReport:
+        def record(step: UndoStep) -> None:
+            self._record_event(
+                agent,
+                {
+                    "kind": "rollback",
+                    "action_id": step.action_id,
+                    "actor": actor,
+                    "outcome": step.status.value,
+                    "detail": {"step": step.description, "error": step.error},
+                },
+            )
+
+        return self._undo.rollback(agent, self._clock() - self.policy.rollback_window, record)
+
+    def register_undo(
+        self, action_id: str, undo: Callable[[], None] | None, description: str, *, agent_id: str | None = None
+    ) -> None:
+        """Attach an undo (a compensation) to an allowed action; `None` marks it irreversible."""
+        self._undo.register(UndoStep(action_id, agent_id or self.agent_id, self._clock(), description, undo))
+
+    # ---- wrapping tools ------------------------------------------------------------------------
+
+    def tool(
+        self,
+        action_type: ActionType | str,
+        resource: str | Callable[..., str] = "path",
+        *,
+        agent_id: str | None = None,
+        connection: Any = None,
+        compensate: Callable[..., Any] | None = None,
+        rows: Callable[[Any], int] | None = None,
+        bytes: Callable[[Any], int] | None = None,  # noqa: A002
+    ) -> Callable[[F], F]:
+        """Wrap a tool so every call is checked first and its outcome recorded.
+
+        `resource` names the argument holding the resource, or is a callable taking the tool's arguments.
+        File writes and deletes are snapshotted for rollback; with `connection` (DB-API) each call runs
+        inside a savepoint; `compensate` is called with the tool's arguments to undo it. `rows` and `bytes`
+        compute the volume a result touched. A denied call raises ActionDenied, AgentPaused or
+        AgentTerminated, and the tool body does not run.
+        """
+        atype = ActionType.parse(action_type)
+
+        def decorate(fn: F) -> F:
+            signature = inspect.signature(fn)
+            if isinstance(resource, str) and resource not in signature.parameters:
+                raise ValueError(
+                    f"tool {fn.__name__} has no argument {resource!r}: pass resource='<argument name>' "
+                    "or a callable that computes the resource"
+                )
+
+            def before(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Decision, UndoStep]:
+                bound = signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                target = resource(*args, **kwargs) if callable(resource) else bound.arguments[resource]
+                payload = {"tool": fn.__name__, "args": dict(bound.arguments)}
+                decision = self.check(
+                    atype, os.fspath(target) if isinstance(target, os.PathLike) else target, payload, agent_id=agent_id
+                )
+                if not decision.allowed:
+                    raise _denial(decision)
+                undo, description = self._prepare_undo(atype, decision, connection, compensate, args, kwargs)
+                step = UndoStep(decision.action_id, decision.agent_id, self._clock(), description, undo)
+                return decision, step
+
+            def after(decision: Decision, step: UndoStep, result: Any, error: BaseException | None) -> None:
+                self._undo.register(step)
+                if error is not None:
+                    self.record_outcome(
+                        decision.action_id,
+                        success=False,
+                        error=f"{type(error).__name__}: {error}",
+                        agent_id=decision.agent_id,
+                    )
+                else:
+                    self.record_outcome(
+                        decision.action_id,
+                        rows=rows(result) if rows else None,
+                        bytes=bytes(result) if bytes else None,
+                        agent_id=decision.agent_id,
+                    )
+
+            if inspect.iscoroutinefunction(fn):
+
+                @functools.wraps(fn)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    decision, step = before(args, kwargs)
+                    try:
+                        result = await fn(*args, **kwargs)
+                    except BaseException as exc:
+                        after(decision, step, None, exc)
+                        raise
+                    after(decision, step, result, None)
+                    return result
+
+                return cast(F, async_wrapper)
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                decision, step = before(args, kwargs)
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    after(decision, step, None, exc)
+                    raise
+                after(decision, step, result, None)
+                return result
+
+            return cast(F, wrapper)
+
+        return decorate
+
+    def _prepare_undo(
+        self,
+        atype: ActionType,
+        decision: Decision,
+        connection: Any,
+        compensate: Callable[..., Any] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[Callable[[], None] | None, str]:
+        if compensate is not None:
+            return (lambda: compensate(*args, **kwargs)), f"compensate with {compensate.__name__}"
+        if connection is not None:
+            return savepoint(
+                connection, f"risk_{decision.action_id}"
+            ), f"roll back to savepoint before {decision.action_id}"
+        if atype in (ActionType.FILE_WRITE, ActionType.FILE_DELETE):
+            return snapshot_file(decision.normalized_resource, self.home / "snapshots")
+        return None, f"{atype.value} on {decision.resource} has no undo"
+
+    # ---- audit ---------------------------------------------------------------------------------
+
+    def _record_event(self, agent_id: str, fields: dict[str, Any], *, strict: bool = False) -> None:
+        body = {
+            "record_id": uuid.uuid4().hex,
+            "ts": datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="microseconds"),
+            "agent_id": agent_id,
+            "mode": self.policy.mode.value,
+            "policy_hash": self._compiled.policy_hash,
+            **fields,
+        }
+        try:
+            self.audit.append(body)
+        except AuditError:
+            self.audit_failures += 1
+            if strict:
+                raise
+            log.exception("audit record for a %s event was not written", fields.get("kind"))
+
+    def close(self) -> None:
+        self.audit.close()
+
+
+def _fingerprint(agent: str, atype: ActionType, resource: str, payload_json: bytes) -> str:
+    """What identifies 'the same action' for a one-time approval."""
+    return hashlib.sha256(
+        b"\x1f".join((agent.encode(), atype.value.encode(), resource.encode(), payload_json))
+    ).hexdigest()
+
+
+def _kept_payload(payload: Any) -> Any:
+    return mask(json.loads(canonical_json(payload)))
+
+
+def _denial(decision: Decision) -> GuardDenied:
+    if decision.outcome is Outcome.TERMINATED:
+        return AgentTerminated(decision)
+    if decision.outcome in (Outcome.PAUSED, Outcome.ROLLED_BACK):
+        return AgentPaused(decision)
+    return ActionDenied(decision)

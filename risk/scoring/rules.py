@@ -1,0 +1,168 @@
+"""Rule-based severity: what an action is, what it touches and what its payload says, as a score in [0, 1].
+
+Each rule that fires contributes a severity s in (0, 1]; the rules combine by noisy-OR,
+``score = 1 - prod(1 - s)``, so the score only rises as rules fire (monotone), stays in [0, 1], and two
+moderate signals together outweigh either alone. The table of rules and weights is in the README.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from risk.actions import ActionType, Reason
+from risk.redaction import contains_identifiers
+
+ACTION_TYPE_SEVERITY: dict[ActionType, float] = {
+    ActionType.FILE_READ: 0.05,
+    ActionType.DATABASE_QUERY: 0.05,
+    ActionType.API_CALL: 0.10,
+    ActionType.NETWORK_REQUEST: 0.15,
+    ActionType.CUSTOM: 0.15,
+    ActionType.FILE_WRITE: 0.20,
+    ActionType.DATABASE_WRITE: 0.25,
+    ActionType.FILE_DELETE: 0.35,
+    ActionType.PROCESS_SPAWN: 0.35,
+    ActionType.CODE_EXECUTION: 0.40,
+    ActionType.PERMISSION_CHANGE: 0.45,
+}
+
+# (code, severity, pattern over the normalized resource, lower-cased)
+RESOURCE_RULES: tuple[tuple[str, float, re.Pattern[str]], ...] = (
+    (
+        "resource_secrets",
+        0.60,
+        re.compile(
+            r"secret|passw|credential|token|api[_-]?key|private[_-]?key|\.env\b|id_rsa|id_ed25519|\.ssh/|\.aws/|\.pem\b|vault"
+        ),
+    ),
+    (
+        "resource_phi",
+        0.50,
+        re.compile(r"\bphi\b|patient|medical|diagnos|\behr\b|\bemr\b|\bmrn\b|clinical|prescription"),
+    ),
+    ("resource_pii", 0.45, re.compile(r"\bpii\b|\bssn\b|social[_-]?security|\bdob\b|birth[_-]?date|passport")),
+    (
+        "resource_system",
+        0.45,
+        re.compile(
+            r"^/(?:etc|root|proc|sys|boot|dev|var/log|usr/s?bin)(?:/|$)|^[a-z]:/windows|/\.bashrc$|/authorized_keys$"
+        ),
+    ),
+    ("resource_production", 0.35, re.compile(r"(?:^|[^a-z])prod(?:uction)?(?:[^a-z]|$)")),
+)
+
+_DROP = re.compile(r"\b(?:drop\s+(?:table|database|schema|view|index|user|role)|truncate\s+(?:table\s+)?[\w\"`\[])")
+_DELETE_ALL = re.compile(r"\bdelete\s+from\s+[\w.\"`\[\]]+\s*$")
+_UPDATE_ALL = re.compile(r"\bupdate\s+[\w.\"`\[\]]+\s+set\b(?!.*\bwhere\b)", re.S)
+_SHELL_DESTRUCTIVE = re.compile(
+    r"\brm\s+-[a-z]*[rf][a-z]*\b|\bmkfs\b|\bdd\s+if=|\bchmod\s+(?:-r\s+)?777\b|:\(\)\s*\{|>\s*/dev/sd|\bshred\b"
+    r"|(?:curl|wget)[^|]*\|\s*(?:ba|z)?sh\b"
+)
+_PRIVILEGE = re.compile(r"\bsudo\b|\bgrant\s+all\b|\bsetuid\b|\bchown\s+root\b|\badministrator\b|\bsuperuser\b")
+_CREDENTIAL = re.compile(
+    r"-----begin (?:rsa |ec |openssh )?private key|\bakia[0-9a-z]{16}\b|\bghp_[0-9a-z]{30,}|\bsk-[0-9a-z]{20,}"
+    r"|\bbearer\s+[0-9a-z._-]{20,}|(?:password|passwd|secret|api[_-]?key)\s*[:=]\s*\S+"
+)
+_DESTINATION = re.compile(r"https?://[^\s\"'/]+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+
+PAYLOAD_SEVERITY = {
+    "payload_destructive_sql": 0.70,
+    "payload_destructive_shell": 0.70,
+    "payload_credentials": 0.50,
+    "payload_privilege": 0.40,
+    "payload_identifiers": 0.35,
+    "payload_outbound_destination": 0.15,
+}
+
+_OUTBOUND_TYPES = frozenset({ActionType.NETWORK_REQUEST, ActionType.API_CALL, ActionType.CUSTOM})
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _strings(v)
+    elif value is not None:
+        yield str(value)
+
+
+def payload_signals(payload: Any, action_type: ActionType) -> list[str]:
+    """The payload rule codes that fire for `payload` (also used as model features)."""
+    if payload is None:
+        return []
+    texts = [t.lower() for t in _strings(payload)]
+    joined = "\n".join(texts)
+    found = []
+    statements = (s.strip() for t in texts for s in t.split(";"))
+    if _DROP.search(joined) or any(_DELETE_ALL.search(s) or _UPDATE_ALL.search(s) for s in statements):
+        found.append("payload_destructive_sql")
+    if _SHELL_DESTRUCTIVE.search(joined):
+        found.append("payload_destructive_shell")
+    if _CREDENTIAL.search(joined):
+        found.append("payload_credentials")
+    if _PRIVILEGE.search(joined):
+        found.append("payload_privilege")
+    if contains_identifiers(joined):
+        found.append("payload_identifiers")
+    if action_type in _OUTBOUND_TYPES and _DESTINATION.search(joined):
+        found.append("payload_outbound_destination")
+    return found
+
+
+_MESSAGES = {
+    "resource_secrets": "resource looks like secrets or credentials",
+    "resource_phi": "resource looks like protected health information",
+    "resource_pii": "resource looks like personal data",
+    "resource_system": "resource is a system path",
+    "resource_production": "resource is in production",
+    "payload_destructive_sql": "payload has a destructive SQL statement (DROP, TRUNCATE, DELETE/UPDATE without WHERE)",
+    "payload_destructive_shell": "payload has a destructive shell command",
+    "payload_credentials": "payload carries credentials",
+    "payload_privilege": "payload asks for elevated privileges",
+    "payload_identifiers": "payload carries SSNs, card numbers or medical record numbers",
+    "payload_outbound_destination": "payload sends to an outbound destination",
+}
+
+
+def resource_signals(normalized_resource: str) -> list[str]:
+    lowered = normalized_resource.lower()
+    return [code for code, _, pattern in RESOURCE_RULES if pattern.search(lowered)]
+
+
+_RESOURCE_SEVERITY = {code: severity for code, severity, _ in RESOURCE_RULES}
+
+
+def noisy_or(severities: list[float]) -> float:
+    """1 - prod(1 - s): in [0, 1] and non-decreasing in every severity.
+
+    >>> round(noisy_or([0.5, 0.5]), 2)
+    0.75
+    """
+    remaining = 1.0
+    for s in severities:
+        remaining *= 1.0 - s
+    return 1.0 - remaining
+
+
+class RuleScorer:
+    """Severity from the action type, the resource and the payload, with a reason for every rule that fired.
+
+    >>> score, reasons = RuleScorer().score(ActionType.DATABASE_QUERY, "data.claims", {"sql": "DROP TABLE claims"})
+    >>> score > 0.5, [r.code for r in reasons]
+    (True, ['payload_destructive_sql', 'action_type'])
+    """
+
+    def score(self, action_type: ActionType, normalized_resource: str, payload: Any) -> tuple[float, list[Reason]]:
+        reasons = [Reason(c, _MESSAGES[c], _RESOURCE_SEVERITY[c]) for c in resource_signals(normalized_resource)]
+        reasons += [Reason(c, _MESSAGES[c], PAYLOAD_SEVERITY[c]) for c in payload_signals(payload, action_type)]
+        base = ACTION_TYPE_SEVERITY[action_type]
+        reasons.append(Reason("action_type", f"{action_type.value} carries base severity {base:.2f}", base))
+        reasons.sort(key=lambda r: -r.weight)
+        return noisy_or([r.weight for r in reasons]), reasons
