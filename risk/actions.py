@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class ActionType(str, enum.Enum):
+class ActionType(enum.StrEnum):
     """What kind of thing an agent is about to do.
 
     Accepts the member or its string value:
@@ -52,7 +52,7 @@ class ActionType(str, enum.Enum):
 _FILE_TYPES = frozenset({ActionType.FILE_READ, ActionType.FILE_WRITE, ActionType.FILE_DELETE})
 
 
-class KillSwitchMode(str, enum.Enum):
+class KillSwitchMode(enum.StrEnum):
     """What happens when a rule or the risk threshold is crossed (see the README's mode table)."""
 
     ALERT = "alert"
@@ -74,7 +74,7 @@ class KillSwitchMode(str, enum.Enum):
         raise ValueError(f"unknown kill switch mode {value!r}; accepted: {accepted}")
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """What the decision point did with one action."""
 
     ALLOWED = "allowed"
@@ -89,7 +89,7 @@ class Outcome(str, enum.Enum):
         return self in (Outcome.ALLOWED, Outcome.ALERTED)
 
 
-class AgentStatus(str, enum.Enum):
+class AgentStatus(enum.StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
     TERMINATED = "terminated"

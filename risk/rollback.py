@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 
-class StepStatus(str, enum.Enum):
+class StepStatus(enum.StrEnum):
     PENDING = "pending"
     UNDONE = "undone"
     FAILED = "failed"

@@ -1,9 +1,10 @@
 """The embedded audit store: one SQLite file in WAL mode.
 
 `sqlite:///path.db` (relative) or `sqlite:////abs/path.db`; `?timeout=S` is how long an append waits for
-another process's write lock before it fails (and the action is denied), 5 s by default. Commits use `synchronous=NORMAL` by default:
-a record survives the process crashing the instant after `append` returns, and a power loss may lose the
-last few commits. `?synchronous=FULL` fsyncs every record for the cost of a disk flush per action.
+another process's write lock before it fails (and the action is denied), 5 s by default. Commits use
+`synchronous=NORMAL` by default: a record survives the process crashing the instant after `append`
+returns, and a power loss may lose the last few commits. `?synchronous=FULL` fsyncs every record, for
+the cost of a disk flush per action.
 """
 
 from __future__ import annotations
