@@ -1,0 +1,452 @@
+"""The Guard through its public API: the mode table, limits, approvals, guarded tools and rollback."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from risk import (
+    ActionDenied,
+    ActionType,
+    AgentPaused,
+    AgentStatus,
+    AgentTerminated,
+    Guard,
+    KillSwitchMode,
+    Outcome,
+    PolicyError,
+    StateError,
+    StepStatus,
+)
+from risk.audit.store import AuditQuery, verify_store
+
+
+class Clock:
+    """A clock the test moves by hand, so windows are tested without sleeping."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_guard(tmp_path: Path, **kwargs: object) -> Guard:
+    kwargs.setdefault("audit", f"sqlite:///{tmp_path}/audit.db")
+    kwargs.setdefault("home", tmp_path / "home")
+    return Guard(**kwargs)  # type: ignore[arg-type]
+
+
+def records(guard: Guard, **filters: object) -> list:
+    return guard.audit.query(AuditQuery(limit=10_000, **filters))  # type: ignore[arg-type]
+
+
+# ---- the seed configurations from the product brief run unchanged ------------------------------------
+
+
+def test_brief_configurations_run_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    hipaa = Guard(
+        api_key="vtk_...",
+        allowed_resources=["data.deidentified.*"],
+        blocked_resources=["data.phi.*", "patients.identified.*"],
+        mode=KillSwitchMode.PAUSE,
+    )
+    assert hipaa.check(ActionType.DATABASE_QUERY, "data.deidentified.claims").allowed
+    assert not hipaa.check(ActionType.DATABASE_QUERY, "patients.identified.mrn").allowed
+    assert hipaa.status().status is AgentStatus.PAUSED
+
+    compliant = Guard(
+        api_key="vtk_...",
+        allowed_action_types=[ActionType.DATABASE_QUERY, ActionType.FILE_READ],
+        allowed_resources=["data.deidentified.*", "/reports/readonly/*"],
+        blocked_resources=["data.phi.*", "*.pii", "prod.*"],
+        max_risk_score=0.5,
+        max_actions_per_minute=10,
+        mode=KillSwitchMode.PAUSE,
+    )
+    assert compliant.check(ActionType.FILE_READ, "/reports/readonly/q3.csv").allowed
+    denied = compliant.check(ActionType.FILE_WRITE, "/reports/readonly/q3.csv")
+    assert not denied.allowed and "action_type_not_allowed" in denied.reason_codes
+    assert (tmp_path / ".risk" / "audit.db").exists(), "the embedded default keeps its audit under ./.risk"
+
+
+def test_action_type_accepts_member_or_string_and_rejects_unknown(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path)
+    assert guard.check("file_read", "/tmp/x").action_type is ActionType.FILE_READ
+    assert guard.check("FILE_READ", "/tmp/x").action_type is ActionType.FILE_READ
+    with pytest.raises(ValueError, match="accepted: file_read"):
+        guard.check("file_open", "/tmp/x")
+    with pytest.raises(ValueError, match="non-empty"):
+        guard.check(ActionType.FILE_READ, "   ")
+    with pytest.raises(ValueError, match="must be a string"):
+        guard.check(ActionType.FILE_READ, 42)  # type: ignore[arg-type]
+
+
+# ---- every row of the mode table ---------------------------------------------------------------------
+
+
+def violating_guard(tmp_path: Path, mode: KillSwitchMode) -> Guard:
+    return make_guard(tmp_path, blocked_resources=["data.phi.*"], mode=mode)
+
+
+def test_alert_mode_lets_the_violation_run_and_records_an_alert(tmp_path: Path) -> None:
+    guard = violating_guard(tmp_path, KillSwitchMode.ALERT)
+    d = guard.check(ActionType.DATABASE_QUERY, "data.phi.patients")
+    assert d.allowed and d.outcome is Outcome.ALERTED and "resource_blocked" in d.reason_codes
+    assert guard.check(ActionType.DATABASE_QUERY, "data.claims").outcome is Outcome.ALLOWED
+    assert guard.status().status is AgentStatus.RUNNING
+    assert [r.outcome for r in records(guard, kind="decision")] == ["alerted", "allowed"]
+
+
+def test_block_mode_denies_the_violation_and_the_agent_keeps_running(tmp_path: Path) -> None:
+    guard = violating_guard(tmp_path, KillSwitchMode.BLOCK)
+    d = guard.check(ActionType.DATABASE_QUERY, "data.phi.patients")
+    assert not d.allowed and d.outcome is Outcome.BLOCKED
+    assert guard.check(ActionType.DATABASE_QUERY, "data.claims").allowed
+    assert guard.status().status is AgentStatus.RUNNING
+
+
+def test_pause_mode_denies_everything_until_a_reviewer_resumes(tmp_path: Path) -> None:
+    guard = violating_guard(tmp_path, KillSwitchMode.PAUSE)
+    assert guard.check(ActionType.DATABASE_QUERY, "data.phi.patients").outcome is Outcome.PAUSED
+    later = guard.check(ActionType.DATABASE_QUERY, "data.claims")
+    assert not later.allowed and later.outcome is Outcome.PAUSED and later.reason_codes[0] == "agent_paused"
+    guard.resume(actor="alice")
+    assert guard.check(ActionType.DATABASE_QUERY, "data.claims").allowed
+    transitions = records(guard, kind="killswitch")
+    assert [(r.detail["to"], r.actor) for r in transitions] == [("paused", "guard"), ("running", "alice")]
+
+
+def test_resume_does_not_approve_the_action_that_paused_the_agent(tmp_path: Path) -> None:
+    guard = violating_guard(tmp_path, KillSwitchMode.PAUSE)
+    guard.check(ActionType.DATABASE_QUERY, "data.phi.patients")
+    guard.resume()
+    assert guard.check(ActionType.DATABASE_QUERY, "data.phi.patients").outcome is Outcome.PAUSED
+
+
+def test_approve_lets_the_pausing_action_run_exactly_once(tmp_path: Path) -> None:
+    guard = violating_guard(tmp_path, KillSwitchMode.PAUSE)
+    paused = guard.check(ActionType.DATABASE_QUERY, "data.phi.patients", {"q": 1})
+    assert guard.approve(actor="bob") == paused.action_id
+    retried = guard.check(ActionType.DATABASE_QUERY, "data.phi.patients", {"q": 1})
+    assert retried.allowed and retried.reason_codes[0] == "approved"
+    assert guard.check(ActionType.DATABASE_QUERY, "data.phi.patients", {"q": 1}).outcome is Outcome.PAUSED
+
+
+def test_approve_or_resume_of_a_running_agent_is_refused(tmp_path: Path) -> None:
+    guard = violating_guard(tmp_path, KillSwitchMode.PAUSE)
+    with pytest.raises(StateError, match="running"):
+        guard.approve()
+    with pytest.raises(StateError, match="running"):
+        guard.resume()
+
+
+def test_rollback_mode_denies_undoes_the_window_and_pauses(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    kept = work / "kept.txt"
+    kept.write_text("before")
+    guard = make_guard(tmp_path, blocked_resources=["*.pii"], mode=KillSwitchMode.ROLLBACK)
+
+    @guard.tool(ActionType.FILE_WRITE)
+    def write(path: str, text: str) -> None:
+        Path(path).write_text(text)
+
+    write(str(kept), "after")
+    write(str(work / "new.txt"), "created")
+    with pytest.raises(AgentPaused) as denied:
+        write(str(work / "patients.pii"), "ssn")
+    assert denied.value.decision.outcome is Outcome.ROLLED_BACK
+    assert kept.read_text() == "before" and not (work / "new.txt").exists() and not (work / "patients.pii").exists()
+    assert guard.status().status is AgentStatus.PAUSED
+    steps = records(guard, kind="rollback")
+    assert [r.outcome for r in steps] == ["undone", "undone"]
+
+
+def test_terminate_mode_stops_the_agent_until_reset(tmp_path: Path) -> None:
+    guard = violating_guard(tmp_path, KillSwitchMode.TERMINATE)
+    assert guard.check(ActionType.DATABASE_QUERY, "data.phi.x").outcome is Outcome.TERMINATED
+    assert guard.check(ActionType.DATABASE_QUERY, "data.claims").outcome is Outcome.TERMINATED
+    with pytest.raises(StateError, match="reset"):
+        guard.resume()
+    guard.reset(actor="ciso")
+    assert guard.check(ActionType.DATABASE_QUERY, "data.claims").allowed
+
+
+def test_manual_terminate_and_status_are_per_agent(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path)
+    guard.terminate("agent-a", actor="ciso", reason="exfiltration suspected")
+    assert guard.status("agent-a").status is AgentStatus.TERMINATED
+    assert guard.status("agent-b").status is AgentStatus.RUNNING
+    assert not guard.check(ActionType.FILE_READ, "/x", agent_id="agent-a").allowed
+    assert guard.check(ActionType.FILE_READ, "/x", agent_id="agent-b").allowed
+
+
+def test_risk_above_threshold_triggers_the_mode(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path, max_risk_score=0.5)
+    drop = guard.check(ActionType.DATABASE_QUERY, "data.claims", {"sql": "DROP TABLE claims"})
+    assert drop.risk_score > 0.5 and not drop.allowed and drop.reason_codes[0] == "risk_above_threshold"
+    read = guard.check(ActionType.DATABASE_QUERY, "data.claims", {"sql": "SELECT * FROM claims WHERE id = 1"})
+    assert read.allowed and read.risk_score < 0.2
+
+
+# ---- limits --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [10, 5000])
+def test_rate_limit_admits_exactly_the_limit_per_sliding_minute(tmp_path: Path, limit: int) -> None:
+    clock = Clock()
+    guard = make_guard(tmp_path, max_actions_per_minute=limit, clock=clock)
+    admitted = 0
+    for i in range(limit + 5):
+        clock.now += 30.0 / limit  # the whole burst fits in half a minute
+        d = guard.check(ActionType.FILE_READ, f"/data/{i}")
+        admitted += d.allowed
+        if not d.allowed:
+            assert d.reason_codes == ("rate_limited",) or d.reason_codes[0] == "rate_limited"
+    assert admitted == limit
+    clock.now += 31.0  # the first actions leave the window
+    assert guard.check(ActionType.FILE_READ, "/data/later").allowed
+
+
+def test_data_volume_limit_counts_rows_reported_by_tools(tmp_path: Path) -> None:
+    clock = Clock()
+    guard = make_guard(tmp_path, max_rows_per_window=100, volume_window_seconds=3600, clock=clock)
+
+    @guard.tool(ActionType.DATABASE_QUERY, resource="table", rows=len)
+    def select(table: str, n: int) -> list[int]:
+        return list(range(n))
+
+    assert len(select("claims", 60)) == 60
+    assert len(select("claims", 60)) == 60  # 60 < 100 when this call was checked
+    with pytest.raises(ActionDenied) as denied:
+        select("claims", 1)
+    assert "data_volume_exceeded" in denied.value.decision.reason_codes
+    clock.now += 3601
+    assert select("claims", 1) == [0]
+
+
+def test_bytes_volume_limit_counts_reported_outcomes(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path, max_bytes_per_window=1000, clock=Clock())
+    d = guard.check(ActionType.NETWORK_REQUEST, "api.partner/upload")
+    guard.record_outcome(d.action_id, bytes=1500)
+    assert "data_volume_exceeded" in guard.check(ActionType.NETWORK_REQUEST, "api.partner/upload").reason_codes
+
+
+# ---- guarded tools -------------------------------------------------------------------------------------
+
+
+def test_denied_tool_body_does_not_run_and_outcomes_are_recorded(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path, allowed_resources=["/reports/*"])
+    calls: list[str] = []
+
+    @guard.tool(ActionType.FILE_READ)
+    def read(path: str) -> str:
+        calls.append(path)
+        if path.endswith("missing"):
+            raise FileNotFoundError(path)
+        return "contents"
+
+    assert read("/reports/a") == "contents"
+    with pytest.raises(ActionDenied):
+        read("/etc/shadow")
+    with pytest.raises(FileNotFoundError):
+        read("/reports/missing")
+    assert calls == ["/reports/a", "/reports/missing"]
+    outcomes = records(guard, kind="outcome")
+    assert [r.outcome for r in outcomes] == ["success", "error"]
+    assert "FileNotFoundError" in outcomes[1].detail["error"]
+
+
+def test_tool_resource_can_be_computed_and_async_tools_are_governed(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path, blocked_resources=["mail.send/*@evil.example"])
+
+    @guard.tool(ActionType.NETWORK_REQUEST, resource=lambda to, body: f"mail.send/{to}")
+    async def send(to: str, body: str) -> str:
+        return "sent"
+
+    assert asyncio.run(send("alice@example.com", "hi")) == "sent"
+    with pytest.raises(ActionDenied):
+        asyncio.run(send("mallory@evil.example", "data"))
+
+
+def test_tool_with_unknown_resource_argument_is_refused_at_decoration(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path)
+    with pytest.raises(ValueError, match="has no argument 'path'"):
+
+        @guard.tool(ActionType.FILE_READ)
+        def read(filename: str) -> None: ...
+
+
+def test_paused_and_terminated_tools_raise_their_own_exceptions(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path, blocked_resources=["*.pii"], mode=KillSwitchMode.PAUSE)
+
+    @guard.tool(ActionType.FILE_READ)
+    def read(path: str) -> str:
+        return path
+
+    with pytest.raises(AgentPaused):
+        read("/x.pii")
+    with pytest.raises(AgentPaused):
+        read("/fine.txt")
+    guard.terminate()
+    with pytest.raises(AgentTerminated):
+        read("/fine.txt")
+
+
+# ---- rollback ------------------------------------------------------------------------------------------
+
+
+def test_rollback_restores_files_exactly_and_is_idempotent(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    original = bytes(range(256)) * 10
+    (work / "data.bin").write_bytes(original)
+    (work / "doomed.txt").write_text("keep me")
+    guard = make_guard(tmp_path)
+
+    @guard.tool(ActionType.FILE_WRITE)
+    def write(path: str, data: bytes) -> None:
+        Path(path).write_bytes(data)
+
+    @guard.tool(ActionType.FILE_DELETE)
+    def delete(path: str) -> None:
+        Path(path).unlink()
+
+    write(str(work / "data.bin"), b"clobbered")
+    write(str(work / "data.bin"), b"clobbered twice")
+    write(str(work / "created.txt"), b"new")
+    delete(str(work / "doomed.txt"))
+
+    report = guard.rollback()
+    assert report.complete and len(report.steps) == 4
+    assert (work / "data.bin").read_bytes() == original
+    assert (work / "doomed.txt").read_text() == "keep me"
+    assert not (work / "created.txt").exists()
+
+    (work / "data.bin").write_bytes(b"changed by a human after the rollback")
+    again = guard.rollback()
+    assert again.steps == ()
+    assert (work / "data.bin").read_bytes() == b"changed by a human after the rollback"
+
+
+def test_rollback_restores_a_sqlite_table_exactly(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "app.db")
+    conn.execute("CREATE TABLE claims (id INTEGER PRIMARY KEY, amount REAL, status TEXT)")
+    conn.executemany("INSERT INTO claims VALUES (?, ?, ?)", [(i, i * 10.5, "open") for i in range(20)])
+    conn.commit()
+    before = conn.execute("SELECT * FROM claims ORDER BY id").fetchall()
+    guard = make_guard(tmp_path)
+
+    @guard.tool(ActionType.DATABASE_WRITE, resource="table", connection=conn)
+    def execute(table: str, sql: str) -> None:
+        conn.execute(sql)
+
+    execute("claims", "UPDATE claims SET status = 'paid' WHERE id < 10")
+    execute("claims", "DELETE FROM claims WHERE id >= 15")
+    execute("claims", "INSERT INTO claims VALUES (100, 1.0, 'fraud')")
+    assert conn.execute("SELECT count(*) FROM claims").fetchone()[0] == 16
+
+    report = guard.rollback()
+    assert report.complete
+    assert conn.execute("SELECT * FROM claims ORDER BY id").fetchall() == before
+    assert guard.rollback().steps == ()
+    assert conn.execute("SELECT * FROM claims ORDER BY id").fetchall() == before
+    conn.commit()
+    reopened = sqlite3.connect(tmp_path / "app.db")
+    assert reopened.execute("SELECT * FROM claims ORDER BY id").fetchall() == before
+
+
+def test_rollback_reports_what_it_could_not_undo(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path)
+    undone: list[str] = []
+
+    @guard.tool(ActionType.API_CALL, resource="account", compensate=lambda account, amount: undone.append(account))
+    def transfer(account: str, amount: int) -> None: ...
+
+    @guard.tool(ActionType.API_CALL, resource="url")
+    def post(url: str) -> None: ...
+
+    def broken() -> None:
+        raise RuntimeError("partner API down")
+
+    transfer("acct-1", 5)
+    post("https://api.example.com/hook")
+    d = guard.check(ActionType.API_CALL, "refunds")
+    guard.register_undo(d.action_id, broken, "cancel refund")
+    report = guard.rollback()
+    statuses = [s.status for s in report.steps]
+    assert statuses == [StepStatus.FAILED, StepStatus.IRREVERSIBLE, StepStatus.UNDONE]
+    assert not report.complete and len(report.not_undone) == 2
+    assert "partner API down" in report.steps[0].error
+    assert undone == ["acct-1"]
+
+
+def test_rollback_only_undoes_actions_inside_the_window(tmp_path: Path) -> None:
+    clock = Clock()
+    guard = make_guard(tmp_path, rollback_window=60, clock=clock)
+    target = tmp_path / "f.txt"
+
+    @guard.tool(ActionType.FILE_WRITE)
+    def write(path: str, text: str) -> None:
+        Path(path).write_text(text)
+
+    write(str(target), "old write")
+    clock.now += 120
+    write(str(target), "recent write")
+    report = guard.rollback()
+    assert len(report.steps) == 1
+    assert target.read_text() == "old write"
+
+
+# ---- audit failure and files -------------------------------------------------------------------------
+
+
+def test_audit_write_failure_denies(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    guard = make_guard(tmp_path, audit=f"sqlite:///{path}?timeout=0.05")
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    d = guard.check(ActionType.FILE_READ, "/reports/ok.csv")
+    assert not d.allowed and d.reason_codes[0] == "audit_unavailable"
+    assert guard.audit_failures == 1
+    locker.execute("ROLLBACK")
+    assert guard.check(ActionType.FILE_READ, "/reports/ok.csv").allowed
+    assert verify_store(guard.audit).ok
+
+
+def test_policy_from_yaml_and_toml_files(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "allowed_action_types: [database_query, file_read]\n"
+        "allowed_resources: ['data.deidentified.*']\n"
+        "blocked_resources: ['data.phi.*']\n"
+        "mode: pause\nmax_actions_per_minute: 10\n"
+    )
+    (tmp_path / "p.toml").write_text('blocked_resources = ["prod.*"]\nmode = "terminate"\n')
+    yaml_guard = Guard.from_file(tmp_path / "p.yaml", audit=f"sqlite:///{tmp_path}/a.db")
+    assert yaml_guard.policy.mode is KillSwitchMode.PAUSE
+    assert not yaml_guard.check("database_query", "data.phi.x").allowed
+    toml_guard = Guard.from_file(tmp_path / "p.toml", audit=f"sqlite:///{tmp_path}/b.db")
+    assert toml_guard.check("database_query", "prod.users").outcome is Outcome.TERMINATED
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("allowed_resourcez: ['x']\n", "unknown field"),
+        ("mode: explode\n", "accepted: alert, block, pause, rollback, terminate"),
+        ("allowed_action_types: [file_open]\n", "allowed_action_types"),
+        ("blocked_resources: ['']\n", "blocked_resources"),
+        ("max_risk_score: 2\n", "max_risk_score"),
+        ("mode: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_policy_files_fail_with_a_message_naming_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(PolicyError, match=message):
+        Guard.from_file(path, audit=f"sqlite:///{tmp_path}/a.db")
