@@ -84,8 +84,11 @@ def _strings(value: Any) -> Iterator[str]:
         yield value
     elif isinstance(value, dict):
         for k, v in value.items():
-            yield str(k)
-            yield from _strings(v)
+            if isinstance(v, dict | list | tuple):
+                yield str(k)
+                yield from _strings(v)
+            else:  # "password: hunter2" reads as the credential it is
+                yield f"{k}: {v}"
     elif isinstance(value, list | tuple):
         for v in value:
             yield from _strings(v)
