@@ -85,6 +85,8 @@ class Policy(BaseModel):
             return None
         if isinstance(value, str | ActionType):
             value = [value]
+        if not isinstance(value, list | tuple | set | frozenset):
+            raise ValueError("must be a list of action types such as ['database_query', 'file_read']")
         return tuple(ActionType.parse(v) for v in value)
 
     @field_validator("mode", mode="before")
@@ -99,6 +101,8 @@ class Policy(BaseModel):
             return None
         if isinstance(value, str):
             value = [value]
+        if not isinstance(value, list | tuple | set | frozenset):
+            raise ValueError("must be a list of glob patterns such as ['data.phi.*', '*.pii']")
         patterns = []
         for pattern in value:
             if not isinstance(pattern, str) or not pattern.strip():
@@ -143,6 +147,8 @@ def load_policy_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(f"cannot read policy file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise PolicyError(f"policy file {path} is not UTF-8 text") from None
     try:
         if path.suffix.lower() == ".toml":
             data: Any = tomllib.loads(text)
@@ -165,7 +171,8 @@ class CompiledPolicy:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.policy_hash = policy.policy_hash
-        self._allowed_types = frozenset(policy.allowed_action_types) if policy.allowed_action_types else None
+        types = policy.allowed_action_types
+        self._allowed_types = frozenset(types) if types is not None else None
         self._allowed = (
             PatternSet(policy.allowed_resources, ignore_case=False) if policy.allowed_resources is not None else None
         )
@@ -180,6 +187,10 @@ class CompiledPolicy:
             )
         if readings.has_control_characters:
             found.append(_violation("resource_control_characters", "resource contains NUL or control characters"))
+        if readings.over_encoded:
+            found.append(
+                _violation("resource_over_encoded", "resource is still percent-encoded after four decodings")
+            )
         blocked = next((r for r in readings.all if self._blocked.matches(r)), None)
         if blocked is not None:
             pattern = self._blocked.first_match(blocked)

@@ -14,16 +14,21 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 MAX_RESOURCE_LENGTH = 4096
-_PERCENT_ROUNDS = 3  # %252e%252e decodes in two rounds; more than three is an attack in itself
+# %252e%252e decodes in two rounds. A resource still decoding after this many rounds is flagged, not read.
+MAX_DECODE_ROUNDS = 4
 
 
 @dataclass(frozen=True, slots=True)
 class Readings:
-    """The distinct readings of one resource; `canonical` is the one shown to people and stored."""
+    """The distinct readings of one resource; `canonical` is the one shown to people and stored.
+
+    `has_control_characters` and `over_encoded` mark resources no honest caller sends; the policy denies them.
+    """
 
     canonical: str
     all: tuple[str, ...]
     has_control_characters: bool
+    over_encoded: bool = False
 
 
 # Unicode category Cc is exactly C0, DEL and C1.
@@ -66,27 +71,20 @@ def _normalize_path(text: str) -> str:
     return joined or "."
 
 
-def _percent_decodings(text: str) -> list[str]:
-    out = [text]
-    for _ in range(_PERCENT_ROUNDS):
-        decoded = unquote(out[-1], errors="replace") if "%" in out[-1] else out[-1]
-        if decoded == out[-1]:
-            break
-        out.append(decoded)
-    return out
-
-
 def _canonical(text: str) -> str:
     if text.isascii():  # NFKC and format characters only concern non-ASCII text: skip them on the hot path
         text = _CONTROL.sub("", text)
     else:
         text = _strip_invisible(unicodedata.normalize("NFKC", _strip_invisible(text)))
-    return _normalize_path(text.strip())
+    # Normalizing can bring spaces to an end ("./ a") and stripping can expose segments ("a/. "): repeat.
+    while (normalized := _normalize_path(text.strip())) != text:
+        text = normalized
+    return text
 
 
 def readings(resource: str, *, resolve_symlinks: bool = False) -> Readings:
-    """Every reading of `resource`: as given, percent-decoded, NFKC-folded, invisible characters removed,
-    path-normalized and, for file actions on a path that exists, with symlinks resolved.
+    """Every reading of `resource`: as given, percent-decoded and NFKC-folded (repeatedly, in either order),
+    invisible characters removed, path-normalized and, for file actions, with symlinks resolved.
 
     >>> r = readings("/reports/readonly/%2e%2e/secret.pii")
     >>> r.canonical
@@ -105,31 +103,39 @@ def readings(resource: str, *, resolve_symlinks: bool = False) -> Readings:
     if len(resource) > MAX_RESOURCE_LENGTH:
         raise ValueError(f"resource is {len(resource)} characters long; the limit is {MAX_RESOURCE_LENGTH}")
 
-    found: dict[str, None] = {}
-    control = False
-    canonical = resource
-    for decoded in _percent_decodings(resource):
-        control = control or _CONTROL.search(decoded) is not None
-        found[decoded] = None
-        if not decoded.isascii():
-            found[unicodedata.normalize("NFKC", decoded)] = None
-        canonical = _canonical(decoded)
-        found[canonical] = None
+    forms: dict[str, None] = {resource: None}
+    current, over_encoded = resource, False
+    for round_ in range(MAX_DECODE_ROUNDS + 1):
+        # NFKC first: fullwidth ％２ｅ folds to %2e, which the decode then reads as "."
+        folded = current if current.isascii() else unicodedata.normalize("NFKC", current)
+        decoded = unquote(folded, errors="replace") if "%" in folded else folded
+        forms[folded] = None
+        forms[decoded] = None
+        if decoded == current:
+            break
+        if round_ == MAX_DECODE_ROUNDS:
+            over_encoded = True
+        current = decoded
+    control = any(_CONTROL.search(form) for form in forms)
+    canonical = _canonical(current)
+    found = dict(forms)
+    for form in forms:
+        found[_canonical(form)] = None
     if resolve_symlinks:
-        resolved = _resolved_path(canonical)
-        if resolved is not None:
-            found[resolved] = None
-    return Readings(canonical=canonical, all=tuple(found), has_control_characters=control)
+        # realpath resolves each link before the ".." after it, as the OS does; every form gets resolved.
+        for form in (*forms, canonical):
+            resolved = _resolved_path(form)
+            if resolved is not None:
+                found[resolved] = None
+    return Readings(canonical=canonical, all=tuple(found), has_control_characters=control, over_encoded=over_encoded)
 
 
 def _resolved_path(path: str) -> str | None:
-    """The real path when symlinks change where `path` points, else None."""
-    if "\x00" in path:
+    """The real path when symlinks change where `path` points (realpath resolves the part that exists)."""
+    if _CONTROL.search(path):
         return None
     try:
-        if not os.path.lexists(path) and not os.path.lexists(os.path.dirname(path) or "."):
-            return None
         real = os.path.realpath(path)
+        return real if real != os.path.abspath(path) else None
     except (OSError, ValueError):
         return None
-    return real if real != os.path.abspath(path) else None

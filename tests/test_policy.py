@@ -1,0 +1,647 @@
+"""The policy contract: allow-lists, blocks, globs, every reading of a resource, and policy validation.
+
+The Guard tests run the product's seed configuration through the public API; the property tests hold the
+compiled policy against a slow reference written with `fnmatch` one pattern and one reading at a time.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from risk import ActionType, Guard, KillSwitchMode, Outcome, PolicyError
+from risk.policy import CompiledPolicy, Policy, load_policy_file
+from risk.resources import readings
+
+SEED = {
+    "allowed_action_types": [ActionType.DATABASE_QUERY, ActionType.FILE_READ],
+    "allowed_resources": ["data.deidentified.*", "/reports/readonly/*"],
+    "blocked_resources": ["data.phi.*", "*.pii", "prod.*"],
+}
+
+
+def make_guard(tmp_path: Path, **policy: object) -> Guard:
+    return Guard(
+        audit=f"sqlite:///{tmp_path}/audit.db",
+        home=tmp_path / "home",
+        mode=KillSwitchMode.BLOCK,
+        **policy,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def seed_guard(tmp_path: Path) -> Iterator[Guard]:
+    guard = make_guard(tmp_path, **SEED)
+    yield guard
+    guard.close()
+
+
+def codes(policy: Policy, action_type: ActionType, resource: str) -> set[str]:
+    """The violation codes the compiled policy reports for one action."""
+    found = CompiledPolicy(policy).violations(action_type, readings(resource, resolve_symlinks=action_type.is_file))
+    assert all(reason.violation for reason in found)
+    return {reason.code for reason in found}
+
+
+# ---- the seed configuration through the public API ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action_type", "resource", "code"),
+    [
+        pytest.param(
+            ActionType.FILE_READ, "/reports/readonly/../../etc/passwd", "resource_not_allowed", id="traversal"
+        ),
+        pytest.param(
+            ActionType.FILE_READ,
+            "/reports/readonly/%2e%2e/%2e%2e/etc/passwd",
+            "resource_not_allowed",
+            id="percent-encoded-traversal",
+        ),
+        pytest.param(
+            ActionType.FILE_READ,
+            "/reports/readonly/%252e%252e/%252e%252e/etc/passwd",
+            "resource_not_allowed",
+            id="double-encoded-traversal",
+        ),
+        pytest.param(
+            ActionType.FILE_READ,
+            "/reports/readonly/%25252e%25252e/%25252e%25252e/etc/passwd",
+            "resource_not_allowed",
+            id="triple-encoded-traversal",
+        ),
+        pytest.param(
+            ActionType.FILE_READ,
+            "/reports/readonly/..\\..\\etc\\passwd",
+            "resource_not_allowed",
+            id="backslash-traversal",
+        ),
+        pytest.param(
+            ActionType.FILE_READ,
+            "／reports／readonly／．．／．．／etc／passwd",
+            "resource_not_allowed",
+            id="fullwidth-traversal",
+        ),
+        pytest.param(ActionType.DATABASE_QUERY, "DATA.PHI.patients", "resource_blocked", id="uppercase-blocked"),
+        pytest.param(ActionType.DATABASE_QUERY, "Prod.db", "resource_blocked", id="mixed-case-prod"),
+        pytest.param(ActionType.DATABASE_QUERY, "ｄａｔａ.phi.patients", "resource_blocked", id="fullwidth"),
+        pytest.param(ActionType.DATABASE_QUERY, "ＤＡＴＡ.ＰＨＩ.patients", "resource_blocked", id="fullwidth-upper"),
+        pytest.param(ActionType.DATABASE_QUERY, "data.p\u200bhi.patients", "resource_blocked", id="zero-width-space"),
+        pytest.param(ActionType.DATABASE_QUERY, "data.phi\u200d.patients", "resource_blocked", id="zero-width-joiner"),
+        pytest.param(ActionType.DATABASE_QUERY, "\ufeffdata.phi.patients", "resource_blocked", id="bom"),
+        pytest.param(ActionType.DATABASE_QUERY, "data.%70hi.patients", "resource_blocked", id="percent-encoded-letter"),
+        pytest.param(ActionType.DATABASE_QUERY, "data.deidentified.x\x00", "resource_control_characters", id="raw-nul"),
+        pytest.param(
+            ActionType.DATABASE_QUERY, "data.deidentified.x%00", "resource_control_characters", id="encoded-nul"
+        ),
+        pytest.param(
+            ActionType.DATABASE_QUERY, "data.deidentified.x%2500", "resource_control_characters", id="double-enc-nul"
+        ),
+        pytest.param(ActionType.DATABASE_QUERY, "%00", "resource_control_characters", id="only-encoded-nul"),
+        pytest.param(ActionType.DATABASE_QUERY, "data.deidentified.x\n", "resource_control_characters", id="newline"),
+        pytest.param(ActionType.DATABASE_QUERY, "data.deidentified.\x85x", "resource_control_characters", id="c1"),
+        pytest.param(ActionType.FILE_READ, "/reports/readonly/x.pii", "resource_blocked", id="pii-suffix"),
+        pytest.param(ActionType.FILE_READ, "/reports/readonly/X.PII", "resource_blocked", id="pii-suffix-upper"),
+        pytest.param(ActionType.FILE_READ, "/reports/readonly/x%2epii", "resource_blocked", id="pii-encoded-dot"),
+        pytest.param(ActionType.FILE_WRITE, "/reports/readonly/q3.csv", "action_type_not_allowed", id="file-write"),
+        pytest.param(ActionType.FILE_DELETE, "data.deidentified.claims", "action_type_not_allowed", id="delete"),
+        pytest.param(ActionType.DATABASE_QUERY, "data.other.claims", "resource_not_allowed", id="not-listed"),
+        pytest.param(ActionType.DATABASE_QUERY, "Data.deidentified.claims", "resource_not_allowed", id="allow-case"),
+    ],
+)
+def test_seed_policy_denies_every_reading_trick(
+    seed_guard: Guard, action_type: ActionType, resource: str, code: str
+) -> None:
+    decision = seed_guard.check(action_type, resource)
+    assert not decision.allowed
+    assert decision.outcome is Outcome.BLOCKED
+    assert code in decision.reason_codes, decision.explain()
+
+
+@pytest.mark.parametrize(
+    ("action_type", "resource"),
+    [
+        (ActionType.DATABASE_QUERY, "data.deidentified.claims"),
+        (ActionType.FILE_READ, "/reports/readonly/q3.csv"),
+        (ActionType.FILE_READ, "/reports/readonly/2024/q3.csv"),
+        (ActionType.DATABASE_QUERY, "data.deidentified.claims%20archive"),
+        ("file_read", "/reports/readonly/./q3.csv"),
+    ],
+)
+def test_seed_policy_allows_what_it_lists(seed_guard: Guard, action_type: ActionType, resource: str) -> None:
+    decision = seed_guard.check(action_type, resource)
+    assert decision.allowed, decision.explain()
+    assert decision.outcome is Outcome.ALLOWED
+    assert not [reason for reason in decision.reasons if reason.violation]
+
+
+def test_traversal_decision_shows_the_normalized_resource(seed_guard: Guard) -> None:
+    decision = seed_guard.check(ActionType.FILE_READ, "/reports/readonly/%2e%2e/%2e%2e/etc/passwd")
+    assert decision.resource == "/reports/readonly/%2e%2e/%2e%2e/etc/passwd"
+    assert decision.normalized_resource == "/etc/passwd"
+    assert not decision.allowed
+
+
+def test_blocked_message_names_the_reading_and_the_pattern(seed_guard: Guard) -> None:
+    decision = seed_guard.check(ActionType.DATABASE_QUERY, "ｄａｔａ.phi.patients")
+    blocked = next(r for r in decision.reasons if r.code == "resource_blocked")
+    assert "'data.phi.patients'" in blocked.message
+    assert "'data.phi.*'" in blocked.message
+
+
+# ---- symlinks ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """<base>/readonly/{report.csv, link -> ../secret.txt, alias -> real/, outdir -> ../outside/dir}."""
+    base = Path(os.path.realpath(tmp_path)) / "tree"  # realpath: the base itself must contain no symlink
+    (base / "readonly" / "real").mkdir(parents=True)
+    (base / "outside" / "dir").mkdir(parents=True)
+    (base / "secret.txt").write_text("secret")
+    (base / "outside" / "secret.txt").write_text("secret")
+    (base / "readonly" / "report.csv").write_text("a,b\n")
+    (base / "readonly" / "real" / "inner.csv").write_text("a,b\n")
+    (base / "readonly" / "link").symlink_to(base / "secret.txt")
+    (base / "readonly" / "alias").symlink_to(base / "readonly" / "real", target_is_directory=True)
+    (base / "readonly" / "outdir").symlink_to(base / "outside" / "dir", target_is_directory=True)
+    return base
+
+
+@pytest.fixture
+def tree_guard(tmp_path: Path, tree: Path) -> Iterator[Guard]:
+    guard = make_guard(
+        tmp_path,
+        allowed_action_types=[ActionType.FILE_READ, ActionType.FILE_WRITE, ActionType.DATABASE_QUERY],
+        allowed_resources=[f"{tree}/readonly/*"],
+    )
+    yield guard
+    guard.close()
+
+
+def test_symlink_out_of_the_allowed_tree_is_denied(tree_guard: Guard, tree: Path) -> None:
+    decision = tree_guard.check(ActionType.FILE_READ, f"{tree}/readonly/link")
+    assert not decision.allowed
+    assert "resource_not_allowed" in decision.reason_codes
+    assert str(tree / "secret.txt") in decision.explain()
+
+
+def test_regular_file_in_the_allowed_tree_is_allowed(tree_guard: Guard, tree: Path) -> None:
+    assert tree_guard.check(ActionType.FILE_READ, f"{tree}/readonly/report.csv").allowed
+
+
+def test_symlink_that_stays_inside_the_allowed_tree_is_allowed(tree_guard: Guard, tree: Path) -> None:
+    assert tree_guard.check(ActionType.FILE_READ, f"{tree}/readonly/alias/inner.csv").allowed
+
+
+def test_new_file_under_a_symlinked_directory_out_of_the_tree_is_denied(tree_guard: Guard, tree: Path) -> None:
+    decision = tree_guard.check(ActionType.FILE_WRITE, f"{tree}/readonly/outdir/new.csv")
+    assert not decision.allowed
+    assert "resource_not_allowed" in decision.reason_codes
+
+
+def test_symlink_resolution_only_applies_to_file_actions(tree_guard: Guard, tree: Path) -> None:
+    # A database query names a table, not a path on this machine: the link is not followed.
+    assert tree_guard.check(ActionType.DATABASE_QUERY, f"{tree}/readonly/link").allowed
+
+
+def test_dotdot_after_a_symlinked_directory_is_denied(tree_guard: Guard, tree: Path) -> None:
+    # The OS resolves `outdir` before `..`, so this opens <base>/outside/secret.txt; lexically it is
+    # <base>/readonly/secret.txt. The escape must be judged by where the OS goes.
+    resource = f"{tree}/readonly/outdir/../secret.txt"
+    assert Path(resource).read_text() == "secret"
+    assert os.path.realpath(resource) == str(tree / "outside" / "secret.txt")
+    decision = tree_guard.check(ActionType.FILE_READ, resource)
+    assert not decision.allowed, decision.explain()
+    assert "resource_not_allowed" in decision.reason_codes
+
+
+def test_new_nested_path_under_a_symlinked_directory_out_of_the_tree_is_denied(tree_guard: Guard, tree: Path) -> None:
+    # <base>/readonly/outdir/sub does not exist yet; a tool that creates parents writes to <base>/outside/dir/sub.
+    resource = f"{tree}/readonly/outdir/sub/new.csv"
+    assert os.path.realpath(resource) == str(tree / "outside" / "dir" / "sub" / "new.csv")
+    decision = tree_guard.check(ActionType.FILE_WRITE, resource)
+    assert not decision.allowed, decision.explain()
+    assert "resource_not_allowed" in decision.reason_codes
+
+
+# ---- allow-lists, blocks and globs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action_type", list(ActionType))
+def test_unconfigured_allow_lists_allow_everything(action_type: ActionType) -> None:
+    policy = Policy.build()
+    assert policy.allowed_action_types is None
+    assert policy.allowed_resources is None
+    for resource in ("data.phi.patients", "/etc/passwd", "ANYTHING", "../../x", "%2e%2e"):
+        assert codes(policy, action_type, resource) == set()
+
+
+def test_empty_allowed_resources_allow_nothing() -> None:
+    policy = Policy.build(allowed_resources=[])
+    assert policy.allowed_resources == ()
+    assert codes(policy, ActionType.DATABASE_QUERY, "data.deidentified.claims") == {"resource_not_allowed"}
+
+
+def test_empty_allowed_action_types_allow_no_action_type() -> None:
+    policy = Policy.build(allowed_action_types=[])
+    assert policy.allowed_action_types == ()
+    assert codes(policy, ActionType.DATABASE_QUERY, "data.deidentified.claims") == {"action_type_not_allowed"}
+
+
+def test_empty_allowed_action_types_deny_through_the_guard(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path, allowed_action_types=[])
+    try:
+        decision = guard.check(ActionType.CODE_EXECUTION, "script.py")
+        assert not decision.allowed
+        assert "action_type_not_allowed" in decision.reason_codes
+    finally:
+        guard.close()
+
+
+def test_action_type_outside_the_allow_list_is_a_violation() -> None:
+    policy = Policy.build(allowed_action_types=["database_query", ActionType.FILE_READ])
+    assert policy.allowed_action_types == (ActionType.DATABASE_QUERY, ActionType.FILE_READ)
+    assert codes(policy, ActionType.DATABASE_QUERY, "t") == set()
+    assert codes(policy, ActionType.FILE_READ, "t") == set()
+    [reason] = CompiledPolicy(policy).violations(ActionType.DATABASE_WRITE, readings("t"))
+    assert reason.code == "action_type_not_allowed"
+    assert "database_write" in reason.message
+
+
+def test_single_action_type_string_is_accepted() -> None:
+    assert Policy.build(allowed_action_types="FILE_READ").allowed_action_types == (ActionType.FILE_READ,)
+
+
+def test_blocked_pattern_beats_allowed_pattern() -> None:
+    policy = Policy.build(allowed_resources=["data.*"], blocked_resources=["data.phi.*"])
+    assert codes(policy, ActionType.DATABASE_QUERY, "data.claims") == set()
+    assert codes(policy, ActionType.DATABASE_QUERY, "data.phi.patients") == {"resource_blocked"}
+
+
+def test_same_pattern_allowed_and_blocked_is_blocked() -> None:
+    policy = Policy.build(allowed_resources=["data.*"], blocked_resources=["data.*"])
+    assert codes(policy, ActionType.DATABASE_QUERY, "data.claims") == {"resource_blocked"}
+
+
+def test_blocked_patterns_match_case_insensitively_on_both_sides() -> None:
+    policy = Policy.build(blocked_resources=["DATA.PHI.*"])
+    for resource in ("data.phi.x", "DATA.PHI.X", "Data.Phi.x"):
+        assert codes(policy, ActionType.DATABASE_QUERY, resource) == {"resource_blocked"}, resource
+    assert codes(policy, ActionType.DATABASE_QUERY, "data.phl.x") == set()
+
+
+def test_allowed_patterns_match_case_sensitively() -> None:
+    policy = Policy.build(allowed_resources=["data.deidentified.*"])
+    assert codes(policy, ActionType.DATABASE_QUERY, "data.deidentified.Claims") == set()
+    for resource in ("Data.deidentified.claims", "DATA.DEIDENTIFIED.CLAIMS"):
+        assert codes(policy, ActionType.DATABASE_QUERY, resource) == {"resource_not_allowed"}, resource
+    upper = Policy.build(allowed_resources=["DATA.*"])
+    assert codes(upper, ActionType.DATABASE_QUERY, "data.claims") == {"resource_not_allowed"}
+
+
+def test_star_matches_dots_and_slashes() -> None:
+    policy = Policy.build(allowed_resources=["/reports/*", "data.*"])
+    assert codes(policy, ActionType.DATABASE_QUERY, "/reports/2024/q3/summary.csv") == set()
+    assert codes(policy, ActionType.DATABASE_QUERY, "data.a.b.c") == set()
+    assert codes(policy, ActionType.DATABASE_QUERY, "/reports") == {"resource_not_allowed"}
+
+
+def test_star_matches_the_empty_string() -> None:
+    assert codes(Policy.build(allowed_resources=["data.*"]), ActionType.DATABASE_QUERY, "data.") == set()
+
+
+def test_question_mark_matches_exactly_one_character() -> None:
+    policy = Policy.build(allowed_resources=["t?"])
+    assert codes(policy, ActionType.DATABASE_QUERY, "t1") == set()
+    assert codes(policy, ActionType.DATABASE_QUERY, "t.") == set()
+    assert codes(policy, ActionType.DATABASE_QUERY, "t") == {"resource_not_allowed"}
+    assert codes(policy, ActionType.DATABASE_QUERY, "t12") == {"resource_not_allowed"}
+
+
+def test_bracket_matches_one_listed_character() -> None:
+    policy = Policy.build(blocked_resources=["table_[abc]"])
+    assert codes(policy, ActionType.DATABASE_QUERY, "table_b") == {"resource_blocked"}
+    assert codes(policy, ActionType.DATABASE_QUERY, "TABLE_C") == {"resource_blocked"}
+    assert codes(policy, ActionType.DATABASE_QUERY, "table_d") == set()
+    assert codes(policy, ActionType.DATABASE_QUERY, "table_ab") == set()
+
+
+def test_negated_bracket() -> None:
+    policy = Policy.build(allowed_resources=["v[!0]"])
+    assert codes(policy, ActionType.DATABASE_QUERY, "v1") == set()
+    assert codes(policy, ActionType.DATABASE_QUERY, "v0") == {"resource_not_allowed"}
+
+
+def test_pattern_must_match_the_whole_resource() -> None:
+    policy = Policy.build(blocked_resources=["phi"], allowed_resources=["data"])
+    assert codes(policy, ActionType.DATABASE_QUERY, "data.phi") == {"resource_not_allowed"}
+    assert codes(policy, ActionType.DATABASE_QUERY, "xdata") == {"resource_not_allowed"}
+
+
+def test_every_reading_must_be_allowed() -> None:
+    # Raw reading matches the allow-list, the decoded one (/reports/secret.csv) does not.
+    policy = Policy.build(allowed_resources=["/reports/readonly/*"])
+    assert codes(policy, ActionType.DATABASE_QUERY, "/reports/readonly/%2e%2e/secret.csv") == {"resource_not_allowed"}
+
+
+def test_no_reading_may_be_blocked() -> None:
+    # Only the raw reading contains '%2e'; one blocked reading is enough.
+    policy = Policy.build(blocked_resources=["*%2e*"])
+    assert codes(policy, ActionType.DATABASE_QUERY, "/a/%2e/b") == {"resource_blocked"}
+    # Only the decoded reading matches.
+    policy = Policy.build(blocked_resources=["/a/b"])
+    assert codes(policy, ActionType.DATABASE_QUERY, "/a/%2e/b") == {"resource_blocked"}
+
+
+def test_control_characters_are_a_violation_even_without_patterns() -> None:
+    policy = Policy.build()
+    for resource in ("x\x00", "x%00", "x%2500", "\x1bx", "x\x7f", "x%C2%85"):
+        assert codes(policy, ActionType.DATABASE_QUERY, resource) == {"resource_control_characters"}, resource
+    assert codes(policy, ActionType.DATABASE_QUERY, "x%2541") == set()
+
+
+def test_all_violations_are_reported_together() -> None:
+    policy = Policy.build(allowed_action_types=["file_read"], allowed_resources=["ok.*"], blocked_resources=["*.pii"])
+    assert codes(policy, ActionType.DATABASE_WRITE, "x.pii\x00") == {
+        "action_type_not_allowed",
+        "resource_control_characters",
+        "resource_blocked",
+        "resource_not_allowed",
+    }
+
+
+def test_patterns_are_nfkc_normalized_and_stripped() -> None:
+    policy = Policy.build(allowed_resources=["  ｄａｔａ.*  "], blocked_resources=["ＰＲＯＤ.*"])
+    assert policy.allowed_resources == ("data.*",)
+    assert policy.blocked_resources == ("PROD.*",)
+    assert codes(policy, ActionType.DATABASE_QUERY, "data.x") == set()
+    assert codes(policy, ActionType.DATABASE_QUERY, "prod.x") == {"resource_blocked", "resource_not_allowed"}
+
+
+def test_single_pattern_string_is_a_one_pattern_list() -> None:
+    assert Policy.build(blocked_resources="data.phi.*").blocked_resources == ("data.phi.*",)
+
+
+def test_policy_hash_changes_with_the_rules() -> None:
+    a = Policy.build(blocked_resources=["data.phi.*"])
+    assert a.policy_hash == Policy.build(blocked_resources=["data.phi.*"]).policy_hash
+    assert a.policy_hash != Policy.build(blocked_resources=["data.pii.*"]).policy_hash
+
+
+# ---- validation ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"allowed_resourcs": ["x"]}, "allowed_resourcs"),
+        ({"mode": "explode"}, "mode"),
+        ({"mode": 3}, "mode"),
+        ({"allowed_action_types": ["file_reed"]}, "allowed_action_types"),
+        ({"allowed_action_types": ["file_read", "teleport"]}, "allowed_action_types"),
+        ({"allowed_resources": [""]}, "allowed_resources"),
+        ({"allowed_resources": ["   "]}, "allowed_resources"),
+        ({"blocked_resources": [""]}, "blocked_resources"),
+        ({"blocked_resources": [3]}, "blocked_resources"),
+        ({"blocked_resources": ["data.\x00*"]}, "blocked_resources"),
+        ({"blocked_resources": ["data\tphi"]}, "blocked_resources"),
+        ({"allowed_resources": ["data.\u200b*"]}, "allowed_resources"),
+        ({"allowed_resources": ["\u202edata.*"]}, "allowed_resources"),
+        ({"max_risk_score": -0.01}, "max_risk_score"),
+        ({"max_risk_score": 1.01}, "max_risk_score"),
+        ({"max_risk_score": float("nan")}, "max_risk_score"),
+        ({"max_risk_score": "high"}, "max_risk_score"),
+        ({"max_actions_per_minute": 0}, "max_actions_per_minute"),
+        ({"rollback_window": -1}, "rollback_window"),
+    ],
+)
+def test_invalid_policy_raises_policy_error_naming_the_field(fields: dict[str, object], named: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        Policy.build(**fields)
+    assert isinstance(info.value, ValueError)
+    assert named in str(info.value)
+
+
+@pytest.mark.parametrize("field", ["allowed_action_types", "allowed_resources", "blocked_resources"])
+def test_non_list_value_is_a_policy_error_not_a_type_error(field: str) -> None:
+    # e.g. `blocked_resources: 5` in a YAML file
+    with pytest.raises(PolicyError, match=field):
+        Policy.build(**{field: 5})
+
+
+def test_unknown_field_error_lists_the_accepted_fields() -> None:
+    with pytest.raises(PolicyError, match="unknown field 'alowed_resources'") as info:
+        Policy.build(alowed_resources=["x"])
+    assert "allowed_resources" in str(info.value).split("accepted fields:")[1]
+
+
+def test_several_problems_are_reported_in_one_error() -> None:
+    with pytest.raises(PolicyError) as info:
+        Policy.build(mode="nope", max_risk_score=2)
+    assert "mode" in str(info.value)
+    assert "max_risk_score" in str(info.value)
+
+
+@pytest.mark.parametrize("score", [0.0, 0.5, 1.0])
+def test_max_risk_score_bounds_are_inclusive(score: float) -> None:
+    assert Policy.build(max_risk_score=score).max_risk_score == score
+
+
+def test_mode_is_parsed_case_insensitively() -> None:
+    assert Policy.build(mode=" PAUSE ").mode is KillSwitchMode.PAUSE
+
+
+def test_guard_rejects_an_invalid_policy(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="blocked_resources"):
+        make_guard(tmp_path, blocked_resources=["ok", "bad\x00"])
+
+
+# ---- policy files ---------------------------------------------------------------------------------------------
+
+YAML_POLICY = """\
+allowed_action_types: [database_query, file_read]
+allowed_resources:
+  - "data.deidentified.*"
+  - "/reports/readonly/*"
+blocked_resources: ["data.phi.*", "*.pii", "prod.*"]
+max_risk_score: 0.8
+mode: pause
+"""
+
+TOML_POLICY = """\
+allowed_action_types = ["database_query", "file_read"]
+allowed_resources = ["data.deidentified.*", "/reports/readonly/*"]
+blocked_resources = ["data.phi.*", "*.pii", "prod.*"]
+max_risk_score = 0.8
+mode = "pause"
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "text"), [("policy.yaml", YAML_POLICY), ("policy.yml", YAML_POLICY), ("p.toml", TOML_POLICY)]
+)
+def test_policy_file_loads_into_the_same_policy(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    policy = Policy.build(**load_policy_file(path))
+    assert policy.allowed_action_types == (ActionType.DATABASE_QUERY, ActionType.FILE_READ)
+    assert policy.allowed_resources == ("data.deidentified.*", "/reports/readonly/*")
+    assert policy.blocked_resources == ("data.phi.*", "*.pii", "prod.*")
+    assert policy.max_risk_score == 0.8
+    assert policy.mode is KillSwitchMode.PAUSE
+    assert policy.policy_hash == Policy.build(**SEED, max_risk_score=0.8, mode="pause").policy_hash
+    assert codes(policy, ActionType.DATABASE_QUERY, "DATA.PHI.x") == {"resource_blocked", "resource_not_allowed"}
+
+
+def test_guard_from_policy_file_enforces_it(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(TOML_POLICY.replace('"pause"', '"block"'), encoding="utf-8")
+    guard = Guard.from_file(path, audit=f"sqlite:///{tmp_path}/audit.db", home=tmp_path / "home")
+    try:
+        assert guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims").allowed
+        assert not guard.check(ActionType.DATABASE_QUERY, "ｄａｔａ.phi.patients").allowed
+    finally:
+        guard.close()
+
+
+def test_empty_yaml_file_is_an_empty_policy(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("", encoding="utf-8")
+    assert load_policy_file(path) == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("p.yaml", "allowed_resources: [x]\nblocked_resorces: [y]\n"), ("p.toml", 'blocked_resorces = ["y"]\n')],
+)
+def test_unknown_field_in_policy_file_is_named(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(PolicyError, match="blocked_resorces"):
+        Policy.build(**load_policy_file(path))
+    with pytest.raises(PolicyError, match="blocked_resorces") as info:
+        Guard.from_file(path, audit=f"sqlite:///{tmp_path}/audit.db", home=tmp_path / "home")
+    assert str(path) in str(info.value)
+
+
+def test_invalid_value_in_policy_file_names_file_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("mode: explode\n", encoding="utf-8")
+    with pytest.raises(PolicyError, match="mode") as info:
+        Guard.from_file(path, audit=f"sqlite:///{tmp_path}/audit.db", home=tmp_path / "home")
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "kind"),
+    [
+        ("p.yaml", "allowed_resources: [data.*\nmode: block\n", "YAML"),
+        ("p.yaml", "a: b: c\n", "YAML"),
+        ("p.toml", 'allowed_resources = ["data.*"\n', "TOML"),
+        ("p.toml", "mode = block\n", "TOML"),
+    ],
+)
+def test_invalid_syntax_in_policy_file_is_a_policy_error(tmp_path: Path, name: str, text: str, kind: str) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(PolicyError, match=f"not valid {kind}"):
+        load_policy_file(path)
+
+
+def test_policy_file_must_hold_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("- data.*\n- prod.*\n", encoding="utf-8")
+    with pytest.raises(PolicyError, match="mapping"):
+        load_policy_file(path)
+
+
+def test_policy_file_needs_a_known_suffix(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text("{}", encoding="utf-8")
+    with pytest.raises(PolicyError, match=r"\.yaml, \.yml or \.toml"):
+        load_policy_file(path)
+
+
+def test_missing_policy_file_is_a_policy_error(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read policy file"):
+        load_policy_file(tmp_path / "absent.yaml")
+
+
+def test_policy_file_that_is_not_utf8_is_a_policy_error(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_bytes("blocked_resources: [donn\u00e9es.*]\n".encode("latin-1"))
+    with pytest.raises(PolicyError, match=str(path.name)):
+        load_policy_file(path)
+
+
+# ---- the compiled policy against a slow reference ----------------------------------------------------------
+
+PATTERN_TOKENS = ["a", "b", "A", ".", "/", "*", "?", "[ab]", "%2e", "ａ", "..", "B"]
+RESOURCE_TOKENS = ["a", "b", "A", ".", "/", "%2e", "%252e", "ａ", "\u200b", "..", "B", "%00", "\x00", "\\", " "]
+
+patterns = st.lists(st.sampled_from(PATTERN_TOKENS), min_size=1, max_size=6).map("".join)
+pattern_lists = st.lists(patterns, max_size=4)
+resources = (
+    st.lists(st.sampled_from(RESOURCE_TOKENS), min_size=1, max_size=8).map("".join).filter(lambda s: s.strip() != "")
+)
+# Non-empty: an empty allow-list of action types has its own test (test_empty_allowed_action_types_...).
+action_type_lists = st.none() | st.lists(st.sampled_from(list(ActionType)), min_size=1, max_size=3)
+
+
+def reference_violations(policy: Policy, action_type: ActionType, resource: str) -> set[str]:
+    """The contract, one pattern and one reading at a time."""
+    read = readings(resource)
+    found = set()
+    if policy.allowed_action_types is not None and action_type not in policy.allowed_action_types:
+        found.add("action_type_not_allowed")
+    if any(unicodedata.category(ch) == "Cc" for reading in read.all for ch in reading):
+        found.add("resource_control_characters")
+    blocked = policy.blocked_resources
+    if any(fnmatch.fnmatchcase(r.lower(), p.lower()) for r in read.all for p in blocked):
+        found.add("resource_blocked")
+    allowed = policy.allowed_resources
+    if allowed is not None and not all(any(fnmatch.fnmatchcase(r, p) for p in allowed) for r in read.all):
+        found.add("resource_not_allowed")
+    return found
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(
+    allowed=st.none() | pattern_lists,
+    blocked=pattern_lists,
+    types=action_type_lists,
+    action_type=st.sampled_from([ActionType.DATABASE_QUERY, ActionType.API_CALL, ActionType.CUSTOM]),
+    resource=resources,
+)
+@example(allowed=["a*"], blocked=["A*"], types=None, action_type=ActionType.DATABASE_QUERY, resource="ab")
+@example(allowed=["a/*"], blocked=[], types=None, action_type=ActionType.DATABASE_QUERY, resource="a/%2e%2e/b")
+@example(
+    allowed=["ａ*"], blocked=["*B"], types=[ActionType.API_CALL], action_type=ActionType.CUSTOM, resource="ａ\u200bb"
+)
+def test_compiled_policy_agrees_with_reference(
+    allowed: list[str] | None,
+    blocked: list[str],
+    types: list[ActionType] | None,
+    action_type: ActionType,
+    resource: str,
+) -> None:
+    policy = Policy.build(allowed_resources=allowed, blocked_resources=blocked, allowed_action_types=types)
+    found = CompiledPolicy(policy).violations(action_type, readings(resource))
+    found_codes = [reason.code for reason in found]
+    assert len(found_codes) == len(set(found_codes))
+    assert set(found_codes) == reference_violations(policy, action_type, resource)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pattern=patterns, resource=resources)
+def test_a_pattern_both_allowed_and_blocked_never_allows(pattern: str, resource: str) -> None:
+    policy = Policy.build(allowed_resources=[pattern], blocked_resources=[pattern])
+    assert CompiledPolicy(policy).violations(ActionType.DATABASE_QUERY, readings(resource)) != []
