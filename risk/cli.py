@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from risk.audit.record import FIELDS, AuditRecord
-from risk.audit.store import DEFAULT_RETENTION, AuditQuery, open_audit, purge, verify_store
+from risk.audit.store import DEFAULT_RETENTION, AuditQuery, open_audit, purge, records, verify_store
 from risk.errors import RiskError
 
 app = typer.Typer(help="agent-risk: runtime governance and risk scoring for AI agents.", no_args_is_help=True)
@@ -138,13 +138,13 @@ def export(
     out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
     try:
         if fmt == "jsonl":
-            for r in store.records():
+            for r in records(store):
                 if r.kind == "decision":
                     out.write(json.dumps(trace_line(r), default=str) + "\n")
         else:
             writer = csv.writer(out)
             writer.writerow(FIELDS)
-            for r in store.records():
+            for r in records(store):
                 writer.writerow(
                     [
                         json.dumps(v, default=str) if isinstance(v, dict | list) else v

@@ -10,15 +10,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
+
+import orjson
 
 from risk.actions import ActionType, Decision, KillSwitchMode, Outcome, Reason
 from risk.audit.record import canonical_json
@@ -148,7 +148,7 @@ class Guard:
         read = readings(resource, resolve_symlinks=atype.is_file)
         agent = agent_id or self.agent_id
         now = self._clock()
-        action_id = uuid.uuid4().hex
+        action_id = os.urandom(16).hex()
         payload_json = canonical_json(payload)
         policy = self.policy
 
@@ -451,7 +451,7 @@ class Guard:
 
     def _record_event(self, agent_id: str, fields: dict[str, Any], *, strict: bool = False) -> None:
         body = {
-            "record_id": uuid.uuid4().hex,
+            "record_id": os.urandom(16).hex(),
             "ts": datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="microseconds"),
             "agent_id": agent_id,
             "mode": self.policy.mode.value,
@@ -478,7 +478,7 @@ def _fingerprint(agent: str, atype: ActionType, resource: str, payload_json: byt
 
 
 def _kept_payload(payload: Any) -> Any:
-    return mask(json.loads(canonical_json(payload)))
+    return mask(orjson.loads(canonical_json(payload)))
 
 
 def _denial(decision: Decision) -> GuardDenied:

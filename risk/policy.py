@@ -188,9 +188,7 @@ class CompiledPolicy:
         if readings.has_control_characters:
             found.append(_violation("resource_control_characters", "resource contains NUL or control characters"))
         if readings.over_encoded:
-            found.append(
-                _violation("resource_over_encoded", "resource is still percent-encoded after four decodings")
-            )
+            found.append(_violation("resource_over_encoded", "resource is still percent-encoded after four decodings"))
         blocked = next((r for r in readings.all if self._blocked.matches(r)), None)
         if blocked is not None:
             pattern = self._blocked.first_match(blocked)

@@ -1,11 +1,12 @@
-"""Verification of the hash chain: every hash is recomputed from the record's fields, never trusted."""
+"""Verification of the hash chain: every hash is recomputed from the stored text, never trusted."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from risk.audit.record import GENESIS_HASH, AuditRecord, chain_hash
+from risk.audit.record import GENESIS_HASH, INDEXED, StoredRecord, chain_hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +19,7 @@ class Verification:
 
 
 def verify_chain(
-    records: Iterable[AuditRecord],
+    records: Iterable[StoredRecord],
     *,
     anchor_hash: str = GENESIS_HASH,
     first_seq: int = 1,
@@ -30,25 +31,30 @@ def verify_chain(
     purge removed. `expected_head` is a head hash kept elsewhere; if given, the chain must contain it, which
     catches records cut off the end.
     """
-    expected_prev = anchor_hash
-    expected_seq = first_seq
-    count = 0
+    expected_prev, expected_seq, count = anchor_hash, first_seq, 0
     head_seen = expected_head is None or expected_head == anchor_hash
-    for record in records:
-        if record.seq != expected_seq:
-            missing = "missing or reordered" if record.seq > expected_seq else "reordered or duplicated"
-            return Verification(False, count, expected_prev, record.seq, f"expected seq {expected_seq}: {missing}")
-        recomputed = chain_hash(expected_prev, record.hashed_fields())
-        if record.prev_hash != expected_prev or recomputed != record.hash:
-            return Verification(
-                False, count, expected_prev, record.seq, "record was edited, or one before it was removed"
-            )
-        expected_prev = recomputed
-        expected_seq += 1
-        count += 1
+
+    def bad(seq: int, problem: str) -> Verification:
+        return Verification(False, count, expected_prev, seq, problem)
+
+    for stored in records:
+        if stored.seq != expected_seq:
+            missing = "missing or reordered" if stored.seq > expected_seq else "reordered or duplicated"
+            return bad(stored.seq, f"expected seq {expected_seq}: {missing}")
+        try:
+            body = json.loads(stored.text)
+        except ValueError:
+            return bad(stored.seq, "record text is not JSON: it was edited")
+        if body.get("seq") != stored.seq or body.get("prev_hash") != expected_prev:
+            return bad(stored.seq, "record does not follow the one before: a record was removed or reordered")
+        recomputed = chain_hash(expected_prev, stored.text.encode())
+        if recomputed != stored.hash:
+            return bad(stored.seq, "record was edited: its hash does not match its contents")
+        edited = [c for c in INDEXED if stored.columns.get(c) != body.get(c)]
+        if edited:
+            return bad(stored.seq, f"column(s) {', '.join(edited)} were edited: they differ from the hashed record")
+        expected_prev, expected_seq, count = recomputed, expected_seq + 1, count + 1
         head_seen = head_seen or recomputed == expected_head
     if not head_seen:
-        return Verification(
-            False, count, expected_prev, expected_seq, f"head {expected_head} not found: records were cut off the end"
-        )
+        return bad(expected_seq, f"head {expected_head} not found: records were cut off the end")
     return Verification(True, count, expected_prev)

@@ -9,7 +9,6 @@ the cost of a disk flush per action.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -17,20 +16,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from risk.audit.record import FIELDS, GENESIS_HASH, JSON_FIELDS, AuditRecord, seal
+from risk.audit.record import GENESIS_HASH, INDEXED, AuditRecord, Sealed, StoredRecord, seal
 from risk.audit.store import AuditQuery, Head
 from risk.errors import AuditError
 
-_COLUMNS = ", ".join(FIELDS)
-_PLACEHOLDERS = ", ".join("?" for _ in FIELDS)
+_COLUMNS = ("seq", *INDEXED, "body", "hash")
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM audit"
+_INSERT = f"INSERT INTO audit ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+# One index only: each one costs about a third more per append on the hot path. Queries without an
+# agent scan in sequence order, which is time order.
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS audit (
-    {", ".join(("seq INTEGER PRIMARY KEY" if f == "seq" else f) for f in FIELDS)}
+    seq INTEGER PRIMARY KEY, {", ".join(f"{c} TEXT" for c in INDEXED)}, body TEXT NOT NULL, hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_agent_ts ON audit (agent_id, ts);
 """
-# One index only: each one costs about a third more per append on the hot path. Queries without an
-# agent scan in sequence order, which is time order.
+_APPEND_ATTEMPTS = 50
 
 
 def _parse_url(url: str) -> tuple[str, str, float]:
@@ -65,6 +66,7 @@ class SQLiteAuditStore:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._head: tuple[int, str] | None = None  # (seq, hash) of the last record, None when unknown
         try:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -73,30 +75,38 @@ class SQLiteAuditStore:
         except sqlite3.Error as exc:
             raise AuditError(f"cannot open audit store {url}: {exc}") from exc
 
-    def append(self, body: dict[str, Any]) -> AuditRecord:
+    def append(self, body: dict[str, Any]) -> Sealed:
         with self._lock:
-            conn = self._conn
-            try:
-                # IMMEDIATE takes the write lock before reading the head, so two processes cannot fork the chain.
-                conn.execute("BEGIN IMMEDIATE")
+            for _ in range(_APPEND_ATTEMPTS):
+                if self._head is None:
+                    self._head = self._read_head()
+                sealed = seal(body, self._head[0] + 1, self._head[1])
                 try:
-                    row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-                    seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS_HASH)
-                    record = seal(body, seq, prev)
-                    conn.execute(f"INSERT INTO audit ({_COLUMNS}) VALUES ({_PLACEHOLDERS})", _to_row(record))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise AuditError(f"audit record not written to {self.url}: {exc}") from exc
-            return record
+                    # One autocommit INSERT. seq is the primary key, so if another process appended since our
+                    # cached head, the insert fails, and we re-read the head and chain onto the new one.
+                    self._conn.execute(_INSERT, (sealed.seq, *(body.get(c) for c in INDEXED), sealed.text, sealed.hash))
+                except sqlite3.IntegrityError:
+                    self._head = None
+                    continue
+                except sqlite3.Error as exc:
+                    self._head = None
+                    raise AuditError(f"audit record not written to {self.url}: {exc}") from exc
+                self._head = (sealed.seq, sealed.hash)
+                return sealed
+        raise AuditError(f"audit record not written to {self.url}: too many concurrent writers")
 
-    def records(self, after_seq: int = 0) -> Iterator[AuditRecord]:
-        sql = f"SELECT {_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT 1000"
+    def _read_head(self) -> tuple[int, str]:
+        try:
+            row = self._conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise AuditError(f"cannot read the audit head of {self.url}: {exc}") from exc
+        return (row[0], row[1]) if row else (0, GENESIS_HASH)
+
+    def stored(self, after_seq: int = 0) -> Iterator[StoredRecord]:
+        sql = f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT 1000"
         while page := self._read(sql, (after_seq,)):
             for row in page:
-                yield _from_row(row)
+                yield _stored(row)
             after_seq = page[-1][0]
 
     def query(self, query: AuditQuery) -> list[AuditRecord]:
@@ -112,8 +122,8 @@ class SQLiteAuditStore:
             clauses.append("ts < ?")
             params.append(query.until)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT {_COLUMNS} FROM audit {where} ORDER BY seq LIMIT ? OFFSET ?"
-        return [_from_row(row) for row in self._read(sql, (*params, query.limit, query.offset))]
+        sql = f"{_SELECT} {where} ORDER BY seq LIMIT ? OFFSET ?"
+        return [_stored(row).record() for row in self._read(sql, (*params, query.limit, query.offset))]
 
     def head(self) -> Head:
         count, seq = self._read("SELECT COUNT(*), MAX(seq) FROM audit", ())[0]
@@ -143,13 +153,5 @@ class SQLiteAuditStore:
                 raise AuditError(f"cannot read audit store {self.url}: {exc}") from exc
 
 
-def _to_row(record: AuditRecord) -> tuple[Any, ...]:
-    return tuple(
-        json.dumps(getattr(record, f), sort_keys=True, default=str) if f in JSON_FIELDS else getattr(record, f)
-        for f in FIELDS
-    )
-
-
-def _from_row(row: tuple[Any, ...]) -> AuditRecord:
-    values = {f: (json.loads(v) if f in JSON_FIELDS and v is not None else v) for f, v in zip(FIELDS, row, strict=True)}
-    return AuditRecord(**values)
+def _stored(row: tuple[Any, ...]) -> StoredRecord:
+    return StoredRecord(seq=row[0], text=row[-2], hash=row[-1], columns=dict(zip(INDEXED, row[1:-2], strict=True)))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from risk.audit.chain import Verification, verify_chain
-from risk.audit.record import GENESIS_HASH, AuditRecord
+from risk.audit.record import GENESIS_HASH, AuditRecord, Sealed, StoredRecord
 from risk.errors import RetentionError
 
 # HIPAA asks that compliance documentation be kept six years (45 CFR 164.316(b)(2)).
@@ -38,12 +38,12 @@ class Head:
 class AuditStore(Protocol):
     url: str
 
-    def append(self, body: dict[str, Any]) -> AuditRecord:
-        """Seal `body` into the chain and store it durably before returning; raise AuditError if it can't."""
+    def append(self, body: dict[str, Any]) -> Sealed:
+        """Seal `body` into the chain and store it before returning; raise AuditError if it can't."""
         ...
 
-    def records(self, after_seq: int = 0) -> Iterator[AuditRecord]:
-        """Every record in sequence order, starting after `after_seq`."""
+    def stored(self, after_seq: int = 0) -> Iterator[StoredRecord]:
+        """Every record as stored, in sequence order, starting after `after_seq`."""
         ...
 
     def query(self, query: AuditQuery) -> list[AuditRecord]: ...
@@ -77,9 +77,14 @@ def open_audit(url: str | None = None) -> AuditStore:
     raise ValueError(f"unsupported audit store URL {url!r}; use sqlite:///path/to/audit.db")
 
 
+def records(store: AuditStore, after_seq: int = 0) -> Iterator[AuditRecord]:
+    """Every record in `store`, decoded, in sequence order."""
+    return (stored.record() for stored in store.stored(after_seq))
+
+
 def verify_store(store: AuditStore, expected_head: str | None = None) -> Verification:
     """Verify the whole chain in `store`, starting after the last retention purge if there was one."""
-    first = next(store.records(), None)
+    first = next(store.stored(), None)
     anchor, first_seq = GENESIS_HASH, 1
     if first is not None and first.seq != 1:
         purges = store.query(AuditQuery(kind="retention", limit=1_000_000))
@@ -87,7 +92,7 @@ def verify_store(store: AuditStore, expected_head: str | None = None) -> Verific
         if match is None:
             return Verification(False, 0, GENESIS_HASH, 1, f"records 1..{first.seq - 1} are missing with no purge")
         anchor, first_seq = str(match.detail["anchor_hash"]), first.seq
-    return verify_chain(store.records(), anchor_hash=anchor, first_seq=first_seq, expected_head=expected_head)
+    return verify_chain(store.stored(), anchor_hash=anchor, first_seq=first_seq, expected_head=expected_head)
 
 
 def purge(store: AuditStore, before: datetime, *, retention: timedelta = DEFAULT_RETENTION, actor: str = "cli") -> int:
@@ -108,10 +113,10 @@ def purge(store: AuditStore, before: datetime, *, retention: timedelta = DEFAULT
     boundary = store.first_seq_at_or_after(before.isoformat())
     head = store.head()
     last = (boundary - 1) if boundary is not None else head.seq
-    first = next(store.records(), None)
+    first = next(store.stored(), None)
     if first is None or last < first.seq:
         return 0
-    anchor = next(r for r in store.records(after_seq=last - 1))
+    anchor = next(store.stored(after_seq=last - 1))
     store.append(
         {
             "record_id": os.urandom(16).hex(),

@@ -96,25 +96,41 @@ def _strings(value: Any) -> Iterator[str]:
         yield str(value)
 
 
+# One cheap pass finds which rule families could fire; only those run their full expressions.
+_TRIGGERS = re.compile(
+    r"(?P<sql>drop|truncate|delete|update)"
+    r"|(?P<shell>rm\s|mkfs|dd\s|chmod|:\(\)|/dev/sd|shred|curl|wget)"
+    r"|(?P<credentials>private key|akia|ghp_|sk-|bearer|passw|secret|api[_-]?key)"
+    r"|(?P<privilege>sudo|grant|setuid|chown|administrator|superuser)"
+    r"|(?P<identifiers>\d{3}-\d{2}-\d{4}|\d{4}[ -]\d{4}|\d{5})"
+    r"|(?P<destination>@|://)"
+)
+
+
 def payload_signals(payload: Any, action_type: ActionType) -> list[str]:
     """The payload rule codes that fire for `payload` (also used as model features)."""
     if payload is None:
         return []
     texts = [t.lower() for t in _strings(payload)]
     joined = "\n".join(texts)
+    families = {m.lastgroup for m in _TRIGGERS.finditer(joined)}
+    if not families:
+        return []
     found = []
-    statements = (s.strip() for t in texts for s in t.split(";"))
-    if _DROP.search(joined) or any(_DELETE_ALL.search(s) or _UPDATE_ALL.search(s) for s in statements):
+    if "sql" in families and (
+        _DROP.search(joined)
+        or any(_DELETE_ALL.search(s) or _UPDATE_ALL.search(s) for t in texts for s in map(str.strip, t.split(";")))
+    ):
         found.append("payload_destructive_sql")
-    if _SHELL_DESTRUCTIVE.search(joined):
+    if "shell" in families and _SHELL_DESTRUCTIVE.search(joined):
         found.append("payload_destructive_shell")
-    if _CREDENTIAL.search(joined):
+    if "credentials" in families and _CREDENTIAL.search(joined):
         found.append("payload_credentials")
-    if _PRIVILEGE.search(joined):
+    if "privilege" in families and _PRIVILEGE.search(joined):
         found.append("payload_privilege")
-    if contains_identifiers(joined):
+    if "identifiers" in families and contains_identifiers(joined):
         found.append("payload_identifiers")
-    if action_type in _OUTBOUND_TYPES and _DESTINATION.search(joined):
+    if "destination" in families and action_type in _OUTBOUND_TYPES and _DESTINATION.search(joined):
         found.append("payload_outbound_destination")
     return found
 
