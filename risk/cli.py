@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from risk.audit.record import FIELDS, AuditRecord
@@ -119,9 +120,8 @@ def query(
     table = Table("seq", "ts", "agent", "kind", "action", "resource", "risk", "outcome")
     for r in records:
         risk = f"{r.risk_score:.2f}" if r.risk_score is not None else ""
-        table.add_row(
-            str(r.seq), r.ts, r.agent_id, r.kind, r.action_type or "", r.resource or "", risk, r.outcome or ""
-        )
+        cells = (str(r.seq), r.ts, r.agent_id, r.kind, r.action_type or "", r.resource or "", risk, r.outcome or "")
+        table.add_row(*(escape(c) for c in cells))  # an agent's resource string is data, never markup
     console.print(table)
 
 
@@ -175,7 +175,7 @@ def trace_line(record: AuditRecord) -> dict[str, Any]:
 def purge_command(
     before: Annotated[str, typer.Option(help="Delete records older than this ISO date.")],
     audit: AuditUrl = None,
-    retention_days: Annotated[int, typer.Option(help="Retention period in days.")] = DEFAULT_RETENTION.days,
+    retention_days: Annotated[int, typer.Option(min=0, help="Retention period in days.")] = DEFAULT_RETENTION.days,
 ) -> None:
     """Delete records older than --before; refuses anything younger than the retention period."""
     store = _open(audit)
@@ -200,7 +200,7 @@ def demo(
 
 def _open(url: str | None) -> Any:
     try:
-        return open_audit(url)
+        return open_audit(url, create=False)
     except (RiskError, ValueError) as exc:
         raise _fail(str(exc)) from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import json
 import logging
 import os
 import time
@@ -17,8 +18,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
-
-import orjson
 
 from risk.actions import ActionType, Decision, KillSwitchMode, Outcome, Reason
 from risk.audit.record import canonical_json
@@ -478,7 +477,7 @@ def _fingerprint(agent: str, atype: ActionType, resource: str, payload_json: byt
 
 
 def _kept_payload(payload: Any) -> Any:
-    return mask(orjson.loads(canonical_json(payload)))
+    return mask(json.loads(canonical_json(payload)))  # json, not orjson: it keeps integers beyond 64 bits
 
 
 def _denial(decision: Decision) -> GuardDenied:

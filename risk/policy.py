@@ -186,7 +186,7 @@ class CompiledPolicy:
                 _violation("action_type_not_allowed", f"action type {action_type.value} is not in the allowed types")
             )
         if readings.has_control_characters:
-            found.append(_violation("resource_control_characters", "resource contains NUL or control characters"))
+            found.append(_violation("resource_control_characters", "resource has NUL, control or surrogate characters"))
         if readings.over_encoded:
             found.append(_violation("resource_over_encoded", "resource is still percent-encoded after four decodings"))
         blocked = next((r for r in readings.all if self._blocked.matches(r)), None)

@@ -55,13 +55,16 @@ def mask_text(text: str) -> str:
 
 
 def mask(value: Any) -> Any:
-    """`value` with every string in it masked; dicts and lists are walked, other values kept."""
+    """`value` with every string, key and integer in it masked; dicts and lists are walked."""
     if isinstance(value, str):
         return mask_text(value)
     if isinstance(value, dict):
-        return {str(k): mask(v) for k, v in value.items()}
+        return {mask_text(str(k)): mask(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [mask(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        masked = mask_text(str(value))  # a card number or MRN sent as a JSON number
+        return masked if masked != str(value) else value
     return value
 
 

@@ -31,8 +31,8 @@ class Readings:
     over_encoded: bool = False
 
 
-# Unicode category Cc is exactly C0, DEL and C1.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Unicode category Cc is exactly C0, DEL and C1; unpaired surrogates (Cs) are no honest resource either.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def _strip_invisible(text: str) -> str:

@@ -89,8 +89,8 @@ _ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 def canonical_json(value: Any) -> bytes:
     """Deterministic UTF-8 JSON: sorted keys, no whitespace; values JSON lacks become their string form.
 
-    orjson keeps this off the hot path's bill (a tenth of the standard encoder's time); integers beyond
-    64 bits, which it refuses, take the standard encoder.
+    orjson keeps this off the hot path's bill (a tenth of the standard encoder's time); what it refuses
+    (integers beyond 64 bits, unpaired surrogates) takes the standard encoder.
 
     >>> canonical_json({"b": 1, "a": [None, 0.5, "é"]}).decode()
     '{"a":[null,0.5,"é"],"b":1}'
@@ -98,7 +98,9 @@ def canonical_json(value: Any) -> bytes:
     try:
         return orjson.dumps(value, default=str, option=_ORJSON_OPTIONS)
     except TypeError:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        # An unpaired surrogate cannot be UTF-8; its backslash escape is the same JSON string, and valid.
+        return text.encode("utf-8", "backslashreplace")
 
 
 def chain_hash(prev_hash: str, text: bytes) -> str:

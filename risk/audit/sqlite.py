@@ -60,10 +60,12 @@ class SQLiteAuditStore:
     (1, 1)
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
         path, synchronous, timeout = _parse_url(url)
         if path != ":memory:":
+            if not create and not Path(path).is_file():
+                raise AuditError(f"there is no audit trail at {path}: check --audit or $RISK_HOME")
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._head: tuple[int, str] | None = None  # (seq, hash) of the last record, None when unknown
@@ -80,15 +82,15 @@ class SQLiteAuditStore:
             for _ in range(_APPEND_ATTEMPTS):
                 if self._head is None:
                     self._head = self._read_head()
-                sealed = seal(body, self._head[0] + 1, self._head[1])
                 try:
+                    sealed = seal(body, self._head[0] + 1, self._head[1])
                     # One autocommit INSERT. seq is the primary key, so if another process appended since our
                     # cached head, the insert fails, and we re-read the head and chain onto the new one.
                     self._conn.execute(_INSERT, (sealed.seq, *(body.get(c) for c in INDEXED), sealed.text, sealed.hash))
                 except sqlite3.IntegrityError:
                     self._head = None
                     continue
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, ValueError, TypeError) as exc:
                     self._head = None
                     raise AuditError(f"audit record not written to {self.url}: {exc}") from exc
                 self._head = (sealed.seq, sealed.hash)

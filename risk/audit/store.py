@@ -67,13 +67,14 @@ def default_audit_url() -> str:
     return f"sqlite:///{default_home() / 'audit.db'}"
 
 
-def open_audit(url: str | None = None) -> AuditStore:
-    """The audit store named by `url` (`sqlite:///path.db`); `None` means SQLite under `$RISK_HOME`."""
+def open_audit(url: str | None = None, *, create: bool = True) -> AuditStore:
+    """The audit store named by `url` (`sqlite:///path.db`); `None` means SQLite under `$RISK_HOME`.
+    With `create=False`, a store that does not exist yet is an AuditError instead of a new empty one."""
     url = url or os.environ.get("RISK_AUDIT_URL") or default_audit_url()
     if url.startswith("sqlite://"):
         from risk.audit.sqlite import SQLiteAuditStore
 
-        return SQLiteAuditStore(url)
+        return SQLiteAuditStore(url, create=create)
     raise ValueError(f"unsupported audit store URL {url!r}; use sqlite:///path/to/audit.db")
 
 
@@ -102,15 +103,14 @@ def purge(store: AuditStore, before: datetime, *, retention: timedelta = DEFAULT
     remaining chain still verifies from that anchor.
     """
     now = datetime.now(UTC)
-    if before.tzinfo is None:
-        before = before.replace(tzinfo=UTC)
+    before = (before if before.tzinfo else before.replace(tzinfo=UTC)).astimezone(UTC)
     if before > now - retention:
         keep_until = (now - retention).date().isoformat()
         raise RetentionError(
             f"refusing to purge records younger than the retention period ({retention.days} days): "
             f"choose a date on or before {keep_until}"
         )
-    boundary = store.first_seq_at_or_after(before.isoformat())
+    boundary = store.first_seq_at_or_after(before.isoformat(timespec="microseconds"))
     head = store.head()
     last = (boundary - 1) if boundary is not None else head.seq
     first = next(store.stored(), None)
@@ -120,11 +120,15 @@ def purge(store: AuditStore, before: datetime, *, retention: timedelta = DEFAULT
     store.append(
         {
             "record_id": os.urandom(16).hex(),
-            "ts": now.isoformat(),
+            "ts": now.isoformat(timespec="microseconds"),
             "kind": "retention",
             "agent_id": "*",
             "actor": actor,
-            "detail": {"purged_through_seq": last, "anchor_hash": anchor.hash, "before": before.isoformat()},
+            "detail": {
+                "purged_through_seq": last,
+                "anchor_hash": anchor.hash,
+                "before": before.isoformat(timespec="microseconds"),
+            },
         }
     )
     return store.delete_through(last)

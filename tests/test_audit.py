@@ -1,0 +1,892 @@
+"""The audit trail: one hash-chained record per decision and event, tamper detection, retention, failure modes.
+
+Every tamper test opens the SQLite file with the `sqlite3` module, as an attacker with file access would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from risk import ActionDenied, ActionType, AuditError, Guard, KillSwitchMode, Outcome, RetentionError
+from risk.audit.record import FIELDS, GENESIS_HASH, AuditRecord, canonical_json
+from risk.audit.store import DEFAULT_RETENTION, AuditQuery, open_audit, purge, verify_store
+from risk.redaction import mask
+
+# ---- helpers ---------------------------------------------------------------------------------------------
+
+# The tests read and tamper with the SQLite file directly. They understand both storage layouts the store has
+# used: one column per field, or the exact hashed JSON text in a `body` column beside a few indexed columns.
+JSON_COLUMNS = ("payload", "reasons", "detail")
+DEFAULTS: dict[str, Any] = {
+    f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    for f in dataclasses.fields(AuditRecord)
+    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+}
+
+
+def url_of(path: Path, **options: object) -> str:
+    query = "&".join(f"{key}={value}" for key, value in options.items())
+    return f"sqlite:///{path}" + (f"?{query}" if query else "")
+
+
+def spec_canonical(value: Any) -> bytes:
+    """Canonical JSON written from the specification, independently of risk.audit.record."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def spec_hash(prev_hash: str, text: bytes) -> str:
+    """hash = SHA-256(0x01 || prev_hash || SHA-256(0x00 || canonical JSON of the fields but `hash`))."""
+    leaf = hashlib.sha256(b"\x00" + text).digest()
+    return hashlib.sha256(b"\x01" + bytes.fromhex(prev_hash) + leaf).hexdigest()
+
+
+def spec_digest(payload: Any) -> str:
+    return hashlib.sha256(spec_canonical(payload)).hexdigest()
+
+
+@contextlib.contextmanager
+def raw(path: Path) -> Iterator[sqlite3.Connection]:
+    """A second, independent connection to the audit file (autocommit), as another process would have."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def stored_row(conn: sqlite3.Connection, seq: int) -> dict[str, Any]:
+    cursor = conn.execute("SELECT * FROM audit WHERE seq = ?", (seq,))
+    return dict(zip([d[0] for d in cursor.description], cursor.fetchone(), strict=True))
+
+
+def decode(row: dict[str, Any]) -> dict[str, Any]:
+    """The record's fields exactly as hashed, plus `hash`."""
+    if "body" in row:
+        return {**json.loads(row["body"]), "hash": row["hash"]}
+    return {k: json.loads(v) if k in JSON_COLUMNS and v is not None else v for k, v in row.items()}
+
+
+def hashed_text(row: dict[str, Any]) -> bytes:
+    if "body" in row:
+        return str(row["body"]).encode()
+    return spec_canonical({k: v for k, v in decode(row).items() if k != "hash"})
+
+
+def stored_rows(path: Path) -> list[dict[str, Any]]:
+    with raw(path) as conn:
+        cursor = conn.execute("SELECT * FROM audit ORDER BY seq")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, values, strict=True)) for values in cursor]
+
+
+def raw_rows(path: Path) -> list[dict[str, Any]]:
+    """Every record in the file, decoded without the library, fields left out of the record at their defaults."""
+    return [{**DEFAULTS, **decode(row)} for row in stored_rows(path)]
+
+
+def edit(conn: sqlite3.Connection, seq: int, **changes: Any) -> None:
+    """Change fields of one record consistently wherever the layout keeps them (hashed text and columns)."""
+    row = stored_row(conn, seq)
+    sets: dict[str, Any] = {}
+    if "body" in row:
+        fields = json.loads(row["body"])
+        fields.update({k: v for k, v in changes.items() if k != "hash"})
+        sets["body"] = spec_canonical(fields).decode()
+    for key, value in changes.items():
+        if key in row and key != "body":
+            sets[key] = json.dumps(value) if key in JSON_COLUMNS else value
+    assignments = ", ".join(f"{column} = ?" for column in sets)
+    conn.execute(f"UPDATE audit SET {assignments} WHERE seq = ?", (*sets.values(), seq))
+
+
+def rehash(conn: sqlite3.Connection, seq: int, prev_hash: str) -> str:
+    """What an attacker does after editing a record: recompute its prev_hash and its own hash."""
+    edit(conn, seq, prev_hash=prev_hash)
+    new_hash = spec_hash(prev_hash, hashed_text(stored_row(conn, seq)))
+    conn.execute("UPDATE audit SET hash = ? WHERE seq = ?", (new_hash, seq))
+    return new_hash
+
+
+def prev_of(conn: sqlite3.Connection, seq: int) -> str:
+    return str(decode(stored_row(conn, seq))["prev_hash"])
+
+
+def verify(url: str, expected_head: str | None = None) -> Any:
+    store = open_audit(url)
+    try:
+        return verify_store(store, expected_head=expected_head)
+    finally:
+        store.close()
+
+
+def db_bytes(path: Path) -> bytes:
+    """Everything SQLite wrote for the audit file: the database and its write-ahead log."""
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+class Clock:
+    """An injectable Guard clock returning a UNIX time; move it by assigning `when`."""
+
+    def __init__(self, when: datetime) -> None:
+        self.when = when
+
+    def __call__(self) -> float:
+        return self.when.timestamp()
+
+
+def at(year: int, month: int = 1, day: int = 1, hour: int = 12) -> datetime:
+    return datetime(year, month, day, hour, tzinfo=UTC)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit.db"
+
+
+@pytest.fixture
+def make_guard(tmp_path: Path, db_path: Path) -> Iterator[Callable[..., Guard]]:
+    guards: list[Guard] = []
+
+    def make(**kwargs: Any) -> Guard:
+        kwargs.setdefault("agent_id", "agent-1")
+        kwargs.setdefault("blocked_resources", ["data.phi.*"])
+        kwargs.setdefault("audit", url_of(db_path))
+        kwargs.setdefault("home", tmp_path / "home")
+        guard = Guard(**kwargs)
+        guards.append(guard)
+        return guard
+
+    yield make
+    for guard in guards:
+        guard.close()
+
+
+@pytest.fixture
+def six_records(make_guard: Callable[..., Guard], db_path: Path) -> str:
+    """A trail of 6 records: the policy (seq 1), then 5 decisions; seq 3 is a blocked one. Returns the URL."""
+    guard = make_guard()
+    guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims")
+    assert not guard.check(ActionType.DATABASE_QUERY, "data.phi.patients").allowed
+    for table in ("visits", "providers", "payers"):
+        assert guard.check(ActionType.DATABASE_QUERY, f"data.deidentified.{table}").allowed
+    assert [r["seq"] for r in raw_rows(db_path)] == [1, 2, 3, 4, 5, 6]
+    return url_of(db_path)
+
+
+# ---- one record per decision and event, written before check returns --------------------------------------
+
+
+def test_store_runs_in_wal_mode(make_guard: Callable[..., Guard], db_path: Path) -> None:
+    make_guard()
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_stored_records_hold_only_audit_record_fields(six_records: str, db_path: Path) -> None:
+    required = {"seq", "record_id", "ts", "kind", "agent_id", "prev_hash", "hash"}
+    for row in stored_rows(db_path):
+        fields = set(decode(row))
+        assert required <= fields <= set(FIELDS), fields - set(FIELDS)
+
+
+def test_first_record_is_the_policy_with_seq_1_and_the_genesis_prev_hash(
+    make_guard: Callable[..., Guard], db_path: Path
+) -> None:
+    guard = make_guard()
+    (first,) = raw_rows(db_path)
+    assert first["seq"] == 1
+    assert first["prev_hash"] == GENESIS_HASH == "0" * 64
+    assert first["kind"] == "policy"
+    assert first["policy_hash"] == guard.policy.policy_hash
+    assert first["detail"]["policy"]["blocked_resources"] == ["data.phi.*"]
+
+
+def test_each_decision_is_committed_with_all_its_fields_before_check_returns(
+    make_guard: Callable[..., Guard], db_path: Path
+) -> None:
+    clock = Clock(datetime(2026, 3, 2, 9, 30, 15, 123456, tzinfo=UTC))
+    guard = make_guard(clock=clock)
+    payload = {"sql": "select count(*) from claims"}
+    for resource, allowed in (("data.deidentified.claims", True), ("DATA.PHI.patients", False)):
+        decision = guard.check(ActionType.DATABASE_QUERY, resource, payload, session_id="s-7")
+        assert decision.allowed is allowed
+        # A separate connection sees the committed row the moment check has returned.
+        with raw(db_path) as conn:
+            cursor = conn.execute("SELECT * FROM audit WHERE action_id = ?", (decision.action_id,))
+            found = cursor.fetchone()
+            assert found is not None
+            row = {**DEFAULTS, **decode(dict(zip([d[0] for d in cursor.description], found, strict=True)))}
+        assert row["kind"] == "decision"
+        assert row["record_id"] == decision.action_id
+        assert row["ts"] == "2026-03-02T09:30:15.123456+00:00"
+        assert row["agent_id"] == "agent-1"
+        assert row["session_id"] == "s-7"
+        assert row["action_type"] == "database_query"
+        assert row["resource"] == resource
+        assert row["resource_normalized"] == decision.normalized_resource
+        assert row["payload_digest"] == spec_digest(payload)
+        assert row["risk_score"] == decision.risk_score
+        assert [r["code"] for r in row["reasons"]] == list(decision.reason_codes)
+        assert row["decision"] == ("allow" if allowed else "deny")
+        assert row["outcome"] == decision.outcome.value
+        assert row["mode"] == "block"
+        assert row["policy_hash"] == guard.policy.policy_hash
+        assert row["model_version"] == "rules-1"
+    assert [r["kind"] for r in raw_rows(db_path)] == ["policy", "decision", "decision"]
+
+
+def test_hash_chain_follows_the_specified_construction(six_records: str, db_path: Path) -> None:
+    prev = GENESIS_HASH
+    for expected_seq, row in enumerate(stored_rows(db_path), start=1):
+        fields = decode(row)
+        text = hashed_text(row)
+        assert text == spec_canonical(json.loads(text)), "the hashed text is canonical JSON: sorted keys, no spaces"
+        assert json.loads(text) == {k: v for k, v in fields.items() if k != "hash"}
+        assert fields["seq"] == expected_seq
+        assert fields["prev_hash"] == prev
+        assert fields["hash"] == spec_hash(prev, text)
+        prev = fields["hash"]
+    head = open_audit(six_records).head()
+    assert (head.count, head.seq, head.hash) == (6, 6, prev)
+
+
+def test_killswitch_rollback_and_outcome_events_are_each_one_chained_record(
+    make_guard: Callable[..., Guard], db_path: Path
+) -> None:
+    guard = make_guard(mode=KillSwitchMode.ROLLBACK)
+    undone: list[str] = []
+    write = guard.check(
+        ActionType.DATABASE_WRITE, "data.deidentified.claims", {"sql": "update claims set x=1 where id=2"}
+    )
+    guard.register_undo(write.action_id, lambda: undone.append("claims"), "restore claims row 2")
+    guard.record_outcome(write.action_id, rows=1)
+    tripped = guard.check(ActionType.DATABASE_QUERY, "data.phi.patients")
+    assert tripped.outcome is Outcome.ROLLED_BACK
+    assert undone == ["claims"]
+    while_paused = guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims")
+    assert while_paused.outcome is Outcome.PAUSED
+    guard.resume()
+    guard.terminate(reason="done for today")
+    guard.reset()
+
+    rows = raw_rows(db_path)
+    assert [(r["kind"], r["outcome"]) for r in rows] == [
+        ("policy", None),
+        ("decision", "allowed"),
+        ("outcome", "success"),
+        ("decision", "rolled_back"),
+        ("rollback", "undone"),
+        ("killswitch", "paused"),
+        ("decision", "paused"),
+        ("killswitch", "running"),
+        ("killswitch", "terminated"),
+        ("killswitch", "running"),
+    ]
+    assert rows[2]["action_id"] == write.action_id and rows[2]["detail"]["rows"] == 1
+    assert rows[4]["action_id"] == write.action_id and rows[4]["detail"]["step"] == "restore claims row 2"
+    assert rows[5]["action_id"] == tripped.action_id
+    assert [(r["detail"]["from"], r["detail"]["to"], r["actor"]) for r in rows[5:] if r["kind"] == "killswitch"] == [
+        ("running", "paused", "guard"),
+        ("paused", "running", "reviewer"),
+        ("running", "terminated", "reviewer"),
+        ("terminated", "running", "reviewer"),
+    ]
+    assert [r["seq"] for r in rows] == list(range(1, 11))
+    result = verify(url_of(db_path))
+    assert result.ok and result.count == 10
+
+
+# ---- payloads --------------------------------------------------------------------------------------------
+
+PHI_PAYLOAD = {
+    "note": "Pt MRN: 00123456, SSN 123-45-6789, mail jo.doe@example.org, call (555) 123-4567",
+    "card": "4111 1111 1111 1111",
+    "order": "4111 1111 1111 1112",
+    "items": ["ssn 987-65-4321", 7, None],
+}
+SECRETS = (b"123-45-6789", b"987-65-4321", b"jo.doe@example.org", b"(555) 123-4567", b"4111 1111 1111 1111")
+
+
+def test_by_default_only_the_payload_digest_is_stored(make_guard: Callable[..., Guard], db_path: Path) -> None:
+    guard = make_guard()
+    decision = guard.check(ActionType.DATABASE_WRITE, "data.deidentified.notes", PHI_PAYLOAD)
+    row = raw_rows(db_path)[-1]
+    assert row["action_id"] == decision.action_id
+    assert row["payload"] is None
+    assert row["payload_digest"] == spec_digest(PHI_PAYLOAD)
+    stored = db_bytes(db_path)
+    assert not [secret for secret in SECRETS if secret in stored]
+
+
+def test_keep_payloads_stores_the_payload_masked_and_digests_the_original(
+    make_guard: Callable[..., Guard], db_path: Path
+) -> None:
+    guard = make_guard(keep_payloads=True)
+    guard.check(ActionType.DATABASE_WRITE, "data.deidentified.notes", PHI_PAYLOAD)
+    row = raw_rows(db_path)[-1]
+    assert row["payload"] == {
+        "note": "Pt [MRN], SSN [SSN], mail [EMAIL], call [PHONE]",
+        "card": "[CARD]",
+        "order": "4111 1111 1111 1112",  # fails the Luhn check: not a card number, kept
+        "items": ["ssn [SSN]", 7, None],
+    }
+    assert row["payload_digest"] == spec_digest(PHI_PAYLOAD)
+    stored = db_bytes(db_path)
+    assert not [secret for secret in SECRETS if secret in stored]
+    assert verify(url_of(db_path)).ok
+
+
+def test_keep_payloads_masks_identifiers_in_dictionary_keys(make_guard: Callable[..., Guard], db_path: Path) -> None:
+    guard = make_guard(keep_payloads=True)
+    guard.check(ActionType.API_CALL, "mail.send", {"status_by_recipient": {"jo.doe@example.org": "sent"}})
+    row = raw_rows(db_path)[-1]
+    assert "jo.doe@example.org" not in json.dumps(row["payload"])
+    assert b"jo.doe@example.org" not in db_bytes(db_path)
+
+
+def test_keep_payloads_masks_card_numbers_given_as_json_numbers(
+    make_guard: Callable[..., Guard], db_path: Path
+) -> None:
+    guard = make_guard(keep_payloads=True)
+    guard.check(ActionType.API_CALL, "payments.charge", {"card_number": 4111111111111111, "amount": 12})
+    row = raw_rows(db_path)[-1]
+    assert "4111111111111111" not in json.dumps(row["payload"])
+    assert row["payload"]["amount"] == 12
+
+
+def test_keep_payloads_keeps_integers_beyond_64_bits_exactly(make_guard: Callable[..., Guard], db_path: Path) -> None:
+    guard = make_guard(keep_payloads=True)
+    big = 2**64 + 1
+    guard.check(ActionType.API_CALL, "ledger.post", {"entry_id": big})
+    assert raw_rows(db_path)[-1]["payload"] == {"entry_id": big}
+    assert verify(url_of(db_path)).ok
+
+
+_json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30)
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def test_any_json_payload_round_trips_through_sqlite_and_the_chain_still_verifies(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    guard = Guard(audit=url_of(path), keep_payloads=True, home=tmp_path)
+
+    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(payload=_json_values, resource=st.text(min_size=1, max_size=20).filter(str.strip))
+    def check_one(payload: Any, resource: str) -> None:
+        decision = guard.check(ActionType.CUSTOM, resource, payload)
+        record = next(r for r in guard.audit.query(AuditQuery(limit=1, offset=guard.audit.head().count - 1)))
+        assert record.action_id == decision.action_id
+        # The digest is of the original payload's canonical JSON, which decodes back to exactly that payload.
+        assert record.payload_digest == hashlib.sha256(canonical_json(payload)).hexdigest()
+        assert json.loads(canonical_json(payload)) == payload
+        assert record.payload == mask(payload)
+
+    try:
+        check_one()
+        result = verify_store(guard.audit)
+        assert result.ok, result
+    finally:
+        guard.close()
+
+
+# ---- verification and tampering --------------------------------------------------------------------------
+
+
+def test_untampered_chain_verifies_and_reports_its_head(six_records: str, db_path: Path) -> None:
+    head = raw_rows(db_path)[-1]["hash"]
+    result = verify(six_records)
+    assert (result.ok, result.count, result.head_hash, result.first_bad_seq) == (True, 6, head, None)
+    assert verify(six_records, expected_head=head).ok
+    # A head kept earlier is still in the chain, so it verifies too.
+    assert verify(six_records, expected_head=raw_rows(db_path)[3]["hash"]).ok
+
+
+def test_empty_store_verifies_with_the_genesis_head(db_path: Path) -> None:
+    result = verify(url_of(db_path))
+    assert (result.ok, result.count, result.head_hash) == (True, 0, GENESIS_HASH)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        lambda r: {"outcome": "allowed", "decision": "allow"},
+        lambda r: {"risk_score": 0.01},
+        lambda r: {"reasons": []},
+        lambda r: {"reasons": [{**reason, "weight": 0.0} for reason in r["reasons"]]},
+        lambda r: {"ts": "2020-01-01T00:00:00.000000+00:00"},
+        lambda r: {"resource": "data.deidentified.patients"},
+        lambda r: {"risk_score": str(r["risk_score"])},
+    ],
+    ids=["outcome", "risk_score", "reasons-emptied", "reason-weights", "ts", "resource", "risk_score-as-text"],
+)
+def test_editing_a_field_fails_verification_at_that_record(
+    six_records: str, db_path: Path, changes: Callable[[dict[str, Any]], dict[str, Any]]
+) -> None:
+    with raw(db_path) as conn:
+        edit(conn, 3, **changes(raw_rows(db_path)[2]))
+    result = verify(six_records)
+    assert not result.ok
+    assert (result.first_bad_seq, result.count) == (3, 2)
+
+
+@pytest.mark.parametrize("field", [f for f in FIELDS if f != "seq"])
+def test_every_field_is_covered_by_the_hash(six_records: str, db_path: Path, field: str) -> None:
+    replacement: Any = {
+        "risk_score": 0.123,
+        "payload": {"x": 1},
+        "reasons": [{"code": "forged"}],
+        "detail": {"forged": True},
+        "prev_hash": "1" * 64,
+        "hash": "2" * 64,
+    }.get(field, "forged")
+    with raw(db_path) as conn:
+        edit(conn, 3, **{field: replacement})
+    assert raw_rows(db_path)[2][field] == replacement
+    result = verify(six_records)
+    assert (result.ok, result.first_bad_seq) == (False, 3)
+
+
+def test_editing_only_the_queryable_outcome_column_is_detected(six_records: str, db_path: Path) -> None:
+    with raw(db_path) as conn:
+        assert conn.execute("UPDATE audit SET outcome = 'allowed' WHERE seq = 3").rowcount == 1
+    result = verify(six_records)
+    assert (result.ok, result.first_bad_seq, result.count) == (False, 3, 2)
+
+
+def test_editing_a_record_and_recomputing_its_own_hash_fails_at_the_next_record(
+    six_records: str, db_path: Path
+) -> None:
+    with raw(db_path) as conn:
+        edit(conn, 3, outcome="allowed", decision="allow", reasons=[])
+        rehash(conn, 3, prev_of(conn, 3))
+    row = stored_rows(db_path)[2]
+    assert decode(row)["hash"] == spec_hash(decode(row)["prev_hash"], hashed_text(row))
+    result = verify(six_records)
+    assert not result.ok
+    assert (result.first_bad_seq, result.count) == (4, 3)
+
+
+def test_rewriting_a_record_and_rehashing_every_later_one_is_caught_only_against_a_kept_head(
+    six_records: str, db_path: Path
+) -> None:
+    kept_head = raw_rows(db_path)[-1]["hash"]
+    with raw(db_path) as conn:
+        prev = prev_of(conn, 3)
+        edit(conn, 3, outcome="allowed", decision="allow")
+        for seq in range(3, 7):
+            prev = rehash(conn, seq, prev)
+    # A fully rewritten suffix is self-consistent: only the head kept elsewhere exposes it.
+    assert verify(six_records).ok
+    result = verify(six_records, expected_head=kept_head)
+    assert not result.ok
+    assert result.first_bad_seq is not None
+
+
+def test_deleting_a_middle_record_fails_at_the_record_after_the_gap(six_records: str, db_path: Path) -> None:
+    with raw(db_path) as conn:
+        conn.execute("DELETE FROM audit WHERE seq = 3")
+    result = verify(six_records)
+    assert not result.ok
+    assert (result.first_bad_seq, result.count) == (4, 2)
+
+
+def test_deleting_a_middle_record_and_renumbering_the_rest_fails_at_the_gap(six_records: str, db_path: Path) -> None:
+    with raw(db_path) as conn:
+        conn.execute("DELETE FROM audit WHERE seq = 3")
+        for seq in (4, 5, 6):
+            conn.execute("UPDATE audit SET seq = ? WHERE seq = ?", (seq - 1, seq))
+    assert [r["seq"] for r in stored_rows(db_path)] == [1, 2, 3, 4, 5]
+    result = verify(six_records)
+    assert not result.ok
+    assert (result.first_bad_seq, result.count) == (3, 2)
+
+
+def test_deleting_the_first_record_without_a_purge_fails_at_seq_1(six_records: str, db_path: Path) -> None:
+    with raw(db_path) as conn:
+        conn.execute("DELETE FROM audit WHERE seq = 1")
+    result = verify(six_records)
+    assert not result.ok
+    assert result.first_bad_seq == 1
+
+
+def test_swapping_two_records_fails_at_the_first_of_them(six_records: str, db_path: Path) -> None:
+    with raw(db_path) as conn:
+        conn.execute("UPDATE audit SET seq = -1 WHERE seq = 3")
+        conn.execute("UPDATE audit SET seq = 3 WHERE seq = 4")
+        conn.execute("UPDATE audit SET seq = 4 WHERE seq = -1")
+    result = verify(six_records)
+    assert not result.ok
+    assert (result.first_bad_seq, result.count) == (3, 2)
+
+
+def test_swapping_two_records_contents_but_keeping_seq_fails_at_the_first_of_them(
+    six_records: str, db_path: Path
+) -> None:
+    with raw(db_path) as conn:
+        other = ", ".join(row[1] for row in conn.execute("PRAGMA table_info(audit)") if row[1] != "seq")
+        conn.execute("CREATE TEMP TABLE swap AS SELECT * FROM audit WHERE seq IN (3, 4)")
+        conn.execute(
+            f"UPDATE audit SET ({other}) = (SELECT {other} FROM swap WHERE swap.seq = 7 - audit.seq) "
+            "WHERE seq IN (3, 4)"
+        )
+    rows = raw_rows(db_path)
+    assert rows[2]["outcome"] == "allowed" and rows[3]["outcome"] == "blocked"
+    result = verify(six_records)
+    assert (result.ok, result.first_bad_seq) == (False, 3)
+
+
+def test_truncating_the_tail_passes_without_a_head_but_fails_against_the_head_kept_before(
+    six_records: str, db_path: Path
+) -> None:
+    kept_head = raw_rows(db_path)[-1]["hash"]
+    with raw(db_path) as conn:
+        conn.execute("DELETE FROM audit WHERE seq > 4")
+    # Documented limitation: what remains is a valid chain, so verification without a head passes.
+    result = verify(six_records)
+    assert (result.ok, result.count) == (True, 4)
+    result = verify(six_records, expected_head=kept_head)
+    assert not result.ok
+    assert (result.first_bad_seq, result.count) == (5, 4)
+
+
+def test_deleting_every_record_is_caught_only_against_a_kept_head(six_records: str, db_path: Path) -> None:
+    kept_head = raw_rows(db_path)[-1]["hash"]
+    with raw(db_path) as conn:
+        conn.execute("DELETE FROM audit")
+    assert verify(six_records).ok
+    result = verify(six_records, expected_head=kept_head)
+    assert (result.ok, result.first_bad_seq) == (False, 1)
+
+
+def test_editing_the_last_record_and_rehashing_it_is_caught_only_against_a_kept_head(
+    six_records: str, db_path: Path
+) -> None:
+    kept_head = raw_rows(db_path)[-1]["hash"]
+    with raw(db_path) as conn:
+        edit(conn, 6, outcome="blocked", decision="deny")
+        rehash(conn, 6, prev_of(conn, 6))
+    assert verify(six_records).ok
+    assert not verify(six_records, expected_head=kept_head).ok
+
+
+# ---- audit write failure denies -------------------------------------------------------------------------
+
+
+def test_locked_audit_denies_an_allowed_action_and_recovers_once_released(
+    make_guard: Callable[..., Guard], db_path: Path
+) -> None:
+    guard = make_guard(audit=url_of(db_path, timeout=0.05))
+    assert guard.check(ActionType.FILE_READ, "/srv/reports/q1.csv").allowed
+    with raw(db_path) as locker:
+        locker.execute("BEGIN EXCLUSIVE")
+        denied = guard.check(ActionType.FILE_READ, "/srv/reports/q1.csv")
+        assert not denied.allowed
+        assert denied.outcome is Outcome.BLOCKED
+        assert denied.reason_codes[0] == "audit_unavailable"
+        assert guard.audit_failures == 1
+        locker.execute("ROLLBACK")
+    allowed = guard.check(ActionType.FILE_READ, "/srv/reports/q1.csv")
+    assert allowed.allowed
+    assert guard.audit_failures == 1
+    rows = raw_rows(db_path)
+    assert [r["seq"] for r in rows] == [1, 2, 3]
+    assert allowed.action_id == rows[-1]["action_id"]
+    assert denied.action_id not in {r["action_id"] for r in rows}
+    assert verify(url_of(db_path)).ok
+
+
+def test_guarded_tool_body_does_not_run_while_the_audit_is_locked(
+    make_guard: Callable[..., Guard], db_path: Path, tmp_path: Path
+) -> None:
+    guard = make_guard(audit=url_of(db_path, timeout=0.05))
+    report = tmp_path / "report.txt"
+    report.write_text("q1 totals")
+    ran: list[str] = []
+
+    @guard.tool(ActionType.FILE_READ, resource="path")
+    def read_report(path: str) -> str:
+        ran.append(path)
+        return Path(path).read_text()
+
+    with raw(db_path) as locker:
+        locker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(ActionDenied) as denied:
+            read_report(str(report))
+        locker.execute("ROLLBACK")
+    assert ran == []
+    assert denied.value.decision.reason_codes[0] == "audit_unavailable"
+    assert guard.audit_failures == 1
+
+    assert read_report(str(report)) == "q1 totals"
+    assert ran == [str(report)]
+    assert [r["kind"] for r in raw_rows(db_path)] == ["policy", "decision", "outcome"]
+
+
+def test_guard_refuses_to_start_when_its_policy_record_cannot_be_written(db_path: Path, tmp_path: Path) -> None:
+    Guard(audit=url_of(db_path), home=tmp_path).close()
+    with raw(db_path) as locker:
+        locker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(AuditError):
+            Guard(audit=url_of(db_path, timeout=0.05), home=tmp_path)
+        locker.execute("ROLLBACK")
+
+
+# ---- concurrency ------------------------------------------------------------------------------------------
+
+
+def test_eight_threads_sharing_one_guard_write_1600_decisions_on_one_chain(
+    make_guard: Callable[..., Guard], db_path: Path
+) -> None:
+    guard = make_guard()
+    barrier = threading.Barrier(8)
+    decided: list[list[str]] = [[] for _ in range(8)]
+
+    def work(n: int) -> None:
+        barrier.wait()
+        for i in range(200):
+            decided[n].append(guard.check(ActionType.DATABASE_QUERY, f"data.t{n}.r{i}", agent_id=f"a{n}").action_id)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = raw_rows(db_path)
+    decisions = [r for r in rows if r["kind"] == "decision"]
+    assert len(decisions) == 1600
+    assert len(rows) == 1601
+    assert [r["seq"] for r in rows] == list(range(1, 1602))
+    assert {r["action_id"] for r in decisions} == {a for ids in decided for a in ids}
+    result = verify(url_of(db_path))
+    assert (result.ok, result.count) == (True, 1601)
+
+
+def test_two_guards_with_separate_connections_append_to_one_file_without_forks_or_gaps(
+    tmp_path: Path, db_path: Path
+) -> None:
+    guards = [Guard(agent_id=f"proc-{n}", audit=url_of(db_path), home=tmp_path) for n in range(2)]
+    barrier = threading.Barrier(2)
+
+    def work(guard: Guard) -> None:
+        barrier.wait()
+        for i in range(200):
+            guard.check(ActionType.FILE_READ, f"/srv/data/{i}.csv")
+
+    threads = [threading.Thread(target=work, args=(g,)) for g in guards]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g in guards:
+        g.close()
+    rows = raw_rows(db_path)
+    assert len(rows) == 402
+    assert [r["seq"] for r in rows] == list(range(1, 403))
+    assert len({r["prev_hash"] for r in rows}) == 402  # no two records claim the same predecessor
+    assert sum(r["agent_id"] == "proc-0" for r in rows) == sum(r["agent_id"] == "proc-1" for r in rows) == 201
+    result = verify(url_of(db_path))
+    assert (result.ok, result.count) == (True, 402)
+
+
+def _append_from_process(url: str, home: str, agent: str, n: int, barrier: Any) -> None:
+    guard = Guard(agent_id=agent, audit=url, home=home)
+    barrier.wait(timeout=30)
+    for i in range(n):
+        guard.check(ActionType.DATABASE_QUERY, f"data.deidentified.t{i}")
+    guard.close()
+
+
+def test_two_processes_append_to_one_file_and_the_chain_verifies(tmp_path: Path, db_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [
+        ctx.Process(target=_append_from_process, args=(url_of(db_path), str(tmp_path), f"p{n}", 100, barrier))
+        for n in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    rows = raw_rows(db_path)
+    assert [r["seq"] for r in rows] == list(range(1, 203))
+    assert sorted(r["agent_id"] for r in rows if r["kind"] == "decision") == ["p0"] * 100 + ["p1"] * 100
+    result = verify(url_of(db_path))
+    assert (result.ok, result.count) == (True, 202)
+
+
+# ---- retention --------------------------------------------------------------------------------------------
+
+
+def test_purge_refuses_to_delete_records_younger_than_the_retention(
+    make_guard: Callable[..., Guard], db_path: Path
+) -> None:
+    guard = make_guard()
+    guard.check(ActionType.FILE_READ, "/srv/a.csv")
+    now = datetime.now(UTC)
+    for before, retention in (
+        (now - timedelta(days=30), DEFAULT_RETENTION),
+        (now - DEFAULT_RETENTION + timedelta(days=1), DEFAULT_RETENTION),
+        (now - timedelta(days=1), timedelta(days=7)),
+        (now + timedelta(hours=1), timedelta(0)),
+    ):
+        with pytest.raises(RetentionError, match="retention"):
+            purge(guard.audit, before, retention=retention)
+    assert [r["kind"] for r in raw_rows(db_path)] == ["policy", "decision"]
+
+
+def test_default_retention_is_at_least_six_years() -> None:
+    assert DEFAULT_RETENTION.days >= 6 * 365 + 1  # six years, leap days included
+
+
+def test_purge_deletes_old_records_appends_a_retention_record_and_the_rest_still_verifies(
+    make_guard: Callable[..., Guard], db_path: Path
+) -> None:
+    clock = Clock(at(2019, 3))
+    guard = make_guard(clock=clock)
+    for i in range(3):
+        guard.check(ActionType.FILE_READ, f"/srv/old/{i}.csv")
+    clock.when = at(2020, 6)
+    for i in range(2):
+        guard.check(ActionType.FILE_READ, f"/srv/new/{i}.csv")
+    before_purge = raw_rows(db_path)
+    kept_head = before_purge[-1]["hash"]
+
+    deleted = purge(guard.audit, datetime(2020, 1, 1, tzinfo=UTC))  # the default six-year retention
+
+    assert deleted == 4
+    rows = raw_rows(db_path)
+    assert [r["seq"] for r in rows] == [5, 6, 7]
+    assert [r["resource"] for r in rows[:2]] == ["/srv/new/0.csv", "/srv/new/1.csv"]
+    retention = rows[-1]
+    assert retention["kind"] == "retention"
+    assert retention["detail"]["purged_through_seq"] == 4
+    assert retention["detail"]["anchor_hash"] == before_purge[3]["hash"]
+    assert retention["prev_hash"] == kept_head
+    result = verify(url_of(db_path))
+    assert (result.ok, result.count, result.head_hash) == (True, 3, retention["hash"])
+    assert verify(url_of(db_path), expected_head=kept_head).ok
+    # The chain goes on after the purge.
+    clock.when = at(2026, 1)
+    guard.check(ActionType.FILE_READ, "/srv/new/2.csv")
+    assert verify(url_of(db_path)).count == 4
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        datetime(2019, 12, 31, 19),
+        datetime(2019, 12, 31, 19, tzinfo=UTC),
+        datetime(2020, 1, 1, 0, tzinfo=timezone(timedelta(hours=5))),
+        datetime(2019, 12, 31, 14, tzinfo=timezone(timedelta(hours=-5))),
+    ],
+    ids=["naive-means-utc", "utc", "utc+5", "utc-5"],
+)
+def test_purge_deletes_exactly_the_records_older_than_the_instant_before_whatever_its_offset(
+    make_guard: Callable[..., Guard], db_path: Path, before: datetime
+) -> None:
+    clock = Clock(datetime(2019, 12, 31, 18, tzinfo=UTC))  # an hour before `before` (19:00 UTC)
+    guard = make_guard(clock=clock)
+    guard.check(ActionType.FILE_READ, "/srv/older.csv")
+    clock.when = datetime(2019, 12, 31, 20, tzinfo=UTC)  # an hour after it
+    guard.check(ActionType.FILE_READ, "/srv/newer.csv")
+
+    deleted = purge(guard.audit, before, retention=timedelta(0))
+
+    rows = raw_rows(db_path)
+    assert deleted == 2
+    assert [(r["kind"], r["resource"]) for r in rows] == [("decision", "/srv/newer.csv"), ("retention", None)]
+    assert verify(url_of(db_path)).ok
+
+
+def test_short_retention_allows_purging_recent_records(make_guard: Callable[..., Guard], db_path: Path) -> None:
+    clock = Clock(datetime.now(UTC) - timedelta(days=10))
+    guard = make_guard(clock=clock)
+    guard.check(ActionType.FILE_READ, "/srv/a.csv")
+    clock.when = datetime.now(UTC) - timedelta(days=1)
+    guard.check(ActionType.FILE_READ, "/srv/b.csv")
+    before = datetime.now(UTC) - timedelta(days=5)
+    with pytest.raises(RetentionError):
+        purge(guard.audit, before)
+    assert purge(guard.audit, before, retention=timedelta(days=3)) == 2
+    assert [r["kind"] for r in raw_rows(db_path)] == ["decision", "retention"]
+    assert verify(url_of(db_path)).ok
+
+
+def test_purging_twice_keeps_a_verifiable_chain(make_guard: Callable[..., Guard], db_path: Path) -> None:
+    clock = Clock(at(2017))
+    guard = make_guard(clock=clock)
+    for year in (2017, 2018, 2019):
+        clock.when = at(year, 6)
+        guard.check(ActionType.FILE_READ, f"/srv/{year}.csv")
+    kept_head = raw_rows(db_path)[-1]["hash"]
+    assert purge(guard.audit, datetime(2018, 1, 1, tzinfo=UTC)) == 2
+    assert verify(url_of(db_path)).ok
+    assert purge(guard.audit, datetime(2019, 1, 1, tzinfo=UTC)) == 1
+    rows = raw_rows(db_path)
+    assert [r["kind"] for r in rows] == ["decision", "retention", "retention"]
+    result = verify(url_of(db_path), expected_head=kept_head)
+    assert (result.ok, result.count) == (True, 3)
+
+
+def test_purging_every_record_leaves_the_retention_record_anchored_to_the_old_head(
+    make_guard: Callable[..., Guard], db_path: Path
+) -> None:
+    guard = make_guard(clock=Clock(at(2019)))
+    guard.check(ActionType.FILE_READ, "/srv/a.csv")
+    kept_head = raw_rows(db_path)[-1]["hash"]
+    assert purge(guard.audit, datetime(2020, 1, 1, tzinfo=UTC)) == 2
+    rows = raw_rows(db_path)
+    assert [(r["seq"], r["kind"]) for r in rows] == [(3, "retention")]
+    assert rows[0]["detail"]["anchor_hash"] == kept_head
+    assert verify(url_of(db_path)).ok
+    assert verify(url_of(db_path), expected_head=kept_head).ok
+
+
+def test_purge_before_the_oldest_record_deletes_and_appends_nothing(
+    make_guard: Callable[..., Guard], db_path: Path
+) -> None:
+    guard = make_guard(clock=Clock(at(2019)))
+    guard.check(ActionType.FILE_READ, "/srv/a.csv")
+    assert purge(guard.audit, datetime(2018, 1, 1, tzinfo=UTC)) == 0
+    assert [r["kind"] for r in raw_rows(db_path)] == ["policy", "decision"]
+
+
+def test_deleting_the_retention_record_after_a_purge_is_detected(
+    make_guard: Callable[..., Guard], db_path: Path
+) -> None:
+    clock = Clock(at(2019))
+    guard = make_guard(clock=clock)
+    guard.check(ActionType.FILE_READ, "/srv/a.csv")
+    clock.when = at(2021)
+    guard.check(ActionType.FILE_READ, "/srv/b.csv")
+    purge(guard.audit, datetime(2020, 1, 1, tzinfo=UTC))
+    assert verify(url_of(db_path)).ok
+    with raw(db_path) as conn:
+        conn.execute("DELETE FROM audit WHERE kind = 'retention'")
+    result = verify(url_of(db_path))
+    assert (result.ok, result.first_bad_seq) == (False, 1)
