@@ -7,6 +7,7 @@ resource is allowed only if all readings are allowed and none is blocked.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import unicodedata
@@ -102,7 +103,21 @@ def readings(resource: str, *, resolve_symlinks: bool = False) -> Readings:
         raise ValueError("resource must be a non-empty string such as 'data.claims' or '/reports/q3.csv'")
     if len(resource) > MAX_RESOURCE_LENGTH:
         raise ValueError(f"resource is {len(resource)} characters long; the limit is {MAX_RESOURCE_LENGTH}")
+    lexical = _lexical_readings(resource)
+    if not resolve_symlinks:
+        return lexical
+    found = dict.fromkeys(lexical.all)
+    # realpath resolves each link before the ".." after it, as the OS does; every form gets resolved.
+    for form in lexical.all:
+        resolved = _resolved_path(form)
+        if resolved is not None:
+            found[resolved] = None
+    return Readings(lexical.canonical, tuple(found), lexical.has_control_characters, lexical.over_encoded)
 
+
+# Agents touch the same resources again and again; the lexical readings depend on the string alone.
+@functools.lru_cache(maxsize=16384)
+def _lexical_readings(resource: str) -> Readings:
     forms: dict[str, None] = {resource: None}
     current, over_encoded = resource, False
     for round_ in range(MAX_DECODE_ROUNDS + 1):
@@ -121,12 +136,6 @@ def readings(resource: str, *, resolve_symlinks: bool = False) -> Readings:
     found = dict(forms)
     for form in forms:
         found[_canonical(form)] = None
-    if resolve_symlinks:
-        # realpath resolves each link before the ".." after it, as the OS does; every form gets resolved.
-        for form in (*forms, canonical):
-            resolved = _resolved_path(form)
-            if resolved is not None:
-                found[resolved] = None
     return Readings(canonical=canonical, all=tuple(found), has_control_characters=control, over_encoded=over_encoded)
 
 

@@ -7,6 +7,7 @@ moderate signals together outweigh either alone. The table of rules and weights 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -150,9 +151,10 @@ _MESSAGES = {
 }
 
 
-def resource_signals(normalized_resource: str) -> list[str]:
+@functools.lru_cache(maxsize=16384)  # agents touch the same resources again and again
+def resource_signals(normalized_resource: str) -> tuple[str, ...]:
     lowered = normalized_resource.lower()
-    return [code for code, _, pattern in RESOURCE_RULES if pattern.search(lowered)]
+    return tuple(code for code, _, pattern in RESOURCE_RULES if pattern.search(lowered))
 
 
 _RESOURCE_SEVERITY = {code: severity for code, severity, _ in RESOURCE_RULES}
@@ -179,9 +181,19 @@ class RuleScorer:
     """
 
     def score(self, action_type: ActionType, normalized_resource: str, payload: Any) -> tuple[float, list[Reason]]:
-        reasons = [Reason(c, _MESSAGES[c], _RESOURCE_SEVERITY[c]) for c in resource_signals(normalized_resource)]
-        reasons += [Reason(c, _MESSAGES[c], PAYLOAD_SEVERITY[c]) for c in payload_signals(payload, action_type)]
-        base = ACTION_TYPE_SEVERITY[action_type]
-        reasons.append(Reason("action_type", f"{action_type.value} carries base severity {base:.2f}", base))
-        reasons.sort(key=lambda r: -r.weight)
+        reasons = [_REASONS[c] for c in resource_signals(normalized_resource)]
+        reasons += [_REASONS[c] for c in payload_signals(payload, action_type)]
+        reasons.append(_ACTION_REASONS[action_type])
+        reasons.sort(key=_by_weight)
         return noisy_or([r.weight for r in reasons]), reasons
+
+
+# Reasons are immutable: build each once.
+_REASONS = {code: Reason(code, _MESSAGES[code], {**_RESOURCE_SEVERITY, **PAYLOAD_SEVERITY}[code]) for code in _MESSAGES}
+_ACTION_REASONS = {
+    t: Reason("action_type", f"{t.value} carries base severity {s:.2f}", s) for t, s in ACTION_TYPE_SEVERITY.items()
+}
+
+
+def _by_weight(reason: Reason) -> float:
+    return -reason.weight
