@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from risk import ActionType, Guard
 from risk.audit.record import FIELDS, GENESIS_HASH, AuditRecord
