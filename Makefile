@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean model
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,8 @@ bench: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) .risk .pytest_cache .mypy_cache .ruff_cache
+
+# The shipped default model, trained reproducibly on synthetic benign history made by data/synthetic.py.
+model: $(BIN)/.installed
+	$(BIN)/python data/synthetic.py --out build/synthetic --seed 7 --scale 1
+	$(BIN)/risk train build/synthetic/train.jsonl --out models --name default --version 1 --seed 0

@@ -188,6 +188,58 @@ def purge_command(
     console.print(f"purged {deleted} records older than {before}")
 
 
+@app.command("train")
+def train_command(
+    source: Annotated[str, typer.Argument(help="Benign history: a trace file (JSONL) or an audit URL.")],
+    out: Annotated[Path, typer.Option(help="Folder for the artifact and its card.")] = Path("models"),
+    name: Annotated[str, typer.Option(help="Model name.")] = "default",
+    version: Annotated[str, typer.Option(help="Model version.")] = "1",
+    seed: Annotated[int, typer.Option(help="Random seed (same data and seed, same model).")] = 0,
+) -> None:
+    """Fit the behavioral model on benign history; writes models/<name>-<version>.joblib and its card."""
+    from risk.train import train
+
+    try:
+        model, artifact = train(source, out, name=name, version=version, seed=seed)
+    except (RiskError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"wrote {artifact} and {artifact.with_suffix('.json')} ({model.model_version})")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    test: Annotated[Path, typer.Argument(help="Labelled trace to replay (JSONL).")],
+    train: Annotated[Path | None, typer.Option(help="Benign trace to train the guard on first.")] = None,
+    policy: Annotated[Path | None, typer.Option(help="Policy file (default: max_risk_score 0.5, mode pause).")] = None,
+    online: Annotated[bool, typer.Option("--online", help="Also score with the streaming model.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Replay a labelled trace through a fresh guard and print detection metrics."""
+    from risk.evaluate import evaluate
+    from risk.policy import load_policy_file
+    from risk.traces import read_trace
+
+    try:
+        result = evaluate(
+            list(read_trace(test)),
+            list(read_trace(train)) if train else (),
+            policy=load_policy_file(policy) if policy else None,
+            online=online,
+        )
+    except (RiskError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table("metric", "value", title=f"evaluation of {test}")
+    for key, value in result.items():
+        if key != "by_attack":
+            table.add_row(key, escape(str(value)))
+    for attack, numbers in result["by_attack"].items():
+        table.add_row(f"denied: {attack}", f"{numbers['denied']:.2%} of {numbers['actions']}")
+    console.print(table)
+
+
 @app.command()
 def demo(
     home: Annotated[Path, typer.Option(help="Where the demo keeps its audit trail.")] = Path(".risk/demo"),

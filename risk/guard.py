@@ -23,19 +23,24 @@ from risk.actions import ActionType, Decision, KillSwitchMode, Outcome, Reason
 from risk.audit.record import canonical_json
 from risk.audit.store import AuditStore, default_home, open_audit
 from risk.errors import ActionDenied, AgentPaused, AgentTerminated, AuditError, GuardDenied, PolicyError
+from risk.features import MODEL_FEATURES
 from risk.killswitch import MODE_OUTCOME, KillSwitch
 from risk.policy import CompiledPolicy, Policy, load_policy_file
 from risk.redaction import mask
 from risk.resources import readings
 from risk.rollback import RollbackReport, UndoLog, UndoStep, savepoint, snapshot_file
-from risk.scoring.rules import RuleScorer
+from risk.scoring.behavior import BehaviorScorer
+from risk.scoring.model import DEFAULT_MODEL, SHIPPED_MODELS, BehaviorModel, ModelError, load_model
+from risk.scoring.online import OnlineScorer
+from risk.scoring.rules import RuleScorer, noisy_or
 from risk.state import AgentState, StateStore, open_state
 
 log = logging.getLogger("risk")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-MODEL_VERSION = "rules-1"
+RULES_VERSION = "rules-1"
+_NOT_THE_ACTIONS_FAULT = frozenset({"rate_limited", "audit_unavailable", "model_unavailable", "data_volume_exceeded"})
 # Keys a policy file may hold besides the policy fields themselves.
 _GUARD_FILE_FIELDS = ("agent_id", "audit", "keep_payloads", "state")
 
@@ -72,6 +77,8 @@ class Guard:
         keep_payloads: bool = False,
         state: str | StateStore | None = None,
         home: str | Path | None = None,
+        model: str | Path | BehaviorModel | None = None,
+        online: bool = False,
         endpoint: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -100,6 +107,8 @@ class Guard:
         self._state: StateStore = open_state(state) if state is None or isinstance(state, str) else state
         self._clock = clock
         self._rules = RuleScorer()
+        self._behavior = _behavior_scorer(model, online)
+        self.model_version = "+".join(v for v in (RULES_VERSION, self._behavior.version if self._behavior else "") if v)
         self._undo = UndoLog()
         self.killswitch = KillSwitch(self._state, self._record_event)
         self.audit_failures = 0
@@ -152,6 +161,20 @@ class Guard:
         policy = self.policy
 
         score, reasons = self._rules.score(atype, read.canonical, payload)
+        assessment, model_failure = None, None
+        if self._behavior is not None:
+            try:
+                assessment = self._behavior.assess(
+                    agent, ts=now, action_type=atype, resource=read.canonical, payload=payload,
+                    payload_bytes=len(payload_json), rule_reasons=reasons,
+                )  # fmt: skip
+            except Exception as exc:  # a model that cannot score fails closed, and says why
+                log.exception("behavioral scoring failed")
+                model_failure = Reason("model_unavailable", f"the behavioral model could not score: {exc}", 1.0, True)
+            else:
+                if any(assessment.severities):
+                    score = noisy_or([score, *assessment.severities])
+                    reasons = sorted([*reasons, *assessment.reasons], key=_by_weight)
         fingerprint = ""
         stopped = self.killswitch.gate(agent)
         if stopped is not None:
@@ -159,6 +182,8 @@ class Guard:
             reasons.insert(0, why)
         else:
             violations = self._compiled.violations(atype, read)
+            if model_failure is not None:
+                violations.append(model_failure)
             if score > policy.max_risk_score:
                 violations.append(
                     Reason(
@@ -206,7 +231,7 @@ class Guard:
             "outcome": outcome.value,
             "mode": policy.mode.value,
             "policy_hash": self._compiled.policy_hash,
-            "model_version": MODEL_VERSION,
+            "model_version": self.model_version,
         }
         try:
             self.audit.append(body)
@@ -224,6 +249,12 @@ class Guard:
                 action_id,
                 fingerprint or _fingerprint(agent, atype, read.canonical, payload_json),
                 reasons[0].message,
+            )
+        if assessment is not None and self._behavior is not None:
+            # A denial for what the action is (not for a pause, a rate limit or a broken audit) blames it.
+            blame = stopped is None and not outcome.allows and reasons[0].code not in _NOT_THE_ACTIONS_FAULT
+            self._behavior.observe(
+                agent, action_id, now, atype, read.canonical, assessment, outcome.allows, blame=blame
             )
         return Decision(
             action_id=action_id,
@@ -283,6 +314,9 @@ class Guard:
         for unit, amount in (("rows", rows), ("bytes", bytes)):
             if amount:
                 self._state.add(f"{unit}:{agent}", now, float(amount))
+        if self._behavior is not None:
+            volume = (rows or 0) + (bytes or 0) / 1000.0
+            self._behavior.outcome(agent, action_id, now, success=success, volume=volume)
         detail = {"status": "success" if success else "error", "error": error, "rows": rows, "bytes": bytes}
         self._record_event(
             agent, {"kind": "outcome", "action_id": action_id, "outcome": detail["status"], "detail": detail}
@@ -467,6 +501,27 @@ class Guard:
 
     def close(self) -> None:
         self.audit.close()
+
+
+def _by_weight(reason: Reason) -> float:
+    return -reason.weight
+
+
+def _behavior_scorer(model: str | Path | BehaviorModel | None, online: bool) -> BehaviorScorer | None:
+    """The behavioral scorer a Guard was configured with; the shipped default model is optional."""
+    if isinstance(model, BehaviorModel) or model is None:
+        loaded = model
+    else:
+        try:
+            loaded = load_model(model)
+        except ModelError:
+            if model != DEFAULT_MODEL:
+                raise
+            log.warning("no default model in %s: scoring with rules and the online model only", SHIPPED_MODELS)
+            loaded = None
+    if loaded is None and not online:
+        return None
+    return BehaviorScorer(loaded, OnlineScorer(MODEL_FEATURES) if online else None)
 
 
 def _fingerprint(agent: str, atype: ActionType, resource: str, payload_json: bytes) -> str:

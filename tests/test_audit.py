@@ -245,7 +245,7 @@ def test_each_decision_is_committed_with_all_its_fields_before_check_returns(
         assert row["outcome"] == decision.outcome.value
         assert row["mode"] == "block"
         assert row["policy_hash"] == guard.policy.policy_hash
-        assert row["model_version"] == "rules-1"
+        assert row["model_version"] == guard.model_version
     assert [r["kind"] for r in raw_rows(db_path)] == ["policy", "decision", "decision"]
 
 

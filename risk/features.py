@@ -1,0 +1,238 @@
+"""The behavioral feature vector: how one action looks against its agent's profile.
+
+Every feature is a float where larger means less usual, so the models' anomaly scores and the reasons
+built from them read the same way. The README's feature table documents each one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from risk.actions import ActionType, Reason
+from risk.profiles import AgentProfile
+from risk.scoring.rules import noisy_or
+
+FEATURES: tuple[str, ...] = (
+    "action_type_severity",  # the rule prior of the action type
+    "resource_severity",  # strongest resource rule (PHI, PII, secrets, system, production)
+    "payload_severity",  # payload rules combined (destructive SQL or shell, credentials, ...)
+    "is_write",
+    "is_delete",
+    "is_exec",
+    "is_permission",
+    "new_action_type",  # first time this agent uses this action type
+    "new_resource",  # ... this exact resource
+    "new_prefix",  # ... this resource's folder, schema or service
+    "new_destination",  # 1 if any destination (email, domain, host, IBAN, recipient) was never used before
+    "denied_destination",  # 1 if any was where a denied action tried to go
+    "rate_1m",  # log ratio of actions in the last minute to the agent's usual per-active-minute rate
+    "rate_10m",  # log ratio of actions in the last 10 minutes to the agent's long-run rate
+    "rate_60m",  # the same over an hour
+    "inter_arrival",  # log seconds since the agent's previous action (capped at a day)
+    "hour_rarity",  # how unusual this hour of day is for the agent (0 its busiest hour, 1 never seen)
+    "distinct_recent",  # share of distinct resources among the last 20 actions and this one
+    "payload_size",  # log bytes of the payload's JSON
+    "sequence_rarity",  # how unusual this action type is after the previous one, for this agent
+    "recent_denial_rate",  # share of the agent's last 20 decisions that were denials
+    "recent_error_rate",  # share of the agent's last 20 reported outcomes that were errors
+    "volume_ratio",  # log ratio of rows and bytes reported in the last hour to the agent's usual
+)
+N_FEATURES = len(FEATURES)
+# What the models see: all but the guard's own past decisions. A model that learned only denial-free history
+# would read every denial as an anomaly and feed on its own output; novelty rules use those two instead.
+MODEL_FEATURES = tuple(f for f in FEATURES if f not in ("denied_destination", "recent_denial_rate"))
+_MODEL_INDEX = tuple(FEATURES.index(f) for f in MODEL_FEATURES)
+
+
+def model_input(x: Sequence[float]) -> list[float]:
+    """The MODEL_FEATURES of a full feature vector."""
+    return [x[i] for i in _MODEL_INDEX]
+
+
+BASELINE_ACTIONS = 10  # allowed actions before an agent's behavior counts fully (see `maturity`)
+
+_WRITE = frozenset({ActionType.FILE_WRITE, ActionType.DATABASE_WRITE})
+_DELETE = frozenset({ActionType.FILE_DELETE})
+_EXEC = frozenset({ActionType.CODE_EXECUTION, ActionType.PROCESS_SPAWN})
+_DESTRUCTIVE = frozenset({"payload_destructive_sql", "payload_destructive_shell"})
+_N_TYPES = len(ActionType)
+_DAY = 86_400.0
+
+_EMAIL = re.compile(r"[\w.+-]+@([\w-]+(?:\.[\w-]+)+)")
+_HOST = re.compile(r"https?://([^\s\"'/?#:]+)", re.I)
+# Hosts written without a scheme: a www. name, or a name under a common top-level domain.
+_BARE_HOST = re.compile(
+    r"(?<![\w@.-])((?:www\.)?(?:[a-z0-9-]+\.)+(?:com|org|net|io|co|info|biz|ai|dev|app|xyz|ru|cn|uk|de|ch|fr|me))\b",
+    re.I,
+)
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}[A-Z0-9]{11,30}\b")
+_RECIPIENT_KEYS = frozenset({"recipient", "recipients", "to", "cc", "bcc", "user", "channel", "url", "iban"})
+
+
+def resource_prefix(resource: str) -> str:
+    """The folder, schema or service a resource sits in.
+
+    >>> resource_prefix("/reports/readonly/q3.csv"), resource_prefix("data.deidentified.claims")
+    ('/reports/readonly', 'data.deidentified')
+    """
+    cut = resource.rfind("/")
+    if cut <= 0:
+        cut = resource.rfind(".")
+    return resource[:cut] if cut > 0 else resource
+
+
+def destinations(resource: str, payload: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Where an action sends things (email addresses and domains, URL hosts, IBANs, named recipients):
+    (primary, every). Primary destinations are where it goes, from its resource and recipient arguments;
+    every one adds those mentioned anywhere in its payload, such as a link in a message body.
+
+    >>> primary, every = destinations("mail.send/a@x.example", {"body": "see https://evil.example/x"})
+    >>> primary, every[len(primary):]
+    (('email:a@x.example', 'domain:x.example'), ('host:evil.example',))
+    """
+    primary: dict[str, None] = {}
+    _scan(resource, primary)
+    if isinstance(payload, dict):
+        _recipients(payload, primary)
+    every = dict(primary)
+    for text in _texts(payload):
+        _scan(text, every)
+    return tuple(primary), tuple(every)
+
+
+def _scan(text: str, found: dict[str, None]) -> None:
+    if "@" in text:
+        for m in _EMAIL.finditer(text):
+            found[f"email:{m.group().lower()}"] = None
+            found[f"domain:{m.group(1).lower()}"] = None
+    if "://" in text:
+        for m in _HOST.finditer(text):
+            found[f"host:{m.group(1).lower().removeprefix('www.')}"] = None
+    if "." in text:
+        for m in _BARE_HOST.finditer(text):
+            found[f"host:{m.group(1).lower().removeprefix('www.')}"] = None
+    for m in _IBAN.finditer(text):
+        found[f"iban:{m.group()}"] = None
+
+
+def _texts(payload: Any) -> Iterable[str]:
+    stack = [payload]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+
+
+def _recipients(payload: dict[str, Any], found: dict[str, None]) -> None:
+    stack: list[Any] = [payload]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if str(key).lower() in _RECIPIENT_KEYS:
+                    for one in item if isinstance(item, list | tuple) else (item,):
+                        if isinstance(one, str | int) and not isinstance(one, bool):
+                            found[f"recipient:{str(one).lower()}"] = None
+                elif isinstance(item, dict | list):
+                    stack.append(item)
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
+def rule_parts(reasons: Sequence[Reason]) -> tuple[float, float, float]:
+    """(action type, resource, payload) severities from the rule scorer's reasons."""
+    action = resource = 0.0
+    payload: list[float] = []
+    for r in reasons:
+        if r.code == "action_type":
+            action = r.weight
+        elif r.code.startswith("resource_"):
+            resource = max(resource, r.weight)
+        elif r.code.startswith("payload_"):
+            payload.append(r.weight)
+    return action, resource, noisy_or(payload)
+
+
+def maturity(profile: AgentProfile) -> float:
+    """How much the agent's baseline counts: 0 for a new agent, 1 after BASELINE_ACTIONS allowed actions."""
+    return min(1.0, profile.actions / BASELINE_ACTIONS)
+
+
+def feature_vector(
+    profile: AgentProfile,
+    *,
+    ts: float,
+    action_type: ActionType,
+    resource: str,
+    prefix: str,
+    dests: tuple[str, ...],
+    rule_reasons: Sequence[Reason],
+    payload_bytes: int,
+) -> list[float]:
+    """The FEATURES of one action, in order, measured against `profile` as it was before the action."""
+    action_sev, resource_sev, payload_sev = rule_parts(rule_reasons)
+    value = action_type.value
+    n = profile.actions
+    seen_dests, denied_dests = profile.destinations, profile.denied_destinations
+    new_dest = float(any(d not in seen_dests for d in dests))
+    denied_dest = float(any(d in denied_dests for d in dests))
+
+    usual_per_active_minute = n / profile.active_minutes if profile.active_minutes else 1.0
+    span_minutes = ((ts - profile.first_ts) / 60.0 + 1.0) if profile.first_ts is not None else 1.0
+    long_run_per_minute = n / span_minutes if n else 0.0
+    c1 = profile.count_since(ts, 60) + 1
+    c10 = profile.count_since(ts, 600) + 1
+    c60 = profile.count_since(ts, 3600) + 1
+
+    hours = profile.hour_counts
+    total_hours = n + 24
+    p_hour = (hours[int(ts // 3600) % 24] + 1) / total_hours
+    p_peak = (max(hours) + 1) / total_hours
+
+    prev = profile.prev_type
+    if prev is None:
+        seq_rarity = 1.0 - 1.0 / _N_TYPES
+    else:
+        seq_rarity = 1.0 - (profile.transitions.get((prev, value), 0) + 1) / (
+            profile.transitions_from.get(prev, 0) + _N_TYPES
+        )
+
+    window = list(profile.recent_resources)
+    distinct = len({*window, resource}) / (len(window) + 1)
+    denied = profile.recent_denied
+    errors = profile.recent_errors
+    volume_hour = sum(v for _, v in profile.volume)
+    volume_usual = profile.volume_baseline * max(1, c60 - 1)
+
+    return [
+        action_sev,
+        resource_sev,
+        payload_sev,
+        float(action_type in _WRITE),
+        float(action_type in _DELETE or any(r.code in _DESTRUCTIVE for r in rule_reasons)),
+        float(action_type in _EXEC),
+        float(action_type is ActionType.PERMISSION_CHANGE),
+        float(value not in profile.type_counts),
+        float(resource not in profile.resources),
+        float(prefix not in profile.prefixes),
+        new_dest,
+        denied_dest,
+        math.log(c1 / (usual_per_active_minute + 1.0)),
+        math.log(c10 / (long_run_per_minute * 10.0 + 1.0)),
+        math.log(c60 / (long_run_per_minute * 60.0 + 1.0)),
+        math.log1p(min(ts - profile.last_ts, _DAY) if profile.last_ts is not None else _DAY),
+        1.0 - p_hour / p_peak,
+        distinct,
+        math.log1p(payload_bytes),
+        seq_rarity,
+        sum(denied) / len(denied) if denied else 0.0,
+        sum(errors) / len(errors) if errors else 0.0,
+        math.log((volume_hour + 1.0) / (volume_usual + 1.0)),
+    ]

@@ -1,0 +1,163 @@
+"""Behavioral scoring: profile -> features -> batch and online models -> calibrated severities and reasons.
+
+The guard asks `assess` before deciding, tells `observe` what it decided, and hands `learn` the actions
+whose tools reported success. Each model's severity is scaled by the agent's maturity (how much of a
+baseline it has), so a brand-new agent is judged by the rules alone and its novelty is not held
+against it; see the README's "Cold start".
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from risk.actions import ActionType, Reason
+from risk.features import FEATURES, MODEL_FEATURES, destinations, feature_vector, maturity, model_input, resource_prefix
+from risk.profiles import MemoryProfiles, ProfileStore
+from risk.scoring.model import BehaviorModel
+from risk.scoring.online import OnlineScorer
+from risk.scoring.rules import noisy_or
+
+REASON_FLOOR = 0.05  # behavioral severities below this are noise, not reasons
+
+# Novelty that matters when an action changes or sends something: (feature, severity, reason text).
+# A read of something new is how agents work; a first payment to an unseen account is how fraud looks.
+NOVELTY_RULES: tuple[tuple[str, float, str], ...] = (
+    ("new_destination", 0.60, "sends to a destination this agent never used"),
+    ("denied_destination", 0.70, "sends to a destination of an action the guard denied before"),
+    ("new_action_type", 0.30, "first time this agent takes this kind of action"),
+    ("new_prefix", 0.20, "first time this agent touches this folder, schema or service"),
+)
+_NOVELTY_INDEX = tuple((FEATURES.index(name), severity, message) for name, severity, message in NOVELTY_RULES)
+READ_ONLY = frozenset({ActionType.FILE_READ, ActionType.DATABASE_QUERY})
+
+
+def novelty(x: Sequence[float], action_type: ActionType) -> list[Reason]:
+    """The novelty rules that fire for a side-effecting action with features `x` (before maturity).
+
+    >>> x = [0.0] * len(FEATURES); x[FEATURES.index("new_destination")] = 1.0
+    >>> [(r.code, r.weight) for r in novelty(x, ActionType.API_CALL)], novelty(x, ActionType.FILE_READ)
+    ([('new_destination', 0.6)], [])
+    """
+    if action_type in READ_ONLY:
+        return []
+    return [Reason(FEATURES[i], message, severity * x[i]) for i, severity, message in _NOVELTY_INDEX if x[i] > 0]
+
+
+PENDING_LIMIT = 10_000  # feature rows kept for actions whose outcome has not been reported yet
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    severities: tuple[float, ...]
+    reasons: tuple[Reason, ...]
+    features: tuple[float, ...]
+    prefix: str
+    primary_destinations: tuple[str, ...]
+    destinations: tuple[str, ...]
+
+
+class BehaviorScorer:
+    """How unlike itself an agent is behaving, from a batch model, an online model, or both."""
+
+    def __init__(
+        self,
+        model: BehaviorModel | None,
+        online: OnlineScorer | None,
+        profiles: ProfileStore | None = None,
+    ) -> None:
+        if model is not None and tuple(model.features) != MODEL_FEATURES:
+            raise ValueError(f"model {model.model_version} was trained on other features; retrain it")
+        self.model = model
+        self.online = online
+        self.profiles: ProfileStore = profiles if profiles is not None else MemoryProfiles()
+        self._pending: OrderedDict[str, tuple[float, ...]] = OrderedDict()
+
+    @property
+    def version(self) -> str:
+        parts = [self.model.model_version] if self.model else []
+        if self.online:
+            parts.append(f"online-hst{self.online.n_trees}x{self.online.height}")
+        return "+".join(parts)
+
+    def assess(
+        self,
+        agent_id: str,
+        *,
+        ts: float,
+        action_type: ActionType,
+        resource: str,
+        payload: Any,
+        payload_bytes: int,
+        rule_reasons: Sequence[Reason],
+    ) -> Assessment:
+        prefix = resource_prefix(resource)
+        primary, dests = destinations(resource, payload)
+        with self.profiles.lock:
+            profile = self.profiles.get(agent_id)
+            x = feature_vector(
+                profile,
+                ts=ts,
+                action_type=action_type,
+                resource=resource,
+                prefix=prefix,
+                dests=dests,
+                rule_reasons=rule_reasons,
+                payload_bytes=payload_bytes,
+            )
+            weight = maturity(profile)
+        severities, reasons = [], []
+        if weight > 0:
+            found = [Reason(r.code, r.message, r.weight * weight) for r in novelty(x, action_type)]
+            if found:
+                severities.append(noisy_or([r.weight for r in found]))
+                reasons += [r for r in found if r.weight >= REASON_FLOOR]
+        seen = model_input(x)
+        if self.model is not None and weight > 0:
+            s = self.model.severity(seen) * weight
+            severities.append(s)
+            if s >= REASON_FLOOR:
+                reasons.append(Reason("behavior_model", _message("unusual for this agent", self.model, seen, s), s))
+        if self.online is not None and weight > 0:
+            s = self.online.severity(seen) * weight
+            severities.append(s)
+            if s >= REASON_FLOOR:
+                reasons.append(Reason("behavior_online", f"the streaming model finds this unusual ({s:.2f})", s))
+        return Assessment(tuple(severities), tuple(reasons), tuple(x), prefix, primary, dests)
+
+    def observe(
+        self, agent_id: str, action_id: str, ts: float, action_type: ActionType, resource: str,
+        assessment: Assessment, allowed: bool, *, blame: bool = False,
+    ) -> None:  # fmt: skip
+        """Fold a decision into the agent's profile: every decision counts toward the denial rate, only
+        allowed actions toward the baseline, and `blame` (denied for what the action itself is) marks its
+        destinations as suspect. The features wait for the outcome to be learned."""
+        with self.profiles.lock:
+            profile = self.profiles.get(agent_id)
+            # Blame only where the denied action tried to go, and only places the agent never used.
+            blamed = tuple(d for d in assessment.primary_destinations if d not in profile.destinations) if blame else ()
+            profile.record_decision(not allowed, blamed)
+            if allowed:
+                profile.record_action(ts, action_type.value, resource, assessment.prefix, assessment.destinations)
+        if allowed and self.online is not None:
+            self._pending[action_id] = assessment.features
+            if len(self._pending) > PENDING_LIMIT:
+                self._pending.popitem(last=False)
+
+    def outcome(self, agent_id: str, action_id: str, ts: float, *, success: bool, volume: float) -> None:
+        """A tool reported how an allowed action went; a success is learned by the online model."""
+        with self.profiles.lock:
+            self.profiles.get(agent_id).record_outcome(ts, not success, volume)
+        x = self._pending.pop(action_id, None)
+        if success and x is not None and self.online is not None:
+            self.online.learn(model_input(x))
+
+
+def _message(what: str, model: BehaviorModel, x: Sequence[float], severity: float) -> str:
+    rare = model.explain(x)
+    if not rare:
+        return f"{what} ({severity:.2f})"
+    detail = ", ".join(f"{name}={value:.2f} (benign: {share:.1%} at or above)" for name, value, share in rare)
+    return f"{what} ({severity:.2f}): {detail}"

@@ -1,0 +1,180 @@
+"""The batch model: an IsolationForest over benign behavior, compiled for scoring, calibrated, explained,
+and stored as a joblib artifact with a model card whose SHA-256 is checked before anything is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import sklearn
+from sklearn.ensemble import IsolationForest
+
+from risk.errors import RiskError
+from risk.scoring.calibration import TailCalibrator
+from risk.scoring.forest import CompiledForest
+
+# Models shipped with the project live in models/ beside the package; $RISK_MODELS points elsewhere.
+SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "models"
+DEFAULT_MODEL = "default"
+EXPLAIN_TAIL = 0.05  # a feature is named as a reason when fewer than 5% of benign actions reach its value
+
+
+class ModelError(RiskError):
+    """A model artifact is missing, altered or does not fit this version of agent-risk."""
+
+
+@dataclass
+class BehaviorModel:
+    """A fitted, compiled and calibrated forest over the behavioral FEATURES.
+
+    `severity` is the calibrated anomaly in [0, 1] (see risk.scoring.calibration); `explain` names the
+    features that made an action unusual.
+    """
+
+    name: str
+    version: str
+    features: tuple[str, ...]
+    forest: CompiledForest
+    calibrator: TailCalibrator
+    feature_samples: list[list[float]]  # sorted benign values per feature, for explanations
+
+    @property
+    def model_version(self) -> str:
+        return f"{self.name}-{self.version}"
+
+    def raw_score(self, x: Sequence[float]) -> float:
+        """Anomaly: the negated IsolationForest score, higher is stranger."""
+        return -self.forest.score_one(np.asarray(x, dtype=np.float64))
+
+    def severity(self, x: Sequence[float]) -> float:
+        return self.calibrator.severity(self.raw_score(x))
+
+    def explain(self, x: Sequence[float], top: int = 3) -> list[tuple[str, float, float]]:
+        """Up to `top` (feature, value, share of benign actions at or above it), rarest first."""
+        found = []
+        for name, value, sample in zip(self.features, x, self.feature_samples, strict=True):
+            share = (len(sample) - bisect_left(sample, value)) / len(sample)
+            if share < EXPLAIN_TAIL:
+                found.append((name, value, share))
+        found.sort(key=lambda item: item[2])
+        return found[:top]
+
+
+def fit_model(
+    X: np.ndarray,
+    features: Sequence[str],
+    *,
+    name: str = DEFAULT_MODEL,
+    version: str = "1",
+    n_estimators: int = 100,
+    max_samples: int = 256,
+    seed: int = 0,
+) -> BehaviorModel:
+    """Fit the forest on benign feature rows `X` (in time order), compile it, and calibrate it on later rows.
+
+    The last quarter of the rows (when there are at least 200) is held out for calibration: scores of rows
+    the forest saw look more normal than new benign actions will, and behavior drifts, so calibrating on
+    what came after the fitted period keeps a threshold's false-alarm rate near what the README promises.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != len(features) or len(X) < 2:
+        raise ValueError(f"need at least 2 rows of {len(features)} features, got shape {X.shape}")
+    cut = len(X) - len(X) // 4 if len(X) >= 200 else len(X)
+    fit_rows = np.arange(cut)
+    held = np.arange(cut, len(X)) if cut < len(X) else fit_rows
+    forest = IsolationForest(
+        n_estimators=n_estimators, max_samples=min(max_samples, len(fit_rows)), random_state=seed
+    ).fit(X[fit_rows])
+    compiled = CompiledForest.from_sklearn(forest)
+    calibrator = TailCalibrator((-compiled.score_many(X[held])).tolist())
+    samples = [sorted(X[:, j].tolist()) for j in range(X.shape[1])]
+    return BehaviorModel(name, version, tuple(features), compiled, calibrator, samples)
+
+
+def save_model(model: BehaviorModel, directory: str | Path, card: dict[str, Any]) -> Path:
+    """Write `<name>-<version>.joblib` and its card `<name>-<version>.json` (with the artifact's SHA-256)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    artifact = directory / f"{model.model_version}.joblib"
+    joblib.dump(model, artifact, compress=3)
+    full_card = {
+        "name": model.name,
+        "version": model.version,
+        "artifact": artifact.name,
+        "sha256": _sha256(artifact),
+        "features": list(model.features),
+        "libraries": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__,
+            "river": version("river"),
+            "joblib": joblib.__version__,
+        },
+        **card,
+    }
+    artifact.with_suffix(".json").write_text(json.dumps(full_card, indent=2, sort_keys=True) + "\n")
+    return artifact
+
+
+def resolve_model(spec: str | Path) -> Path:
+    """The artifact named by `spec`: a path, or a model name looked up in $RISK_MODELS or models/."""
+    path = Path(spec)
+    if path.suffix == ".joblib" or path.exists():
+        return path
+    folder = Path(os.environ.get("RISK_MODELS", SHIPPED_MODELS))
+    cards = sorted(folder.glob(f"{spec}-*.json"), key=lambda p: _version_key(p.stem.removeprefix(f"{spec}-")))
+    if not cards:
+        raise ModelError(f"no model named {spec!r} in {folder}; train one with `risk train` or `make model`")
+    return cards[-1].with_suffix(".joblib")
+
+
+def load_model(spec: str | Path) -> BehaviorModel:
+    """Load a model after checking its artifact's SHA-256 against its card: a joblib file is a pickle,
+    and loading an altered one would run whatever code was put in it."""
+    artifact = resolve_model(spec)
+    card_path = artifact.with_suffix(".json")
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read the model card {card_path}: {exc}") from None
+    if not artifact.is_file():
+        raise ModelError(f"model artifact {artifact} is missing")
+    actual = _sha256(artifact)
+    if actual != card.get("sha256"):
+        raise ModelError(
+            f"refusing to load {artifact}: its SHA-256 {actual} does not match the card's {card.get('sha256')}; "
+            "the file was altered or the card belongs to another artifact. Retrain or restore both files."
+        )
+    model = joblib.load(artifact)
+    if not isinstance(model, BehaviorModel):
+        raise ModelError(f"{artifact} holds a {type(model).__name__}, not a BehaviorModel")
+    return model
+
+
+def read_card(artifact: str | Path) -> dict[str, Any]:
+    card: dict[str, Any] = json.loads(Path(artifact).with_suffix(".json").read_text())
+    return card
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _version_key(version: str) -> tuple[int, ...] | tuple[str]:
+    parts = version.split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else (version,)

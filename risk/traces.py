@@ -1,0 +1,99 @@
+"""Traces: the JSON Lines format every `risk` tool reads and `risk audit export` writes.
+
+One action per line, the same shape `Guard.check` takes::
+
+    {"ts": "2026-03-02T09:06:05+00:00", "agent_id": "assistant", "session_id": "s-17",
+     "action_type": "network_request", "resource": "mail.send/alice@example.com",
+     "payload": {"tool": "send_email", "args": {"recipients": ["alice@example.com"]}}, "label": 0}
+
+`label` is optional (1 harmful, 0 benign); other keys (such as `attack`) are kept in `extra`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from risk.actions import ActionType
+
+
+class TraceError(ValueError):
+    """A trace line that does not fit the format; the message names the file and line."""
+
+
+@dataclass(frozen=True, slots=True)
+class TraceAction:
+    ts: float
+    agent_id: str
+    session_id: str | None
+    action_type: ActionType
+    resource: str
+    payload: Any = None
+    label: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def outcome(self) -> tuple[bool, int | None, int | None]:
+        """(success, rows, bytes) from the optional `outcome` key; a trace without it reports success."""
+        reported = self.extra.get("outcome")
+        if not isinstance(reported, dict):
+            return True, None, None
+        rows, size = reported.get("rows"), reported.get("bytes")
+        return (
+            reported.get("status", "success") == "success",
+            rows if isinstance(rows, int) else None,
+            size if isinstance(size, int) else None,
+        )
+
+
+_KNOWN = frozenset({"ts", "agent_id", "session_id", "action_type", "resource", "payload", "label"})
+
+
+def read_trace(path: str | Path) -> Iterator[TraceAction]:
+    """The actions of a trace file, in file order. Raises TraceError naming the first bad line."""
+    path = Path(path)
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise TraceError(f"cannot read trace {path}: {exc.strerror}") from None
+    with handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                yield parse_line(line, f"{path}:{number}")
+
+
+def parse_line(line: str, where: str = "trace") -> TraceAction:
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise TraceError(f"{where}: not JSON ({exc.msg})") from None
+    if not isinstance(raw, dict):
+        raise TraceError(f"{where}: a trace line is a JSON object")
+    missing = [k for k in ("ts", "agent_id", "action_type", "resource") if k not in raw]
+    if missing:
+        raise TraceError(f"{where}: missing {', '.join(missing)}")
+    try:
+        moment = datetime.fromisoformat(str(raw["ts"]))
+        ts = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()  # naive times are UTC
+        action_type = ActionType.parse(raw["action_type"])
+    except ValueError as exc:
+        raise TraceError(f"{where}: {exc}") from None
+    label = raw.get("label")
+    if label not in (None, 0, 1):
+        raise TraceError(f"{where}: label must be 0, 1 or absent, not {label!r}")
+    if not isinstance(raw["resource"], str) or not isinstance(raw["agent_id"], str):
+        raise TraceError(f"{where}: resource and agent_id must be strings")
+    session = raw.get("session_id")
+    return TraceAction(
+        ts=ts,
+        agent_id=raw["agent_id"],
+        session_id=str(session) if session is not None else None,
+        action_type=action_type,
+        resource=raw["resource"],
+        payload=raw.get("payload"),
+        label=label,
+        extra={k: v for k, v in raw.items() if k not in _KNOWN},
+    )
