@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 
 class ActionType(enum.StrEnum):
@@ -32,17 +32,7 @@ class ActionType(enum.StrEnum):
 
     @classmethod
     def parse(cls, value: ActionType | str) -> ActionType:
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            key = value.strip()
-            try:
-                return cls(key.lower())
-            except ValueError:
-                if key.upper() in cls.__members__:
-                    return cls.__members__[key.upper()]
-        accepted = ", ".join(m.value for m in cls)
-        raise ValueError(f"unknown action type {value!r}; accepted: {accepted}")
+        return _parse(cls, value, "action type")
 
     @property
     def is_file(self) -> bool:
@@ -63,15 +53,23 @@ class KillSwitchMode(enum.StrEnum):
 
     @classmethod
     def parse(cls, value: KillSwitchMode | str) -> KillSwitchMode:
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            key = value.strip().lower()
-            for mode in cls:
-                if mode.value == key:
-                    return mode
-        accepted = ", ".join(m.value for m in cls)
-        raise ValueError(f"unknown kill switch mode {value!r}; accepted: {accepted}")
+        return _parse(cls, value, "kill switch mode")
+
+
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+def _parse(kind: type[E], value: E | str, what: str) -> E:
+    """A member of `kind` from itself, its value or its name, in any case; else a ValueError listing them."""
+    if isinstance(value, kind):
+        return value
+    if isinstance(value, str):
+        key = value.strip().lower()
+        for member in kind:
+            if key in (member.value, member.name.lower()):
+                return member
+    accepted = ", ".join(m.value for m in kind)
+    raise ValueError(f"unknown {what} {value!r}; accepted: {accepted}")
 
 
 class Outcome(enum.StrEnum):
