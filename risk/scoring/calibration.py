@@ -2,8 +2,8 @@
 
 A raw score only says "more or less unusual". Its place among the scores of benign actions says how
 often a benign action would look at least this unusual: the upper-tail probability p. Severity is
-``clip((log10(1/p) - 1) / 2, 0, 1)``: 0 for anything a tenth of benign actions reach, 0.5 at the 1%
-tail, 1 at the 0.1% tail and beyond. So a risk threshold of 0.5 on the behavior alone flags about 1% of
+``clip((log10(1/p) - 1) / 2, 0, 1)``: about 0 for anything a tenth of benign actions reach (it rises to
+only 0.01 there, so rankings stay informative), 0.5 at the 1% tail, 1 at the 0.1% tail and beyond. So a risk threshold of 0.5 on the behavior alone flags about 1% of
 benign actions and 0.8 about 0.25%; the README's table gives the measured rates of the combined score.
 """
 
@@ -16,17 +16,19 @@ from collections.abc import Iterable
 
 TAIL_FLOOR = 0.1  # tail probability at which severity starts rising from 0
 DECADES_TO_FULL = 2.0  # decades of tail probability from severity 0 to 1 (10% -> 0.1%)
+# Below the floor, severity rises from 0 to this much: too little to move a threshold, enough to rank.
+TIE_BREAK = 0.01
 
 
 def severity_from_tail(p: float) -> float:
     """Severity of an upper-tail probability `p` among benign scores.
 
-    >>> [round(severity_from_tail(p), 2) for p in (0.5, 0.1, 0.01, 0.001, 0.0001)]
-    [0.0, 0.0, 0.5, 1.0, 1.0]
+    >>> [round(severity_from_tail(p), 3) for p in (1.0, 0.5, 0.1, 0.01, 0.001, 0.0001)]
+    [0.0, 0.006, 0.01, 0.5, 1.0, 1.0]
     """
     if p >= TAIL_FLOOR:
-        return 0.0
-    return min(1.0, (math.log10(TAIL_FLOOR / max(p, 1e-12))) / DECADES_TO_FULL)
+        return TIE_BREAK * (1.0 - p) / (1.0 - TAIL_FLOOR)
+    return max(TIE_BREAK, min(1.0, (math.log10(TAIL_FLOOR / max(p, 1e-12))) / DECADES_TO_FULL))
 
 
 class TailCalibrator:
