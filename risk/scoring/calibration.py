@@ -3,8 +3,9 @@
 A raw score only says "more or less unusual". Its place among the scores of benign actions says how
 often a benign action would look at least this unusual: the upper-tail probability p. Severity is
 ``clip((log10(1/p) - 1) / 2, 0, 1)``: about 0 for anything a tenth of benign actions reach (it rises to
-only 0.01 there, so rankings stay informative), 0.5 at the 1% tail, 1 at the 0.1% tail and beyond. So a risk threshold of 0.5 on the behavior alone flags about 1% of
-benign actions and 0.8 about 0.25%; the README's table gives the measured rates of the combined score.
+only 0.01 there, so rankings stay informative), 0.5 at the 1% tail, 1 at the 0.1% tail and beyond.
+So a risk threshold of 0.5 on the behavior alone flags about 1% of benign actions and 0.8 about 0.25%,
+when the benign actions look like the calibration sample; the README gives the measured rates.
 """
 
 from __future__ import annotations
