@@ -139,7 +139,10 @@ def _recipients(payload: dict[str, Any], found: dict[str, None]) -> None:
                 if str(key).lower() in _RECIPIENT_KEYS:
                     for one in item if isinstance(item, list | tuple) else (item,):
                         if isinstance(one, str | int) and not isinstance(one, bool):
-                            found[f"recipient:{str(one).lower()}"] = None
+                            # A URL, address or IBAN argument is that destination; a bare name is a recipient.
+                            typed: dict[str, None] = {}
+                            _scan(str(one), typed)
+                            found.update(typed or {f"recipient:{str(one).lower()}": None})
                 elif isinstance(item, dict | list):
                     stack.append(item)
         elif isinstance(value, list):

@@ -82,7 +82,7 @@ def parse_line(line: str, where: str = "trace") -> TraceAction:
     except ValueError as exc:
         raise TraceError(f"{where}: {exc}") from None
     label = raw.get("label")
-    if label not in (None, 0, 1):
+    if label is not None and (type(label) is not int or label not in (0, 1)):
         raise TraceError(f"{where}: label must be 0, 1 or absent, not {label!r}")
     if not isinstance(raw["resource"], str) or not isinstance(raw["agent_id"], str):
         raise TraceError(f"{where}: resource and agent_id must be strings")

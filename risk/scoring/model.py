@@ -133,7 +133,10 @@ def resolve_model(spec: str | Path) -> Path:
     if path.suffix == ".joblib" or path.exists():
         return path
     folder = Path(os.environ.get("RISK_MODELS", SHIPPED_MODELS))
-    cards = sorted(folder.glob(f"{spec}-*.json"), key=lambda p: _version_key(p.stem.removeprefix(f"{spec}-")))
+    cards = sorted(
+        (card for card in folder.glob(f"{spec}-*.json") if _card_name(card) == str(spec)),
+        key=lambda card: _version_key(card.stem.removeprefix(f"{spec}-")),
+    )
     if not cards:
         raise ModelError(f"no model named {spec!r} in {folder}; train one with `risk train` or `make model`")
     return cards[-1].with_suffix(".joblib")
@@ -175,6 +178,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _version_key(version: str) -> tuple[int, ...] | tuple[str]:
+def _card_name(card: Path) -> str | None:
+    """The model name a card declares (so "t" never picks up "t-big-1")."""
+    try:
+        name = json.loads(card.read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _version_key(version: str) -> tuple[int, tuple[int, ...], str]:
+    """Numeric versions sort numerically and after any other version string."""
     parts = version.split(".")
-    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else (version,)
+    if all(p.isdigit() for p in parts):
+        return (1, tuple(int(p) for p in parts), "")
+    return (0, (), version)

@@ -1,0 +1,776 @@
+"""Behavioral scoring through its public API: traces, features, calibration, the batch model, the scorer
+and the Guard's use of them. Every file lives in tmp_path; every clock is moved by hand."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from risk import ActionType, Guard
+from risk.audit.store import AuditQuery
+from risk.features import (
+    FEATURES,
+    MODEL_FEATURES,
+    N_FEATURES,
+    destinations,
+    feature_vector,
+    resource_prefix,
+)
+from risk.profiles import AgentProfile
+from risk.scoring.behavior import BehaviorScorer, novelty
+from risk.scoring.calibration import StreamingTailCalibrator, TailCalibrator, severity_from_tail
+from risk.scoring.model import BehaviorModel, ModelError, fit_model, load_model, resolve_model, save_model
+from risk.scoring.rules import RuleScorer
+from risk.traces import TraceError, read_trace
+
+T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z, a whole hour
+HOUR = 3600.0
+BEHAVIOR_CODES = {"new_destination", "denied_destination", "new_action_type", "new_prefix"}
+BEHAVIOR_CODES |= {"behavior_model", "behavior_online", "model_unavailable"}
+
+
+def write_lines(path: Path, lines: list[str | dict[str, Any]]) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8")
+    return path
+
+
+def line(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "ts": "2026-03-02T09:06:05+00:00",
+        "agent_id": "assistant",
+        "session_id": "s-17",
+        "action_type": "network_request",
+        "resource": "mail.send/alice@example.com",
+        "payload": {"tool": "send_email", "args": {"recipients": ["alice@example.com"]}},
+        "label": 0,
+    }
+    base.update(overrides)
+    return base
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, start: float = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# ---- traces -------------------------------------------------------------------------------------------------
+
+
+def test_read_trace_parses_lines_keeps_extra_keys_and_skips_blank_lines(tmp_path: Path) -> None:
+    trace = write_lines(
+        tmp_path / "t.jsonl",
+        [line(), "", line(session_id=None, label=1, attack="exfiltration", outcome={"status": "success"})],
+    )
+    first, second = read_trace(trace)
+    assert first.ts == datetime(2026, 3, 2, 9, 6, 5, tzinfo=UTC).timestamp()
+    assert (first.agent_id, first.session_id, first.action_type) == ("assistant", "s-17", ActionType.NETWORK_REQUEST)
+    assert first.resource == "mail.send/alice@example.com"
+    assert first.payload == {"tool": "send_email", "args": {"recipients": ["alice@example.com"]}}
+    assert first.label == 0 and first.extra == {}
+    assert second.session_id is None and second.label == 1
+    assert second.extra == {"attack": "exfiltration", "outcome": {"status": "success"}}
+
+
+def test_read_trace_reads_timestamps_without_a_zone_as_utc_and_honours_offsets(tmp_path: Path) -> None:
+    trace = write_lines(
+        tmp_path / "t.jsonl",
+        [line(ts="2026-03-02T09:06:05"), line(ts="2026-03-02T11:06:05+02:00"), line(ts="2026-03-02T09:06:05Z")],
+    )
+    expected = datetime(2026, 3, 2, 9, 6, 5, tzinfo=UTC).timestamp()
+    assert [a.ts for a in read_trace(trace)] == [expected, expected, expected]
+
+
+def test_read_trace_without_label_leaves_it_none_and_numbers_session_ids_become_strings(tmp_path: Path) -> None:
+    raw = line(session_id=7)
+    del raw["label"]
+    (action,) = read_trace(write_lines(tmp_path / "t.jsonl", [raw]))
+    assert action.label is None and action.session_id == "7"
+
+
+@pytest.mark.parametrize(
+    ("bad", "mentions"),
+    [
+        ('{"ts": "2026-03-02T09:06:05", "agent_id": ', "not JSON"),
+        (json.dumps({k: v for k, v in line().items() if k not in ("agent_id", "resource")}), "agent_id, resource"),
+        (json.dumps(line(action_type="teleport")), "unknown action type 'teleport'"),
+        (json.dumps(line(label=2)), "label must be 0, 1 or absent"),
+        (json.dumps(line(ts="yesterday")), "yesterday"),
+        ("[1, 2]", "JSON object"),
+    ],
+    ids=["invalid-json", "missing-keys", "unknown-action-type", "label-2", "bad-timestamp", "not-an-object"],
+)
+def test_read_trace_names_file_and_line_of_a_bad_line(tmp_path: Path, bad: str, mentions: str) -> None:
+    trace = write_lines(tmp_path / "t.jsonl", [line(), bad, line()])
+    with pytest.raises(TraceError) as caught:
+        list(read_trace(trace))
+    message = str(caught.value)
+    assert message.startswith(f"{trace}:2: ")
+    assert mentions in message
+
+
+def test_read_trace_of_a_missing_file_raises_trace_error(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match="cannot read trace"):
+        list(read_trace(tmp_path / "absent.jsonl"))
+
+
+def test_trace_action_outcome_reads_status_rows_and_bytes(tmp_path: Path) -> None:
+    trace = write_lines(
+        tmp_path / "t.jsonl",
+        [
+            line(outcome={"status": "error", "rows": 5}),
+            line(outcome={"status": "success", "bytes": 2048, "rows": "many"}),
+            line(),
+        ],
+    )
+    failed, succeeded, unreported = read_trace(trace)
+    assert failed.outcome() == (False, 5, None)
+    assert succeeded.outcome() == (True, None, 2048)
+    assert unreported.outcome() == (True, None, None)
+
+
+# ---- features -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("resource", "prefix"),
+    [
+        ("/reports/readonly/q3.csv", "/reports/readonly"),
+        ("data.deidentified.claims", "data.deidentified"),
+        ("mail.send/alice@example.com", "mail.send"),
+        ("bank.transfer/DE89370400440532013000", "bank.transfer"),
+        ("/etc", "/etc"),
+        ("standalone", "standalone"),
+    ],
+)
+def test_resource_prefix_is_the_folder_schema_or_service(resource: str, prefix: str) -> None:
+    assert resource_prefix(resource) == prefix
+
+
+def test_destinations_of_an_email_resource_are_the_address_and_its_domain() -> None:
+    primary, every = destinations("mail.send/Alice@Example.com", {"subject": "hi"})
+    assert primary == ("email:alice@example.com", "domain:example.com")
+    assert every == primary
+
+
+def test_destinations_from_the_payload_body_count_only_in_every() -> None:
+    body = "see https://www.evil.example/x and www.phish.com or mail bob@corp.example"
+    primary, every = destinations("mail.send/a@x.example", {"body": body})
+    assert primary == ("email:a@x.example", "domain:x.example")
+    assert set(every) - set(primary) == {
+        "host:evil.example",
+        "host:phish.com",
+        "email:bob@corp.example",
+        "domain:corp.example",
+    }
+
+
+def test_destinations_find_ibans_in_resource_and_payload() -> None:
+    primary, every = destinations("bank.transfer/DE89370400440532013000", {"memo": "also CH9300762011623852957"})
+    assert primary == ("iban:DE89370400440532013000",)
+    assert "iban:CH9300762011623852957" in every
+    assert "iban:CH9300762011623852957" not in primary
+
+
+def test_destinations_take_recipient_arguments_as_primary() -> None:
+    payload = {"tool": "send", "args": {"recipients": ["Bob@Corp.com", "carol"], "channel": "#ops", "flag": True}}
+    primary, every = destinations("chat.post", payload)
+    assert {"recipient:carol", "recipient:#ops"} <= set(primary)
+    assert "recipient:true" not in primary and not any("flag" in d for d in primary)
+    assert {"email:bob@corp.com", "domain:corp.com"} <= set(every)
+    assert set(primary) <= set(every)
+
+
+def test_destinations_of_a_plain_read_are_empty() -> None:
+    assert destinations("/reports/readonly/q3.csv", {"tool": "read_file", "args": {}}) == ((), ())
+
+
+def vector(
+    profile: AgentProfile,
+    ts: float,
+    action_type: ActionType | str,
+    resource: str,
+    payload: Any = None,
+) -> dict[str, float]:
+    """The named features of one action against `profile`, computed as the scorer does."""
+    atype = ActionType.parse(action_type)
+    _, reasons = RuleScorer().score(atype, resource, payload)
+    x = feature_vector(
+        profile,
+        ts=ts,
+        action_type=atype,
+        resource=resource,
+        prefix=resource_prefix(resource),
+        dests=destinations(resource, payload)[1],
+        rule_reasons=reasons,
+        payload_bytes=len(json.dumps(payload)),
+    )
+    assert len(x) == N_FEATURES == len(FEATURES)
+    assert all(isinstance(v, float) for v in x)
+    return dict(zip(FEATURES, x, strict=True))
+
+
+def record(profile: AgentProfile, ts: float, action_type: str, resource: str, payload: Any = None) -> None:
+    profile.record_action(
+        ts, action_type, resource, resource_prefix(resource), destinations(resource, payload)[1]
+    )  # fmt: skip
+
+
+def test_feature_vector_returns_one_float_per_feature_for_fresh_and_used_profiles() -> None:
+    profile = AgentProfile("a")
+    vector(profile, T0, "database_query", "data.claims", {"sql": "SELECT 1"})
+    for i in range(30):
+        record(profile, T0 + 60 * i, "database_query", "data.claims")
+    profile.record_outcome(T0 + 1800, error=True, volume=12.0)
+    profile.record_decision(True)
+    x = vector(profile, T0 + 1900, "file_write", "/tmp/out.csv", {"content": "x" * 100})
+    assert all(np.isfinite(list(x.values())))
+
+
+@pytest.mark.parametrize(
+    ("feature", "first", "again", "other"),
+    [
+        (
+            "new_action_type",
+            ("file_write", "/out/a.csv", None),
+            ("file_write", "/elsewhere/b.csv", None),
+            ("file_delete", "/out/a.csv", None),
+        ),
+        (
+            "new_resource",
+            ("file_read", "/reports/q3.csv", None),
+            ("file_write", "/reports/q3.csv", None),
+            ("file_read", "/reports/q4.csv", None),
+        ),
+        (
+            "new_prefix",
+            ("database_query", "data.claims", None),
+            ("database_query", "data.providers", None),
+            ("database_query", "finance.ledger", None),
+        ),
+        (
+            "new_destination",
+            ("network_request", "mail.send/alice@example.com", None),
+            ("api_call", "crm.notify", {"args": {"body": "cc alice@example.com"}}),
+            ("network_request", "mail.send/mallory@evil.example", None),
+        ),
+    ],
+)
+def test_a_first_time_thing_is_new_until_the_profile_records_it(
+    feature: str, first: tuple[str, str, Any], again: tuple[str, str, Any], other: tuple[str, str, Any]
+) -> None:
+    profile = AgentProfile("a")
+    assert vector(profile, T0, *first)[feature] == 1.0
+    record(profile, T0, *first)
+    assert vector(profile, T0 + 60, *first)[feature] == 0.0
+    assert vector(profile, T0 + 60, *again)[feature] == 0.0  # the same thing reached another way
+    assert vector(profile, T0 + 60, *other)[feature] == 1.0  # something else is still new
+
+
+def test_hour_rarity_is_zero_at_the_busiest_hour_and_highest_at_an_unseen_hour() -> None:
+    profile = AgentProfile("a")
+    for day in range(5):
+        record(profile, T0 + day * 24 * HOUR + 60, "file_read", "/r/x")  # 08:01 UTC every day
+    record(profile, T0 + 6 * HOUR, "file_read", "/r/x")  # once at 14:00
+    rarity = {h: vector(profile, T0 + 10 * 24 * HOUR + h * HOUR, "file_read", "/r/x")["hour_rarity"] for h in (6, 16)}
+    busiest = vector(profile, T0 + 10 * 24 * HOUR, "file_read", "/r/x")["hour_rarity"]
+    assert busiest == 0.0
+    assert 0.0 < rarity[6] < rarity[16] < 1.0  # 14:00 seen once, 00:00 never seen
+
+
+def test_rate_1m_rises_through_a_burst() -> None:
+    profile = AgentProfile("a")
+    for i in range(30):
+        record(profile, T0 + 60 * i, "file_read", "/r/x")  # one action a minute
+    burst_start = T0 + 45 * 60
+    usual = vector(profile, burst_start, "file_read", "/r/x")["rate_1m"]
+    rates = []
+    for k in range(12):
+        rates.append(vector(profile, burst_start + k, "file_read", "/r/x")["rate_1m"])
+        record(profile, burst_start + k, "file_read", "/r/x")
+    assert rates[0] == usual
+    assert all(a < b for a, b in itertools.pairwise(rates))
+    assert rates[-1] > usual + 1.5  # 12 in a minute against 1 a minute is far from normal
+
+
+def test_denied_destination_is_set_only_for_blamed_destinations() -> None:
+    profile = AgentProfile("a")
+    profile.record_decision(True)  # a denial that blames nothing
+    assert vector(profile, T0, "network_request", "mail.send/eve@evil.example")["denied_destination"] == 0.0
+    profile.record_decision(True, ("email:eve@evil.example",))
+    assert vector(profile, T0, "network_request", "mail.send/eve@evil.example")["denied_destination"] == 1.0
+    # It is in any destination of the action, not only the primary ones.
+    body = {"args": {"body": "forward to eve@evil.example"}}
+    assert vector(profile, T0, "api_call", "crm.notify", body)["denied_destination"] == 1.0
+    assert vector(profile, T0, "network_request", "mail.send/bob@corp.example")["denied_destination"] == 0.0
+
+
+# ---- calibration --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("p", "severity"), [(0.01, 0.5), (0.001, 1.0), (1e-6, 1.0), (0.0, 1.0)])
+def test_severity_from_tail_is_half_at_the_1pct_tail_and_full_from_the_0_1pct_tail(p: float, severity: float) -> None:
+    assert severity_from_tail(p) == pytest.approx(severity)
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5, 0.2, 0.1])
+def test_severity_from_tail_is_about_zero_for_tails_a_tenth_of_benign_actions_reach(p: float) -> None:
+    # At most 0.01 (a tie-break that keeps rankings informative), far below any threshold.
+    assert 0.0 <= severity_from_tail(p) <= 0.01
+    assert severity_from_tail(1.0) == 0.0
+
+
+@given(st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_severity_from_tail_is_in_unit_range_and_non_increasing_in_p(p: float, q: float) -> None:
+    low, high = sorted((p, q))
+    assert 0.0 <= severity_from_tail(high) <= severity_from_tail(low) <= 1.0
+
+
+def test_tail_calibrator_gives_the_share_of_benign_scores_at_or_above() -> None:
+    cal = TailCalibrator(float(s) for s in reversed(range(100)))  # 0..99, unsorted input
+    assert cal.tail(-5.0) == 1.0
+    assert cal.tail(50.0) == 0.5
+    assert cal.tail(99.0) == 0.01
+    assert cal.tail(1000.0) == 1 / 101  # beyond every sample: small, never zero
+    assert cal.severity(99.0) == pytest.approx(0.5)
+    assert cal.severity(50.0) < 0.01
+
+
+def test_tail_calibrator_needs_a_sample() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        TailCalibrator([])
+
+
+def test_streaming_calibrator_reports_severity_zero_until_min_count() -> None:
+    cal = StreamingTailCalibrator(size=100, min_count=3)
+    cal.add(1.0)
+    cal.add(2.0)
+    assert cal.tail(50.0) == 1.0 and cal.severity(50.0) == 0.0
+    cal.add(3.0)
+    assert cal.tail(50.0) == 0.25
+    assert cal.tail(2.0) == pytest.approx(2 / 3)
+
+
+def test_streaming_calibrator_keeps_only_the_most_recent_size_scores() -> None:
+    cal = StreamingTailCalibrator(size=5, min_count=1)
+    for _ in range(5):
+        cal.add(100.0)
+    for _ in range(5):
+        cal.add(0.0)  # pushes every 100 out
+    assert cal.tail(50.0) == 1 / 6  # none of the 5 kept scores reaches 50
+    assert cal.tail(0.0) == 1.0
+    for s in (1.0, 2.0, 3.0):
+        cal.add(s)  # window: 0, 0, 1, 2, 3
+    assert cal.tail(1.0) == pytest.approx(3 / 5)
+    assert cal.tail(0.5) == pytest.approx(3 / 5)
+
+
+# ---- the batch model ----------------------------------------------------------------------------------------
+
+WIDTH = len(MODEL_FEATURES)
+
+
+def benign_rows(n: int = 400, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, 1.0, size=(n, WIDTH))
+
+
+def small_model(name: str = "t", version: str = "1", width: int = WIDTH) -> BehaviorModel:
+    features = MODEL_FEATURES[:width]
+    return fit_model(benign_rows()[:, :width], features, name=name, version=version, n_estimators=25)
+
+
+def test_fit_model_severity_is_in_unit_range_and_higher_far_from_the_data() -> None:
+    model = small_model()
+    rng = np.random.default_rng(1)
+    severities = [model.severity(row) for row in rng.normal(0.0, 1.0, size=(50, WIDTH))]
+    assert all(0.0 <= s <= 1.0 for s in severities)
+    typical, far = model.severity(np.zeros(WIDTH)), model.severity(np.full(WIDTH, 25.0))
+    assert far >= typical
+    assert far > 0.0
+    assert model.raw_score(np.full(WIDTH, 25.0)) > model.raw_score(np.zeros(WIDTH))
+    assert model.features == MODEL_FEATURES and model.model_version == "t-1"
+
+
+def test_fit_model_rejects_rows_of_the_wrong_width_or_too_few_rows() -> None:
+    with pytest.raises(ValueError, match="features"):
+        fit_model(benign_rows()[:, :-1], MODEL_FEATURES)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        fit_model(benign_rows(1), MODEL_FEATURES)
+
+
+def test_explain_names_the_rare_features_of_an_unusual_row() -> None:
+    model = small_model()
+    x = np.zeros(WIDTH)
+    x[3] = 40.0
+    (name, value, share), *_ = model.explain(x)
+    assert (name, value, share) == (MODEL_FEATURES[3], 40.0, 0.0)
+    assert model.explain(np.full(WIDTH, -40.0)) == []
+
+
+def test_save_model_writes_artifact_and_card_with_its_sha256(tmp_path: Path) -> None:
+    artifact = save_model(small_model("t", "3"), tmp_path / "models", {"metrics": {"auroc": 0.9}})
+    assert artifact == tmp_path / "models" / "t-3.joblib"
+    card = json.loads((tmp_path / "models" / "t-3.json").read_text())
+    assert card["sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
+    assert (card["name"], card["version"], card["artifact"]) == ("t", "3", "t-3.joblib")
+    assert card["features"] == list(MODEL_FEATURES)
+    assert card["metrics"] == {"auroc": 0.9}
+    assert {"python", "numpy", "scikit-learn", "joblib"} <= set(card["libraries"])
+
+
+def test_load_model_round_trips_with_identical_severities(tmp_path: Path) -> None:
+    model = small_model()
+    artifact = save_model(model, tmp_path, {})
+    loaded = load_model(artifact)
+    assert loaded.model_version == model.model_version and loaded.features == model.features
+    rows = [*benign_rows(20, seed=5), np.full(WIDTH, 9.0)]
+    assert [loaded.severity(r) for r in rows] == [model.severity(r) for r in rows]
+    assert [loaded.raw_score(r) for r in rows] == [model.raw_score(r) for r in rows]
+
+
+def test_load_model_refuses_an_altered_artifact(tmp_path: Path) -> None:
+    artifact = save_model(small_model(), tmp_path, {})
+    with artifact.open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ModelError, match="SHA-256"):
+        load_model(artifact)
+
+
+def test_load_model_refuses_a_card_whose_sha256_was_edited(tmp_path: Path) -> None:
+    artifact = save_model(small_model(), tmp_path, {})
+    card_path = artifact.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["sha256"] = "0" * 64
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="SHA-256"):
+        load_model(artifact)
+
+
+def test_load_model_without_a_card_raises_model_error(tmp_path: Path) -> None:
+    artifact = save_model(small_model(), tmp_path, {})
+    artifact.with_suffix(".json").unlink()
+    with pytest.raises(ModelError, match="model card"):
+        load_model(artifact)
+
+
+def test_resolve_model_picks_the_highest_version_from_risk_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "models"
+    model = small_model()
+    for version in ("2", "10", "9", "1.5"):
+        model.version = version
+        save_model(model, folder, {})
+    monkeypatch.setenv("RISK_MODELS", str(folder))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("t") == folder / "t-10.joblib"  # 10 > 9 > 2: numeric, not text, order
+    assert load_model("t").version == "10"
+
+
+def test_resolve_model_does_not_mistake_a_longer_name_for_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "models"
+    save_model(small_model("t", "1"), folder, {})
+    save_model(small_model("t-big", "1"), folder, {})
+    monkeypatch.setenv("RISK_MODELS", str(folder))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("t") == folder / "t-1.joblib"
+    assert resolve_model("t-big") == folder / "t-big-1.joblib"
+
+
+def test_resolve_model_does_not_return_another_model_whose_name_starts_with_the_requested_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_model(small_model("t-big", "1"), tmp_path, {})
+    monkeypatch.setenv("RISK_MODELS", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match="no model named 't'"):
+        resolve_model("t")
+
+
+def test_resolve_model_of_an_unknown_name_raises_model_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    save_model(small_model("other", "1"), tmp_path, {})
+    monkeypatch.setenv("RISK_MODELS", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match="no model named 'missing'"):
+        resolve_model("missing")
+    with pytest.raises(ModelError):
+        load_model("missing")
+
+
+# ---- the behavior scorer ------------------------------------------------------------------------------------
+
+SIDE_EFFECTING = [t for t in ActionType if t not in (ActionType.FILE_READ, ActionType.DATABASE_QUERY)]
+
+
+@pytest.mark.parametrize("action_type", SIDE_EFFECTING)
+def test_novelty_rules_fire_for_side_effecting_actions(action_type: ActionType) -> None:
+    x = [0.0] * N_FEATURES
+    for name in ("new_destination", "denied_destination", "new_action_type", "new_prefix"):
+        x[FEATURES.index(name)] = 1.0
+    found = {r.code: r.weight for r in novelty(x, action_type)}
+    assert found == {"new_destination": 0.6, "denied_destination": 0.7, "new_action_type": 0.3, "new_prefix": 0.2}
+    assert novelty([0.0] * N_FEATURES, action_type) == []
+
+
+@pytest.mark.parametrize("action_type", [ActionType.FILE_READ, ActionType.DATABASE_QUERY])
+def test_novelty_rules_never_fire_for_reads(action_type: ActionType) -> None:
+    assert novelty([1.0] * N_FEATURES, action_type) == []
+
+
+def send_email(scorer: BehaviorScorer, ts: float, to: str, *, allowed: bool | None = True, blame: bool = False) -> Any:
+    """Assess a send to `to` and, unless allowed is None, tell the scorer what was decided."""
+    resource, payload = f"mail.send/{to}", {"tool": "send_email", "args": {"recipients": [to], "body": "report"}}
+    atype = ActionType.NETWORK_REQUEST
+    _, rules = RuleScorer().score(atype, resource, payload)
+    assessment = scorer.assess(
+        "mailer", ts=ts, action_type=atype, resource=resource, payload=payload, payload_bytes=60, rule_reasons=rules
+    )
+    if allowed is not None:
+        scorer.observe("mailer", f"id-{ts}", ts, atype, resource, assessment, allowed, blame=blame)
+    return assessment
+
+
+def codes(assessment: Any) -> set[str]:
+    return {r.code for r in assessment.reasons}
+
+
+def test_a_brand_new_agent_gets_no_behavioral_severity() -> None:
+    scorer = BehaviorScorer(small_model(), None)
+    first = send_email(scorer, T0, "mallory@evil.example", allowed=None)
+    assert first.features[FEATURES.index("new_destination")] == 1.0  # novel, but not held against it
+    assert first.severities == () and first.reasons == ()
+
+
+def test_novelty_is_scaled_by_the_agents_maturity() -> None:
+    scorer = BehaviorScorer(None, None)
+    for i in range(5):
+        send_email(scorer, T0 + 60 * i, "alice@corp.example")
+    half = send_email(scorer, T0 + 600, "mallory@evil.example", allowed=None)
+    weights = {r.code: r.weight for r in half.reasons}
+    assert weights == {"new_destination": pytest.approx(0.3)}  # 0.6 at maturity 5/10
+
+
+def test_a_mature_agents_first_send_to_a_new_destination_is_flagged() -> None:
+    scorer = BehaviorScorer(None, None)
+    for i in range(12):
+        routine = send_email(scorer, T0 + 60 * i, "alice@corp.example")
+    assert "new_destination" not in codes(routine) and not any(routine.severities)
+    novel = send_email(scorer, T0 + 3600, "mallory@evil.example", allowed=None)
+    assert "new_destination" in codes(novel)
+    assert max(novel.severities) >= 0.5
+    assert {"email:mallory@evil.example", "domain:evil.example"} <= set(novel.primary_destinations)
+
+
+def test_a_mature_agent_reading_something_new_gets_no_novelty_reason() -> None:
+    scorer = BehaviorScorer(None, None)
+    for i in range(12):
+        send_email(scorer, T0 + 60 * i, "alice@corp.example")
+    _, rules = RuleScorer().score(ActionType.FILE_READ, "/new/folder/file.txt", None)
+    read = scorer.assess(
+        "mailer", ts=T0 + 3600, action_type=ActionType.FILE_READ, resource="/new/folder/file.txt",
+        payload=None, payload_bytes=4, rule_reasons=rules,
+    )  # fmt: skip
+    assert read.features[FEATURES.index("new_action_type")] == 1.0
+    assert read.reasons == () and not any(read.severities)
+
+
+def test_a_blamed_denial_marks_its_destination_as_denied() -> None:
+    scorer = BehaviorScorer(None, None)
+    for i in range(12):
+        send_email(scorer, T0 + 60 * i, "alice@corp.example")
+    send_email(scorer, T0 + 3600, "mallory@evil.example", allowed=False, blame=True)
+    retry = send_email(scorer, T0 + 3700, "mallory@evil.example", allowed=None)
+    assert {"denied_destination", "new_destination"} <= codes(retry)  # the denial taught no baseline
+    assert max(retry.severities) >= 0.7
+    other = send_email(scorer, T0 + 3800, "bob@partner.example", allowed=None)
+    assert "denied_destination" not in codes(other)
+
+
+def test_a_denial_without_blame_marks_no_destination() -> None:
+    scorer = BehaviorScorer(None, None)
+    for i in range(12):
+        send_email(scorer, T0 + 60 * i, "alice@corp.example")
+    send_email(scorer, T0 + 3600, "mallory@evil.example", allowed=False, blame=False)
+    assert scorer.profiles.get("mailer").denied_destinations == set()
+    retry = send_email(scorer, T0 + 3700, "mallory@evil.example", allowed=None)
+    assert "denied_destination" not in codes(retry)
+    assert "new_destination" in codes(retry)
+
+
+def test_blame_never_marks_a_destination_the_agent_already_used() -> None:
+    scorer = BehaviorScorer(None, None)
+    for i in range(12):
+        send_email(scorer, T0 + 60 * i, "alice@corp.example")
+    send_email(scorer, T0 + 3600, "alice@corp.example", allowed=False, blame=True)
+    assert scorer.profiles.get("mailer").denied_destinations == set()
+    assert "denied_destination" not in codes(send_email(scorer, T0 + 3700, "alice@corp.example", allowed=None))
+
+
+def fetch(scorer: BehaviorScorer, ts: float, url: str, *, allowed: bool | None = True) -> Any:
+    payload = {"tool": "http_get", "args": {"url": url}}
+    atype = ActionType.NETWORK_REQUEST
+    _, rules = RuleScorer().score(atype, "http.get", payload)
+    assessment = scorer.assess(
+        "fetcher", ts=ts, action_type=atype, resource="http.get", payload=payload, payload_bytes=60, rule_reasons=rules
+    )
+    if allowed is not None:
+        scorer.observe("fetcher", f"id-{ts}", ts, atype, "http.get", assessment, allowed)
+    return assessment
+
+
+def test_a_request_to_a_new_path_on_a_known_host_is_not_a_new_destination() -> None:
+    scorer = BehaviorScorer(None, None)
+    for i in range(12):
+        fetch(scorer, T0 + 60 * i, f"https://api.partner.example/orders/{i % 3}")
+    same_host = fetch(scorer, T0 + 3600, "https://api.partner.example/orders/99", allowed=None)
+    assert "new_destination" not in codes(same_host)  # the destination is the host, as for a URL resource
+    other_host = fetch(scorer, T0 + 3700, "https://collector.evil.example/orders/1", allowed=None)
+    assert "new_destination" in codes(other_host)
+
+
+def pay(
+    scorer: BehaviorScorer, ts: float, resource: str, payload: Any, *, allowed: bool | None, blame: bool = False
+) -> Any:
+    atype = ActionType.API_CALL
+    _, rules = RuleScorer().score(atype, resource, payload)
+    assessment = scorer.assess(
+        "payer", ts=ts, action_type=atype, resource=resource, payload=payload, payload_bytes=60, rule_reasons=rules
+    )
+    if allowed is not None:
+        scorer.observe("payer", f"id-{ts}", ts, atype, resource, assessment, allowed, blame=blame)
+    return assessment
+
+
+def test_a_blamed_payee_is_recognised_however_the_retry_names_its_iban() -> None:
+    scorer = BehaviorScorer(None, None)
+    for i in range(12):
+        pay(scorer, T0 + 60 * i, "bank.transfer", transfer(KNOWN_IBANS[i % 2]), allowed=True)
+    pay(scorer, T0 + 3600, "bank.transfer", transfer(NEW_IBAN), allowed=False, blame=True)
+    retry = pay(scorer, T0 + 3700, f"bank.transfer/{NEW_IBAN}", {"amount": 100}, allowed=None)
+    assert "denied_destination" in codes(retry)
+
+
+def test_behavior_scorer_refuses_a_model_trained_on_other_features() -> None:
+    with pytest.raises(ValueError, match="other features"):
+        BehaviorScorer(small_model(width=WIDTH - 1), None)
+
+
+# ---- the Guard ----------------------------------------------------------------------------------------------
+
+KNOWN_IBANS = ("DE89370400440532013000", "GB29NWBK60161331926819")
+NEW_IBAN = "CH9300762011623852957"
+
+
+def transfer(iban: str, amount: int = 100) -> dict[str, Any]:
+    return {"tool": "transfer", "args": {"iban": iban, "amount": amount}}
+
+
+def make_guard(tmp_path: Path, name: str = "audit", **kwargs: Any) -> Guard:
+    return Guard(audit=f"sqlite:///{tmp_path}/{name}.db", home=tmp_path / "home", agent_id="payer", **kwargs)
+
+
+def payments_model() -> BehaviorModel:
+    """A forest fitted on a payer's routine: transfers to two known IBANs every five minutes."""
+    from risk.traces import TraceAction
+    from risk.train import training_rows
+
+    history = [
+        TraceAction(T0 - 10 * HOUR + 300 * i, "payer", "s-0", ActionType.API_CALL, "bank.transfer",
+                    transfer(KNOWN_IBANS[i % 2], 100 + i), 0)
+        for i in range(60)
+    ]  # fmt: skip
+    return fit_model(training_rows(history).X, MODEL_FEATURES, name="payments", version="3", n_estimators=50)
+
+
+def run_payments(guard: Guard, clock: Clock) -> list[Any]:
+    """A baseline of 15 transfers to the known IBANs, then one to a new IBAN."""
+    decisions = []
+    for i in range(15):
+        clock.now = T0 + 300 * i
+        decisions.append(guard.check("api_call", "bank.transfer", transfer(KNOWN_IBANS[i % 2], 100 + i)))
+        if decisions[-1].allowed:
+            guard.record_outcome(decisions[-1].action_id)
+    clock.now = T0 + 300 * 16
+    decisions.append(guard.check("api_call", "bank.transfer", transfer(NEW_IBAN)))
+    return decisions
+
+
+def test_guard_without_a_model_decides_by_rules_alone(tmp_path: Path) -> None:
+    clock_a, clock_b = Clock(), Clock()
+    default = make_guard(tmp_path, "a", max_risk_score=0.5, clock=clock_a)
+    explicit = make_guard(tmp_path, "b", max_risk_score=0.5, clock=clock_b, model=None, online=False)
+    assert default.model_version == explicit.model_version == "rules-1"
+    seen = []
+    for guard, clock in ((default, clock_a), (explicit, clock_b)):
+        decisions = run_payments(guard, clock)
+        decisions.append(guard.check("database_query", "data.claims", {"sql": "DROP TABLE claims"}))
+        seen.append([(d.allowed, d.outcome, d.risk_score, d.reason_codes) for d in decisions])
+        for d in decisions:
+            assert not BEHAVIOR_CODES & set(d.reason_codes)
+        assert decisions[-2].allowed  # the new IBAN is just another transfer to the rules
+        assert (
+            decisions[-2].risk_score == RuleScorer().score(ActionType.API_CALL, "bank.transfer", transfer(NEW_IBAN))[0]
+        )
+        assert not decisions[-1].allowed  # the destructive SQL is still caught by the rules
+    assert seen[0] == seen[1]
+
+
+def test_guard_with_a_model_blocks_a_first_transfer_to_a_new_iban(tmp_path: Path) -> None:
+    model = payments_model()
+    clock = Clock()
+    guard = make_guard(tmp_path, model=model, online=False, max_risk_score=0.5, mode="block", clock=clock)
+    assert "payments-3" in guard.model_version
+    decisions = run_payments(guard, clock)
+    baseline, novel = decisions[:-1], decisions[-1]
+    assert all(d.allowed for d in baseline)
+    assert not novel.allowed and novel.outcome.value == "blocked"
+    assert novel.reason_codes[0] == "risk_above_threshold"
+    assert "new_destination" in novel.reason_codes
+    assert novel.risk_score > 0.5
+    (audited,) = [
+        r for r in guard.audit.query(AuditQuery(kind="decision", limit=100)) if r.action_id == novel.action_id
+    ]
+    assert audited.decision == "deny"
+    assert audited.model_version is not None and "payments" in audited.model_version
+    # Block mode: the agent goes on, and its known payees still pass.
+    clock.now += 300
+    assert guard.check("api_call", "bank.transfer", transfer(KNOWN_IBANS[0], 180)).allowed
+    # The blocked payee is now suspect: a retry is blocked and says so.
+    clock.now += 300
+    retry = guard.check("api_call", "bank.transfer", transfer(NEW_IBAN, 99))
+    assert not retry.allowed and "denied_destination" in retry.reason_codes
+
+
+def test_guard_refuses_a_model_fitted_on_the_wrong_feature_width(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="other features"):
+        make_guard(tmp_path, model=small_model(width=WIDTH - 1))
+
+
+def test_guard_with_an_unknown_model_name_raises_model_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RISK_MODELS", str(tmp_path / "empty"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match="no-such-model"):
+        make_guard(tmp_path, model="no-such-model")
+
+
+def test_guard_loads_a_model_by_name_from_risk_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    save_model(payments_model(), tmp_path / "models", {})
+    monkeypatch.setenv("RISK_MODELS", str(tmp_path / "models"))
+    monkeypatch.chdir(tmp_path)
+    guard = make_guard(tmp_path, model="payments", max_risk_score=0.5, clock=Clock())
+    assert guard.model_version == "rules-1+payments-3"

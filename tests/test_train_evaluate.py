@@ -1,0 +1,205 @@
+"""`risk train` and `risk evaluate`, as functions and through the CLI, on small traces written to tmp_path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from risk.cli import app
+from risk.evaluate import evaluate
+from risk.features import BASELINE_ACTIONS, MODEL_FEATURES
+from risk.scoring.model import load_model
+from risk.traces import read_trace
+from risk.train import train
+
+START = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
+METRIC_KEYS = {
+    "auroc",
+    "tpr_at_fpr_1pct",
+    "tpr_at_fpr_3pct",
+    "attack_sessions_stopped",
+    "benign_sessions_interrupted",
+    "actions",
+    "by_attack",
+}
+
+
+def routine(agent: str, session: str, at: datetime, i: int) -> dict[str, Any]:
+    """One benign action of a claims analyst: reads of reports and SELECTs on de-identified claims."""
+    if i % 3 == 2:
+        return {
+            "ts": at.isoformat(),
+            "agent_id": agent,
+            "session_id": session,
+            "action_type": "file_read",
+            "resource": f"/reports/readonly/q{i % 4 + 1}.csv",
+            "payload": {"tool": "read_file", "args": {}},
+            "label": 0,
+            "outcome": {"status": "success", "bytes": 2000},
+        }
+    return {
+        "ts": at.isoformat(),
+        "agent_id": agent,
+        "session_id": session,
+        "action_type": "database_query",
+        "resource": "data.deidentified.claims",
+        "payload": {"sql": f"SELECT region, total FROM claims WHERE month = {i % 12 + 1}"},
+        "label": 0,
+        "outcome": {"status": "success", "rows": 10 + i % 5},
+    }
+
+
+def benign_lines(agents: dict[str, int], start: datetime = START, step: timedelta = timedelta(minutes=3)) -> list[dict]:
+    lines = []
+    for a, (agent, count) in enumerate(agents.items()):
+        for i in range(count):
+            at = start + a * timedelta(seconds=20) + i * step
+            lines.append(routine(agent, f"s-{agent}-{i // 10}", at, i))
+    return sorted(lines, key=lambda x: x["ts"])
+
+
+def write_trace(path: Path, lines: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def train_trace(tmp_path: Path) -> Path:
+    return write_trace(tmp_path / "train.jsonl", benign_lines({"analyst": 40, "auditor": 25}))
+
+
+@pytest.fixture
+def labelled_trace(tmp_path: Path) -> Path:
+    """Later: two benign sessions, and an attack session whose last action drops the claims table."""
+    later = START + timedelta(days=1)
+    lines = [routine("analyst", "s-benign-1", later + timedelta(minutes=3 * i), i) for i in range(8)]
+    lines += [routine("auditor", "s-benign-2", later + timedelta(minutes=3 * i, seconds=20), i) for i in range(6)]
+    attack_start = later + timedelta(hours=2)
+    lines += [routine("analyst", "s-attack", attack_start + timedelta(minutes=3 * i), i) for i in range(4)]
+    lines.append(
+        {
+            "ts": (attack_start + timedelta(minutes=13)).isoformat(),
+            "agent_id": "analyst",
+            "session_id": "s-attack",
+            "action_type": "database_query",
+            "resource": "data.deidentified.claims",
+            "payload": {"sql": "DROP TABLE claims"},
+            "label": 1,
+            "attack": "sabotage",
+        }
+    )
+    return write_trace(tmp_path / "test.jsonl", lines)
+
+
+# ---- train -----------------------------------------------------------------------------------------------------
+
+
+def test_train_writes_an_artifact_and_a_card_describing_its_training(tmp_path: Path) -> None:
+    lines = benign_lines({"analyst": 30, "auditor": 15})
+    last_benign = max(datetime.fromisoformat(x["ts"]) for x in lines)
+    harmful = routine("analyst", "s-x", last_benign + timedelta(hours=5), 0) | {"label": 1}
+    trace = write_trace(tmp_path / "history.jsonl", [*lines, harmful])
+
+    model, artifact = train(str(trace), tmp_path / "models", name="t", version="1")
+
+    assert artifact == tmp_path / "models" / "t-1.joblib" and artifact.is_file()
+    card = json.loads((tmp_path / "models" / "t-1.json").read_text())
+    assert card["sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
+    assert (card["name"], card["version"], model.model_version) == ("t", "1", "t-1")
+    training = card["training"]
+    assert training["source"] == str(trace)
+    assert training["benign_actions"] == 45  # the harmful action is not trained on
+    assert training["agents"] == 2
+    assert training["rows"] == (30 - BASELINE_ACTIONS) + (15 - BASELINE_ACTIONS)
+    assert training["skipped_first_actions_per_agent"] == BASELINE_ACTIONS
+    assert training["window"] == [lines[0]["ts"], last_benign.isoformat()]
+    assert card["features"] == list(MODEL_FEATURES)
+    assert load_model(artifact).model_version == "t-1"
+
+
+def test_train_on_a_history_too_short_to_skip_anyone_trains_on_all_of_it(tmp_path: Path) -> None:
+    trace = write_trace(tmp_path / "short.jsonl", benign_lines({"analyst": 6}))
+    _, artifact = train(str(trace), tmp_path / "models", name="short", version="2")
+    training = json.loads(artifact.with_suffix(".json").read_text())["training"]
+    assert (training["benign_actions"], training["rows"], training["agents"]) == (6, 6, 1)
+
+
+def test_train_is_deterministic_for_the_same_data_and_seed(tmp_path: Path, train_trace: Path) -> None:
+    first, _ = train(str(train_trace), tmp_path / "a", name="t", seed=3)
+    second, _ = train(str(train_trace), tmp_path / "b", name="t", seed=3)
+    probes = [[float(i % 3)] * len(MODEL_FEATURES) for i in range(5)]
+    assert [first.severity(p) for p in probes] == [second.severity(p) for p in probes]
+
+
+# ---- evaluate --------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_reports_every_metric_in_range_and_stops_the_destructive_attack(
+    train_trace: Path, labelled_trace: Path
+) -> None:
+    test = list(read_trace(labelled_trace))
+    result = evaluate(test, list(read_trace(train_trace)))
+
+    assert set(result) >= METRIC_KEYS
+    assert result["actions"] == len(test) == 19
+    assert result["harmful"] == 1 and result["labelled"] == 19
+    for key in ("auroc", "tpr_at_fpr_1pct", "tpr_at_fpr_3pct", "benign_sessions_interrupted"):
+        assert 0.0 <= result[key] <= 1.0, key
+    assert result["attack_sessions"] == 1 and result["benign_sessions"] == 2
+    assert result["attack_sessions_stopped"] == 1.0
+    assert result["benign_sessions_interrupted"] == 0.0  # the routine of the training days passes
+    assert result["by_attack"] == {"sabotage": {"actions": 1, "denied": 1.0}}
+    assert result["auroc"] > 0.5  # the DROP outranks the routine
+    assert "evaluation" in result["model_version"]
+
+
+def test_evaluate_of_a_trace_without_harm_leaves_detection_rates_empty(train_trace: Path, tmp_path: Path) -> None:
+    calm = write_trace(tmp_path / "calm.jsonl", benign_lines({"analyst": 5}, start=START + timedelta(days=2)))
+    result = evaluate(list(read_trace(calm)), list(read_trace(train_trace)))
+    assert result["auroc"] is None and result["tpr_at_fpr_1pct"] is None and result["tpr_at_fpr_3pct"] is None
+    assert result["attack_sessions"] == 0 and result["attack_sessions_stopped"] is None
+    assert result["by_attack"] == {}
+
+
+# ---- the CLI ---------------------------------------------------------------------------------------------------
+
+
+def test_cli_evaluate_json_prints_one_json_object(train_trace: Path, labelled_trace: Path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", str(labelled_trace), "--train", str(train_trace), "--json"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    metrics = json.loads(lines[0])
+    assert set(metrics) >= METRIC_KEYS
+    assert metrics["attack_sessions_stopped"] == 1.0
+
+
+def test_cli_evaluate_names_the_bad_line_of_a_broken_trace(tmp_path: Path, train_trace: Path) -> None:
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"ts": "2026-03-02T09:00:00"}\n', encoding="utf-8")
+    result = CliRunner().invoke(app, ["evaluate", str(broken), "--train", str(train_trace), "--json"])
+    assert result.exit_code == 2
+    assert "broken.jsonl:1" in result.output and "missing" in result.output
+
+
+def test_cli_train_writes_the_artifact_and_card(tmp_path: Path, train_trace: Path) -> None:
+    out = tmp_path / "models"
+    result = CliRunner().invoke(app, ["train", str(train_trace), "--out", str(out), "--name", "cli", "--version", "4"])
+    assert result.exit_code == 0, result.output
+    assert (out / "cli-4.joblib").is_file()
+    card = json.loads((out / "cli-4.json").read_text())
+    assert card["training"]["benign_actions"] == 65 and card["training"]["agents"] == 2
+    assert load_model(out / "cli-4.joblib").model_version == "cli-4"
+
+
+def test_cli_train_on_a_missing_trace_fails_with_a_message(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2
+    assert "cannot read trace" in result.output
+    assert not (tmp_path / "m").exists()
