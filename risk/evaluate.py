@@ -54,10 +54,24 @@ def evaluate(
     online: bool = False,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Replay `test` through a guard trained on `train`; the metrics of the README's evaluation table.
+    """Replay `test` through a guard trained on `train`; the metrics of the README's evaluation table."""
+    replayed, model_version = replay(test, train, policy=policy, model=model, online=online, seed=seed)
+    return metrics(replayed) | {"model_version": model_version}
 
-    `model` overrides the forest fitted on `train` (a BehaviorModel, a model name or path, or None for
-    none); without `train` and `model` the shipped default model is used.
+
+def replay(
+    test: Sequence[TraceAction],
+    train: Sequence[TraceAction] = (),
+    *,
+    policy: dict[str, Any] | None = None,
+    model: BehaviorModel | str | None = None,
+    online: bool = False,
+    seed: int = 0,
+) -> tuple[list[Replayed], str]:
+    """Every test action with its risk score and whether it was allowed, and the guard's model version.
+
+    `model` overrides the forest fitted on `train` (a BehaviorModel, a model name or path); without
+    `train` and `model` the shipped default model is used.
     """
     if model is None and train:
         rows = training_rows(train)
@@ -72,7 +86,7 @@ def evaluate(
         _warm_up(guard, [a for a in train if a.label != 1], clock)
         replayed = _replay(guard, test, clock)
         guard.close()
-    return metrics(replayed) | {"model_version": guard.model_version}
+    return replayed, guard.model_version
 
 
 def _warm_up(guard: Guard, actions: Sequence[TraceAction], clock: _ReplayClock) -> None:

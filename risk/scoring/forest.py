@@ -141,7 +141,7 @@ class CompiledForest:
             split_feature = np.asarray(tree.feature, dtype=np.intp)[split]
             # sklearn indexes X[:, features] only when a tree saw fewer columns than X has
             # (_compute_chunked_score_samples); otherwise the tree's feature ids already are columns.
-            if False:
+            if len(features) != n_features:
                 split_feature = np.asarray(features, dtype=np.intp)[split_feature]
             split_threshold = np.asarray(tree.threshold, dtype=np.float64)[split]
 
