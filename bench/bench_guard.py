@@ -18,46 +18,48 @@ import argparse
 import fnmatch
 import gc
 import json
-import math
 import os
 import platform
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from common import (
+    ALLOW_RESOURCE,
+    ALLOWED,
+    BLOCKED,
+    DENY_RESOURCE,
+    DRAIN_TIMEOUT_S,
+    PAYLOAD,
+    RATE_LIMIT,
+    VAULTAK_HISTORY,
+    VAULTAK_VERSION,
+    VENDOR_DIR,
+    closed_port,
+    describe,
+    ensure_vaultak,
+    fill_vaultak_history,
+    keep_loopback_off_proxies,
+    measure,
+    new_vaultak_monitor,
+    speedup,
+    summarize,
+    wait_for_threads,
+)
 
 from risk import Guard
 from risk.actions import ActionType, KillSwitchMode
 from risk.policy import CompiledPolicy
 from risk.resources import readings
 
-# `bench/.venv-*/` is already in .gitignore, and ruff skips git-ignored folders, so `make lint` never sees
-# vaultak's own sources.
-VENDOR_DIR = Path(__file__).resolve().parent / ".venv-vaultak"
-VAULTAK_VERSION = "0.7.0"
-
 ALLOWED_TYPES = [ActionType.DATABASE_QUERY, ActionType.FILE_READ]
-ALLOWED = ["data.deidentified.*", "/reports/readonly/*"]
-BLOCKED = ["data.phi.*", "*.pii", "prod.*"]
-ALLOW_RESOURCE = "data.deidentified.claims"
-DENY_RESOURCE = "data.phi.patients"
-PAYLOAD = {"sql": "SELECT count(*) FROM claims"}
-# Large enough that neither SDK's rate limit ever fires during the run.
-RATE_LIMIT = 10**9
-# vaultak keeps the last 1000 allowed actions and scans them on every call: fill the deque once so every
-# round measures its steady state rather than a ramp.
-VAULTAK_HISTORY = 1000
 TARGET_SPEEDUP = 5.0
-DRAIN_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -81,98 +83,11 @@ class Phase:
     slow: bool
 
 
-def ensure_vaultak() -> Any:
-    """Install vaultak into the vendor folder on first use and import VaultakMonitor from there only."""
-    if not (VENDOR_DIR / f"vaultak-{VAULTAK_VERSION}.dist-info").is_dir():
-        print(f"installing vaultak=={VAULTAK_VERSION} into {VENDOR_DIR} ...", file=sys.stderr)
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--upgrade",
-            "--target",
-            str(VENDOR_DIR),
-            f"vaultak=={VAULTAK_VERSION}",
-        ]
-        # pip's chatter goes to stderr so that --json keeps stdout a single JSON object.
-        if subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr, check=False).returncode != 0:
-            raise SystemExit(f"could not install vaultak=={VAULTAK_VERSION} into {VENDOR_DIR}")
-    sys.path.insert(0, str(VENDOR_DIR))
-    import vaultak  # type: ignore[import-not-found]  # installed at run time, not a project dependency
-    from vaultak.core import VaultakMonitor  # type: ignore[import-not-found]
-
-    # A vaultak installed elsewhere (site-packages) must not be what we measure.
-    if vaultak.__version__ != VAULTAK_VERSION or not Path(vaultak.__file__).resolve().is_relative_to(VENDOR_DIR):
-        raise SystemExit(f"imported vaultak {vaultak.__version__} from {vaultak.__file__}, not {VENDOR_DIR}")
-    return VaultakMonitor
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on, so vaultak's POST is refused at once instead of timing out."""
-    for _ in range(20):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        except ConnectionRefusedError:
-            return port
-        except OSError:
-            continue
-    raise SystemExit("could not find a closed loopback port")
-
-
-def keep_loopback_off_proxies() -> None:
-    # With an HTTP proxy configured, urllib would send vaultak's POST to the proxy rather than to the closed port.
-    if urllib.request.getproxies() and not urllib.request.proxy_bypass("127.0.0.1"):
-        extra = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""
-        os.environ["no_proxy"] = os.environ["NO_PROXY"] = ",".join(filter(None, (extra, "127.0.0.1", "localhost")))
-
-
-def wait_for_threads(baseline: int) -> float:
-    """Wait until vaultak's per-call POST threads are gone; returns the seconds waited (-1 on timeout)."""
-    start = time.perf_counter()
-    while threading.active_count() > baseline:
-        if time.perf_counter() - start > DRAIN_TIMEOUT_S:
-            return -1.0
-        time.sleep(0.005)
-    return time.perf_counter() - start
-
-
 def naive_allowed(resource: str) -> bool:
     for pattern in BLOCKED:
         if fnmatch.fnmatch(resource, pattern):
             return False
     return any(fnmatch.fnmatch(resource, pattern) for pattern in ALLOWED)
-
-
-def measure(call: Callable[[], object], n: int) -> list[int]:
-    samples = [0] * n
-    clock = time.perf_counter_ns
-    for i in range(n):
-        start = clock()
-        call()
-        samples[i] = clock() - start
-    return samples
-
-
-def percentile(ordered: list[int], q: float) -> float:
-    """Nearest-rank percentile, so p99 is a latency that was actually observed."""
-    return float(ordered[max(0, math.ceil(q * len(ordered)) - 1)])
-
-
-def summarize(samples: list[int]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "p50_us": percentile(ordered, 0.50) / 1000,
-        "p99_us": percentile(ordered, 0.99) / 1000,
-        "mean_us": statistics.fmean(ordered) / 1000,
-        "n": float(len(ordered)),
-    }
 
 
 def check_behaviour(guard: Guard, monitor: Any, policy: CompiledPolicy) -> None:
@@ -222,10 +137,9 @@ def run(sizes: Sizes, workdir: str) -> dict[str, Any]:
     )
     # The same validated policy the Guard compiled, so the matcher comparison uses exactly its patterns.
     policy = CompiledPolicy(guard.policy)
-    monitor = monitor_class("bench", "vtk_bench", f"http://127.0.0.1:{port}", 30, 60, 85, ALLOWED, BLOCKED, RATE_LIMIT)
+    monitor = new_vaultak_monitor(monitor_class, port)
     check_behaviour(guard, monitor, policy)
-    for _ in range(VAULTAK_HISTORY):
-        monitor._intercept("file_read", ALLOW_RESOURCE, PAYLOAD)
+    fill_vaultak_history(monitor)
     wait_for_threads(baseline_threads)
 
     query, check, intercept = ActionType.DATABASE_QUERY, guard.check, monitor._intercept
@@ -284,15 +198,6 @@ def run(sizes: Sizes, workdir: str) -> dict[str, Any]:
         "drain_timeouts": drain_timeouts,
         "runtime_s": time.perf_counter() - started,
     }
-
-
-def speedup(results: dict[str, Any], ours: str, theirs: str, stat: str) -> float:
-    """How many times faster `ours` is than `theirs` (below 1 means slower)."""
-    return float(results[theirs][stat] / results[ours][stat])
-
-
-def describe(factor: float) -> str:
-    return f"{factor:.2f}x faster" if factor >= 1 else f"{1 / factor:.2f}x slower"
 
 
 def analyse(run_data: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
