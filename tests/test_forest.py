@@ -37,24 +37,24 @@ SPECIAL_VALUES = [
 ]
 
 
-def training_data(draw: st.DrawFn) -> NDArray[np.float64]:
+def training_data(data: st.DataObject) -> NDArray[np.float64]:
     """Rows with repeated values, duplicated rows, constant columns, a few scales and sometimes NaN."""
-    n_samples = draw(st.integers(2, 300))
-    n_features = draw(st.integers(1, 8))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    scale = draw(st.sampled_from([1e-3, 1.0, 1e6]))
-    X = rng.normal(size=(n_samples, n_features)).round(draw(st.integers(0, 3))) * scale
-    if draw(st.booleans()):
+    n_samples = data.draw(st.integers(2, 300))
+    n_features = data.draw(st.integers(1, 8))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    scale = data.draw(st.sampled_from([1e-3, 1.0, 1e6]))
+    X = rng.normal(size=(n_samples, n_features)).round(data.draw(st.integers(0, 3))) * scale
+    if data.draw(st.booleans()):
         X = X[rng.integers(0, n_samples, size=n_samples)]
-    constant = np.array(draw(st.lists(st.booleans(), min_size=n_features, max_size=n_features)))
-    X[:, constant] = draw(st.sampled_from([0.0, 1.0, -2.5]))
-    X[rng.random(X.shape) < draw(st.sampled_from([0.0, 0.0, 0.1]))] = np.nan
+    constant = np.array(data.draw(st.lists(st.booleans(), min_size=n_features, max_size=n_features)))
+    X[:, constant] = data.draw(st.sampled_from([0.0, 1.0, -2.5]))
+    X[rng.random(X.shape) < data.draw(st.sampled_from([0.0, 0.0, 0.1]))] = np.nan
     return X
 
 
-def fitted_forest(draw: st.DrawFn, X: NDArray[np.float64]) -> IsolationForest:
+def fitted_forest(data: st.DataObject, X: NDArray[np.float64]) -> IsolationForest:
     n_samples = X.shape[0]
-    max_samples = draw(
+    max_samples = data.draw(
         st.one_of(
             st.just("auto"),
             st.integers(1, n_samples),
@@ -63,21 +63,21 @@ def fitted_forest(draw: st.DrawFn, X: NDArray[np.float64]) -> IsolationForest:
         )
     )
     forest = IsolationForest(
-        n_estimators=draw(st.integers(1, 60)),
+        n_estimators=data.draw(st.integers(1, 60)),
         max_samples=max_samples,
-        max_features=draw(st.floats(0.3, 1.0, exclude_min=True)),
-        bootstrap=draw(st.booleans()),
+        max_features=data.draw(st.floats(0.3, 1.0, exclude_min=True)),
+        bootstrap=data.draw(st.booleans()),
         contamination="auto",
-        random_state=draw(st.integers(0, 2**31 - 1)),
+        random_state=data.draw(st.integers(0, 2**31 - 1)),
     )
     return forest.fit(X)
 
 
-def query_rows(draw: st.DrawFn, forest: IsolationForest, X: NDArray[np.float64]) -> NDArray[np.float64]:
+def query_rows(data: st.DataObject, forest: IsolationForest, X: NDArray[np.float64]) -> NDArray[np.float64]:
     """Thresholds exactly, the float32 values either side of them, extremes, NaN and training rows."""
     thresholds = np.concatenate([e.tree_.threshold[e.tree_.children_left != -1] for e in forest.estimators_])
     as_float32 = thresholds.astype(np.float32)
-    pool = np.unique(
+    pool = np.unique(  # np.unique keeps one NaN, from SPECIAL_VALUES or X
         np.concatenate(
             [
                 thresholds,
@@ -85,23 +85,23 @@ def query_rows(draw: st.DrawFn, forest: IsolationForest, X: NDArray[np.float64])
                 np.nextafter(as_float32, np.float32(np.inf)),
                 np.nextafter(as_float32, np.float32(-np.inf)),
                 SPECIAL_VALUES,
-                X[~np.isnan(X)],
+                X.ravel(),
             ]
         )
-    ).tolist() + [np.nan]
+    ).tolist()
     n_features = X.shape[1]
     row = st.lists(st.sampled_from(pool), min_size=n_features, max_size=n_features)
-    drawn = np.array(draw(st.lists(row, min_size=1, max_size=20)), dtype=np.float64).reshape(-1, n_features)
-    seen = X[draw(st.lists(st.integers(0, len(X) - 1), max_size=5))]
+    drawn = np.array(data.draw(st.lists(row, min_size=1, max_size=20)), dtype=np.float64).reshape(-1, n_features)
+    seen = X[data.draw(st.lists(st.integers(0, len(X) - 1), max_size=5))]
     return np.vstack([drawn, seen])
 
 
 @settings(max_examples=100, deadline=None, report_multiple_bugs=False)
 @given(data=st.data())
 def test_compiled_scores_equal_score_samples_for_random_forests_and_rows(data: st.DataObject) -> None:
-    X = training_data(data.draw)
-    forest = fitted_forest(data.draw, X)
-    rows = query_rows(data.draw, forest, X)
+    X = training_data(data)
+    forest = fitted_forest(data, X)
+    rows = query_rows(data, forest, X)
     compiled = CompiledForest.from_sklearn(forest)
 
     for x in rows[:6]:  # one row per sklearn call is slow (milliseconds); the batch covers every row
@@ -125,9 +125,7 @@ def test_splits_on_exact_float32_thresholds_and_infinities_route_like_sklearn(
     # one that sends missing values left (stored mirrored on -x). Rewrite the fitted thresholds to float32
     # values and some to ±inf, NaN or 0.0, then query exactly those values.
     rng = np.random.default_rng(random_state)
-    forest = IsolationForest(n_estimators=8, max_samples=64, random_state=random_state).fit(
-        rng.normal(size=(200, 3))
-    )
+    forest = IsolationForest(n_estimators=8, max_samples=64, random_state=random_state).fit(rng.normal(size=(200, 3)))
     for estimator in forest.estimators_:
         tree = estimator.tree_
         split = np.flatnonzero(tree.children_left != -1)
