@@ -12,7 +12,6 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,6 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from risk.actions import AgentStatus, Decision
 from risk.features import MODEL_FEATURES
 from risk.guard import Guard
-from risk.policy import load_policy_file
 from risk.scoring.model import BehaviorModel, fit_model
 from risk.traces import TraceAction
 from risk.train import training_rows
@@ -181,7 +179,3 @@ def _by_attack(replayed: Sequence[Replayed]) -> dict[str, dict[str, Any]]:
         name: {"actions": len(rs), "denied": round(sum(not r.allowed for r in rs) / len(rs), 4)}
         for name, rs in sorted(groups.items())
     }
-
-
-def load_policy(path: str | Path | None) -> dict[str, Any] | None:
-    return load_policy_file(path) if path is not None else None

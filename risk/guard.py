@@ -42,7 +42,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 RULES_VERSION = "rules-1"
 _NOT_THE_ACTIONS_FAULT = frozenset({"rate_limited", "audit_unavailable", "model_unavailable", "data_volume_exceeded"})
 # Keys a policy file may hold besides the policy fields themselves.
-_GUARD_FILE_FIELDS = ("agent_id", "audit", "keep_payloads", "state")
+_GUARD_FILE_FIELDS = ("agent_id", "audit", "keep_payloads", "state", "model", "online")
 
 
 class Guard:

@@ -14,7 +14,7 @@ import json
 import re
 import tomllib
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +202,3 @@ class CompiledPolicy:
 
 def _violation(code: str, message: str) -> Reason:
     return Reason(code=code, message=message, weight=1.0, violation=True)
-
-
-def policy_fields(names: Sequence[str]) -> frozenset[str]:
-    """The subset of `names` that are policy fields (the rest configure the guard itself)."""
-    return frozenset(names) & frozenset(Policy.model_fields)

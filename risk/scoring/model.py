@@ -165,11 +165,6 @@ def load_model(spec: str | Path) -> BehaviorModel:
     return model
 
 
-def read_card(artifact: str | Path) -> dict[str, Any]:
-    card: dict[str, Any] = json.loads(Path(artifact).with_suffix(".json").read_text())
-    return card
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
