@@ -52,9 +52,18 @@ def evaluate(
     online: bool = False,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Replay `test` through a guard trained on `train`; the metrics of the README's evaluation table."""
-    replayed, model_version = replay(test, train, policy=policy, model=model, online=online, seed=seed)
-    return metrics(replayed) | {"model_version": model_version}
+    """Replay `test` through a guard trained on `train`; the metrics of the README's evaluation table.
+
+    Per-action metrics (AUROC, true-positive rates) come from a replay in ALERT mode, so that a pause never
+    hides how an action would have scored; session metrics and denial rates come from a replay under the
+    policy as given.
+    """
+    fields = {**DEFAULT_EVALUATION_POLICY, **(policy or {})}
+    alert = {**fields, "mode": "alert"}
+    scored, model_version = replay(test, train, policy=alert, model=model, online=online, seed=seed)
+    enforced = scored if fields["mode"] == "alert" else replay(test, train, policy=fields, model=model,
+                                                                online=online, seed=seed)[0]  # fmt: skip
+    return metrics(scored, enforced) | {"model_version": model_version}
 
 
 def replay(
@@ -125,8 +134,10 @@ def _revive(guard: Guard, agent_id: str) -> None:
         guard.reset(agent_id, actor="evaluation")
 
 
-def metrics(replayed: Sequence[Replayed]) -> dict[str, Any]:
-    """AUROC and true-positive rates per action, and how sessions with and without attacks fared."""
+def metrics(replayed: Sequence[Replayed], enforced: Sequence[Replayed] | None = None) -> dict[str, Any]:
+    """AUROC and true-positive rates per action from `replayed`, and what was denied, per action and per
+    session, from `enforced` (the same replay under the policy that counts; by default `replayed` itself)."""
+    enforced = replayed if enforced is None else enforced
     labelled = [r for r in replayed if r.action.label is not None]
     y = np.array([r.action.label for r in labelled])
     scores = np.array([r.risk_score for r in labelled])
@@ -138,10 +149,10 @@ def metrics(replayed: Sequence[Replayed]) -> dict[str, Any]:
         out["tpr_at_fpr_3pct"] = round(_tpr_at(fpr, tpr, 0.03), 4)
     else:
         out.update(auroc=None, tpr_at_fpr_1pct=None, tpr_at_fpr_3pct=None)
-    denied_benign = [r for r in labelled if r.action.label == 0 and not r.allowed]
-    out["benign_actions_denied"] = round(len(denied_benign) / max(1, int((y == 0).sum())), 4)
-    out.update(_sessions(replayed))
-    out["by_attack"] = _by_attack(replayed)
+    benign = [r for r in enforced if r.action.label == 0]
+    out["benign_actions_denied"] = round(sum(not r.allowed for r in benign) / max(1, len(benign)), 4)
+    out.update(_sessions(enforced))
+    out["by_attack"] = _by_attack(enforced)
     return out
 
 

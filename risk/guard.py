@@ -161,8 +161,9 @@ class Guard:
         policy = self.policy
 
         score, reasons = self._rules.score(atype, read.canonical, payload)
+        stopped = self.killswitch.gate(agent)
         assessment, model_failure = None, None
-        if self._behavior is not None:
+        if self._behavior is not None and stopped is None:  # a stopped agent is denied whatever it does
             try:
                 assessment = self._behavior.assess(
                     agent, ts=now, action_type=atype, resource=read.canonical, payload=payload,
@@ -176,7 +177,6 @@ class Guard:
                     score = noisy_or([score, *assessment.severities])
                     reasons = sorted([*reasons, *assessment.reasons], key=_by_weight)
         fingerprint = ""
-        stopped = self.killswitch.gate(agent)
         if stopped is not None:
             outcome, why = stopped
             reasons.insert(0, why)

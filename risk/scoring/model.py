@@ -47,7 +47,7 @@ class BehaviorModel:
     features: tuple[str, ...]
     forest: CompiledForest
     calibrator: TailCalibrator
-    feature_samples: list[list[float]]  # sorted benign values per feature, for explanations
+    feature_samples: list[list[float]]  # per feature, 1,001 quantiles of its benign values, for explanations
 
     @property
     def model_version(self) -> str:
@@ -98,7 +98,8 @@ def fit_model(
     ).fit(X[fit_rows])
     compiled = CompiledForest.from_sklearn(forest)
     calibrator = TailCalibrator((-compiled.score_many(X[held])).tolist())
-    samples = [sorted(X[:, j].tolist()) for j in range(X.shape[1])]
+    levels = np.linspace(0.0, 1.0, 1001)
+    samples = [np.quantile(X[:, j], levels).tolist() for j in range(X.shape[1])]
     return BehaviorModel(name, version, tuple(features), compiled, calibrator, samples)
 
 
