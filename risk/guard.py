@@ -251,11 +251,12 @@ class Guard:
                 reasons[0].message,
             )
         if assessment is not None and self._behavior is not None:
-            # A denial for what the action is (not for a pause, a rate limit or a broken audit) blames it.
-            blame = stopped is None and not outcome.allows and reasons[0].code not in _NOT_THE_ACTIONS_FAULT
-            self._behavior.observe(
-                agent, action_id, now, atype, read.canonical, assessment, outcome.allows, blame=blame
-            )
+            # Only a plainly allowed action shapes the baseline: one let through with an alert (ALERT mode) was
+            # flagged, and learning it would teach the guard that the attack it just saw is normal.
+            normal = outcome is Outcome.ALLOWED
+            # Flagging what the action is (not a pause, a rate limit or a broken audit) blames its destinations.
+            blame = stopped is None and not normal and reasons[0].code not in _NOT_THE_ACTIONS_FAULT
+            self._behavior.observe(agent, action_id, now, atype, read.canonical, assessment, normal, blame=blame)
         return Decision(
             action_id=action_id,
             agent_id=agent,
