@@ -22,14 +22,14 @@ from typing import Any, TypeVar, cast
 from risk.actions import ActionType, Decision, KillSwitchMode, Outcome, Reason
 from risk.audit.record import canonical_json
 from risk.audit.store import AuditStore, default_home, open_audit
-from risk.errors import ActionDenied, AgentPaused, AgentTerminated, AuditError, GuardDenied, PolicyError
+from risk.errors import ActionDenied, AgentPaused, AgentTerminated, AuditError, GuardDenied, PolicyError, StateError
 from risk.features import MODEL_FEATURES
 from risk.killswitch import MODE_OUTCOME, KillSwitch
 from risk.policy import CompiledPolicy, Policy, load_policy_file
 from risk.redaction import mask
-from risk.resources import readings
+from risk.resources import Readings, readings
 from risk.rollback import RollbackReport, UndoLog, UndoStep, savepoint, snapshot_file
-from risk.scoring.behavior import BehaviorScorer
+from risk.scoring.behavior import Assessment, BehaviorScorer
 from risk.scoring.model import DEFAULT_MODEL, SHIPPED_MODELS, BehaviorModel, ModelError, load_model
 from risk.scoring.online import OnlineScorer
 from risk.scoring.rules import RuleScorer, noisy_or
@@ -40,7 +40,9 @@ log = logging.getLogger("risk")
 F = TypeVar("F", bound=Callable[..., Any])
 
 RULES_VERSION = "rules-1"
-_NOT_THE_ACTIONS_FAULT = frozenset({"rate_limited", "audit_unavailable", "model_unavailable", "data_volume_exceeded"})
+_NOT_THE_ACTIONS_FAULT = frozenset(
+    {"rate_limited", "audit_unavailable", "model_unavailable", "state_unavailable", "data_volume_exceeded"}
+)
 # Keys a policy file may hold besides the policy fields themselves.
 _GUARD_FILE_FIELDS = ("agent_id", "audit", "keep_payloads", "state", "model", "online")
 
@@ -161,57 +163,31 @@ class Guard:
         policy = self.policy
 
         score, reasons = self._rules.score(atype, read.canonical, payload)
-        stopped = self.killswitch.gate(agent)
-        assessment, model_failure = None, None
-        if self._behavior is not None and stopped is None:  # a stopped agent is denied whatever it does
-            try:
-                assessment = self._behavior.assess(
-                    agent, ts=now, action_type=atype, resource=read.canonical, payload=payload,
-                    payload_bytes=len(payload_json), rule_reasons=reasons,
-                )  # fmt: skip
-            except Exception as exc:  # a model that cannot score fails closed, and says why
-                log.exception("behavioral scoring failed")
-                model_failure = Reason("model_unavailable", f"the behavioral model could not score: {exc}", 1.0, True)
+        assessment, stopped, fingerprint = None, None, ""
+        try:
+            stopped = self.killswitch.gate(agent)
+            if stopped is not None:
+                outcome, why = stopped
+                reasons.insert(0, why)
             else:
-                if any(assessment.severities):
-                    score = noisy_or([score, *assessment.severities])
-                    reasons = sorted([*reasons, *assessment.reasons], key=_by_weight)
-        fingerprint = ""
-        if stopped is not None:
-            outcome, why = stopped
-            reasons.insert(0, why)
-        else:
-            violations = self._compiled.violations(atype, read)
-            if model_failure is not None:
-                violations.append(model_failure)
-            if score > policy.max_risk_score:
-                violations.append(
-                    Reason(
-                        "risk_above_threshold",
-                        f"risk {score:.2f} exceeds max_risk_score {policy.max_risk_score}",
-                        1.0,
-                        True,
-                    )
+                assessment, score, reasons, model_failure = self._assess(
+                    agent, now, atype, read.canonical, payload, payload_json, score, reasons
                 )
-            violations += self._volume_violations(agent, now)
-            if violations:
-                fingerprint = _fingerprint(agent, atype, read.canonical, payload_json)
-                if self._state.consume_approval(agent, fingerprint):
-                    reasons.insert(
-                        0, Reason("approved", "a reviewer approved this action once after it paused the agent")
-                    )
-                    violations = []
-            if (not violations or policy.mode is KillSwitchMode.ALERT) and not self._within_rate(agent, now):
-                violations.append(
-                    Reason(
-                        "rate_limited",
-                        f"more than {policy.max_actions_per_minute} actions in the last minute",
-                        1.0,
-                        True,
-                    )
-                )
-            reasons[:0] = violations
-            outcome = MODE_OUTCOME[policy.mode] if violations else Outcome.ALLOWED
+                violations = self._violations(agent, now, atype, read, score, model_failure)
+                if violations:
+                    fingerprint = _fingerprint(agent, atype, read.canonical, payload_json)
+                    if self._state.consume_approval(agent, fingerprint):
+                        reasons.insert(0, Reason("approved", "a reviewer approved this action once after it paused"))
+                        violations = []
+                if (not violations or policy.mode is KillSwitchMode.ALERT) and not self._within_rate(agent, now):
+                    limit = policy.max_actions_per_minute
+                    violations.append(Reason("rate_limited", f"more than {limit} actions in the last minute", 1, True))
+                reasons[:0] = violations
+                outcome = MODE_OUTCOME[policy.mode] if violations else Outcome.ALLOWED
+        except StateError as exc:  # the shared state cannot be read or written: deny, and say why
+            log.error("denying %s on %r: %s", atype.value, resource, exc)
+            reasons.insert(0, Reason("state_unavailable", f"the guard's state store failed: {exc}", 1.0, True))
+            outcome, assessment, stopped = Outcome.BLOCKED, None, None
 
         body = {
             "record_id": action_id,
@@ -243,13 +219,11 @@ class Guard:
                 outcome = Outcome.BLOCKED
 
         if outcome in (Outcome.PAUSED, Outcome.ROLLED_BACK, Outcome.TERMINATED) and stopped is None:
-            self._trip(
-                agent,
-                outcome,
-                action_id,
-                fingerprint or _fingerprint(agent, atype, read.canonical, payload_json),
-                reasons[0].message,
-            )
+            fingerprint = fingerprint or _fingerprint(agent, atype, read.canonical, payload_json)
+            try:
+                self._trip(agent, outcome, action_id, fingerprint, reasons[0].message)
+            except StateError:  # the action is denied already; the pause could not be recorded
+                log.exception("kill switch for %s could not be set", agent)
         if assessment is not None and self._behavior is not None:
             # Only a plainly allowed action shapes the baseline: one let through with an alert (ALERT mode) was
             # flagged, and learning it would teach the guard that the attack it just saw is normal.
@@ -268,6 +242,40 @@ class Guard:
             resource=resource,
             normalized_resource=read.canonical,
         )
+
+    def _assess(
+        self, agent: str, now: float, atype: ActionType, resource: str, payload: Any, payload_json: bytes,
+        score: float, reasons: list[Reason],
+    ) -> tuple[Assessment | None, float, list[Reason], Reason | None]:  # fmt: skip
+        """The behavioral scorer's view of the action, folded into the rule score and reasons."""
+        if self._behavior is None:
+            return None, score, reasons, None
+        try:
+            assessment = self._behavior.assess(
+                agent, ts=now, action_type=atype, resource=resource, payload=payload,
+                payload_bytes=len(payload_json), rule_reasons=reasons,
+            )  # fmt: skip
+        except Exception as exc:  # a model that cannot score fails closed, and says why
+            log.exception("behavioral scoring failed")
+            return None, score, reasons, Reason("model_unavailable", f"the model could not score: {exc}", 1.0, True)
+        if any(assessment.severities):
+            score = noisy_or([score, *assessment.severities])
+            reasons = sorted([*reasons, *assessment.reasons], key=_by_weight)
+        return assessment, score, reasons, None
+
+    def _violations(
+        self, agent: str, now: float, atype: ActionType, read: Readings, score: float, model_failure: Reason | None
+    ) -> list[Reason]:
+        """The policy rules, the risk threshold and the data-volume limits this action breaks."""
+        violations = self._compiled.violations(atype, read)
+        if model_failure is not None:
+            violations.append(model_failure)
+        limit = self.policy.max_risk_score
+        if score > limit:
+            violations.append(
+                Reason("risk_above_threshold", f"risk {score:.2f} exceeds max_risk_score {limit}", 1, True)
+            )
+        return violations + self._volume_violations(agent, now)
 
     def _within_rate(self, agent: str, now: float) -> bool:
         limit = self.policy.max_actions_per_minute

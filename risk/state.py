@@ -121,7 +121,12 @@ class MemoryState:
 
 
 def open_state(url: str | None) -> StateStore:
-    """The state store named by `url`; `None` or `memory://` is in-process."""
+    """The state store named by `url`: `None` or `memory://` is in-process; `redis://` and `rediss://`
+    (see risk.state_redis) are shared by every process using the same server and prefix."""
     if url is None or url == "memory://":
         return MemoryState()
-    raise ValueError(f"unsupported state store URL {url!r}; use 'memory://'")
+    if url.startswith(("redis://", "rediss://")):
+        from risk.state_redis import RedisState  # imported here: the redis package is optional
+
+        return RedisState.from_url(url)
+    raise ValueError(f"unsupported state store URL {url!r}; use 'memory://' or 'redis://host:port/db'")

@@ -22,6 +22,7 @@ from risk import (
     StepStatus,
 )
 from risk.audit.store import AuditQuery, verify_store
+from risk.state import AgentState, MemoryState
 
 
 class Clock:
@@ -417,6 +418,20 @@ def test_audit_write_failure_denies(tmp_path: Path) -> None:
     locker.execute("ROLLBACK")
     assert guard.check(ActionType.FILE_READ, "/reports/ok.csv").allowed
     assert verify_store(guard.audit).ok
+
+
+class BrokenState(MemoryState):
+    """A state store whose backend has gone away (a Redis outage, say)."""
+
+    def get_state(self, agent_id: str) -> AgentState:
+        raise StateError("connection refused")
+
+
+def test_a_state_store_failure_denies_and_is_audited(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path, state=BrokenState())
+    d = guard.check(ActionType.FILE_READ, "/reports/ok.csv")
+    assert not d.allowed and d.outcome is Outcome.BLOCKED and d.reason_codes[0] == "state_unavailable"
+    assert records(guard, kind="decision")[-1].outcome == "blocked"
 
 
 def test_policy_from_yaml_and_toml_files(tmp_path: Path) -> None:

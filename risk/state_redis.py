@@ -1,0 +1,279 @@
+"""A StateStore in Redis, so several processes or workers share kill-switch status, limits and approvals.
+
+Every read-modify-write runs in Redis as one Lua script or one atomic command, so a burst from many workers
+never admits more than a rate limit allows and a one-time approval is consumed exactly once. Windows are
+measured on the caller's clock (the Guard's `now`), not on Redis time; Redis only expires idle keys.
+
+Keys (all under a prefix, `risk:` by default, set with `?prefix=` in the URL):
+
+    {prefix}state:{agent_id}     string   the AgentState as JSON
+    {prefix}approvals:{agent_id} list     granted approval fingerprints, one entry per grant
+    {prefix}rate:{key}           zset     try_acquire's sliding-window log: member unique, score = time
+    {prefix}vol:{key}            zset     add's events: member "amount:unique", score = time
+    {prefix}volsum:{key}         hash     add/total's running sum ("sum") and key lifetime in ms ("ttl")
+
+Unlike MemoryState, a key counted with try_acquire and the same key summed with add/total are two windows;
+the Guard never mixes them (it uses `rate:<agent>`, `rows:<agent>` and `bytes:<agent>`).
+
+Usage (needs the `redis` package and a running server)::
+
+    guard = Guard(state="redis://127.0.0.1:6379/0?prefix=risk:", ...)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from risk.actions import AgentStatus
+from risk.errors import StateError
+from risk.state import AgentState
+
+if TYPE_CHECKING:
+    import redis
+
+DEFAULT_PREFIX = "risk:"
+DEFAULT_TIMEOUT = 5.0  # seconds; a guard must not hang on a Redis that does not answer
+
+# KEYS[1] the log. ARGV: now, cutoff, limit, ttl in ms (0: never expire), a unique member.
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[5])
+if tonumber(ARGV[4]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return 1
+"""
+
+# KEYS[1] the events, KEYS[2] the running sum. ARGV: now, amount, member ("amount:unique").
+# The keys get the lifetime the last `total` recorded; before any `total` they do not expire.
+_ADD = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
+local sum = tonumber(redis.call('HGET', KEYS[2], 'sum') or '0') + tonumber(ARGV[2])
+redis.call('HSET', KEYS[2], 'sum', string.format('%.17g', sum))
+local ttl = tonumber(redis.call('HGET', KEYS[2], 'ttl') or '0')
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+return 1
+"""
+
+# KEYS[1] the events, KEYS[2] the running sum. ARGV: cutoff, ttl in ms (0: never expire).
+# Drops events at or before the cutoff, subtracts them from the sum and returns the sum as a string
+# (a Lua number would come back truncated to an integer).
+_TOTAL = """
+local sum = tonumber(redis.call('HGET', KEYS[2], 'sum') or '0')
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if #gone > 0 then
+  for _, member in ipairs(gone) do
+    sum = sum - tonumber(string.match(member, '^[^:]+'))
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+end
+if redis.call('ZCARD', KEYS[1]) == 0 then
+  sum = 0
+end
+local text = string.format('%.17g', sum)
+redis.call('HSET', KEYS[2], 'sum', text, 'ttl', ARGV[2])
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+else
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+end
+return text
+"""
+
+
+def parse_state_url(url: str) -> tuple[str, str]:
+    """Split a state URL into the Redis URL (without `prefix`) and the key prefix.
+
+    >>> parse_state_url("redis://127.0.0.1:6379/0?prefix=test:&socket_timeout=2")
+    ('redis://127.0.0.1:6379/0?socket_timeout=2', 'test:')
+    >>> parse_state_url("rediss://cache.internal:6380/1")
+    ('rediss://cache.internal:6380/1', 'risk:')
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"not a Redis URL: {_redacted(url)!r}; use redis://host:port/db or rediss://...")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for name, value in query if name == "prefix"]
+    rest = [(name, value) for name, value in query if name != "prefix"]
+    return urlunsplit(parts._replace(query=urlencode(rest))), prefixes[-1] if prefixes else DEFAULT_PREFIX
+
+
+class RedisState:
+    """Kill-switch status, sliding windows and one-time approvals in Redis, shared by every process using it.
+
+    Connects lazily: constructing one does no I/O. Any Redis failure (unreachable, timeout, a refused
+    command) raises StateError. `client` is a `redis.Redis`; `from_url` is the usual way to make one.
+
+    A key's sliding window is trimmed with the caller's `now`; Redis expiry (set to the window, in real time)
+    only reclaims idle keys, so a clock moved by hand in tests works as long as the test takes less real time
+    than the window.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, *, where: str = "redis") -> None:
+        import redis as redis_module
+
+        self._client = client
+        self.prefix = prefix
+        self._where = where
+        self._redis_error = redis_module.RedisError
+        self._acquire = client.register_script(_ACQUIRE)
+        self._add = client.register_script(_ADD)
+        self._total = client.register_script(_TOTAL)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisState:
+        """A store for `redis://[user:password@]host:port/db[?prefix=risk:&socket_timeout=5]` (or `rediss://`).
+
+        Query arguments other than `prefix` go to `redis.Redis.from_url`; the socket timeouts default to 5 s.
+        """
+        try:
+            import redis as redis_module
+        except ModuleNotFoundError as exc:
+            raise ModuleNotFoundError(
+                f"the state store {_redacted(url)!r} needs the redis package: pip install redis", name=exc.name
+            ) from exc
+        redis_url, prefix = parse_state_url(url)
+        client = redis_module.Redis.from_url(
+            redis_url, socket_timeout=DEFAULT_TIMEOUT, socket_connect_timeout=DEFAULT_TIMEOUT
+        )
+        return cls(client, prefix, where=_redacted(url))
+
+    def __repr__(self) -> str:
+        return f"RedisState({self._where!r}, prefix={self.prefix!r})"
+
+    # ---- kill-switch status ------------------------------------------------------------------
+
+    def get_state(self, agent_id: str) -> AgentState:
+        with self._errors("read the state of agent", agent_id):
+            raw = self._client.get(self._key("state", agent_id))
+        if raw is None:
+            return AgentState()
+        try:
+            fields = json.loads(raw)
+            return AgentState(
+                status=AgentStatus(fields["status"]),
+                reason=str(fields.get("reason", "")),
+                actor=str(fields.get("actor", "")),
+                pending_action_id=fields.get("pending_action_id"),
+                pending_fingerprint=fields.get("pending_fingerprint"),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StateError(
+                f"the state of agent {agent_id!r} in {self._where} is not valid ({exc}): "
+                f"fix or delete the key {self._key('state', agent_id)!r}"
+            ) from exc
+
+    def set_state(self, agent_id: str, state: AgentState) -> None:
+        body = json.dumps(
+            {
+                "status": state.status.value,
+                "reason": state.reason,
+                "actor": state.actor,
+                "pending_action_id": state.pending_action_id,
+                "pending_fingerprint": state.pending_fingerprint,
+            },
+            separators=(",", ":"),
+        )
+        with self._errors("write the state of agent", agent_id):
+            self._client.set(self._key("state", agent_id), body)
+
+    # ---- sliding windows ---------------------------------------------------------------------
+
+    def try_acquire(self, key: str, now: float, window: float, limit: int) -> bool:
+        """Count one event in `key`'s sliding window if fewer than `limit` are in it; say whether it was.
+
+        Atomic across every client of the server: concurrent callers never admit more than `limit`.
+        """
+        args: list[str | int] = [repr(float(now)), repr(float(now - window)), int(limit), _ttl_ms(window)]
+        args.append(os.urandom(12).hex())
+        with self._errors("count an event in window", key):
+            admitted = self._acquire(keys=[self._key("rate", key)], args=args)
+        return bool(admitted)
+
+    def add(self, key: str, now: float, amount: float) -> None:
+        """Add `amount` at time `now` to `key`'s window. `amount` must be finite."""
+        amount = float(amount)
+        if not math.isfinite(amount):
+            raise ValueError(f"cannot add {amount} to window {key!r}: amounts must be finite")
+        text = repr(amount)
+        args = [repr(float(now)), text, f"{text}:{os.urandom(12).hex()}"]
+        with self._errors("add to window", key):
+            self._add(keys=[self._key("vol", key), self._key("volsum", key)], args=args)
+
+    def total(self, key: str, now: float, window: float) -> float:
+        """The sum of amounts added to `key` within the last `window` seconds."""
+        args: list[str | int] = [repr(float(now - window)), _ttl_ms(window)]
+        with self._errors("sum window", key):
+            text = self._total(keys=[self._key("vol", key), self._key("volsum", key)], args=args)
+        return float(text)
+
+    # ---- one-time approvals ------------------------------------------------------------------
+
+    def grant_approval(self, agent_id: str, fingerprint: str) -> None:
+        with self._errors("grant an approval to agent", agent_id):
+            self._client.rpush(self._key("approvals", agent_id), fingerprint)
+
+    def consume_approval(self, agent_id: str, fingerprint: str) -> bool:
+        """True once for each grant of `fingerprint`, however many workers ask at once."""
+        with self._errors("consume an approval of agent", agent_id):
+            removed = self._client.lrem(self._key("approvals", agent_id), 1, fingerprint)
+        return bool(removed)
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raise StateError unless the server answers."""
+        with self._errors("reach the server for", "ping"):
+            self._client.ping()
+
+    def close(self) -> None:
+        """Close the client's connections; the store reconnects if used again."""
+        self._client.close()
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self.prefix}{kind}:{name}"
+
+    @contextmanager
+    def _errors(self, doing: str, name: str) -> Iterator[None]:
+        try:
+            yield
+        except self._redis_error as exc:
+            raise StateError(
+                f"could not {doing} {name!r} in the Redis state store {self._where} "
+                f"({type(exc).__name__}: {exc}); check that Redis is running and the state URL is right"
+            ) from exc
+
+
+def _ttl_ms(window: float) -> int:
+    """A key's lifetime for a window of `window` seconds, in ms; 0 means never expire."""
+    ms = float(window) * 1000.0
+    if not math.isfinite(ms) or ms >= 2.0**53:
+        return 0
+    return max(1, math.ceil(ms))
+
+
+def _redacted(url: str) -> str:
+    """`url` without its password (and without a user name that might be one)."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
