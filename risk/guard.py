@@ -320,13 +320,18 @@ class Guard:
         """Record what an allowed action did; rows and bytes count toward the data-volume limits."""
         agent = agent_id or self.agent_id
         now = self._clock()
-        for unit, amount in (("rows", rows), ("bytes", bytes)):
-            if amount:
-                self._state.add(f"{unit}:{agent}", now, float(amount))
+        detail: dict[str, Any] = {"status": "success" if success else "error", "error": error, "rows": rows,
+                                  "bytes": bytes}  # fmt: skip
+        try:
+            for unit, amount in (("rows", rows), ("bytes", bytes)):
+                if amount:
+                    self._state.add(f"{unit}:{agent}", now, float(amount))
+        except StateError as exc:  # the action already ran: keep its outcome, and say the volume was not counted
+            log.error("volume of %s not counted: %s", action_id, exc)
+            detail["state_error"] = str(exc)
         if self._behavior is not None:
             volume = (rows or 0) + (bytes or 0) / 1000.0
             self._behavior.outcome(agent, action_id, now, success=success, volume=volume)
-        detail = {"status": "success" if success else "error", "error": error, "rows": rows, "bytes": bytes}
         self._record_event(
             agent, {"kind": "outcome", "action_id": action_id, "outcome": detail["status"], "detail": detail}
         )

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import redis
 
 DEFAULT_PREFIX = "risk:"
-DEFAULT_TIMEOUT = 5.0  # seconds; a guard must not hang on a Redis that does not answer
+DEFAULT_TIMEOUT = 2.0  # seconds; a guard must not hang on a Redis that does not answer
 
 # KEYS[1] the log. ARGV: now, cutoff, limit, ttl in ms (0: never expire), a unique member.
 _ACQUIRE = """
@@ -122,6 +122,9 @@ class RedisState:
     A key's sliding window is trimmed with the caller's `now`; Redis expiry (set to the window, in real time)
     only reclaims idle keys, so a clock moved by hand in tests works as long as the test takes less real time
     than the window.
+
+    If a reply is lost (a timeout after Redis ran the command), the call raises StateError, and if the client
+    retries, a counted event may count twice and a consumed approval is gone: both err on the side of denying.
     """
 
     def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, *, where: str = "redis") -> None:
@@ -139,7 +142,7 @@ class RedisState:
     def from_url(cls, url: str) -> RedisState:
         """A store for `redis://[user:password@]host:port/db[?prefix=risk:&socket_timeout=5]` (or `rediss://`).
 
-        Query arguments other than `prefix` go to `redis.Redis.from_url`; the socket timeouts default to 5 s.
+        Query arguments other than `prefix` go to `redis.Redis.from_url`; the socket timeouts default to 2 s.
         """
         try:
             import redis as redis_module
@@ -268,12 +271,12 @@ def _ttl_ms(window: float) -> int:
 
 
 def _redacted(url: str) -> str:
-    """`url` without its password (and without a user name that might be one)."""
+    """`url` as it may be shown: no user name, password or query (a query may hold `password=`)."""
     parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
+    try:
+        host, port = parts.hostname or "", parts.port
+    except ValueError:  # a malformed port
+        host, port = "?", None
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit((parts.scheme, host + (f":{port}" if port else ""), parts.path, "", ""))

@@ -1,0 +1,402 @@
+"""RedisState against a real Redis: the StateStore contract, and correctness across threads and processes.
+
+Redis is found at $RISK_TEST_REDIS_URL (default redis://127.0.0.1:6379/0). When it is not reachable the tests
+skip, unless RISK_REQUIRE_SERVICES=1, when they fail. Each test works under its own random key prefix and
+deletes its keys afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from risk import ActionType, AgentStatus, Guard, KillSwitchMode, Outcome, StateError
+from risk.state import AgentState, MemoryState, open_state
+from risk.state_redis import RedisState, parse_state_url
+
+REDIS_URL = os.environ.get("RISK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRED = os.environ.get("RISK_REQUIRE_SERVICES") == "1"
+
+
+def _unavailable(why: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{why} (RISK_REQUIRE_SERVICES=1)")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def server() -> Any:
+    """A raw redis client for setup and cleanup; skips (or fails) the module when Redis is not there."""
+    try:
+        import redis
+    except ModuleNotFoundError:
+        _unavailable("the redis package is not installed")
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _unavailable(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def url(server: Any) -> Iterator[str]:
+    """A state URL with a fresh prefix; every key under it is deleted after the test."""
+    prefix = f"risk-test:{uuid.uuid4().hex}:"
+    yield _with_prefix(REDIS_URL, prefix)
+    keys = list(server.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        server.delete(*keys)
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[RedisState]:
+    s = RedisState.from_url(url)
+    yield s
+    s.close()
+
+
+def _with_prefix(redis_url: str, prefix: str) -> str:
+    parts = urlsplit(redis_url)
+    query = f"{parts.query}&prefix={prefix}" if parts.query else f"prefix={prefix}"
+    return urlunsplit(parts._replace(query=query))
+
+
+def _run_together(workers: list[Callable[[], Any]]) -> list[Any]:
+    """Run each worker in its own thread, released at the same moment; their results in order."""
+    barrier = threading.Barrier(len(workers))
+    results: list[Any] = [None] * len(workers)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = workers[i]()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(workers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    return results
+
+
+# ---- the contract, as MemoryState defines it -----------------------------------------------------
+
+
+def test_the_memory_state_doctest_holds(store: RedisState) -> None:
+    assert [store.try_acquire("a", now=0.0, window=60.0, limit=2) for _ in range(3)] == [True, True, False]
+    assert store.try_acquire("a", now=60.5, window=60.0, limit=2) is True
+
+
+def test_open_state_dispatches_redis_urls_and_reads_the_prefix(url: str) -> None:
+    s = open_state(url)
+    assert isinstance(s, RedisState)
+    assert s.prefix.startswith("risk-test:")
+    assert isinstance(open_state(None), MemoryState)
+    with pytest.raises(ValueError, match="redis://"):
+        open_state("postgres://nowhere")
+
+
+def test_parse_state_url_defaults_the_prefix_and_keeps_other_arguments() -> None:
+    assert parse_state_url("redis://h:1/2") == ("redis://h:1/2", "risk:")
+    assert parse_state_url("redis://h/0?prefix=a:b:&db=3") == ("redis://h/0?db=3", "a:b:")
+    with pytest.raises(ValueError, match="not a Redis URL"):
+        parse_state_url("http://user:secret@h/0")
+
+
+def test_rate_limit_of_10_per_minute_slides_with_a_hand_moved_clock(store: RedisState) -> None:
+    acquire = store.try_acquire
+    assert all(acquire("rate:a", float(t), 60.0, 10) for t in range(10))  # t = 0..9
+    assert not acquire("rate:a", 9.5, 60.0, 10)
+    assert not acquire("rate:a", 59.9, 60.0, 10)
+    assert acquire("rate:a", 60.0, 60.0, 10)  # the event at t=0 is out of (0, 60]
+    assert not acquire("rate:a", 60.0, 60.0, 10)
+    assert acquire("rate:a", 61.0, 60.0, 10)  # t=1 left
+    assert not acquire("rate:a", 61.5, 60.0, 10)
+    assert all(acquire("rate:a", 200.0, 60.0, 10) for _ in range(10))  # everything expired
+    assert not acquire("rate:a", 200.0, 60.0, 10)
+    assert acquire("rate:b", 9.5, 60.0, 10)  # keys are independent
+
+
+def test_rate_limit_of_5000_per_minute(store: RedisState) -> None:
+    limit = 5000
+    times = [i * 0.01 for i in range(limit)]  # 5000 events over 50 s
+    assert all(store.try_acquire("rate:big", t, 60.0, limit) for t in times)
+    assert not store.try_acquire("rate:big", 50.0, 60.0, limit)
+    assert not store.try_acquire("rate:big", 59.999, 60.0, limit)
+    # at 60.5 the events at t <= 0.5 (51 of them) have left the window
+    assert sum(store.try_acquire("rate:big", 60.5, 60.0, limit) for _ in range(60)) == 51
+
+
+def test_sliding_windows_match_memory_state_on_random_sequences(store: RedisState) -> None:
+    """The same calls on MemoryState and RedisState give the same answers (rate limits and volume sums)."""
+    rng = random.Random(7)
+    memory = MemoryState()
+    now = 1_800_000_000.0
+    for step in range(1500):
+        now += rng.choice([0.0, 0.01, 0.5, 3.0, 17.0, 61.0])
+        key = rng.choice(["x", "y"])
+        op = rng.random()
+        if op < 0.5:
+            limit, window = rng.choice([(1, 1.0), (3, 10.0), (7, 60.0)])
+            want = memory.try_acquire(f"r{key}{limit}", now, window, limit)
+            assert store.try_acquire(f"r{key}{limit}", now, window, limit) is want, step
+        elif op < 0.8:
+            amount = float(rng.randint(0, 10_000))
+            memory.add(f"v{key}", now, amount)
+            store.add(f"v{key}", now, amount)
+        else:
+            assert store.total(f"v{key}", now, 120.0) == memory.total(f"v{key}", now, 120.0), step
+
+
+def test_add_and_total_sum_a_sliding_window(store: RedisState) -> None:
+    assert store.total("rows:a", 0.0, 60.0) == 0.0
+    store.add("rows:a", 0.0, 100.0)
+    store.add("rows:a", 10.0, 0.25)
+    store.add("rows:a", 10.0, 0.25)  # the same amount at the same time counts twice
+    store.add("rows:b", 10.0, 7.0)
+    assert store.total("rows:a", 10.0, 60.0) == 100.5
+    assert store.total("rows:a", 60.0, 60.0) == 0.5  # t=0 is out of (0, 60]
+    assert store.total("rows:a", 70.0, 60.0) == 0.0
+    assert store.total("rows:b", 70.0, 61.0) == 7.0
+    store.add("rows:a", 80.0, 1e15)
+    store.add("rows:a", 81.0, 3.0)
+    assert store.total("rows:a", 81.0, 60.0) == 1e15 + 3.0
+    with pytest.raises(ValueError, match="finite"):
+        store.add("rows:a", 81.0, float("inf"))
+
+
+def test_keys_live_under_the_prefix_and_expire_with_the_window(server: Any, store: RedisState) -> None:
+    now = time.time()
+    store.try_acquire("rate:a", now, 60.0, 5)
+    store.add("rows:a", now, 5.0)
+    store.set_state("a", AgentState(AgentStatus.PAUSED, "why", "me"))
+    store.grant_approval("a", "f")
+    keys = {k.decode() for k in server.scan_iter(match=f"{store.prefix}*")}
+    p = store.prefix
+    assert keys == {f"{p}rate:rate:a", f"{p}vol:rows:a", f"{p}volsum:rows:a", f"{p}state:a", f"{p}approvals:a"}
+    assert 0 < server.pttl(f"{p}rate:rate:a") <= 60_000
+    assert server.pttl(f"{p}vol:rows:a") == -1  # no window known before the first total
+    store.total("rows:a", now, 3600.0)
+    assert 3_590_000 < server.pttl(f"{p}vol:rows:a") <= 3_600_000
+    assert 3_590_000 < server.pttl(f"{p}volsum:rows:a") <= 3_600_000
+    store.add("rows:a", now + 1, 5.0)  # refreshes the lifetime the last total recorded
+    assert 3_590_000 < server.pttl(f"{p}vol:rows:a") <= 3_600_000
+    other = RedisState.from_url(_with_prefix(REDIS_URL, f"{p}other:"))
+    assert other.get_state("a") == AgentState()
+    assert other.total("rows:a", now + 1, 60.0) == 0.0
+
+
+def test_state_set_by_one_instance_is_read_by_another(url: str) -> None:
+    a, b = RedisState.from_url(url), RedisState.from_url(url)
+    assert b.get_state("agent-1") == AgentState()
+    paused = AgentState(AgentStatus.PAUSED, "too risky", "guard", "action-1", "fp-1")
+    a.set_state("agent-1", paused)
+    assert b.get_state("agent-1") == paused
+    b.set_state("agent-1", AgentState(AgentStatus.TERMINATED, "enough", "reviewer"))
+    assert a.get_state("agent-1").status is AgentStatus.TERMINATED
+    assert a.get_state("agent-2") == AgentState()
+
+
+def test_corrupt_state_raises_state_error(server: Any, store: RedisState) -> None:
+    server.set(f"{store.prefix}state:a", b'{"status": "sleeping"}')
+    with pytest.raises(StateError, match="not valid"):
+        store.get_state("a")
+
+
+def test_an_approval_is_consumed_once_per_grant(url: str) -> None:
+    a, b = RedisState.from_url(url), RedisState.from_url(url)
+    assert not b.consume_approval("agent", "fp")
+    a.grant_approval("agent", "fp")
+    a.grant_approval("agent", "fp")
+    assert not b.consume_approval("agent", "other")
+    assert not b.consume_approval("someone-else", "fp")
+    assert [b.consume_approval("agent", "fp") for _ in range(3)] == [True, True, False]
+
+
+def test_an_approval_is_consumed_exactly_once_by_8_concurrent_threads(url: str) -> None:
+    stores = [RedisState.from_url(url) for _ in range(8)]
+    for round_ in range(25):
+        fp = f"fp-{round_}"
+        stores[0].grant_approval("agent", fp)
+        results = _run_together([functools.partial(s.consume_approval, "agent", fp) for s in stores])
+        assert results.count(True) == 1, (round_, results)
+
+
+# ---- bursts from several instances ----------------------------------------------------------------
+
+
+def _burst(url: str, key: str, now: float, limit: int, attempts: int) -> int:
+    s = RedisState.from_url(url)
+    try:
+        return sum(s.try_acquire(key, now, 60.0, limit) for _ in range(attempts))
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("limit", [1, 10, 250])
+def test_a_burst_from_two_threads_admits_exactly_the_limit(url: str, limit: int) -> None:
+    attempts = 5 * limit  # each of the two sends five times the limit: ten times in all
+    admitted = _run_together([lambda: _burst(url, "rate:a", 1000.0, limit, attempts) for _ in range(2)])
+    assert sum(admitted) == limit, admitted
+
+
+def _process_burst(url: str, limit: int, attempts: int, barrier: Any, results: Any) -> None:
+    """Runs in a spawned process: wait for the other, then try `attempts` times."""
+    s = RedisState.from_url(url)
+    s.ping()  # connect before the race starts
+    barrier.wait(timeout=60)
+    admitted = sum(s.try_acquire("rate:a", 1000.0, 60.0, limit) for _ in range(attempts))
+    results.put(admitted)
+
+
+@pytest.mark.slow
+def test_a_burst_from_two_processes_admits_exactly_the_limit(url: str) -> None:
+    limit = 200
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_process_burst, args=(url, limit, 5 * limit, barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        admitted = [results.get(timeout=120) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sum(admitted) == limit, admitted
+    assert all(n > 0 for n in admitted), admitted  # both really took part
+
+
+# ---- the Guard on a shared Redis ------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _guard(tmp_path: Path, url: str, name: str, clock: Clock, **kwargs: Any) -> Guard:
+    kwargs.setdefault("mode", KillSwitchMode.PAUSE)
+    return Guard(
+        allowed_resources=["data.deidentified.*"],
+        blocked_resources=["data.phi.*"],
+        audit=f"sqlite:///{tmp_path}/{name}.db",
+        home=tmp_path / name,
+        state=url,
+        clock=clock,
+        **kwargs,
+    )
+
+
+def test_a_pause_issued_by_one_guard_is_enforced_by_another(tmp_path: Path, url: str) -> None:
+    clock = Clock()
+    one, two = _guard(tmp_path, url, "one", clock), _guard(tmp_path, url, "two", clock)
+    assert two.check(ActionType.DATABASE_QUERY, "data.deidentified.claims").allowed
+    paused = one.check(ActionType.DATABASE_QUERY, "data.phi.patients")
+    assert paused.outcome is Outcome.PAUSED
+    d = two.check(ActionType.DATABASE_QUERY, "data.deidentified.claims")
+    assert (d.allowed, d.outcome, d.reasons[0].code) == (False, Outcome.PAUSED, "agent_paused")
+    assert two.status().status is AgentStatus.PAUSED
+
+    # the reviewer approves through the second guard; the first may run the paused action once
+    assert two.approve(actor="reviewer") == paused.action_id
+    assert one.check(ActionType.DATABASE_QUERY, "data.phi.patients").allowed
+    assert two.check(ActionType.DATABASE_QUERY, "data.phi.patients").outcome is Outcome.PAUSED
+
+    two.resume()
+    assert one.check(ActionType.DATABASE_QUERY, "data.deidentified.claims").allowed
+    one.terminate(reason="stop")
+    assert two.check(ActionType.DATABASE_QUERY, "data.deidentified.claims").outcome is Outcome.TERMINATED
+    two.reset()
+    assert one.check(ActionType.DATABASE_QUERY, "data.deidentified.claims").allowed
+    one.close()
+    two.close()
+
+
+def test_guards_sharing_redis_share_the_rate_and_volume_limits(tmp_path: Path, url: str) -> None:
+    clock = Clock()
+    common = {"mode": KillSwitchMode.BLOCK, "max_actions_per_minute": 5, "max_rows_per_window": 100}
+    one, two = _guard(tmp_path, url, "one", clock, **common), _guard(tmp_path, url, "two", clock, **common)
+    decisions = [g.check(ActionType.DATABASE_QUERY, "data.deidentified.claims") for g in (one, two) * 3]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False]
+    assert decisions[-1].reasons[0].code == "rate_limited"
+
+    clock.now += 61
+    d = one.check(ActionType.DATABASE_QUERY, "data.deidentified.claims")
+    assert d.allowed
+    one.record_outcome(d.action_id, rows=100)
+    d = two.check(ActionType.DATABASE_QUERY, "data.deidentified.claims")
+    assert (d.allowed, d.reasons[0].code) == (False, "data_volume_exceeded")
+    one.close()
+    two.close()
+
+
+# ---- failures -------------------------------------------------------------------------------------
+
+
+def test_an_unreachable_redis_raises_state_error() -> None:
+    s = RedisState.from_url("redis://127.0.0.1:1/0?prefix=nowhere:")
+    calls: list[Callable[[], object]] = [
+        lambda: s.get_state("a"),
+        lambda: s.set_state("a", AgentState()),
+        lambda: s.try_acquire("k", 0.0, 60.0, 1),
+        lambda: s.add("k", 0.0, 1.0),
+        lambda: s.total("k", 0.0, 60.0),
+        lambda: s.grant_approval("a", "fp"),
+        lambda: s.consume_approval("a", "fp"),
+        s.ping,
+    ]
+    for call in calls:
+        with pytest.raises(StateError, match=r"Redis state store redis://127\.0\.0\.1:1/0.*check that Redis"):
+            call()
+
+
+def test_error_messages_do_not_show_the_password() -> None:
+    for url in ("redis://user:hunter2@127.0.0.1:1/0", "redis://127.0.0.1:1/0?password=hunter2&prefix=p:"):
+        s = RedisState.from_url(url)
+        with pytest.raises(StateError) as info:
+            s.get_state("a")
+        assert "hunter2" not in str(info.value)
+        assert "hunter2" not in repr(s)
+
+
+def test_a_server_that_does_not_answer_raises_state_error_after_the_timeout() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never replies
+        s = RedisState.from_url(f"redis://127.0.0.1:{silent.getsockname()[1]}/0?socket_timeout=0.2")
+        started = time.perf_counter()
+        with pytest.raises(StateError, match="Timeout"):
+            s.try_acquire("k", 0.0, 60.0, 1)
+        assert time.perf_counter() - started < 5
+
+
+def test_a_guard_on_an_unreachable_redis_denies_and_says_why(tmp_path: Path) -> None:
+    guard = _guard(tmp_path, "redis://127.0.0.1:1/0", "down", Clock())
+    d = guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims")
+    assert (d.allowed, d.outcome, d.reasons[0].code) == (False, Outcome.BLOCKED, "state_unavailable")
+    assert "Redis state store redis://127.0.0.1:1/0" in d.reasons[0].message
+    d = guard.check(ActionType.DATABASE_QUERY, "data.phi.patients")  # would pause: the pause cannot be stored
+    assert (d.allowed, d.outcome) == (False, Outcome.BLOCKED)
+    with pytest.raises(StateError):  # a reviewer's call says the store is down
+        guard.terminate()
+    guard.close()
