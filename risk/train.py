@@ -16,7 +16,7 @@ import numpy as np
 
 from risk.actions import ActionType
 from risk.audit.record import canonical_json
-from risk.audit.store import AuditQuery, open_audit
+from risk.audit.store import AuditQuery, AuditStore, open_audit
 from risk.features import BASELINE_ACTIONS, MODEL_FEATURES, model_input
 from risk.resources import readings
 from risk.scoring.behavior import BehaviorScorer
@@ -76,6 +76,13 @@ def history(source: str) -> list[TraceAction]:
     if "://" not in source:
         return list(read_trace(source))
     store = open_audit(source, create=False)
+    try:
+        return _allowed_decisions(store)
+    finally:
+        store.close()
+
+
+def _allowed_decisions(store: AuditStore) -> list[TraceAction]:
     out, offset = [], 0
     while page := store.query(AuditQuery(kind="decision", outcome="allowed", limit=10_000, offset=offset)):
         for r in page:

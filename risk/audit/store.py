@@ -68,14 +68,21 @@ def default_audit_url() -> str:
 
 
 def open_audit(url: str | None = None, *, create: bool = True) -> AuditStore:
-    """The audit store named by `url` (`sqlite:///path.db`); `None` means SQLite under `$RISK_HOME`.
+    """The audit store named by `url` (`sqlite:///path.db`, `postgresql://...`); `None` means SQLite under
+    `$RISK_HOME`.
     With `create=False`, a store that does not exist yet is an AuditError instead of a new empty one."""
     url = url or os.environ.get("RISK_AUDIT_URL") or default_audit_url()
     if url.startswith("sqlite://"):
         from risk.audit.sqlite import SQLiteAuditStore
 
         return SQLiteAuditStore(url, create=create)
-    raise ValueError(f"unsupported audit store URL {url!r}; use sqlite:///path/to/audit.db")
+    if url.startswith(("postgresql://", "postgres://")):
+        from risk.audit.postgres import PostgresAuditStore
+
+        return PostgresAuditStore(url, create=create)
+    raise ValueError(
+        f"unsupported audit store URL {url!r}; use sqlite:///path/to/audit.db or postgresql://user@host/database"
+    )
 
 
 def records(store: AuditStore, after_seq: int = 0) -> Iterator[AuditRecord]:

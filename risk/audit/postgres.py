@@ -1,0 +1,284 @@
+"""The shared audit store: one PostgreSQL table, for agents on several hosts writing one chain.
+
+`postgresql://user@host:5432/db` (or `postgres://...`); every libpq URL parameter works, for example
+`?options=-csearch_path%3Dmy_schema` to keep the tables in a schema of their own, or `sslmode=require`.
+An append waits at most 5 s for a lock another session holds before it fails (and the action is denied),
+unless the URL, the role or the database sets `lock_timeout` itself (`options=-clock_timeout%3D2s`); a
+connection attempt gives up after 10 s unless the URL sets `connect_timeout`.
+
+Records go in `risk_audit` with the same layout as the SQLite store: the exact hashed text (`body`), its
+chain hash, and a few columns copied out for queries. Appends are optimistic, as in SQLite: the store keeps
+the head it last wrote or read, inserts the next record at head + 1 in one autocommit statement, and if
+another writer took that `seq` first (it is the primary key) re-reads the head and seals again. Nothing
+holds a lock across the round trips, so writers on many hosts only wait for each other on a real collision.
+A record is durable once `append` returns, as far as the server's `synchronous_commit` (on by default) makes it.
+
+The schema is versioned by a short list of SQL migrations and a `risk_schema_version` table, applied in
+one transaction under a PostgreSQL advisory lock, so processes starting at once neither race nor apply a
+migration twice. Alembic would be a heavy dependency for one table; the list below is all it takes. Never
+edit a migration once released: append a new one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from risk.audit.record import GENESIS_HASH, INDEXED, AuditRecord, Sealed, StoredRecord, seal
+from risk.audit.store import AuditQuery, Head
+from risk.errors import AuditError
+
+try:
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+except ImportError:  # psycopg is optional: the SQLite store does not need it, and this module stays importable
+    _DRIVER_MISSING = True
+else:
+    _DRIVER_MISSING = False
+
+# Each entry brings the schema from version i to i + 1. Written out rather than built from INDEXED, so a
+# migration that has run somewhere never changes. COLLATE "C" orders `ts` bytewise, as SQLite does, whatever
+# the database's collation: a language collation may skip punctuation and mis-order ISO timestamps.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE risk_audit (
+        seq BIGINT PRIMARY KEY,
+        ts TEXT COLLATE "C",
+        agent_id TEXT COLLATE "C",
+        kind TEXT COLLATE "C",
+        outcome TEXT COLLATE "C",
+        action_id TEXT COLLATE "C",
+        body TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    -- One index only, as in SQLite: every index costs each append; queries without an agent scan in seq order.
+    CREATE INDEX risk_audit_agent_ts ON risk_audit (agent_id, ts);
+    """,
+)
+# The advisory lock serializing migrations: any constant no other application uses ("riskaudt" in ASCII).
+_MIGRATION_LOCK = 0x7269736B61756474
+
+_COLUMNS = ("seq", *INDEXED, "body", "hash")
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM risk_audit"
+# ON CONFLICT DO NOTHING rather than catching the unique violation: the lost race is reported by the row
+# count, and the server does not log an ERROR for every collision between writers.
+_INSERT = (
+    f"INSERT INTO risk_audit ({', '.join(_COLUMNS)}) VALUES ({', '.join('%s' for _ in _COLUMNS)}) "
+    "ON CONFLICT (seq) DO NOTHING"
+)
+_PAGE = 1000  # rows per round trip when reading the whole chain
+_APPEND_BUDGET = 5.0  # seconds an append may keep losing races to other writers before it fails
+_LOCK_TIMEOUT = "5s"  # as the SQLite store's default `timeout`
+_CONNECT_TIMEOUT = 10  # seconds; psycopg's own default (130 s) would hang a guard's start for minutes
+
+
+class PostgresAuditStore:
+    """Append-only, hash-chained audit records in PostgreSQL. Safe for threads, processes and hosts.
+
+    One connection per store, used under a lock: an append is one short statement, so a pool would buy
+    little. A connection the server dropped fails the call in flight (the action is denied) and is
+    replaced on the next call.
+    """
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        self._where = _redacted(url)  # for messages: never print a password
+        if _DRIVER_MISSING:
+            raise AuditError(f"the PostgreSQL audit store {self._where} needs psycopg 3: pip install 'psycopg[binary]'")
+        self._lock = threading.Lock()
+        self._head: tuple[int, str] | None = None  # (seq, hash) of the last record, None when unknown
+        self._closed = False
+        self._conn = self._connect()
+        try:
+            _migrate(self._conn, create=create, where=self._where)
+        except psycopg.Error as exc:
+            self._conn.close()
+            raise AuditError(f"cannot prepare the audit table in {self._where}: {exc}") from exc
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def append(self, body: dict[str, Any]) -> Sealed:
+        with self._lock:
+            deadline = time.monotonic() + _APPEND_BUDGET
+            collisions = 0
+            while True:
+                try:
+                    conn = self._connection()
+                    if self._head is None:
+                        self._head = _read_head(conn)
+                    sealed = seal(body, self._head[0] + 1, self._head[1])
+                    values = (sealed.seq, *(body.get(c) for c in INDEXED), sealed.text, sealed.hash)
+                    inserted = conn.execute(_INSERT, values).rowcount == 1
+                except (psycopg.Error, ValueError, TypeError) as exc:
+                    # DataError (a psycopg.Error) is a NUL in an indexed column; ValueError an unpaired surrogate.
+                    self._head = None
+                    raise AuditError(f"audit record not written to {self._where}: {exc}") from exc
+                if inserted:
+                    self._head = (sealed.seq, sealed.hash)
+                    return sealed
+                # Another writer appended since our head: chain onto theirs instead.
+                self._head = None
+                collisions += 1
+                if time.monotonic() >= deadline:
+                    raise AuditError(f"audit record not written to {self._where}: too many concurrent writers")
+                if collisions > 1:
+                    # A writer that lost must re-read the head: two round trips to the winner's one, so against a
+                    # writer in a tight loop it can lose hundreds of times running (measured). A short random pause
+                    # breaks the lockstep, and a time budget, not SQLite's 50 attempts, bounds what is left.
+                    time.sleep(random.uniform(0, 0.001 * min(collisions, 20)))
+
+    def stored(self, after_seq: int = 0) -> Iterator[StoredRecord]:
+        # Keyset pagination: each page starts after the last seq seen, so a page costs the same however deep.
+        sql = f"{_SELECT} WHERE seq > %s ORDER BY seq LIMIT %s"
+        while page := self._read(sql, (after_seq, _PAGE)):
+            for row in page:
+                yield _stored(row)
+            after_seq = page[-1][0]
+
+    def query(self, query: AuditQuery) -> list[AuditRecord]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("agent_id", query.agent_id), ("outcome", query.outcome), ("kind", query.kind)):
+            if value is not None:
+                clauses.append(f"{column} = %s")
+                params.append(value)
+        if query.since is not None:
+            clauses.append("ts >= %s")
+            params.append(query.since)
+        if query.until is not None:
+            clauses.append("ts < %s")
+            params.append(query.until)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"{_SELECT} {where} ORDER BY seq LIMIT %s OFFSET %s"
+        return [_stored(row).record() for row in self._read(sql, (*params, query.limit, query.offset))]
+
+    def head(self) -> Head:
+        # One statement, so the count, the last seq and its hash come from the same snapshot.
+        sql = "SELECT count(*), max(seq), (SELECT hash FROM risk_audit ORDER BY seq DESC LIMIT 1) FROM risk_audit"
+        count, seq, last = self._read(sql, ())[0]
+        return Head(count=count, seq=seq or 0, hash=last or GENESIS_HASH)
+
+    def first_seq_at_or_after(self, ts: str) -> int | None:
+        value = self._read("SELECT min(seq) FROM risk_audit WHERE ts >= %s", (ts,))[0][0]
+        return int(value) if value is not None else None
+
+    def delete_through(self, seq: int) -> int:
+        with self._lock:
+            try:
+                return self._connection().execute("DELETE FROM risk_audit WHERE seq <= %s", (seq,)).rowcount
+            except psycopg.Error as exc:
+                raise AuditError(f"purge failed on {self._where}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._conn.close()
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._connection().execute(sql, params).fetchall()
+            except psycopg.Error as exc:
+                raise AuditError(f"cannot read audit store {self._where}: {exc}") from exc
+
+    def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """The open connection, replacing one the server dropped. Call with the lock held."""
+        if self._closed:
+            raise AuditError(f"the audit store {self._where} is closed")
+        if self._conn.closed:
+            self._conn = self._connect()
+        return self._conn
+
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        try:
+            params = conninfo_to_dict(self.url)
+        except psycopg.Error as exc:
+            raise ValueError(f"invalid PostgreSQL audit URL {self._where}: {exc}") from None
+        extra: dict[str, Any] = {} if params.get("connect_timeout") else {"connect_timeout": _CONNECT_TIMEOUT}
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, **extra)
+        except psycopg.Error as exc:
+            reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise AuditError(
+                f"cannot connect to the PostgreSQL audit store at {_server(params)} ({self._where}): {reason}"
+            ) from None
+        try:
+            # Bound lock waits unless the URL, role or database already chose a limit ("0" means none).
+            if _setting(conn, "lock_timeout") == "0":
+                conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT}'")
+        except psycopg.Error as exc:
+            conn.close()
+            raise AuditError(f"cannot configure the connection to {self._where}: {exc}") from exc
+        return conn
+
+
+def _migrate(conn: psycopg.Connection[tuple[Any, ...]], *, create: bool, where: str) -> None:
+    """Bring the schema up to date, or check that it already is (the usual case: no lock taken)."""
+    version = _version(conn)
+    if version is None and not create:
+        raise AuditError(f"there is no audit trail in {where}: check --audit and the schema (search_path)")
+    if version == len(_MIGRATIONS):
+        return
+    with conn.transaction():
+        # Held until the transaction ends. Whoever waited finds the work done when it gets the lock.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS risk_schema_version ("
+            "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        version = _version(conn) or 0
+        if version > len(_MIGRATIONS):
+            raise AuditError(
+                f"the audit table in {where} has schema version {version}, newer than this agent-risk "
+                f"understands ({len(_MIGRATIONS)}): upgrade agent-risk"
+            )
+        for number, sql in enumerate(_MIGRATIONS[version:], start=version + 1):
+            conn.execute(sql)
+            conn.execute("INSERT INTO risk_schema_version (version) VALUES (%s)", (number,))
+
+
+def _version(conn: psycopg.Connection[tuple[Any, ...]]) -> int | None:
+    """The schema version applied, or None where there is no version table (nothing created yet)."""
+    # to_regclass finds the table through search_path as every other statement here does, without the
+    # error (logged by the server) that selecting from a missing table would cause.
+    row = conn.execute("SELECT to_regclass('risk_schema_version') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return None
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM risk_schema_version").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def _read_head(conn: psycopg.Connection[tuple[Any, ...]]) -> tuple[int, str]:
+    row = conn.execute("SELECT seq, hash FROM risk_audit ORDER BY seq DESC LIMIT 1").fetchone()
+    return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
+
+def _setting(conn: psycopg.Connection[tuple[Any, ...]], name: str) -> str:
+    row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+    return str(row[0]) if row else ""
+
+
+def _stored(row: tuple[Any, ...]) -> StoredRecord:
+    return StoredRecord(seq=row[0], text=row[-2], hash=row[-1], columns=dict(zip(INDEXED, row[1:-2], strict=True)))
+
+
+def _server(params: dict[str, Any]) -> str:
+    """host and port as libpq would pick them, for an error message."""
+    host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or "localhost (Unix socket)"
+    port = params.get("port") or os.environ.get("PGPORT") or "5432"
+    return f"host {host} port {port}"
+
+
+def _redacted(url: str) -> str:
+    """`url` with any password replaced by ***; otherwise exactly as given."""
+    userinfo, at, _ = urlsplit(url).netloc.rpartition("@")
+    if at and ":" in userinfo:
+        url = url.replace(f"{userinfo}@", f"{userinfo.split(':', 1)[0]}:***@", 1)
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)

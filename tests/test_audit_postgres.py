@@ -1,0 +1,537 @@
+"""The PostgreSQL audit store against a real server: round trip, tamper detection, concurrency, purge, failures.
+
+PostgreSQL is found at $RISK_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/test). When it is
+not reachable (or psycopg is not installed) the tests skip, unless RISK_REQUIRE_SERVICES=1, when they fail. Each
+test works in a PostgreSQL schema of its own, named in the store URL through `search_path`, and drops it after.
+Tampering goes through a second connection, as an attacker with database access would.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import pytest
+
+import risk.audit.postgres
+from risk import ActionType, AuditError, Guard
+from risk.audit.postgres import PostgresAuditStore
+from risk.audit.record import GENESIS_HASH, StoredRecord
+from risk.audit.store import AuditQuery, open_audit, purge, verify_store
+
+try:
+    import psycopg
+except ImportError:
+    HAVE_PSYCOPG = False
+else:
+    HAVE_PSYCOPG = True
+
+POSTGRES_URL = os.environ.get("RISK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRED = os.environ.get("RISK_REQUIRE_SERVICES") == "1"
+
+
+def _unavailable(why: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{why} (RISK_REQUIRE_SERVICES=1)")
+    pytest.skip(why)
+
+
+# ---- fixtures and helpers --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def driver() -> None:
+    """Skips (or fails) when psycopg, which the store needs, is not installed."""
+    if not HAVE_PSYCOPG:
+        _unavailable("psycopg is not installed: pip install 'psycopg[binary]'")
+
+
+@pytest.fixture(scope="module")
+def server(driver: None) -> Iterator[Any]:
+    """An autocommit admin connection; skips (or fails) the module when PostgreSQL is not there."""
+    try:
+        conn = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        _unavailable(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def schema(server: Any) -> Iterator[str]:
+    """A fresh, empty schema, dropped after the test with everything in it."""
+    name = f"risk_test_{uuid.uuid4().hex[:16]}"
+    server.execute(f"CREATE SCHEMA {name}")
+    yield name
+    # A connection a failed test left open (a child process, say) must not keep the schema alive.
+    server.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = %s AND pid <> pg_backend_pid()",
+        (name,),
+    )
+    server.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+def in_schema(base: str, schema: str, *options: str) -> str:
+    """`base` with its tables in `schema` (search_path), its connections named after it, and more `-c` options."""
+    parts = urlsplit(base)
+    query = dict(parse_qsl(parts.query))
+    settings = [query.get("options", ""), f"-csearch_path={schema}", *(f"-c{o}" for o in options)]
+    query["options"] = " ".join(s for s in settings if s)
+    query["application_name"] = schema
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+@pytest.fixture
+def url(schema: str) -> str:
+    return in_schema(POSTGRES_URL, schema)
+
+
+@pytest.fixture
+def open_store(url: str) -> Iterator[Callable[..., PostgresAuditStore]]:
+    """Opens stores on the test's schema (or another URL) and closes them after the test."""
+    opened: list[PostgresAuditStore] = []
+
+    def make(store_url: str | None = None) -> PostgresAuditStore:
+        store = PostgresAuditStore(store_url or url)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: Callable[..., PostgresAuditStore]) -> PostgresAuditStore:
+    return open_store()
+
+
+@pytest.fixture
+def raw(url: str) -> Iterator[Any]:
+    """A second, independent autocommit connection to the test's schema."""
+    conn = psycopg.connect(url, autocommit=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def make_guard(url: str, tmp_path: Path) -> Iterator[Callable[..., Guard]]:
+    guards: list[Guard] = []
+
+    def make(**kwargs: Any) -> Guard:
+        kwargs.setdefault("agent_id", "agent-1")
+        kwargs.setdefault("blocked_resources", ["data.phi.*"])
+        kwargs.setdefault("audit", url)
+        kwargs.setdefault("home", tmp_path / "home")
+        guard = Guard(**kwargs)
+        guards.append(guard)
+        return guard
+
+    yield make
+    for guard in guards:
+        guard.close()
+
+
+def body(
+    n: int, *, agent: str = "agent-1", ts: str | None = None, outcome: str = "allowed", **extra: Any
+) -> dict[str, Any]:
+    """A decision record's fields, as the guard would append them."""
+    return {
+        "record_id": uuid.uuid4().hex,
+        "ts": ts or datetime.now(UTC).isoformat(timespec="microseconds"),
+        "kind": "decision",
+        "agent_id": agent,
+        "action_id": f"act-{agent}-{n}",
+        "resource": f"data.t{n}",
+        "decision": "allow" if outcome == "allowed" else "deny",
+        "outcome": outcome,
+        **extra,
+    }
+
+
+def rows(raw: Any) -> list[dict[str, Any]]:
+    cursor = raw.execute("SELECT * FROM risk_audit ORDER BY seq")
+    names = [d.name for d in cursor.description]
+    return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+
+
+def spec_canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def assert_one_chain(raw: Any, store: PostgresAuditStore, count: int) -> list[dict[str, Any]]:
+    """`count` records numbered 1..count, no two claiming the same predecessor, and the chain verifies."""
+    stored = rows(raw)
+    assert [r["seq"] for r in stored] == list(range(1, count + 1))
+    assert len({json.loads(r["body"])["prev_hash"] for r in stored}) == count
+    result = verify_store(store)
+    assert (result.ok, result.count, result.head_hash) == (True, count, stored[-1]["hash"]), result
+    return stored
+
+
+def run_together(workers: list[Callable[[], Any]]) -> None:
+    """Run each worker in its own thread, released at the same moment; re-raise the first failure."""
+    barrier = threading.Barrier(len(workers))
+    errors: list[BaseException] = []
+
+    def run(work: Callable[[], Any]) -> None:
+        try:
+            barrier.wait()
+            work()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+
+
+@pytest.fixture
+def six(store: PostgresAuditStore) -> list[StoredRecord]:
+    """Six records; seq 3 is a blocked decision."""
+    for n in range(1, 7):
+        store.append(body(n, outcome="blocked" if n == 3 else "allowed"))
+    return list(store.stored())
+
+
+# ---- the store and its schema ----------------------------------------------------------------------------
+
+
+def test_open_audit_dispatches_both_postgres_url_schemes(url: str) -> None:
+    for store_url in (url, "postgres://" + url.split("://", 1)[1]):
+        store = open_audit(store_url)
+        try:
+            assert isinstance(store, PostgresAuditStore)
+            assert store.url == store_url
+        finally:
+            store.close()
+
+
+def test_records_round_trip_exactly_and_verify(
+    store: PostgresAuditStore, raw: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(risk.audit.postgres, "_PAGE", 7)  # so reading the chain crosses several pages
+    payloads: list[Any] = [
+        {"note": "naïve café ☕ 😀", "nested": [1, 2.5, None, True, {"k": "v"}]},
+        {"nul": "a\x00b", "big": 2**70, "neg": -(2**63)},
+        "unpaired \ud800 surrogate",
+        None,
+    ]
+    sealed = [
+        store.append(
+            body(
+                n,
+                agent="a" if n % 2 else "b",
+                ts=f"2026-03-02T09:00:{n:02d}.000000+00:00",
+                outcome="blocked" if n % 5 == 0 else "allowed",
+                payload=payloads[n % len(payloads)],
+            )
+        )
+        for n in range(1, 21)
+    ]
+    assert [s.seq for s in sealed] == list(range(1, 21))
+    assert sealed[0].text.find(GENESIS_HASH) > 0
+
+    stored = list(store.stored())
+    assert [(s.seq, s.text, s.hash) for s in stored] == [(s.seq, s.text, s.hash) for s in sealed]
+    assert [s.seq for s in store.stored(after_seq=13)] == list(range(14, 21))
+    assert stored[1].record().payload == "unpaired \ud800 surrogate"
+    # What the database holds is the very text that was hashed, byte for byte.
+    assert [r["body"] for r in rows(raw)] == [s.text for s in sealed]
+    assert stored[0].record().payload == {"nul": "a\x00b", "big": 2**70, "neg": -(2**63)}
+
+    head = store.head()
+    assert (head.count, head.seq, head.hash) == (20, 20, sealed[-1].hash)
+    result = verify_store(store)
+    assert (result.ok, result.count, result.head_hash) == (True, 20, sealed[-1].hash)
+    assert verify_store(store, expected_head=sealed[9].hash).ok
+
+    by_agent = store.query(AuditQuery(agent_id="a", limit=1000))
+    assert [r.seq for r in by_agent] == list(range(1, 21, 2))
+    blocked = store.query(AuditQuery(outcome="blocked"))
+    assert [(r.seq, r.decision) for r in blocked] == [(5, "deny"), (10, "deny"), (15, "deny"), (20, "deny")]
+    assert [r.seq for r in store.query(AuditQuery(agent_id="b", outcome="blocked"))] == [10, 20]
+    window = AuditQuery(since="2026-03-02T09:00:05", until="2026-03-02T09:00:09", limit=2, offset=1)
+    assert [r.seq for r in store.query(window)] == [6, 7]
+    assert store.query(AuditQuery(kind="retention")) == []
+    assert store.first_seq_at_or_after("2026-03-02T09:00:07.5") == 8
+    assert store.first_seq_at_or_after("2027") is None
+
+
+def test_an_empty_store_has_the_genesis_head_and_verifies(store: PostgresAuditStore) -> None:
+    head = store.head()
+    assert (head.count, head.seq, head.hash) == (0, 0, GENESIS_HASH)
+    assert list(store.stored()) == []
+    result = verify_store(store)
+    assert (result.ok, result.count, result.head_hash) == (True, 0, GENESIS_HASH)
+
+
+def test_the_schema_is_created_once_and_versioned(
+    open_store: Callable[..., PostgresAuditStore], raw: Any, schema: str
+) -> None:
+    open_store().append(body(1))
+    open_store().append(body(2))  # a second store finds the schema in place and continues the chain
+    assert raw.execute("SELECT version FROM risk_schema_version").fetchall() == [(1,)]
+    columns = raw.execute(
+        "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = 'risk_audit' ORDER BY ordinal_position",
+        (schema,),
+    ).fetchall()
+    assert columns == [
+        ("seq", "bigint", "NO"),
+        *((name, "text", "YES") for name in ("ts", "agent_id", "kind", "outcome", "action_id")),
+        ("body", "text", "NO"),
+        ("hash", "text", "NO"),
+    ]
+    indexes = dict(
+        raw.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s", (schema,)).fetchall()
+    )
+    assert "(seq)" in indexes["risk_audit_pkey"]
+    assert "(agent_id, ts)" in indexes["risk_audit_agent_ts"]
+    assert [r["seq"] for r in rows(raw)] == [1, 2]
+
+
+def test_stores_starting_at_once_create_the_schema_exactly_once(
+    open_store: Callable[..., PostgresAuditStore], raw: Any
+) -> None:
+    run_together([open_store] * 8)
+    assert raw.execute("SELECT version FROM risk_schema_version").fetchall() == [(1,)]
+
+
+def test_a_schema_newer_than_the_code_is_refused(open_store: Callable[..., PostgresAuditStore], raw: Any) -> None:
+    open_store()
+    raw.execute("INSERT INTO risk_schema_version (version) VALUES (2)")
+    with pytest.raises(AuditError, match=r"schema version 2.*upgrade agent-risk"):
+        open_store()
+
+
+def test_create_false_on_an_empty_schema_is_an_audit_error_and_creates_nothing(url: str, raw: Any) -> None:
+    with pytest.raises(AuditError, match="no audit trail"):
+        open_audit(url, create=False)
+    assert raw.execute("SELECT to_regclass('risk_audit'), to_regclass('risk_schema_version')").fetchone() == (
+        None,
+        None,
+    )
+
+
+# ---- tampering -------------------------------------------------------------------------------------------
+
+
+def test_editing_a_body_fails_verification_at_that_record(
+    six: list[StoredRecord], store: PostgresAuditStore, raw: Any
+) -> None:
+    fields = json.loads(six[2].text)
+    fields.update(outcome="allowed", decision="allow")
+    raw.execute("UPDATE risk_audit SET body = %s WHERE seq = 3", (spec_canonical(fields),))
+    result = verify_store(store)
+    assert (result.ok, result.first_bad_seq, result.count) == (False, 3, 2)
+
+
+def test_editing_only_the_queryable_outcome_column_is_detected(
+    six: list[StoredRecord], store: PostgresAuditStore, raw: Any
+) -> None:
+    assert raw.execute("UPDATE risk_audit SET outcome = 'allowed' WHERE seq = 3").rowcount == 1
+    result = verify_store(store)
+    assert (result.ok, result.first_bad_seq, result.count) == (False, 3, 2)
+
+
+def test_deleting_a_middle_record_fails_at_the_next(
+    six: list[StoredRecord], store: PostgresAuditStore, raw: Any
+) -> None:
+    raw.execute("DELETE FROM risk_audit WHERE seq = 3")
+    result = verify_store(store)
+    assert (result.ok, result.first_bad_seq, result.count) == (False, 4, 2)
+
+
+def test_cutting_off_the_tail_fails_only_against_a_kept_head(
+    six: list[StoredRecord], store: PostgresAuditStore, raw: Any
+) -> None:
+    raw.execute("DELETE FROM risk_audit WHERE seq > 4")
+    assert verify_store(store).ok
+    result = verify_store(store, expected_head=six[-1].hash)
+    assert (result.ok, result.first_bad_seq) == (False, 5)
+
+
+# ---- the guard on PostgreSQL -----------------------------------------------------------------------------
+
+
+def test_guard_with_a_postgres_url_records_every_decision_and_queries_them(
+    make_guard: Callable[..., Guard], raw: Any
+) -> None:
+    guard = make_guard()
+    assert isinstance(guard.audit, PostgresAuditStore)
+    allowed = guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims")
+    blocked = guard.check(ActionType.DATABASE_QUERY, "data.phi.patients")
+    guard.record_outcome(allowed.action_id, rows=3)
+    other = make_guard(agent_id="agent-2")  # a second guard, as another host would run, on the same chain
+    other.check(ActionType.FILE_READ, "/srv/reports/q1.csv")
+    assert allowed.allowed and not blocked.allowed
+
+    assert [(r["kind"], r["agent_id"]) for r in rows(raw)] == [
+        ("policy", "agent-1"),
+        ("decision", "agent-1"),
+        ("decision", "agent-1"),
+        ("outcome", "agent-1"),
+        ("policy", "agent-2"),
+        ("decision", "agent-2"),
+    ]
+    result = verify_store(guard.audit)
+    assert (result.ok, result.count) == (True, 6)
+
+    (denied,) = guard.audit.query(AuditQuery(agent_id="agent-1", outcome="blocked"))
+    assert (denied.action_id, denied.resource, denied.decision) == (blocked.action_id, "data.phi.patients", "deny")
+    assert denied.reasons and denied.reasons[0]["code"] == blocked.reason_codes[0]
+    decisions = guard.audit.query(AuditQuery(agent_id="agent-2", kind="decision"))
+    assert [r.resource for r in decisions] == ["/srv/reports/q1.csv"]
+
+
+def test_a_locked_audit_table_denies_the_action_and_the_guard_recovers(
+    make_guard: Callable[..., Guard], schema: str, tmp_path: Path
+) -> None:
+    # The URL sets its own lock_timeout (100 ms): the store keeps it rather than its 5 s default.
+    guard = make_guard(audit=in_schema(POSTGRES_URL, schema, "lock_timeout=100"))
+    assert guard.check(ActionType.FILE_READ, "/srv/reports/q1.csv").allowed
+    with psycopg.connect(in_schema(POSTGRES_URL, schema)) as locker:  # one transaction, rolled back on exit
+        locker.execute("LOCK TABLE risk_audit IN ACCESS EXCLUSIVE MODE")
+        denied = guard.check(ActionType.FILE_READ, "/srv/reports/q1.csv")
+        locker.rollback()
+    assert not denied.allowed
+    assert denied.reason_codes[0] == "audit_unavailable"
+    assert guard.audit_failures == 1
+    allowed = guard.check(ActionType.FILE_READ, "/srv/reports/q1.csv")
+    assert allowed.allowed
+    assert [r.action_id for r in guard.audit.query(AuditQuery(kind="decision"))][-1] == allowed.action_id
+    assert verify_store(guard.audit).count == 3
+
+
+# ---- failures --------------------------------------------------------------------------------------------
+
+
+def test_an_unreachable_server_is_an_audit_error_naming_host_and_port(driver: None) -> None:
+    url = "postgresql://postgres:s3cret@127.0.0.1:1/test"
+    with pytest.raises(AuditError) as raised:
+        PostgresAuditStore(url)
+    message = str(raised.value)
+    assert "host 127.0.0.1 port 1" in message
+    assert "s3cret" not in message
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__  # no psycopg traceback chained
+    with pytest.raises(AuditError, match="port 1"):
+        Guard(audit=url)
+
+
+def test_a_dropped_connection_fails_one_append_then_reconnects(
+    store: PostgresAuditStore, server: Any, schema: str
+) -> None:
+    store.append(body(1))
+    killed = server.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s", (schema,)
+    ).fetchone()
+    assert killed == (1,)
+    with pytest.raises(AuditError, match="not written"):
+        store.append(body(2))
+    store.append(body(3))
+    result = verify_store(store)
+    assert (result.ok, result.count) == (True, 2)
+
+
+def test_text_postgresql_cannot_hold_is_an_audit_error_and_the_chain_goes_on(store: PostgresAuditStore) -> None:
+    store.append(body(1))
+    with pytest.raises(AuditError, match="not written"):
+        store.append(body(2, agent="agent\x00nul"))  # agent_id is a column of its own; text holds no NUL
+    assert store.append(body(3)).seq == 2
+    assert verify_store(store).ok
+
+
+def test_a_closed_store_raises_audit_error(store: PostgresAuditStore) -> None:
+    store.close()
+    with pytest.raises(AuditError, match="closed"):
+        store.append(body(1))
+    with pytest.raises(AuditError, match="closed"):
+        store.head()
+
+
+# ---- concurrency -----------------------------------------------------------------------------------------
+
+
+def test_eight_threads_sharing_one_store_append_800_records_on_one_chain(store: PostgresAuditStore, raw: Any) -> None:
+    run_together([lambda n=n: [store.append(body(i, agent=f"t{n}")) for i in range(100)] for n in range(8)])
+    stored = assert_one_chain(raw, store, 800)
+    assert sorted({r["action_id"] for r in stored}) == sorted(f"act-t{n}-{i}" for n in range(8) for i in range(100))
+
+
+def test_two_stores_with_their_own_connections_append_400_records_without_forks_or_gaps(
+    open_store: Callable[..., PostgresAuditStore], raw: Any
+) -> None:
+    stores = [open_store(), open_store()]
+    run_together(
+        [lambda s=s, n=n: [s.append(body(i, agent=f"s{n}")) for i in range(200)] for n, s in enumerate(stores)]
+    )
+    stored = assert_one_chain(raw, stores[0], 400)
+    assert sum(r["agent_id"] == "s0" for r in stored) == sum(r["agent_id"] == "s1" for r in stored) == 200
+
+
+def _append_from_process(url: str, agent: str, n: int, barrier: Any) -> None:
+    store = PostgresAuditStore(url)
+    barrier.wait(timeout=60)
+    for i in range(n):
+        store.append(body(i, agent=agent))
+    store.close()
+
+
+def test_two_processes_append_400_records_and_the_chain_verifies(store: PostgresAuditStore, raw: Any, url: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_append_from_process, args=(url, f"p{n}", 200, barrier)) for n in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    stored = assert_one_chain(raw, store, 400)
+    assert sorted(r["agent_id"] for r in stored) == ["p0"] * 200 + ["p1"] * 200
+
+
+# ---- retention -------------------------------------------------------------------------------------------
+
+
+def test_purge_deletes_old_records_and_the_rest_still_verifies(store: PostgresAuditStore, raw: Any) -> None:
+    for n, year in enumerate((2018, 2019, 2019, 2021, 2022), start=1):
+        store.append(body(n, ts=datetime(year, 6, 1, tzinfo=UTC).isoformat(timespec="microseconds")))
+    kept_head = store.head().hash
+    anchor = rows(raw)[2]["hash"]
+
+    assert purge(store, datetime(2020, 1, 1, tzinfo=UTC)) == 3  # the default six-year retention allows it
+
+    stored = rows(raw)
+    assert [(r["seq"], r["kind"]) for r in stored] == [(4, "decision"), (5, "decision"), (6, "retention")]
+    detail = json.loads(stored[-1]["body"])["detail"]
+    assert (detail["purged_through_seq"], detail["anchor_hash"]) == (3, anchor)
+    result = verify_store(store)
+    assert (result.ok, result.count) == (True, 3)
+    assert verify_store(store, expected_head=kept_head).ok
+    store.append(body(7))  # the chain goes on after the purge
+    assert verify_store(store).count == 4
+    # Records purged without their retention record are missing records.
+    raw.execute("DELETE FROM risk_audit WHERE kind = 'retention'")
+    assert (verify_store(store).ok, verify_store(store).first_bad_seq) == (False, 1)
+
+
+def test_purge_keeps_what_the_retention_period_protects(store: PostgresAuditStore) -> None:
+    now = datetime.now(UTC)
+    store.append(body(1, ts=(now - timedelta(days=10)).isoformat(timespec="microseconds")))
+    store.append(body(2, ts=(now - timedelta(days=1)).isoformat(timespec="microseconds")))
+    assert purge(store, now - timedelta(days=5), retention=timedelta(days=3)) == 1
+    assert [r.kind for r in store.query(AuditQuery())] == ["decision", "retention"]
+    assert verify_store(store).ok
