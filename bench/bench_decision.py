@@ -71,7 +71,7 @@ from risk.features import maturity, model_input
 from risk.resources import _lexical_readings, readings  # the private cache, to clear it
 from risk.scoring.behavior import BehaviorScorer
 from risk.scoring.forest import CompiledForest
-from risk.scoring.model import DEFAULT_MODEL, BehaviorModel, load_model, read_card, resolve_model
+from risk.scoring.model import DEFAULT_MODEL, BehaviorModel, load_model, resolve_model
 from risk.scoring.rules import RuleScorer, noisy_or, resource_signals
 from risk.traces import TraceAction, read_trace
 from risk.train import replay, training_rows
@@ -340,10 +340,15 @@ def batch_phase(work: Callable[[], object], n_actions: int, passes: int) -> Call
 
 
 def guard_scores(actions: Sequence[TraceAction], model: BehaviorModel, workdir: str) -> list[float]:
-    """guard.check's risk scores of the trace, replayed through a fresh guard with the model and no warm-up."""
+    """guard.check's risk scores of the trace, replayed through a fresh guard with the model and no warm-up.
+
+    This guard flags nothing (no blocked patterns, threshold 1), so like the batch replay it learns every
+    action: a guard learns only actions it did not flag.
+    """
     directory = tempfile.mkdtemp(prefix="batch-check-", dir=workdir)
     clock = ManualClock()
-    guard = new_guard(GuardConfig("batch_check", "", DEFAULT_MODEL, False), directory, clock, model)
+    guard = Guard(agent_id="bench", mode=MODE, audit=f"sqlite:///{directory}/audit.db", home=directory, model=model,
+                  clock=clock)  # fmt: skip
     try:
         scores = []
         for action in sorted(actions, key=lambda a: a.ts):
@@ -409,7 +414,7 @@ def run(sizes: Sizes, workdir: str) -> dict[str, Any]:
 
     # The same forest shape as the shipped default model, fitted by sklearn on the training rows.
     artifact = resolve_model(DEFAULT_MODEL)
-    params = read_card(artifact)["params"]
+    params = json.loads(artifact.with_suffix(".json").read_text())["params"]
     model = load_model(DEFAULT_MODEL)
     X_train = training_rows(train).X
     forest = IsolationForest(
