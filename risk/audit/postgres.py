@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from risk.audit.record import GENESIS_HASH, INDEXED, AuditRecord, Sealed, StoredRecord, seal
-from risk.audit.store import AuditQuery, Head
+from risk.audit.store import AuditQuery, Head, where_clause
 from risk.errors import AuditError
 
 try:
@@ -143,19 +143,7 @@ class PostgresAuditStore:
             after_seq = page[-1][0]
 
     def query(self, query: AuditQuery) -> list[AuditRecord]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, value in (("agent_id", query.agent_id), ("outcome", query.outcome), ("kind", query.kind)):
-            if value is not None:
-                clauses.append(f"{column} = %s")
-                params.append(value)
-        if query.since is not None:
-            clauses.append("ts >= %s")
-            params.append(query.since)
-        if query.until is not None:
-            clauses.append("ts < %s")
-            params.append(query.until)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = where_clause(query, "%s")
         sql = f"{_SELECT} {where} ORDER BY seq LIMIT %s OFFSET %s"
         return [_stored(row).record() for row in self._read(sql, (*params, query.limit, query.offset))]
 

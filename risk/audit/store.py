@@ -28,6 +28,23 @@ class AuditQuery:
     offset: int = 0
 
 
+def where_clause(query: AuditQuery, placeholder: str) -> tuple[str, list[Any]]:
+    """The SQL WHERE clause (or "") and its parameters for `query`'s filters, with the driver's placeholder."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("agent_id", query.agent_id), ("outcome", query.outcome), ("kind", query.kind)):
+        if value is not None:
+            clauses.append(f"{column} = {placeholder}")
+            params.append(value)
+    if query.since is not None:
+        clauses.append(f"ts >= {placeholder}")
+        params.append(query.since)
+    if query.until is not None:
+        clauses.append(f"ts < {placeholder}")
+        params.append(query.until)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
 @dataclass(frozen=True, slots=True)
 class Head:
     count: int
