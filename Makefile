@@ -24,6 +24,8 @@ test: lint
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_guard.py
+	$(BIN)/python bench/bench_forest.py
+	$(BIN)/python bench/bench_decision.py
 
 clean:
 	rm -rf $(VENV) .risk .pytest_cache .mypy_cache .ruff_cache
