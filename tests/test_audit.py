@@ -6,7 +6,6 @@ Every tamper test opens the SQLite file with the `sqlite3` module, as an attacke
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -18,40 +17,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from audit_file import (
+    DEFAULTS,
+    decode,
+    edit,
+    hashed_text,
+    raw_rows,
+    recompute_hash,
+    spec_canonical,
+    spec_hash,
+    stored_row,
+    stored_rows,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from risk import ActionDenied, ActionType, AuditError, Guard, KillSwitchMode, Outcome, RetentionError
-from risk.audit.record import FIELDS, GENESIS_HASH, AuditRecord, canonical_json
+from risk.audit.record import FIELDS, GENESIS_HASH, canonical_json
 from risk.audit.store import DEFAULT_RETENTION, AuditQuery, open_audit, purge, verify_store
 from risk.redaction import mask
 
 # ---- helpers ---------------------------------------------------------------------------------------------
 
-# The tests read and tamper with the SQLite file directly. They understand both storage layouts the store has
-# used: one column per field, or the exact hashed JSON text in a `body` column beside a few indexed columns.
-JSON_COLUMNS = ("payload", "reasons", "detail")
-DEFAULTS: dict[str, Any] = {
-    f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    for f in dataclasses.fields(AuditRecord)
-    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-}
-
 
 def url_of(path: Path, **options: object) -> str:
     query = "&".join(f"{key}={value}" for key, value in options.items())
     return f"sqlite:///{path}" + (f"?{query}" if query else "")
-
-
-def spec_canonical(value: Any) -> bytes:
-    """Canonical JSON written from the specification, independently of risk.audit.record."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def spec_hash(prev_hash: str, text: bytes) -> str:
-    """hash = SHA-256(0x01 || prev_hash || SHA-256(0x00 || canonical JSON of the fields but `hash`))."""
-    leaf = hashlib.sha256(b"\x00" + text).digest()
-    return hashlib.sha256(b"\x01" + bytes.fromhex(prev_hash) + leaf).hexdigest()
 
 
 def spec_digest(payload: Any) -> str:
@@ -68,57 +59,10 @@ def raw(path: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def stored_row(conn: sqlite3.Connection, seq: int) -> dict[str, Any]:
-    cursor = conn.execute("SELECT * FROM audit WHERE seq = ?", (seq,))
-    return dict(zip([d[0] for d in cursor.description], cursor.fetchone(), strict=True))
-
-
-def decode(row: dict[str, Any]) -> dict[str, Any]:
-    """The record's fields exactly as hashed, plus `hash`."""
-    if "body" in row:
-        return {**json.loads(row["body"]), "hash": row["hash"]}
-    return {k: json.loads(v) if k in JSON_COLUMNS and v is not None else v for k, v in row.items()}
-
-
-def hashed_text(row: dict[str, Any]) -> bytes:
-    if "body" in row:
-        return str(row["body"]).encode()
-    return spec_canonical({k: v for k, v in decode(row).items() if k != "hash"})
-
-
-def stored_rows(path: Path) -> list[dict[str, Any]]:
-    with raw(path) as conn:
-        cursor = conn.execute("SELECT * FROM audit ORDER BY seq")
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, values, strict=True)) for values in cursor]
-
-
-def raw_rows(path: Path) -> list[dict[str, Any]]:
-    """Every record in the file, decoded without the library, fields left out of the record at their defaults."""
-    return [{**DEFAULTS, **decode(row)} for row in stored_rows(path)]
-
-
-def edit(conn: sqlite3.Connection, seq: int, **changes: Any) -> None:
-    """Change fields of one record consistently wherever the layout keeps them (hashed text and columns)."""
-    row = stored_row(conn, seq)
-    sets: dict[str, Any] = {}
-    if "body" in row:
-        fields = json.loads(row["body"])
-        fields.update({k: v for k, v in changes.items() if k != "hash"})
-        sets["body"] = spec_canonical(fields).decode()
-    for key, value in changes.items():
-        if key in row and key != "body":
-            sets[key] = json.dumps(value) if key in JSON_COLUMNS else value
-    assignments = ", ".join(f"{column} = ?" for column in sets)
-    conn.execute(f"UPDATE audit SET {assignments} WHERE seq = ?", (*sets.values(), seq))
-
-
 def rehash(conn: sqlite3.Connection, seq: int, prev_hash: str) -> str:
     """What an attacker does after editing a record: recompute its prev_hash and its own hash."""
     edit(conn, seq, prev_hash=prev_hash)
-    new_hash = spec_hash(prev_hash, hashed_text(stored_row(conn, seq)))
-    conn.execute("UPDATE audit SET hash = ? WHERE seq = ?", (new_hash, seq))
-    return new_hash
+    return recompute_hash(conn, seq)
 
 
 def prev_of(conn: sqlite3.Connection, seq: int) -> str:

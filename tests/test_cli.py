@@ -6,7 +6,6 @@ Most tests drive the Typer app in process with CliRunner; a few run the real ent
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import io
 import json
@@ -20,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from audit_file import edit, raw_rows, recompute_hash, spec_canonical
 from typer.testing import CliRunner, Result
 
 from risk import ActionType, Guard
-from risk.audit.record import FIELDS, GENESIS_HASH, AuditRecord
+from risk.audit.record import FIELDS, GENESIS_HASH
 from risk.audit.store import open_audit
 from risk.cli import app
 
@@ -37,70 +37,9 @@ mode: block
 TRACE_KEYS = ["ts", "agent_id", "session_id", "action_type", "resource", "action_id", "risk_score", "outcome"]
 
 
-def canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def one_line(text: str) -> str:
     """Rich wraps long lines; compare messages with their whitespace collapsed."""
     return " ".join(text.split())
-
-
-# The tests read and tamper with the SQLite file directly. They understand both storage layouts the store has
-# used: one column per field, or the exact hashed JSON text in a `body` column beside a few indexed columns.
-JSON_COLUMNS = ("payload", "reasons", "detail")
-DEFAULTS: dict[str, Any] = {
-    f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    for f in dataclasses.fields(AuditRecord)
-    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-}
-
-
-def stored_row(conn: sqlite3.Connection, seq: int) -> dict[str, Any]:
-    cursor = conn.execute("SELECT * FROM audit WHERE seq = ?", (seq,))
-    return dict(zip([d[0] for d in cursor.description], cursor.fetchone(), strict=True))
-
-
-def decode(row: dict[str, Any]) -> dict[str, Any]:
-    """The record's fields exactly as hashed, plus `hash`."""
-    if "body" in row:
-        return {**json.loads(row["body"]), "hash": row["hash"]}
-    return {k: json.loads(v) if k in JSON_COLUMNS and v is not None else v for k, v in row.items()}
-
-
-def rows(path: Path) -> list[dict[str, Any]]:
-    """Every record in the file, decoded without the library, fields left out of the record at their defaults."""
-    conn = sqlite3.connect(path)
-    try:
-        cursor = conn.execute("SELECT * FROM audit ORDER BY seq")
-        names = [d[0] for d in cursor.description]
-        return [{**DEFAULTS, **decode(dict(zip(names, values, strict=True)))} for values in cursor]
-    finally:
-        conn.close()
-
-
-def edit(conn: sqlite3.Connection, seq: int, **changes: Any) -> None:
-    """Change fields of one record consistently wherever the layout keeps them (hashed text and columns)."""
-    row = stored_row(conn, seq)
-    sets: dict[str, Any] = {}
-    if "body" in row:
-        sets["body"] = canonical({**json.loads(row["body"]), **changes}).decode()
-    for key, value in changes.items():
-        if key in row and key != "body":
-            sets[key] = json.dumps(value) if key in JSON_COLUMNS else value
-    assignments = ", ".join(f"{column} = ?" for column in sets)
-    conn.execute(f"UPDATE audit SET {assignments} WHERE seq = ?", (*sets.values(), seq))
-
-
-def rehash(conn: sqlite3.Connection, seq: int) -> None:
-    """What an attacker does after editing a record: recompute its own hash from its contents."""
-    row = stored_row(conn, seq)
-    fields = {k: v for k, v in decode(row).items() if k != "hash"}
-    prev = fields["prev_hash"]
-    text = row["body"].encode() if "body" in row else canonical(fields)
-    leaf = hashlib.sha256(b"\x00" + text).digest()
-    new_hash = hashlib.sha256(b"\x01" + bytes.fromhex(prev) + leaf).hexdigest()
-    conn.execute("UPDATE audit SET hash = ? WHERE seq = ?", (new_hash, seq))
 
 
 def sql(*statements: str) -> Callable[[sqlite3.Connection], None]:
@@ -216,7 +155,7 @@ def test_check_prints_the_decision_as_json_and_exits_0_when_allowed(
     out = json.loads(result.stdout)
     assert set(out) == {"allowed", "outcome", "risk_score", "action_id", "normalized_resource", "reasons"}
     assert (out["allowed"], out["outcome"], out["normalized_resource"]) == (True, "allowed", "data.deidentified.claims")
-    recorded = rows(db_path)
+    recorded = raw_rows(db_path)
     assert [r["kind"] for r in recorded] == ["policy", "decision"]
     assert recorded[-1]["action_id"] == out["action_id"]
     assert recorded[-1]["agent_id"] == "claims-bot"
@@ -230,7 +169,7 @@ def test_check_exits_1_when_denied_and_still_records_the_decision(
     out = json.loads(result.stdout)
     assert (out["allowed"], out["outcome"]) == (False, "blocked")
     assert "resource_blocked" in [r["code"] for r in out["reasons"]]
-    recorded = rows(db_path)[-1]
+    recorded = raw_rows(db_path)[-1]
     assert (recorded["action_id"], recorded["outcome"]) == (out["action_id"], "blocked")
 
 
@@ -252,8 +191,8 @@ def test_check_records_the_payload_digest_and_the_agent_override(
         url,
     )
     assert result.exit_code == 0, result.output
-    recorded = rows(db_path)[-1]
-    assert recorded["payload_digest"] == hashlib.sha256(canonical(payload)).hexdigest()
+    recorded = raw_rows(db_path)[-1]
+    assert recorded["payload_digest"] == hashlib.sha256(spec_canonical(payload)).hexdigest()
     assert recorded["agent_id"] == "other-bot"
 
 
@@ -263,7 +202,7 @@ def test_check_reads_a_toml_policy_and_its_audit_field(run: Callable[..., Result
     policy.write_text(f'agent_id = "toml-bot"\nblocked_resources = ["data.phi.*"]\naudit = "sqlite:///{db}"\n')
     result = run("check", "file_read", "data.phi.x", "--policy", str(policy))
     assert result.exit_code == 1, result.output
-    assert [(r["kind"], r["agent_id"]) for r in rows(db)] == [("policy", "toml-bot"), ("decision", "toml-bot")]
+    assert [(r["kind"], r["agent_id"]) for r in raw_rows(db)] == [("policy", "toml-bot"), ("decision", "toml-bot")]
 
 
 @pytest.mark.parametrize(
@@ -329,7 +268,7 @@ def test_audit_verify_passes_on_an_untampered_trail(run: Callable[..., Result], 
 
 def edit_and_rehash(conn: sqlite3.Connection) -> None:
     edit(conn, 3, outcome="allowed", decision="allow")
-    rehash(conn, 3)
+    recompute_hash(conn, 3)
 
 
 @pytest.mark.parametrize(
@@ -401,7 +340,7 @@ def test_audit_head_prints_count_seq_and_head_as_json(
 ) -> None:
     result = run("audit", "head", "--audit", url)
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == {"count": 6, "seq": 6, "head": rows(db_path)[-1]["hash"]}
+    assert json.loads(result.stdout) == {"count": 6, "seq": 6, "head": raw_rows(db_path)[-1]["hash"]}
 
 
 def test_audit_head_of_an_empty_trail_is_the_genesis(run: Callable[..., Result], url: str) -> None:
@@ -464,7 +403,7 @@ def test_audit_query_json_lines_carry_every_field(
 ) -> None:
     result = run("audit", "query", "--json", "--kind", "outcome", "--audit", url)
     (record,) = [json.loads(line) for line in result.stdout.splitlines()]
-    stored = rows(db_path)[7]
+    stored = raw_rows(db_path)[7]
     assert record["hash"] == stored["hash"]
     assert record["detail"] == stored["detail"]
     assert (record["ts"], record["agent_id"], record["outcome"]) == (
@@ -521,7 +460,7 @@ def test_audit_export_jsonl_writes_decisions_in_the_trace_format(
     first, second = lines
     assert list(first) == [*TRACE_KEYS[:5], "payload", *TRACE_KEYS[5:]]
     assert list(second) == TRACE_KEYS
-    stored = {r["action_id"]: r for r in rows(db_path) if r["kind"] == "decision"}
+    stored = {r["action_id"]: r for r in raw_rows(db_path) if r["kind"] == "decision"}
     for line in lines:
         row = stored[line["action_id"]]
         assert line["ts"] == row["ts"]
@@ -552,7 +491,7 @@ def test_audit_export_csv_writes_every_field_of_every_record_with_a_header(
     assert result.exit_code == 0, result.output
     table = list(csv.reader(io.StringIO(result.stdout)))
     assert table[0] == list(FIELDS)
-    stored = rows(db_path)
+    stored = raw_rows(db_path)
     assert len(table) == 1 + len(stored) == 7
     records = [dict(zip(table[0], line, strict=True)) for line in table[1:]]
     for record, row in zip(records, stored, strict=True):
@@ -596,7 +535,7 @@ def test_audit_purge_deletes_records_older_than_the_retention_and_the_trail_stil
     result = run("audit", "purge", "--before", "2020-01-01", "--audit", url)
     assert result.exit_code == 0, result.output
     assert "purged 3 records" in one_line(result.stdout)
-    stored = rows(db_path)
+    stored = raw_rows(db_path)
     assert [(r["seq"], r["kind"]) for r in stored] == [(4, "decision"), (5, "decision"), (6, "retention")]
     assert run("audit", "verify", "--audit", url).exit_code == 0
     assert run("audit", "verify", "--head", kept, "--audit", url).exit_code == 0
@@ -614,7 +553,7 @@ def test_audit_purge_refuses_a_date_inside_the_default_retention(
     result = run("audit", "purge", "--before", before, "--audit", url)
     assert result.exit_code == 1
     assert "retention" in one_line(result.stderr)
-    assert len(rows(db_path)) == 5
+    assert len(raw_rows(db_path)) == 5
 
 
 def test_audit_purge_with_a_short_retention_deletes_recent_records(
@@ -624,7 +563,7 @@ def test_audit_purge_with_a_short_retention_deletes_recent_records(
     assert run("audit", "purge", "--before", before, "--retention-days", "30", "--audit", url).exit_code == 1
     result = run("audit", "purge", "--before", before, "--retention-days", "0", "--audit", url)
     assert result.exit_code == 0, result.output
-    assert [r["kind"] for r in rows(db_path)] == ["retention"]
+    assert [r["kind"] for r in raw_rows(db_path)] == ["retention"]
     assert run("audit", "verify", "--audit", url).exit_code == 0
 
 
@@ -633,7 +572,7 @@ def test_audit_purge_rejects_a_date_that_is_not_iso_with_exit_2(
 ) -> None:
     result = run("audit", "purge", "--before", "01/01/2020", "--audit", url)
     assert result.exit_code == 2
-    assert len(rows(db_path)) == 5
+    assert len(raw_rows(db_path)) == 5
 
 
 # ---- the real entry point ---------------------------------------------------------------------------------
