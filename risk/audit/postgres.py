@@ -22,16 +22,14 @@ edit a migration once released: append a new one.
 from __future__ import annotations
 
 import os
-import random
 import re
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from risk.audit.record import GENESIS_HASH, INDEXED, AuditRecord, Sealed, StoredRecord, seal
-from risk.audit.store import AuditQuery, Head, where_clause
+from risk.audit.record import GENESIS_HASH, INDEXED, AuditRecord, Sealed, StoredRecord
+from risk.audit.store import AuditQuery, ChainAppender, Head, where_clause
 from risk.errors import AuditError
 
 try:
@@ -92,7 +90,7 @@ class PostgresAuditStore:
         if _DRIVER_MISSING:
             raise AuditError(f"the PostgreSQL audit store {self._where} needs psycopg 3: pip install 'psycopg[binary]'")
         self._lock = threading.Lock()
-        self._head: tuple[int, str] | None = None  # (seq, hash) of the last record, None when unknown
+        self._appender = ChainAppender(self._read_head, self._insert, budget=_APPEND_BUDGET)
         self._closed = False
         self._conn = self._connect()
         try:
@@ -106,33 +104,23 @@ class PostgresAuditStore:
 
     def append(self, body: dict[str, Any]) -> Sealed:
         with self._lock:
-            deadline = time.monotonic() + _APPEND_BUDGET
-            collisions = 0
-            while True:
-                try:
-                    conn = self._connection()
-                    if self._head is None:
-                        self._head = _read_head(conn)
-                    sealed = seal(body, self._head[0] + 1, self._head[1])
-                    values = (sealed.seq, *(body.get(c) for c in INDEXED), sealed.text, sealed.hash)
-                    inserted = conn.execute(_INSERT, values).rowcount == 1
-                except (psycopg.Error, ValueError, TypeError) as exc:
-                    # DataError (a psycopg.Error) is a NUL in an indexed column; ValueError an unpaired surrogate.
-                    self._head = None
-                    raise AuditError(f"audit record not written to {self._where}: {exc}") from exc
-                if inserted:
-                    self._head = (sealed.seq, sealed.hash)
-                    return sealed
-                # Another writer appended since our head: chain onto theirs instead.
-                self._head = None
-                collisions += 1
-                if time.monotonic() >= deadline:
-                    raise AuditError(f"audit record not written to {self._where}: too many concurrent writers")
-                if collisions > 1:
-                    # A writer that lost must re-read the head: two round trips to the winner's one, so against a
-                    # writer in a tight loop it can lose hundreds of times running (measured). A short random pause
-                    # breaks the lockstep, and a time budget, not SQLite's 50 attempts, bounds what is left.
-                    time.sleep(random.uniform(0, 0.001 * min(collisions, 20)))
+            return self._appender.append(body, self._where)
+
+    def _read_head(self) -> tuple[int, str]:
+        try:
+            row = self._connection().execute("SELECT seq, hash FROM risk_audit ORDER BY seq DESC LIMIT 1").fetchone()
+        except psycopg.Error as exc:
+            raise AuditError(f"cannot read the audit head of {self._where}: {exc}") from exc
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
+    def _insert(self, sealed: Sealed, body: dict[str, Any]) -> bool:
+        """One autocommit INSERT that does nothing when another writer already took this seq."""
+        values = (sealed.seq, *(body.get(c) for c in INDEXED), sealed.text, sealed.hash)
+        try:
+            return bool(self._connection().execute(_INSERT, values).rowcount == 1)
+        except (psycopg.Error, ValueError, TypeError) as exc:
+            # DataError (a psycopg.Error) is a NUL in an indexed column; ValueError an unpaired surrogate.
+            raise AuditError(f"audit record not written to {self._where}: {exc}") from exc
 
     def stored(self, after_seq: int = 0) -> Iterator[StoredRecord]:
         # Keyset pagination: each page starts after the last seq seen, so a page costs the same however deep.
@@ -241,11 +229,6 @@ def _version(conn: psycopg.Connection[tuple[Any, ...]]) -> int | None:
         return None
     row = conn.execute("SELECT coalesce(max(version), 0) FROM risk_schema_version").fetchone()
     return int(row[0]) if row is not None else 0
-
-
-def _read_head(conn: psycopg.Connection[tuple[Any, ...]]) -> tuple[int, str]:
-    row = conn.execute("SELECT seq, hash FROM risk_audit ORDER BY seq DESC LIMIT 1").fetchone()
-    return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
 
 
 def _setting(conn: psycopg.Connection[tuple[Any, ...]], name: str) -> str:

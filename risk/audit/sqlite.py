@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from risk.audit.record import GENESIS_HASH, INDEXED, AuditRecord, Sealed, StoredRecord, seal
-from risk.audit.store import AuditQuery, Head, where_clause
+from risk.audit.record import GENESIS_HASH, INDEXED, AuditRecord, Sealed, StoredRecord
+from risk.audit.store import AuditQuery, ChainAppender, Head, where_clause
 from risk.errors import AuditError
 
 _COLUMNS = ("seq", *INDEXED, "body", "hash")
@@ -31,7 +31,6 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_agent_ts ON audit (agent_id, ts);
 """
-_APPEND_ATTEMPTS = 50
 
 
 def _parse_url(url: str) -> tuple[str, str, float]:
@@ -68,7 +67,7 @@ class SQLiteAuditStore:
                 raise AuditError(f"there is no audit trail at {path}: check --audit or $RISK_HOME")
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._head: tuple[int, str] | None = None  # (seq, hash) of the last record, None when unknown
+        self._appender = ChainAppender(self._read_head, self._insert, budget=timeout)
         try:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -79,23 +78,17 @@ class SQLiteAuditStore:
 
     def append(self, body: dict[str, Any]) -> Sealed:
         with self._lock:
-            for _ in range(_APPEND_ATTEMPTS):
-                if self._head is None:
-                    self._head = self._read_head()
-                try:
-                    sealed = seal(body, self._head[0] + 1, self._head[1])
-                    # One autocommit INSERT. seq is the primary key, so if another process appended since our
-                    # cached head, the insert fails, and we re-read the head and chain onto the new one.
-                    self._conn.execute(_INSERT, (sealed.seq, *(body.get(c) for c in INDEXED), sealed.text, sealed.hash))
-                except sqlite3.IntegrityError:
-                    self._head = None
-                    continue
-                except (sqlite3.Error, ValueError, TypeError) as exc:
-                    self._head = None
-                    raise AuditError(f"audit record not written to {self.url}: {exc}") from exc
-                self._head = (sealed.seq, sealed.hash)
-                return sealed
-        raise AuditError(f"audit record not written to {self.url}: too many concurrent writers")
+            return self._appender.append(body, self.url)
+
+    def _insert(self, sealed: Sealed, body: dict[str, Any]) -> bool:
+        """One autocommit INSERT; False when another writer already took this seq (the primary key)."""
+        try:
+            self._conn.execute(_INSERT, (sealed.seq, *(body.get(c) for c in INDEXED), sealed.text, sealed.hash))
+        except sqlite3.IntegrityError:
+            return False
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            raise AuditError(f"audit record not written to {self.url}: {exc}") from exc
+        return True
 
     def _read_head(self) -> tuple[int, str]:
         try:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from risk.audit.chain import Verification, verify_chain
-from risk.audit.record import GENESIS_HASH, AuditRecord, Sealed, StoredRecord
-from risk.errors import RetentionError
+from risk.audit.record import GENESIS_HASH, AuditRecord, Sealed, StoredRecord, seal
+from risk.errors import AuditError, RetentionError
 
 # HIPAA asks that compliance documentation be kept six years (45 CFR 164.316(b)(2)).
 DEFAULT_RETENTION = timedelta(days=6 * 365 + 2)
@@ -26,6 +28,53 @@ class AuditQuery:
     kind: str | None = None
     limit: int = 100
     offset: int = 0
+
+
+class ChainAppender:
+    """Optimistic appends to a chain whose `seq` is the table's primary key.
+
+    The next record is sealed onto the cached head and inserted in one statement; if another writer (a thread
+    of another store, another process) took that seq first, the insert is refused, and the head is re-read
+    and the record chained onto it. A loser needs two round trips to the winner's one, so against a writer in
+    a tight loop it can lose hundreds of times running (measured): a short random pause breaks the lockstep,
+    and a time budget bounds the whole.
+
+    `read_head` returns (seq, hash) of the last record; `insert` stores a sealed record and says whether it
+    took its seq. Both raise AuditError for anything else, which forgets the cached head.
+    """
+
+    def __init__(
+        self, read_head: Callable[[], tuple[int, str]], insert: Callable[[Sealed, dict[str, Any]], bool], budget: float
+    ) -> None:
+        self._read_head = read_head
+        self._insert = insert
+        self._budget = budget
+        self._head: tuple[int, str] | None = None
+
+    def append(self, body: dict[str, Any], where: str) -> Sealed:
+        deadline = time.monotonic() + self._budget
+        collisions = 0
+        while True:
+            try:
+                if self._head is None:
+                    self._head = self._read_head()
+                try:
+                    sealed = seal(body, self._head[0] + 1, self._head[1])
+                except (ValueError, TypeError) as exc:
+                    raise AuditError(f"audit record not written to {where}: {exc}") from exc
+                inserted = self._insert(sealed, body)
+            except AuditError:
+                self._head = None
+                raise
+            if inserted:
+                self._head = (sealed.seq, sealed.hash)
+                return sealed
+            self._head = None
+            collisions += 1
+            if time.monotonic() >= deadline:
+                raise AuditError(f"audit record not written to {where}: too many concurrent writers")
+            if collisions > 1:
+                time.sleep(random.uniform(0, 0.001 * min(collisions, 20)))
 
 
 def where_clause(query: AuditQuery, placeholder: str) -> tuple[str, list[Any]]:
