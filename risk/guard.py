@@ -225,10 +225,10 @@ class Guard:
             except StateError:  # the action is denied already; the pause could not be recorded
                 log.exception("kill switch for %s could not be set", agent)
         if assessment is not None and self._behavior is not None:
-            # Only a plainly allowed action shapes the baseline: one let through with an alert (ALERT mode) was
-            # flagged, and learning it would teach the guard that the attack it just saw is normal.
-            normal = outcome is Outcome.ALLOWED
-            # Flagging what the action is (not a pause, a rate limit or a broken audit) blames its destinations.
+            # Every action that runs shapes the baseline, alerted ones too: not learning them (tried) kept every
+            # legitimate novelty alerting forever in ALERT mode, a third of benign actions on the sample data.
+            normal = outcome.allows
+            # Denying what the action is (not a pause, a rate limit or a broken audit) blames its destinations.
             blame = stopped is None and not normal and reasons[0].code not in _NOT_THE_ACTIONS_FAULT
             self._behavior.observe(agent, action_id, now, atype, read.canonical, assessment, normal, blame=blame)
         return Decision(
