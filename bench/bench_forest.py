@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import sys
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import sklearn
+from common import summarize
 from sklearn.ensemble import IsolationForest
 
 from risk.scoring.forest import CompiledForest
@@ -44,21 +44,6 @@ class Sizes:
 
 FULL = Sizes(rounds=3, compiled_calls=10_000, sklearn_calls=300, batch_repeats=3)
 QUICK = Sizes(rounds=2, compiled_calls=1_000, sklearn_calls=30, batch_repeats=1)
-
-
-def percentile(ordered: list[int], q: float) -> float:
-    """Nearest-rank percentile, so p99 is a latency that was actually observed."""
-    return float(ordered[max(0, math.ceil(q * len(ordered)) - 1)])
-
-
-def summarize(samples_ns: list[int]) -> dict[str, float]:
-    ordered = sorted(samples_ns)
-    return {
-        "p50_us": percentile(ordered, 0.50) / 1000,
-        "p99_us": percentile(ordered, 0.99) / 1000,
-        "mean_us": statistics.fmean(ordered) / 1000,
-        "n": float(len(ordered)),
-    }
 
 
 def time_rows(call: Callable[[np.ndarray], object], rows: np.ndarray, n: int) -> list[int]:

@@ -115,6 +115,11 @@ class Reason:
         }
 
 
+def heaviest_first(reason: Reason) -> float:
+    """Sort key that puts the reason weighing most on a score first."""
+    return -reason.weight
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     """One thing an agent is about to do, after normalization."""

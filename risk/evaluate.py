@@ -60,6 +60,7 @@ def evaluate(
     """
     fields = {**DEFAULT_EVALUATION_POLICY, **(policy or {})}
     alert = {**fields, "mode": "alert"}
+    model = _model_for(train, model, seed)  # fitted once, for both replays
     scored, model_version = replay(test, train, policy=alert, model=model, online=online, seed=seed)
     enforced = scored if fields["mode"] == "alert" else replay(test, train, policy=fields, model=model,
                                                                 online=online, seed=seed)[0]  # fmt: skip
@@ -80,11 +81,7 @@ def replay(
     `model` overrides the forest fitted on `train` (a BehaviorModel, a model name or path); without
     `train` and `model` the shipped default model is used.
     """
-    if model is None and train:
-        rows = training_rows(train)
-        model = fit_model(rows.X, MODEL_FEATURES, name="evaluation", seed=seed) if len(rows.X) >= 2 else None
-    elif model is None:
-        model = "default"
+    model = _model_for(train, model, seed)
     fields = {**DEFAULT_EVALUATION_POLICY, **(policy or {})}
     fields.pop("audit", None)
     clock = _ReplayClock()
@@ -94,6 +91,18 @@ def replay(
         replayed = _replay(guard, test, clock)
         guard.close()
     return replayed, guard.model_version
+
+
+def _model_for(
+    train: Sequence[TraceAction], model: BehaviorModel | str | None, seed: int
+) -> BehaviorModel | str | None:
+    """`model` if given; else a forest fitted on `train` (None if it is too short); else the shipped default."""
+    if model is not None:
+        return model
+    if not train:
+        return "default"
+    rows = training_rows(train)
+    return fit_model(rows.X, MODEL_FEATURES, name="evaluation", seed=seed) if len(rows.X) >= 2 else None
 
 
 def _warm_up(guard: Guard, actions: Sequence[TraceAction], clock: _ReplayClock) -> None:

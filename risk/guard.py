@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from risk.actions import ActionType, Decision, KillSwitchMode, Outcome, Reason
+from risk.actions import ActionType, Decision, KillSwitchMode, Outcome, Reason, heaviest_first
 from risk.audit.record import canonical_json
 from risk.audit.store import AuditStore, default_home, open_audit
 from risk.errors import ActionDenied, AgentPaused, AgentTerminated, AuditError, GuardDenied, PolicyError, StateError
@@ -260,7 +260,7 @@ class Guard:
             return None, score, reasons, Reason("model_unavailable", f"the model could not score: {exc}", 1.0, True)
         if any(assessment.severities):
             score = noisy_or([score, *assessment.severities])
-            reasons = sorted([*reasons, *assessment.reasons], key=_by_weight)
+            reasons = sorted([*reasons, *assessment.reasons], key=heaviest_first)
         return assessment, score, reasons, None
 
     def _violations(
@@ -281,11 +281,16 @@ class Guard:
         limit = self.policy.max_actions_per_minute
         return limit is None or self._state.try_acquire(f"rate:{agent}", now, 60.0, limit)
 
+    def _volume_limits(self) -> list[tuple[str, int]]:
+        """The configured data-volume limits, by unit."""
+        limits = (("rows", self.policy.max_rows_per_window), ("bytes", self.policy.max_bytes_per_window))
+        return [(unit, limit) for unit, limit in limits if limit is not None]
+
     def _volume_violations(self, agent: str, now: float) -> list[Reason]:
-        policy, found = self.policy, []
-        window = policy.volume_window_seconds
-        for unit, limit in (("rows", policy.max_rows_per_window), ("bytes", policy.max_bytes_per_window)):
-            if limit is not None and self._state.total(f"{unit}:{agent}", now, window) >= limit:
+        found = []
+        window = self.policy.volume_window_seconds
+        for unit, limit in self._volume_limits():
+            if self._state.total(f"{unit}:{agent}", now, window) >= limit:
                 found.append(
                     Reason(
                         "data_volume_exceeded",
@@ -323,8 +328,10 @@ class Guard:
         detail: dict[str, Any] = {"status": "success" if success else "error", "error": error, "rows": rows,
                                   "bytes": bytes}  # fmt: skip
         try:
-            for unit, amount in (("rows", rows), ("bytes", bytes)):
-                if amount:
+            # Only a configured limit keeps a window: one nobody reads would only grow.
+            reported = {"rows": rows, "bytes": bytes}
+            for unit, _ in self._volume_limits():
+                if amount := reported[unit]:
                     self._state.add(f"{unit}:{agent}", now, float(amount))
         except StateError as exc:  # the action already ran: keep its outcome, and say the volume was not counted
             log.error("volume of %s not counted: %s", action_id, exc)
@@ -515,10 +522,6 @@ class Guard:
 
     def close(self) -> None:
         self.audit.close()
-
-
-def _by_weight(reason: Reason) -> float:
-    return -reason.weight
 
 
 def _behavior_scorer(model: str | Path | BehaviorModel | None, online: bool) -> BehaviorScorer | None:

@@ -102,21 +102,12 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_guard(tmp_path: Path, db_path: Path) -> Iterator[Callable[..., Guard]]:
-    guards: list[Guard] = []
-
+def make_guard(guards: Callable[..., Guard], tmp_path: Path, db_path: Path) -> Callable[..., Guard]:
     def make(**kwargs: Any) -> Guard:
-        kwargs.setdefault("agent_id", "agent-1")
-        kwargs.setdefault("blocked_resources", ["data.phi.*"])
-        kwargs.setdefault("audit", url_of(db_path))
-        kwargs.setdefault("home", tmp_path / "home")
-        guard = Guard(**kwargs)
-        guards.append(guard)
-        return guard
+        defaults = {"agent_id": "agent-1", "blocked_resources": ["data.phi.*"], "audit": url_of(db_path)}
+        return guards(**{**defaults, "home": tmp_path / "home", **kwargs})
 
-    yield make
-    for guard in guards:
-        guard.close()
+    return make
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pytest
+from services import unavailable
 
 import risk.audit.postgres
 from risk import ActionType, AuditError, Guard
@@ -35,13 +36,6 @@ else:
     HAVE_PSYCOPG = True
 
 POSTGRES_URL = os.environ.get("RISK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REQUIRED = os.environ.get("RISK_REQUIRE_SERVICES") == "1"
-
-
-def _unavailable(why: str) -> None:
-    if REQUIRED:
-        pytest.fail(f"{why} (RISK_REQUIRE_SERVICES=1)")
-    pytest.skip(why)
 
 
 # ---- fixtures and helpers --------------------------------------------------------------------------------
@@ -51,7 +45,7 @@ def _unavailable(why: str) -> None:
 def driver() -> None:
     """Skips (or fails) when psycopg, which the store needs, is not installed."""
     if not HAVE_PSYCOPG:
-        _unavailable("psycopg is not installed: pip install 'psycopg[binary]'")
+        unavailable("psycopg is not installed: pip install 'psycopg[binary]'")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +54,7 @@ def server(driver: None) -> Iterator[Any]:
     try:
         conn = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
     except psycopg.Error as exc:
-        _unavailable(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}")
+        unavailable(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}")
     yield conn
     conn.close()
 
@@ -124,21 +118,12 @@ def raw(url: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def make_guard(url: str, tmp_path: Path) -> Iterator[Callable[..., Guard]]:
-    guards: list[Guard] = []
-
+def make_guard(guards: Callable[..., Guard], url: str, tmp_path: Path) -> Callable[..., Guard]:
     def make(**kwargs: Any) -> Guard:
-        kwargs.setdefault("agent_id", "agent-1")
-        kwargs.setdefault("blocked_resources", ["data.phi.*"])
-        kwargs.setdefault("audit", url)
-        kwargs.setdefault("home", tmp_path / "home")
-        guard = Guard(**kwargs)
-        guards.append(guard)
-        return guard
+        defaults = {"agent_id": "agent-1", "blocked_resources": ["data.phi.*"], "audit": url}
+        return guards(**{**defaults, "home": tmp_path / "home", **kwargs})
 
-    yield make
-    for guard in guards:
-        guard.close()
+    return make
 
 
 def body(

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -95,21 +95,12 @@ def run(tmp_path: Path) -> Callable[..., Result]:
 
 
 @pytest.fixture
-def make_guard(tmp_path: Path, url: str) -> Iterator[Callable[..., Guard]]:
-    guards: list[Guard] = []
-
+def make_guard(guards: Callable[..., Guard], tmp_path: Path, url: str) -> Callable[..., Guard]:
     def make(**kwargs: Any) -> Guard:
-        kwargs.setdefault("agent_id", "alice")
-        kwargs.setdefault("blocked_resources", ["data.phi.*"])
-        kwargs.setdefault("audit", url)
-        kwargs.setdefault("home", tmp_path / "home")
-        guard = Guard(**kwargs)
-        guards.append(guard)
-        return guard
+        defaults = {"agent_id": "alice", "blocked_resources": ["data.phi.*"], "audit": url}
+        return guards(**{**defaults, "home": tmp_path / "home", **kwargs})
 
-    yield make
-    for guard in guards:
-        guard.close()
+    return make
 
 
 @pytest.fixture

@@ -21,19 +21,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from services import unavailable
 
 from risk import ActionType, AgentStatus, Guard, KillSwitchMode, Outcome, StateError
 from risk.state import AgentState, MemoryState, open_state
 from risk.state_redis import RedisState, parse_state_url
 
 REDIS_URL = os.environ.get("RISK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-REQUIRED = os.environ.get("RISK_REQUIRE_SERVICES") == "1"
-
-
-def _unavailable(why: str) -> None:
-    if REQUIRED:
-        pytest.fail(f"{why} (RISK_REQUIRE_SERVICES=1)")
-    pytest.skip(why)
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +36,12 @@ def server() -> Any:
     try:
         import redis
     except ModuleNotFoundError:
-        _unavailable("the redis package is not installed")
+        unavailable("the redis package is not installed")
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
     try:
         client.ping()
     except redis.RedisError as exc:
-        _unavailable(f"Redis is not reachable at {REDIS_URL}: {exc}")
+        unavailable(f"Redis is not reachable at {REDIS_URL}: {exc}")
     yield client
     client.close()
 

@@ -18,9 +18,6 @@ import orjson
 
 GENESIS_HASH = "0" * 64
 
-# Record kinds: a decision on an action, the outcome the tool reported, a kill-switch transition,
-# one rollback step, a policy change, and a retention purge.
-KINDS = ("decision", "outcome", "killswitch", "rollback", "policy", "retention")
 
 # Copied out of the hashed text into columns of their own, for queries; verification checks they agree.
 INDEXED = ("ts", "agent_id", "kind", "outcome", "action_id")
@@ -28,7 +25,11 @@ INDEXED = ("ts", "agent_id", "kind", "outcome", "action_id")
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
-    """A single, immutable line of the audit trail. `seq` starts at 1 and has no gaps."""
+    """A single, immutable line of the audit trail. `seq` starts at 1 and has no gaps.
+
+    `kind` is one of: decision (on an action), outcome (what its tool reported), killswitch (a transition),
+    rollback (one undo step), policy (the policy a guard started with) and retention (a purge).
+    """
 
     seq: int
     record_id: str

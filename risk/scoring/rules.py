@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from risk.actions import ActionType, Reason
+from risk.actions import ActionType, Reason, heaviest_first
 from risk.redaction import contains_identifiers
 
 ACTION_TYPE_SEVERITY: dict[ActionType, float] = {
@@ -184,7 +184,7 @@ class RuleScorer:
         reasons = [_REASONS[c] for c in resource_signals(normalized_resource)]
         reasons += [_REASONS[c] for c in payload_signals(payload, action_type)]
         reasons.append(_ACTION_REASONS[action_type])
-        reasons.sort(key=_by_weight)
+        reasons.sort(key=heaviest_first)
         return noisy_or([r.weight for r in reasons]), reasons
 
 
@@ -193,7 +193,3 @@ _REASONS = {code: Reason(code, _MESSAGES[code], {**_RESOURCE_SEVERITY, **PAYLOAD
 _ACTION_REASONS = {
     t: Reason("action_type", f"{t.value} carries base severity {s:.2f}", s) for t, s in ACTION_TYPE_SEVERITY.items()
 }
-
-
-def _by_weight(reason: Reason) -> float:
-    return -reason.weight
