@@ -79,8 +79,8 @@ class Guard:
         keep_payloads: bool = False,
         state: str | StateStore | None = None,
         home: str | Path | None = None,
-        model: str | Path | BehaviorModel | None = None,
-        online: bool = False,
+        model: str | Path | BehaviorModel | None = DEFAULT_MODEL,
+        online: bool = True,
         endpoint: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:

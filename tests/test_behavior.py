@@ -710,24 +710,25 @@ def run_payments(guard: Guard, clock: Clock) -> list[Any]:
     return decisions
 
 
-def test_guard_without_a_model_decides_by_rules_alone(tmp_path: Path) -> None:
-    clock_a, clock_b = Clock(), Clock()
-    default = make_guard(tmp_path, "a", max_risk_score=0.5, clock=clock_a)
-    explicit = make_guard(tmp_path, "b", max_risk_score=0.5, clock=clock_b, model=None, online=False)
-    assert default.model_version == explicit.model_version == "rules-1"
-    seen = []
-    for guard, clock in ((default, clock_a), (explicit, clock_b)):
-        decisions = run_payments(guard, clock)
-        decisions.append(guard.check("database_query", "data.claims", {"sql": "DROP TABLE claims"}))
-        seen.append([(d.allowed, d.outcome, d.risk_score, d.reason_codes) for d in decisions])
-        for d in decisions:
-            assert not BEHAVIOR_CODES & set(d.reason_codes)
-        assert decisions[-2].allowed  # the new IBAN is just another transfer to the rules
-        assert (
-            decisions[-2].risk_score == RuleScorer().score(ActionType.API_CALL, "bank.transfer", transfer(NEW_IBAN))[0]
-        )
-        assert not decisions[-1].allowed  # the destructive SQL is still caught by the rules
-    assert seen[0] == seen[1]
+def test_guard_scores_with_the_shipped_model_and_online_learning_by_default(tmp_path: Path) -> None:
+    clock = Clock()
+    guard = make_guard(tmp_path, max_risk_score=0.5, clock=clock)
+    assert guard.model_version == "rules-1+default-1+online-hst10x6"
+    novel = run_payments(guard, clock)[-1]
+    assert not novel.allowed and "new_destination" in novel.reason_codes
+
+
+def test_guard_with_model_none_decides_by_rules_alone(tmp_path: Path) -> None:
+    clock = Clock()
+    guard = make_guard(tmp_path, max_risk_score=0.5, clock=clock, model=None, online=False)
+    assert guard.model_version == "rules-1"
+    decisions = run_payments(guard, clock)
+    decisions.append(guard.check("database_query", "data.claims", {"sql": "DROP TABLE claims"}))
+    for d in decisions:
+        assert not BEHAVIOR_CODES & set(d.reason_codes)
+    assert decisions[-2].allowed  # the new IBAN is just another transfer to the rules
+    assert decisions[-2].risk_score == RuleScorer().score(ActionType.API_CALL, "bank.transfer", transfer(NEW_IBAN))[0]
+    assert not decisions[-1].allowed  # the destructive SQL is still caught by the rules
 
 
 def test_guard_with_a_model_blocks_a_first_transfer_to_a_new_iban(tmp_path: Path) -> None:
@@ -772,5 +773,5 @@ def test_guard_loads_a_model_by_name_from_risk_models(tmp_path: Path, monkeypatc
     save_model(payments_model(), tmp_path / "models", {})
     monkeypatch.setenv("RISK_MODELS", str(tmp_path / "models"))
     monkeypatch.chdir(tmp_path)
-    guard = make_guard(tmp_path, model="payments", max_risk_score=0.5, clock=Clock())
+    guard = make_guard(tmp_path, model="payments", online=False, max_risk_score=0.5, clock=Clock())
     assert guard.model_version == "rules-1+payments-3"
