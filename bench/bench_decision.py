@@ -340,7 +340,8 @@ def batch_phase(work: Callable[[], object], n_actions: int, passes: int) -> Call
 
 
 def guard_scores(actions: Sequence[TraceAction], model: BehaviorModel, workdir: str) -> list[float]:
-    """guard.check's risk scores of the trace, replayed through a fresh guard with the model and no warm-up.
+    """guard.check's risk scores of the trace, replayed through a fresh guard with the model (no online model,
+    as in the batch pipeline) and no warm-up.
 
     This guard flags nothing (no blocked patterns, threshold 1), so like the batch replay it learns every
     action: a guard learns only actions it did not flag.
@@ -348,7 +349,7 @@ def guard_scores(actions: Sequence[TraceAction], model: BehaviorModel, workdir: 
     directory = tempfile.mkdtemp(prefix="batch-check-", dir=workdir)
     clock = ManualClock()
     guard = Guard(agent_id="bench", mode=MODE, audit=f"sqlite:///{directory}/audit.db", home=directory, model=model,
-                  clock=clock)  # fmt: skip
+                  online=False, clock=clock)  # fmt: skip
     try:
         scores = []
         for action in sorted(actions, key=lambda a: a.ts):
