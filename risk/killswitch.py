@@ -24,6 +24,7 @@ MODE_OUTCOME: dict[KillSwitchMode, Outcome] = {
 }
 
 Recorder = Callable[[str, dict[str, Any]], None]
+MOVE_ATTEMPTS = 100  # compare-and-set retries; each loses only to another worker's completed move
 
 
 class KillSwitch:
@@ -46,49 +47,73 @@ class KillSwitch:
         return None
 
     def pause(self, agent_id: str, *, actor: str, reason: str, action_id: str | None, fingerprint: str | None) -> None:
-        if self._state.get_state(agent_id).status is AgentStatus.TERMINATED:
-            return  # terminated outranks paused
-        self._move(agent_id, AgentState(AgentStatus.PAUSED, reason, actor, action_id, fingerprint), actor)
+        """Pause a running agent. One already paused keeps the action that paused it first; terminated
+        outranks paused."""
+
+        def pause(old: AgentState) -> AgentState | None:
+            if old.status is not AgentStatus.RUNNING:
+                return None
+            return AgentState(AgentStatus.PAUSED, reason, actor, action_id, fingerprint)
+
+        self._move(agent_id, pause, actor)
 
     def terminate(self, agent_id: str, *, actor: str, reason: str) -> None:
-        self._move(agent_id, AgentState(AgentStatus.TERMINATED, reason, actor), actor)
+        self._move(agent_id, lambda old: AgentState(AgentStatus.TERMINATED, reason, actor), actor)
 
     def approve(self, agent_id: str, *, actor: str) -> str | None:
-        """Resume a paused agent and let the action that paused it run once; returns that action's id."""
-        state = self._require(agent_id, AgentStatus.PAUSED, "approve")
-        if state.pending_fingerprint is not None:
-            self._state.grant_approval(agent_id, state.pending_fingerprint)
-        self._move(
-            agent_id, AgentState(AgentStatus.RUNNING, "approved", actor), actor, approved=state.pending_action_id
-        )
-        return state.pending_action_id
+        """Resume a paused agent and let the action that paused it run once; returns that action's id.
+
+        Of two reviewers approving at once, one wins and the other gets a StateError, so the action is
+        granted once. The grant follows the move: an agent retrying in between is paused again, not let through.
+        """
+        old = self._move(agent_id, _from_paused(agent_id, "approve", "approved", actor), actor, approving=True)
+        if old.pending_fingerprint is not None:
+            self._state.grant_approval(agent_id, old.pending_fingerprint)
+        return old.pending_action_id
 
     def resume(self, agent_id: str, *, actor: str) -> None:
         """Resume a paused agent without approving the action that paused it."""
-        self._require(agent_id, AgentStatus.PAUSED, "resume")
-        self._move(agent_id, AgentState(AgentStatus.RUNNING, "resumed", actor), actor)
+        self._move(agent_id, _from_paused(agent_id, "resume", "resumed", actor), actor)
 
     def reset(self, agent_id: str, *, actor: str) -> None:
         """Revive a terminated (or paused) agent: the only way back from TERMINATE."""
-        self._move(agent_id, AgentState(AgentStatus.RUNNING, "reset", actor), actor)
+        self._move(agent_id, lambda old: AgentState(AgentStatus.RUNNING, "reset", actor), actor)
 
-    def _require(self, agent_id: str, status: AgentStatus, verb: str) -> AgentState:
-        state = self._state.get_state(agent_id)
-        if state.status is not status:
-            hint = " use reset() to revive a terminated agent" if state.status is AgentStatus.TERMINATED else ""
-            raise StateError(f"cannot {verb} agent {agent_id!r}: it is {state.status.value}, not {status.value};{hint}")
-        return state
+    def _move(
+        self, agent_id: str, step: Callable[[AgentState], AgentState | None], actor: str, *, approving: bool = False
+    ) -> AgentState:
+        """Apply `step` to the agent's current state as one compare-and-set, retried while other workers move
+        the same agent, and record the move. Returns the state moved from (`step` returning None: no move)."""
+        for _ in range(MOVE_ATTEMPTS):
+            old = self._state.get_state(agent_id)
+            new = step(old)
+            if new is None:
+                return old
+            if self._state.replace_state(agent_id, old, new):
+                detail: dict[str, str | None] = {"from": old.status.value, "to": new.status.value, "reason": new.reason}
+                if approving:
+                    detail["approved"] = old.pending_action_id
+                self._record(
+                    agent_id,
+                    {
+                        "kind": "killswitch",
+                        "actor": actor,
+                        "outcome": new.status.value,
+                        "action_id": new.pending_action_id,
+                        "detail": detail,
+                    },
+                )
+                return old
+        raise StateError(f"the state of agent {agent_id!r} kept changing under {MOVE_ATTEMPTS} attempts to move it")
 
-    def _move(self, agent_id: str, new: AgentState, actor: str, **detail: Any) -> None:
-        old = self._state.get_state(agent_id)
-        self._state.set_state(agent_id, new)
-        self._record(
-            agent_id,
-            {
-                "kind": "killswitch",
-                "actor": actor,
-                "outcome": new.status.value,
-                "action_id": new.pending_action_id,
-                "detail": {"from": old.status.value, "to": new.status.value, "reason": new.reason, **detail},
-            },
-        )
+
+def _from_paused(agent_id: str, verb: str, reason: str, actor: str) -> Callable[[AgentState], AgentState]:
+    """The move of a reviewer's `verb` (approve, resume): only a paused agent may make it."""
+
+    def move(old: AgentState) -> AgentState:
+        if old.status is not AgentStatus.PAUSED:
+            hint = " use reset() to revive a terminated agent" if old.status is AgentStatus.TERMINATED else ""
+            raise StateError(f"cannot {verb} agent {agent_id!r}: it is {old.status.value}, not paused;{hint}")
+        return AgentState(AgentStatus.RUNNING, reason, actor)
+
+    return move

@@ -28,6 +28,10 @@ class StateStore(Protocol):
 
     def set_state(self, agent_id: str, state: AgentState) -> None: ...
 
+    def replace_state(self, agent_id: str, expected: AgentState, new: AgentState) -> bool:
+        """Set `new` only if the state is still `expected` (compare-and-set); say whether it was set."""
+        ...
+
     def try_acquire(self, key: str, now: float, window: float, limit: int) -> bool:
         """Count one event in `key`'s sliding window if fewer than `limit` are in it; say whether it was."""
         ...
@@ -82,6 +86,13 @@ class MemoryState:
     def set_state(self, agent_id: str, state: AgentState) -> None:
         with self._lock:
             self._states[agent_id] = state
+
+    def replace_state(self, agent_id: str, expected: AgentState, new: AgentState) -> bool:
+        with self._lock:
+            if self._states.get(agent_id, AgentState()) != expected:
+                return False
+            self._states[agent_id] = new
+            return True
 
     def try_acquire(self, key: str, now: float, window: float, limit: int) -> bool:
         with self._lock:

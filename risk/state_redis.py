@@ -164,6 +164,30 @@ class RedisState:
     def get_state(self, agent_id: str) -> AgentState:
         with self._errors("read the state of agent", agent_id):
             raw = self._client.get(self._key("state", agent_id))
+        return self._decode(agent_id, raw)
+
+    def set_state(self, agent_id: str, state: AgentState) -> None:
+        with self._errors("write the state of agent", agent_id):
+            self._client.set(self._key("state", agent_id), _encode(state))
+
+    def replace_state(self, agent_id: str, expected: AgentState, new: AgentState) -> bool:
+        """Compare-and-set with WATCH/MULTI: a write by another client between the read and the SET fails it."""
+        import redis as redis_module
+
+        key = self._key("state", agent_id)
+        with self._errors("update the state of agent", agent_id), self._client.pipeline() as pipe:
+            try:
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                if self._decode(agent_id, pipe.get(key)) != expected:
+                    return False
+                pipe.multi()
+                pipe.set(key, _encode(new))
+                pipe.execute()
+                return True
+            except redis_module.WatchError:
+                return False
+
+    def _decode(self, agent_id: str, raw: bytes | str | None) -> AgentState:
         if raw is None:
             return AgentState()
         try:
@@ -180,20 +204,6 @@ class RedisState:
                 f"the state of agent {agent_id!r} in {self._where} is not valid ({exc}): "
                 f"fix or delete the key {self._key('state', agent_id)!r}"
             ) from exc
-
-    def set_state(self, agent_id: str, state: AgentState) -> None:
-        body = json.dumps(
-            {
-                "status": state.status.value,
-                "reason": state.reason,
-                "actor": state.actor,
-                "pending_action_id": state.pending_action_id,
-                "pending_fingerprint": state.pending_fingerprint,
-            },
-            separators=(",", ":"),
-        )
-        with self._errors("write the state of agent", agent_id):
-            self._client.set(self._key("state", agent_id), body)
 
     # ---- sliding windows ---------------------------------------------------------------------
 
@@ -280,3 +290,16 @@ def _redacted(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return urlunsplit((parts.scheme, host + (f":{port}" if port else ""), parts.path, "", ""))
+
+
+def _encode(state: AgentState) -> str:
+    return json.dumps(
+        {
+            "status": state.status.value,
+            "reason": state.reason,
+            "actor": state.actor,
+            "pending_action_id": state.pending_action_id,
+            "pending_fingerprint": state.pending_fingerprint,
+        },
+        separators=(",", ":"),
+    )

@@ -290,7 +290,7 @@ class Clock:
         return self.now
 
 
-def _guard(tmp_path: Path, url: str, name: str, clock: Clock, **kwargs: Any) -> Guard:
+def _guard(tmp_path: Path, url: str | MemoryState, name: str, clock: Clock, **kwargs: Any) -> Guard:
     kwargs.setdefault("mode", KillSwitchMode.PAUSE)
     return Guard(
         allowed_resources=["data.deidentified.*"],
@@ -326,6 +326,41 @@ def test_a_pause_issued_by_one_guard_is_enforced_by_another(tmp_path: Path, url:
     assert one.check(ActionType.DATABASE_QUERY, "data.deidentified.claims").allowed
     one.close()
     two.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_replace_state_sets_only_over_the_expected_state(kind: str, url: str) -> None:
+    store = MemoryState() if kind == "memory" else RedisState.from_url(url)
+    paused = AgentState(AgentStatus.PAUSED, "why", "guard", "a1", "f1")
+    assert not store.replace_state("x", paused, AgentState(AgentStatus.RUNNING))  # it is running, not paused
+    assert store.replace_state("x", AgentState(), paused)  # an agent never seen counts as running
+    assert store.get_state("x") == paused
+    assert not store.replace_state("x", AgentState(), AgentState(AgentStatus.TERMINATED))
+    assert store.get_state("x") == paused
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_of_8_reviewers_approving_at_once_exactly_one_grants_the_action(tmp_path: Path, kind: str, url: str) -> None:
+    """The paused action runs once however many reviewers (or workers) approve it at the same moment."""
+    state: str | MemoryState = MemoryState() if kind == "memory" else url  # in memory: one store, shared
+    clock = Clock()
+    guards = [_guard(tmp_path, state, f"g{i}", clock) for i in range(8)]
+    paused = guards[0].check(ActionType.DATABASE_QUERY, "data.phi.patients")
+    assert paused.outcome is Outcome.PAUSED
+
+    def approve(guard: Guard) -> str | StateError | None:
+        try:
+            return guard.approve(actor=f"reviewer-{id(guard)}")
+        except StateError as exc:
+            return exc
+
+    results = _run_together([functools.partial(approve, g) for g in guards])
+    assert [r for r in results if not isinstance(r, StateError)] == [paused.action_id]
+    assert all("not paused" in str(r) for r in results if isinstance(r, StateError))
+    retries = [g.check(ActionType.DATABASE_QUERY, "data.phi.patients") for g in guards]
+    assert [d.allowed for d in retries].count(True) == 1  # the approved action, once
+    for g in guards:
+        g.close()
 
 
 def test_guards_sharing_redis_share_the_rate_and_volume_limits(tmp_path: Path, url: str) -> None:
