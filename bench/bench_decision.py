@@ -68,6 +68,7 @@ import risk
 from risk import Guard
 from risk.actions import Decision, KillSwitchMode
 from risk.features import maturity, model_input
+from risk.profiles import Probe
 from risk.resources import _lexical_readings, readings  # the private cache, to clear it
 from risk.scoring.behavior import BehaviorScorer
 from risk.scoring.forest import CompiledForest
@@ -88,6 +89,7 @@ TARGET_VS_SKLEARN = 40.0
 TARGET_VS_VAULTAK = 5.0
 TARGET_BATCH_RATE = 20_000.0
 SCORE_TOLERANCE = 1e-9
+NO_MEMBERS = Probe("", "", ())  # maturity reads no set
 BEHAVIOR_REASONS = ("behavior_model", "behavior_online")
 
 
@@ -316,7 +318,7 @@ def batch_scores(actions: Sequence[TraceAction], model: BehaviorModel) -> list[f
         rows.append(model_input(assessment.features))
         rule_scores.append(rules.score(action.action_type, readings(action.resource).canonical, action.payload)[0])
         novelty.append(assessment.severities)  # the novelty rules (the scorer has no model of its own)
-        weights.append(maturity(scorer.profiles.get(action.agent_id)))  # the profile before this action
+        weights.append(scorer.profiles.read(action.agent_id, NO_MEMBERS, maturity))  # the profile before this action
     anomaly = -model.forest.score_many(np.asarray(rows, dtype=np.float64))
     severity = model.calibrator.severity
     return [

@@ -26,6 +26,7 @@ from risk.errors import ActionDenied, AgentPaused, AgentTerminated, AuditError, 
 from risk.features import MODEL_FEATURES
 from risk.killswitch import MODE_OUTCOME, KillSwitch
 from risk.policy import CompiledPolicy, Policy, load_policy_file
+from risk.profiles import MemoryProfiles, ProfileStore
 from risk.redaction import mask
 from risk.resources import Readings, readings
 from risk.rollback import RollbackReport, UndoLog, UndoStep, savepoint, snapshot_file
@@ -34,6 +35,7 @@ from risk.scoring.model import DEFAULT_MODEL, SHIPPED_MODELS, BehaviorModel, Mod
 from risk.scoring.online import OnlineScorer
 from risk.scoring.rules import RuleScorer, noisy_or
 from risk.state import AgentState, StateStore, open_state
+from risk.state_redis import RedisProfiles, RedisState
 
 log = logging.getLogger("risk")
 
@@ -109,7 +111,7 @@ class Guard:
         self._state: StateStore = open_state(state) if state is None or isinstance(state, str) else state
         self._clock = clock
         self._rules = RuleScorer()
-        self._behavior = _behavior_scorer(model, online)
+        self._behavior = _behavior_scorer(model, online, _profiles_beside(self._state))
         self.model_version = "+".join(v for v in (RULES_VERSION, self._behavior.version if self._behavior else "") if v)
         self._undo = UndoLog()
         self.killswitch = KillSwitch(self._state, self._record_event)
@@ -524,7 +526,14 @@ class Guard:
         self.audit.close()
 
 
-def _behavior_scorer(model: str | Path | BehaviorModel | None, online: bool) -> BehaviorScorer | None:
+def _profiles_beside(state: StateStore) -> ProfileStore:
+    """Profiles live where the kill-switch state lives: in Redis when workers share it, else in this process."""
+    return RedisProfiles(state) if isinstance(state, RedisState) else MemoryProfiles()
+
+
+def _behavior_scorer(
+    model: str | Path | BehaviorModel | None, online: bool, profiles: ProfileStore
+) -> BehaviorScorer | None:
     """The behavioral scorer a Guard was configured with; the shipped default model is optional."""
     if isinstance(model, BehaviorModel) or model is None:
         loaded = model
@@ -538,7 +547,7 @@ def _behavior_scorer(model: str | Path | BehaviorModel | None, online: bool) -> 
             loaded = None
     if loaded is None and not online:
         return None
-    return BehaviorScorer(loaded, OnlineScorer(MODEL_FEATURES) if online else None)
+    return BehaviorScorer(loaded, OnlineScorer(MODEL_FEATURES) if online else None, profiles)
 
 
 def _fingerprint(agent: str, atype: ActionType, resource: str, payload_json: bytes) -> str:

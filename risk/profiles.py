@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 # Sets of seen resources and destinations stop growing here; past it, unseen values still count as new.
 MAX_REMEMBERED = 50_000
@@ -98,29 +99,133 @@ def _remember(seen: set[str], value: str) -> None:
         seen.add(value)
 
 
+PROFILE_SETS = ("resources", "prefixes", "destinations", "denied_destinations")
+
+
+def profile_core(profile: AgentProfile) -> dict[str, Any]:
+    """Everything in a profile but its sets, as JSON-ready fields (a shared store keeps the sets apart).
+
+    >>> p = AgentProfile("a"); p.record_action(90.0, "file_read", "/r/x", "/r", ("host:x",))
+    >>> q = profile_from_core("a", profile_core(p)); (q.actions, q.minutes, q.resources)
+    (1, deque([[1, 1]]), set())
+    """
+    return {
+        "actions": profile.actions,
+        "type_counts": profile.type_counts,
+        "hour_counts": profile.hour_counts,
+        "transitions": [[a, b, n] for (a, b), n in profile.transitions.items()],
+        "transitions_from": profile.transitions_from,
+        "prev_type": profile.prev_type,
+        "first_ts": profile.first_ts,
+        "last_ts": profile.last_ts,
+        "recent_resources": list(profile.recent_resources),
+        "active_minutes": profile.active_minutes,
+        "minutes": list(profile.minutes),
+        "recent_denied": list(profile.recent_denied),
+        "recent_errors": list(profile.recent_errors),
+        "volume": list(profile.volume),
+        "volume_baseline": profile.volume_baseline,
+    }
+
+
+def profile_from_core(
+    agent_id: str, core: dict[str, Any] | None, sets: dict[str, set[str]] | None = None
+) -> AgentProfile:
+    """The profile `profile_core` described, with `sets` (or empty ones); None gives a new agent's profile."""
+    profile = AgentProfile(agent_id)
+    for name, members in (sets or {}).items():
+        setattr(profile, name, members)
+    if core is None:
+        return profile
+    profile.actions = int(core["actions"])
+    profile.type_counts = dict(core["type_counts"])
+    profile.hour_counts = list(core["hour_counts"])
+    profile.transitions = {(a, b): int(n) for a, b, n in core["transitions"]}
+    profile.transitions_from = dict(core["transitions_from"])
+    profile.prev_type = core["prev_type"]
+    profile.first_ts = core["first_ts"]
+    profile.last_ts = core["last_ts"]
+    profile.recent_resources.extend(core["recent_resources"])
+    profile.active_minutes = int(core["active_minutes"])
+    profile.minutes.extend([int(m), int(c)] for m, c in core["minutes"])
+    profile.recent_denied.extend(bool(d) for d in core["recent_denied"])
+    profile.recent_errors.extend(bool(e) for e in core["recent_errors"])
+    profile.volume.extend((float(t), float(v)) for t, v in core["volume"])
+    profile.volume_baseline = float(core["volume_baseline"])
+    return profile
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """The members one action asks a profile's sets about (a remote store fetches only these)."""
+
+    resource: str
+    prefix: str
+    destinations: tuple[str, ...]
+
+
 class ProfileStore(Protocol):
-    def get(self, agent_id: str) -> AgentProfile:
-        """The agent's profile, created empty on first use. The caller mutates it under `lock`."""
+    """Where profiles live. Reads see a consistent profile; each update is applied whole."""
+
+    def read(self, agent_id: str, probe: Probe, use: Callable[[AgentProfile], T]) -> T:
+        """`use(profile)` on the agent's profile as it is now (created empty on first use). The profile's
+        sets need only answer membership for the probe's members; `use` must not change it."""
         ...
 
-    lock: threading.Lock
+    def record(self, agent_id: str, *, denied: bool, blamed: tuple[str, ...], action: ActionSeen | None) -> None:
+        """Fold one decision in: `AgentProfile.record_decision`, then `record_action` if it ran."""
+        ...
+
+    def record_outcome(self, agent_id: str, ts: float, error: bool, volume: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSeen:
+    """An allowed action, as `AgentProfile.record_action` takes it."""
+
+    ts: float
+    action_type: str
+    resource: str
+    prefix: str
+    destinations: tuple[str, ...]
+
+    def fold_into(self, profile: AgentProfile) -> None:
+        profile.record_action(self.ts, self.action_type, self.resource, self.prefix, self.destinations)
 
 
 class MemoryProfiles:
     """Profiles in this process (the embedded default).
 
     >>> profiles = MemoryProfiles()
-    >>> profiles.get("a").record_action(0.0, "file_read", "/r/x", "/r", ())
-    >>> profiles.get("a").actions
-    1
+    >>> profiles.record("a", denied=False, blamed=(), action=ActionSeen(0.0, "file_read", "/r/x", "/r", ()))
+    >>> profiles.read("a", Probe("/r/x", "/r", ()), lambda p: (p.actions, "/r/x" in p.resources))
+    (1, True)
     """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self._lock = threading.Lock()
         self._profiles: dict[str, AgentProfile] = {}
 
-    def get(self, agent_id: str) -> AgentProfile:
+    def read(self, agent_id: str, probe: Probe, use: Callable[[AgentProfile], T]) -> T:
+        with self._lock:
+            return use(self._get(agent_id))
+
+    def record(self, agent_id: str, *, denied: bool, blamed: tuple[str, ...], action: ActionSeen | None) -> None:
+        with self._lock:
+            profile = self._get(agent_id)
+            profile.record_decision(denied, blamed)
+            if action is not None:
+                action.fold_into(profile)
+
+    def record_outcome(self, agent_id: str, ts: float, error: bool, volume: float) -> None:
+        with self._lock:
+            self._get(agent_id).record_outcome(ts, error, volume)
+
+    def _get(self, agent_id: str) -> AgentProfile:
         profile = self._profiles.get(agent_id)
         if profile is None:
-            profile = self._profiles.setdefault(agent_id, AgentProfile(agent_id))
+            profile = self._profiles[agent_id] = AgentProfile(agent_id)
         return profile

@@ -11,6 +11,8 @@ Keys (all under a prefix, `risk:` by default, set with `?prefix=` in the URL):
     {prefix}rate:{key}           zset     try_acquire's sliding-window log: member unique, score = time
     {prefix}vol:{key}            zset     add's events: member "amount:unique", score = time
     {prefix}volsum:{key}         hash     add/total's running sum ("sum") and key lifetime in ms ("ttl")
+    {prefix}profile:{agent_id}   string   RedisProfiles: the agent's profile but its sets, as JSON
+    {prefix}profile:{agent_id}:{set}  set  RedisProfiles: its seen resources, prefixes, destinations, ...
 
 Unlike MemoryState, a key counted with try_acquire and the same key summed with add/total are two windows;
 the Guard never mixes them (it uses `rate:<agent>`, `rows:<agent>` and `bytes:<agent>`).
@@ -25,17 +27,28 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from risk.actions import AgentStatus
 from risk.errors import StateError
+from risk.profiles import (
+    MAX_REMEMBERED,
+    PROFILE_SETS,
+    ActionSeen,
+    AgentProfile,
+    Probe,
+    profile_core,
+    profile_from_core,
+)
 from risk.state import AgentState
 
 if TYPE_CHECKING:
     import redis
+
+T = TypeVar("T")
 
 DEFAULT_PREFIX = "risk:"
 DEFAULT_TIMEOUT = 2.0  # seconds; a guard must not hang on a Redis that does not answer
@@ -94,6 +107,22 @@ else
 end
 return text
 """
+
+
+# KEYS: the profile's sets. ARGV[1] the cap; then, per key, a count n and n members. A set at the cap grows no more.
+_ADD_CAPPED = """
+local cap = tonumber(ARGV[1])
+local at = 2
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[at])
+  if n > 0 and redis.call('SCARD', KEYS[i]) < cap then
+    redis.call('SADD', KEYS[i], unpack(ARGV, at + 1, at + n))
+  end
+  at = at + n + 1
+end
+return 1
+"""
+PROFILE_UPDATE_ATTEMPTS = 100  # optimistic retries; each loses only to another worker's completed update
 
 
 def parse_state_url(url: str) -> tuple[str, str]:
@@ -270,6 +299,91 @@ class RedisState:
                 f"could not {doing} {name!r} in the Redis state store {self._where} "
                 f"({type(exc).__name__}: {exc}); check that Redis is running and the state URL is right"
             ) from exc
+
+
+class RedisProfiles:
+    """Agents' behavioral profiles in the Redis of a RedisState, so every worker scores against the same baseline.
+
+    A read is one round trip: the profile's scalar part and membership of just the probed members in its sets.
+    An update is an optimistic transaction (WATCH the scalar part, apply the same AgentProfile methods as in
+    memory, write it back with the set additions), retried when another worker updated the agent first, so
+    concurrent updates are all kept.
+    """
+
+    def __init__(self, state: RedisState) -> None:
+        self._state = state
+        self._add_capped = state._client.register_script(_ADD_CAPPED)
+
+    def read(self, agent_id: str, probe: Probe, use: Callable[[AgentProfile], T]) -> T:
+        asked = {
+            "resources": [probe.resource],
+            "prefixes": [probe.prefix],
+            "destinations": list(probe.destinations),
+            "denied_destinations": list(probe.destinations),
+        }
+        with self._state._errors("read the profile of agent", agent_id):
+            pipe = self._state._client.pipeline(transaction=False)
+            pipe.get(self._key(agent_id))
+            for name, members in asked.items():
+                if members:
+                    pipe.smismember(self._key(agent_id, name), members)
+            replies = iter(pipe.execute())
+        core = self._decode(agent_id, next(replies))
+        sets = {name: {m for m, found in zip(members, next(replies), strict=True) if found} if members else set()
+                for name, members in asked.items()}  # fmt: skip
+        return use(profile_from_core(agent_id, core, sets))
+
+    def record(self, agent_id: str, *, denied: bool, blamed: tuple[str, ...], action: ActionSeen | None) -> None:
+        def update(profile: AgentProfile) -> None:
+            profile.record_decision(denied, blamed)
+            if action is not None:
+                action.fold_into(profile)
+
+        self._update(agent_id, update)
+
+    def record_outcome(self, agent_id: str, ts: float, error: bool, volume: float) -> None:
+        self._update(agent_id, lambda profile: profile.record_outcome(ts, error, volume))
+
+    def _update(self, agent_id: str, update: Callable[[AgentProfile], None]) -> None:
+        import redis as redis_module
+
+        key = self._key(agent_id)
+        set_keys = [self._key(agent_id, name) for name in PROFILE_SETS]
+        with self._state._errors("update the profile of agent", agent_id):
+            for _ in range(PROFILE_UPDATE_ATTEMPTS):
+                with self._state._client.pipeline() as pipe:
+                    try:
+                        pipe.watch(key)  # type: ignore[no-untyped-call]
+                        profile = profile_from_core(agent_id, self._decode(agent_id, pipe.get(key)))
+                        update(profile)  # its sets start empty: they collect just this update's additions
+                        args: list[Any] = [MAX_REMEMBERED]
+                        for name in PROFILE_SETS:
+                            added = getattr(profile, name)
+                            args += [len(added), *added]
+                        pipe.multi()
+                        pipe.set(key, json.dumps(profile_core(profile), separators=(",", ":")))
+                        self._add_capped(keys=set_keys, args=args, client=pipe)
+                        pipe.execute()
+                        return
+                    except redis_module.WatchError:
+                        continue
+        raise StateError(f"the profile of agent {agent_id!r} kept changing under {PROFILE_UPDATE_ATTEMPTS} updates")
+
+    def _decode(self, agent_id: str, raw: bytes | str | None) -> dict[str, Any] | None:
+        if raw is None:
+            return None
+        try:
+            core = json.loads(raw)
+            profile_from_core(agent_id, core)  # refuse a core that does not make a profile
+            return core  # type: ignore[no-any-return]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StateError(
+                f"the profile of agent {agent_id!r} in {self._state._where} is not valid ({exc}): "
+                f"fix or delete the key {self._key(agent_id)!r}"
+            ) from exc
+
+    def _key(self, agent_id: str, part: str = "") -> str:
+        return self._state._key("profile", f"{agent_id}:{part}" if part else agent_id)
 
 
 def _ttl_ms(window: float) -> int:

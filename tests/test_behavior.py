@@ -25,7 +25,7 @@ from risk.features import (
     feature_vector,
     resource_prefix,
 )
-from risk.profiles import AgentProfile
+from risk.profiles import AgentProfile, Probe
 from risk.scoring.behavior import BehaviorScorer, novelty
 from risk.scoring.calibration import StreamingTailCalibrator, TailCalibrator, severity_from_tail
 from risk.scoring.model import BehaviorModel, ModelError, fit_model, load_model, resolve_model, save_model
@@ -565,6 +565,10 @@ def test_novelty_is_scaled_by_the_agents_maturity() -> None:
     assert weights == {"new_destination": pytest.approx(0.3)}  # 0.6 at maturity 5/10
 
 
+def denied_destinations(scorer: BehaviorScorer, agent: str) -> set[str]:
+    return scorer.profiles.read(agent, Probe("", "", ()), lambda profile: set(profile.denied_destinations))
+
+
 def test_a_mature_agents_first_send_to_a_new_destination_is_flagged() -> None:
     scorer = BehaviorScorer(None, None)
     for i in range(12):
@@ -573,7 +577,7 @@ def test_a_mature_agents_first_send_to_a_new_destination_is_flagged() -> None:
     novel = send_email(scorer, T0 + 3600, "mallory@evil.example", allowed=None)
     assert "new_destination" in codes(novel)
     assert max(novel.severities) >= 0.5
-    assert {"email:mallory@evil.example", "domain:evil.example"} <= set(novel.primary_destinations)
+    assert {"email:mallory@evil.example", "domain:evil.example"} <= set(novel.unseen_primary)
 
 
 def test_a_mature_agent_reading_something_new_gets_no_novelty_reason() -> None:
@@ -606,7 +610,7 @@ def test_a_denial_without_blame_marks_no_destination() -> None:
     for i in range(12):
         send_email(scorer, T0 + 60 * i, "alice@corp.example")
     send_email(scorer, T0 + 3600, "mallory@evil.example", allowed=False, blame=False)
-    assert scorer.profiles.get("mailer").denied_destinations == set()
+    assert denied_destinations(scorer, "mailer") == set()
     retry = send_email(scorer, T0 + 3700, "mallory@evil.example", allowed=None)
     assert "denied_destination" not in codes(retry)
     assert "new_destination" in codes(retry)
@@ -617,7 +621,7 @@ def test_blame_never_marks_a_destination_the_agent_already_used() -> None:
     for i in range(12):
         send_email(scorer, T0 + 60 * i, "alice@corp.example")
     send_email(scorer, T0 + 3600, "alice@corp.example", allowed=False, blame=True)
-    assert scorer.profiles.get("mailer").denied_destinations == set()
+    assert denied_destinations(scorer, "mailer") == set()
     assert "denied_destination" not in codes(send_email(scorer, T0 + 3700, "alice@corp.example", allowed=None))
 
 

@@ -24,9 +24,15 @@ import pytest
 from services import unavailable
 
 from risk import ActionType, AgentStatus, Guard, KillSwitchMode, Outcome, StateError
+from risk.profiles import ActionSeen, MemoryProfiles, Probe
+from risk.scoring.behavior import BehaviorScorer
 from risk.state import AgentState, MemoryState, open_state
-from risk.state_redis import RedisState, parse_state_url
+from risk.state_redis import RedisProfiles, RedisState, parse_state_url
+from risk.traces import read_trace
+from risk.train import replay
 
+ROOT = Path(__file__).resolve().parents[1]
+T0 = 1_800_000_000.0
 REDIS_URL = os.environ.get("RISK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -291,10 +297,9 @@ class Clock:
 
 
 def _guard(tmp_path: Path, url: str | MemoryState, name: str, clock: Clock, **kwargs: Any) -> Guard:
-    kwargs.setdefault("mode", KillSwitchMode.PAUSE)
+    kwargs = {"mode": KillSwitchMode.PAUSE, "allowed_resources": ["data.deidentified.*"],
+              "blocked_resources": ["data.phi.*"], **kwargs}  # fmt: skip
     return Guard(
-        allowed_resources=["data.deidentified.*"],
-        blocked_resources=["data.phi.*"],
         audit=f"sqlite:///{tmp_path}/{name}.db",
         home=tmp_path / name,
         state=url,
@@ -429,3 +434,64 @@ def test_a_guard_on_an_unreachable_redis_denies_and_says_why(tmp_path: Path) -> 
     with pytest.raises(StateError):  # a reviewer's call says the store is down
         guard.terminate()
     guard.close()
+
+
+# ---- behavioral profiles in Redis ------------------------------------------------------------------------------
+
+
+def test_redis_profiles_give_the_same_features_as_memory_profiles_on_a_trace(url: str) -> None:
+    """Every feature of every action of a real trace, measured against profiles in Redis and in memory."""
+    actions = sorted(read_trace(ROOT / "data" / "synthetic" / "train.jsonl"), key=lambda a: a.ts)[:400]
+    in_memory = [a.features for _, a in replay(actions, BehaviorScorer(None, None, MemoryProfiles()))]
+    state = RedisState.from_url(url)
+    in_redis = [a.features for _, a in replay(actions, BehaviorScorer(None, None, RedisProfiles(state)))]
+    state.close()
+    assert len({a.agent_id for a in actions}) > 1
+    assert in_redis == in_memory
+
+
+def test_concurrent_profile_updates_from_8_threads_are_all_kept(url: str) -> None:
+    state = RedisState.from_url(url)
+    profiles = RedisProfiles(state)
+
+    def work(worker: int) -> None:
+        for i in range(25):
+            seen = ActionSeen(T0 + i, "api_call", f"svc/{worker}/{i}", f"svc/{worker}", (f"host:h{worker}",))
+            profiles.record("shared", denied=False, blamed=(), action=seen)
+
+    _run_together([functools.partial(work, w) for w in range(8)])
+    probe = Probe("svc/3/7", "svc/3", ("host:h5", "host:never"))
+    actions, resources, dests = profiles.read(
+        "shared", probe, lambda p: (p.actions, set(p.resources), set(p.destinations))
+    )
+    assert actions == 200
+    assert resources == {"svc/3/7"} and dests == {"host:h5"}
+    state.close()
+
+
+def test_guards_sharing_redis_share_one_behavioral_baseline(tmp_path: Path, url: str) -> None:
+    """A destination one worker's guard learned is not new to another's; one neither saw still is."""
+    clock = Clock()
+    one, two = (
+        _guard(tmp_path, url, name, clock, mode="alert", allowed_resources=None, blocked_resources=())
+        for name in ("one", "two")
+    )
+    for i in range(12):
+        clock.now = T0 + 60 * i
+        d = one.check(ActionType.API_CALL, "mail.send", {"to": "alice@corp.example"})
+        one.record_outcome(d.action_id)
+    clock.now = T0 + 3600
+    known = two.check(ActionType.API_CALL, "mail.send", {"to": "alice@corp.example"})
+    novel = two.check(ActionType.API_CALL, "mail.send", {"to": "mallory@evil.example"})
+    assert "new_destination" not in known.reason_codes
+    assert "new_destination" in novel.reason_codes
+    one.close()
+    two.close()
+
+
+def test_a_corrupt_profile_raises_state_error(server: Any, url: str) -> None:
+    state = RedisState.from_url(url)
+    server.set(f"{state.prefix}profile:bad", b"{not json")
+    with pytest.raises(StateError, match="profile of agent 'bad'"):
+        RedisProfiles(state).read("bad", Probe("r", "p", ()), lambda p: p.actions)
+    state.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 from risk.actions import ActionType, Reason
 from risk.features import FEATURES, MODEL_FEATURES, destinations, feature_vector, maturity, model_input, resource_prefix
-from risk.profiles import MemoryProfiles, ProfileStore
+from risk.profiles import ActionSeen, AgentProfile, MemoryProfiles, Probe, ProfileStore
 from risk.scoring.model import BehaviorModel
 from risk.scoring.online import OnlineScorer
 from risk.scoring.rules import noisy_or
@@ -55,7 +55,7 @@ class Assessment:
     reasons: tuple[Reason, ...]
     features: tuple[float, ...]
     prefix: str
-    primary_destinations: tuple[str, ...]
+    unseen_primary: tuple[str, ...]  # where the action itself goes that the agent never went before
     destinations: tuple[str, ...]
 
 
@@ -95,8 +95,8 @@ class BehaviorScorer:
     ) -> Assessment:
         prefix = resource_prefix(resource)
         primary, dests = destinations(resource, payload)
-        with self.profiles.lock:
-            profile = self.profiles.get(agent_id)
+
+        def measure(profile: AgentProfile) -> tuple[list[float], float, tuple[str, ...]]:
             x = feature_vector(
                 profile,
                 ts=ts,
@@ -107,7 +107,9 @@ class BehaviorScorer:
                 rule_reasons=rule_reasons,
                 payload_bytes=payload_bytes,
             )
-            weight = maturity(profile)
+            return x, maturity(profile), tuple(d for d in primary if d not in profile.destinations)
+
+        x, weight, unseen_primary = self.profiles.read(agent_id, Probe(resource, prefix, dests), measure)
         severities, reasons = [], []
         if weight > 0:
             found = [Reason(r.code, r.message, r.weight * weight) for r in novelty(x, action_type)]
@@ -125,7 +127,7 @@ class BehaviorScorer:
             severities.append(s)
             if s >= REASON_FLOOR:
                 reasons.append(Reason("behavior_online", f"the streaming model finds this unusual ({s:.2f})", s))
-        return Assessment(tuple(severities), tuple(reasons), tuple(x), prefix, primary, dests)
+        return Assessment(tuple(severities), tuple(reasons), tuple(x), prefix, unseen_primary, dests)
 
     def observe(
         self, agent_id: str, action_id: str, ts: float, action_type: ActionType, resource: str,
@@ -134,13 +136,15 @@ class BehaviorScorer:
         """Fold a decision into the agent's profile: every decision counts toward the denial rate, only
         allowed actions toward the baseline, and `blame` (denied for what the action itself is) marks its
         destinations as suspect. The features wait for the outcome to be learned."""
-        with self.profiles.lock:
-            profile = self.profiles.get(agent_id)
-            # Blame only where the denied action tried to go, and only places the agent never used.
-            blamed = tuple(d for d in assessment.primary_destinations if d not in profile.destinations) if blame else ()
-            profile.record_decision(not allowed, blamed)
-            if allowed:
-                profile.record_action(ts, action_type.value, resource, assessment.prefix, assessment.destinations)
+        # Blame only where the denied action tried to go, and only places the agent never used.
+        self.profiles.record(
+            agent_id,
+            denied=not allowed,
+            blamed=assessment.unseen_primary if blame else (),
+            action=ActionSeen(ts, action_type.value, resource, assessment.prefix, assessment.destinations)
+            if allowed
+            else None,
+        )
         if allowed and self.online is not None:
             self._pending[action_id] = assessment.features
             if len(self._pending) > PENDING_LIMIT:
@@ -148,8 +152,7 @@ class BehaviorScorer:
 
     def outcome(self, agent_id: str, action_id: str, ts: float, *, success: bool, volume: float) -> None:
         """A tool reported how an allowed action went; a success is learned by the online model."""
-        with self.profiles.lock:
-            self.profiles.get(agent_id).record_outcome(ts, not success, volume)
+        self.profiles.record_outcome(agent_id, ts, not success, volume)
         x = self._pending.pop(action_id, None)
         if success and x is not None and self.online is not None:
             self.online.learn(model_input(x))
