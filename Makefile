@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean model
+.PHONY: run demo test lint bench clean model agentdojo-replay
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,7 +11,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# The HTTP service on the embedded default (SQLite under .risk, in-process state); it prints where to look.
 run: $(BIN)/.installed
+	$(BIN)/risk serve
+
+demo: $(BIN)/.installed
 	$(BIN)/risk demo
 
 lint: $(BIN)/.installed
@@ -26,6 +30,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_guard.py
 	$(BIN)/python bench/bench_forest.py
 	$(BIN)/python bench/bench_decision.py
+	$(BIN)/python bench/bench_watch.py
 
 clean:
 	rm -rf $(VENV) .risk .pytest_cache .mypy_cache .ruff_cache
@@ -34,3 +39,7 @@ clean:
 model: $(BIN)/.installed
 	$(BIN)/python data/synthetic.py --out build/synthetic --seed 7 --scale 1
 	$(BIN)/risk train build/synthetic/train.jsonl --out models --name default --version 1 --seed 0
+
+# The AgentDojo banking and slack test traces replayed under the policies of examples/agentdojo_replay.
+agentdojo-replay: $(BIN)/.installed
+	$(BIN)/python examples/agentdojo_replay/replay.py --out build/agentdojo-replay

@@ -151,6 +151,43 @@ class Decision:
     def reason_codes(self) -> tuple[str, ...]:
         return tuple(r.code for r in self.reasons)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The decision as JSON-ready fields, as the HTTP service returns it.
+
+        >>> d = Decision("a1", "bot", False, Outcome.BLOCKED, 1.0, (Reason("resource_blocked", "no", 1.0, True),))
+        >>> Decision.from_dict(d.to_dict()) == d
+        True
+        """
+        return {
+            "action_id": self.action_id,
+            "agent_id": self.agent_id,
+            "allowed": self.allowed,
+            "outcome": self.outcome.value,
+            "risk_score": self.risk_score,
+            "reasons": [r.to_dict() for r in self.reasons],
+            "action_type": self.action_type.value,
+            "resource": self.resource,
+            "normalized_resource": self.normalized_resource,
+        }
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> Decision:
+        """The decision `to_dict` gave; raises ValueError or KeyError on anything else."""
+        return cls(
+            action_id=str(fields["action_id"]),
+            agent_id=str(fields["agent_id"]),
+            allowed=bool(fields["allowed"]),
+            outcome=Outcome(fields["outcome"]),
+            risk_score=float(fields["risk_score"]),
+            reasons=tuple(
+                Reason(str(r["code"]), str(r["message"]), float(r.get("weight", 0.0)), bool(r.get("violation", False)))
+                for r in fields.get("reasons", ())
+            ),
+            action_type=ActionType.parse(fields.get("action_type", ActionType.CUSTOM)),
+            resource=str(fields.get("resource", "")),
+            normalized_resource=str(fields.get("normalized_resource", "")),
+        )
+
     def explain(self) -> str:
         verdict = "allowed" if self.allowed else "denied"
         why = "; ".join(r.message for r in self.reasons) or "no rule fired"

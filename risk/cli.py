@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,12 +16,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from risk.audit.record import FIELDS, AuditRecord
-from risk.audit.store import DEFAULT_RETENTION, AuditQuery, open_audit, purge, records, verify_store
+from risk.audit.store import DEFAULT_RETENTION, AuditQuery, open_audit, purge, records, utc_time, verify_store
 from risk.errors import RiskError
 
 app = typer.Typer(help="agent-risk: runtime governance and risk scoring for AI agents.", no_args_is_help=True)
 audit_app = typer.Typer(help="Inspect, verify, export and purge the audit trail.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+keys_app = typer.Typer(help="API keys of the HTTP service: create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console()
 err = Console(stderr=True)
 
@@ -250,6 +253,143 @@ def demo(
     run_demo(home, console)
 
 
+@app.command("mcp-proxy")
+def mcp_proxy(
+    upstream: Annotated[list[str], typer.Argument(help="The upstream MCP server's command, after --.")],
+    policy: Annotated[Path, typer.Option("--policy", help="Policy file with a tools: section.")],
+    http: Annotated[
+        str | None, typer.Option(help="Serve streamable HTTP at HOST:PORT (path /mcp) instead of stdio.")
+    ] = None,
+) -> None:
+    """Serve MCP, checking every tool call of the upstream server before it runs."""
+    try:
+        import anyio
+
+        from risk.integrations.mcp_proxy import GatewayPolicy, serve
+    except ModuleNotFoundError as exc:
+        raise _fail(f"risk mcp-proxy needs the mcp package ({exc}): pip install 'agent-risk[mcp]'") from None
+    address = None
+    if http is not None:
+        host, _, port = http.rpartition(":")
+        if not host or not port.isdigit():
+            raise _fail(f"--http must be HOST:PORT such as 127.0.0.1:8765, not {http!r}")
+        address = (host, int(port))
+    try:
+        gateway = GatewayPolicy.from_file(policy)
+    except (RiskError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    try:  # on stdio, stdout is the protocol's: every message of ours goes to stderr
+        anyio.run(functools.partial(serve, gateway, upstream, http=address))
+    except OSError as exc:
+        raise _fail(f"cannot start the upstream server {upstream[0]!r}: {exc}") from None
+    finally:
+        gateway.guard.close()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes; more than 1 needs RISK_REDIS_URL.")] = 1,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option(help="[TENANT=]FILE: the service's default policy, or TENANT's; repeatable."),
+    ] = None,
+) -> None:
+    """Run the HTTP service (uvicorn). Stores come from RISK_HOME, RISK_DATABASE_URL and RISK_REDIS_URL."""
+    import os
+    import tempfile
+
+    import uvicorn
+
+    from risk.audit.store import default_audit_url
+    from risk.catalog import Catalog, default_catalog_url
+    from risk.state import open_state
+    from risk.tenants import Tenants
+
+    if workers > 1 and not os.environ.get("RISK_REDIS_URL"):
+        raise _fail(
+            "--workers above 1 needs RISK_REDIS_URL: with in-process state, a pause on one worker would not hold "
+            "on another"
+        )
+    audit_url = os.environ.get("RISK_DATABASE_URL") or default_audit_url()
+    if policy:  # applied once here, so workers start from the same catalog
+        try:
+            tenants = Tenants(
+                Catalog(default_catalog_url()), open_audit(audit_url), open_state("memory://"), model=None
+            )
+            for spec in policy:
+                old, new = tenants.apply_policy_file(spec)
+                change = "unchanged" if old == new else f"{old[:12] or 'none'} -> {new[:12]}"
+                console.print(f"policy {escape(spec)}: {change}")
+        except (RiskError, ValueError) as exc:
+            raise _fail(str(exc)) from None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # so /metrics adds up every worker's counts
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="risk-metrics-")
+    url = f"http://{host}:{port}"
+    console.print(f"agent-risk service on {url}  (API docs {url}/docs, health {url}/readyz, metrics {url}/metrics)")
+    console.print(
+        f"audit trail: {escape(audit_url)}; state: {escape(os.environ.get('RISK_REDIS_URL') or 'in process')}"
+    )
+    console.print("make a key: risk keys create --tenant TENANT --role agent|reviewer|auditor|admin")
+    uvicorn.run(
+        "api.app:create_app", factory=True, host=host, port=port, workers=workers, loop="uvloop", http="httptools",
+        access_log=False,
+    )  # fmt: skip
+
+
+DatabaseUrl = Annotated[
+    str | None, typer.Option("--database", help="Catalog URL (default: $RISK_DATABASE_URL or sqlite under $RISK_HOME).")
+]
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant name: a-z, 0-9, _ and -.")],
+    role: Annotated[str, typer.Option(help="agent, reviewer, auditor or admin.")],
+    note: Annotated[str, typer.Option(help="What the key is for.")] = "",
+    database: DatabaseUrl = None,
+) -> None:
+    """Make an API key and print it once; only its salted hash is stored."""
+    from risk.catalog import Catalog, default_catalog_url
+    from risk.keys import KeyStore, Role
+
+    if role not in Role.__members__.values():
+        raise _fail(f"--role must be one of {', '.join(r.value for r in Role)}, not {role!r}")
+    try:
+        key, token = KeyStore(Catalog(database or default_catalog_url())).create(tenant, role, note)
+    except (RiskError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    err.print(f"key {key.key_id} for tenant {key.tenant}, role {key.role.value}; it is shown only now:")
+    print(token)
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str, typer.Option(help="Tenant name.")], database: DatabaseUrl = None) -> None:
+    """List a tenant's keys (ids and roles, never the keys)."""
+    from risk.catalog import Catalog, default_catalog_url
+    from risk.keys import KeyStore
+
+    for key in KeyStore(Catalog(database or default_catalog_url())).list(tenant):
+        print(json.dumps({"key_id": key.key_id, "role": key.role.value, "created_at": key.created_at,
+                          "revoked_at": key.revoked_at, "note": key.note}))  # fmt: skip
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (the part after rk_).")],
+    tenant: Annotated[str, typer.Option(help="Tenant name.")],
+    database: DatabaseUrl = None,
+) -> None:
+    """Revoke a key; every worker refuses it within a few seconds."""
+    from risk.catalog import Catalog, default_catalog_url
+    from risk.keys import KeyStore
+
+    if not KeyStore(Catalog(database or default_catalog_url())).revoke(tenant, key_id):
+        raise _fail(f"tenant {tenant} has no live key {key_id}", code=1)
+    console.print(f"revoked {key_id}")
+
+
 def _open(url: str | None) -> Any:
     try:
         return open_audit(url, create=False)
@@ -261,10 +401,9 @@ def _iso(value: str | None) -> str | None:
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise _fail(f"{value!r} is not an ISO date or time such as 2026-03-02 or 2026-03-02T09:00:00+00:00") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat(timespec="microseconds")
+        return utc_time(value)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from risk.actions import Decision
+from risk.actions import Decision, Outcome
 
 
 class RiskError(Exception):
@@ -18,6 +15,16 @@ class GuardDenied(RiskError):
     def __init__(self, decision: Decision) -> None:
         self.decision = decision
         super().__init__(f"{decision.action_type.value} on {decision.resource!r} {decision.explain()}")
+
+    @classmethod
+    def for_decision(cls, decision: Decision) -> GuardDenied:
+        """The exception a denied `decision` raises: AgentTerminated, AgentPaused (also after a rollback) or
+        ActionDenied, whichever says what the agent may do next."""
+        if decision.outcome is Outcome.TERMINATED:
+            return AgentTerminated(decision)
+        if decision.outcome in (Outcome.PAUSED, Outcome.ROLLED_BACK):
+            return AgentPaused(decision)
+        return ActionDenied(decision)
 
 
 class ActionDenied(GuardDenied):

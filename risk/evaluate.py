@@ -75,18 +75,21 @@ def replay(
     model: BehaviorModel | str | None = None,
     online: bool = False,
     seed: int = 0,
+    audit: str | None = None,
 ) -> tuple[list[Replayed], str]:
     """Every test action with its risk score and whether it was allowed, and the guard's model version.
 
     `model` overrides the forest fitted on `train` (a BehaviorModel, a model name or path); without
-    `train` and `model` the shipped default model is used.
+    `train` and `model` the shipped default model is used. `audit` (a store URL) keeps the replay's audit
+    trail; by default it goes to a temporary store that is discarded.
     """
     model = _model_for(train, model, seed)
     fields = {**DEFAULT_EVALUATION_POLICY, **(policy or {})}
     fields.pop("audit", None)
     clock = _ReplayClock()
     with tempfile.TemporaryDirectory() as home:
-        guard = Guard(**fields, audit=f"sqlite:///{home}/audit.db", home=home, model=model, online=online, clock=clock)
+        trail = audit or f"sqlite:///{home}/audit.db"
+        guard = Guard(**fields, audit=trail, home=home, model=model, online=online, clock=clock)
         _warm_up(guard, [a for a in train if a.label != 1], clock)
         replayed = _replay(guard, test, clock)
         guard.close()

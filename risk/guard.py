@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 from risk.actions import ActionType, Decision, KillSwitchMode, Outcome, Reason, heaviest_first
 from risk.audit.record import canonical_json
 from risk.audit.store import AuditStore, default_home, open_audit
-from risk.errors import ActionDenied, AgentPaused, AgentTerminated, AuditError, GuardDenied, PolicyError, StateError
+from risk.errors import AuditError, GuardDenied, PolicyError, StateError
 from risk.features import MODEL_FEATURES
 from risk.killswitch import MODE_OUTCOME, KillSwitch
 from risk.policy import CompiledPolicy, Policy, load_policy_file
@@ -62,6 +62,13 @@ class Guard:
     (False, 'paused', 'paused')
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Guard:
+        if cls is Guard and kwargs.get("endpoint") is not None:
+            from risk.remote import RemoteGuard  # embedded mode never needs the HTTP client
+
+            return super().__new__(RemoteGuard)
+        return super().__new__(cls)
+
     def __init__(
         self,
         api_key: str | None = None,
@@ -86,8 +93,8 @@ class Guard:
         endpoint: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if endpoint is not None:
-            raise PolicyError("remote mode (endpoint=...) is not available yet; leave endpoint unset for embedded mode")
+        if endpoint is not None:  # Guard(endpoint=...) constructs a RemoteGuard instead (see __new__)
+            raise PolicyError("endpoint= is for Guard(...) itself, which then returns a risk.remote.RemoteGuard")
         if not isinstance(agent_id, str) or not agent_id:
             raise PolicyError("agent_id must be a non-empty string")
         self.api_key = api_key  # embedded mode keeps it only for the remote mode to come
@@ -130,15 +137,20 @@ class Guard:
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> Guard:
         """A Guard configured by a YAML or TOML policy file; keyword arguments override the file."""
-        fields = load_policy_file(path)
+        return cls.from_fields(load_policy_file(path), source=str(path), **overrides)
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any], *, source: str = "policy", **overrides: Any) -> Guard:
+        """A Guard from the fields of a policy file already read (one whose other sections the caller took out)."""
         accepted = (*Policy.model_fields, *_GUARD_FILE_FIELDS)
         unknown = sorted(set(fields) - set(accepted))
         if unknown:
-            raise PolicyError(f"{path}: unknown field(s) {', '.join(unknown)}; accepted fields: {', '.join(accepted)}")
+            names, known = ", ".join(unknown), ", ".join(accepted)
+            raise PolicyError(f"{source}: unknown field(s) {names}; accepted fields: {known}")
         try:
             return cls(**{**fields, **overrides})
         except PolicyError as exc:
-            raise PolicyError(f"{path}: {exc}") from None
+            raise PolicyError(f"{source}: {exc}") from None
 
     # ---- the decision point ------------------------------------------------------------------
 
@@ -432,7 +444,7 @@ class Guard:
                     atype, os.fspath(target) if isinstance(target, os.PathLike) else target, payload, agent_id=agent_id
                 )
                 if not decision.allowed:
-                    raise _denial(decision)
+                    raise GuardDenied.for_decision(decision)
                 undo, description = self._prepare_undo(atype, decision, connection, compensate, args, kwargs)
                 step = UndoStep(decision.action_id, decision.agent_id, self._clock(), description, undo)
                 return decision, step
@@ -525,6 +537,13 @@ class Guard:
     def close(self) -> None:
         self.audit.close()
 
+    def watch(self, agent_id: str | None = None, *, session_id: str | None = None) -> Any:
+        """A context manager inside which file, process, socket and SQLite work is checked as this agent's
+        actions, through Python's audit hooks (see risk.integrations.watch); a denied one raises GuardDenied."""
+        from risk.integrations.watch import watch  # the audit hook is added on first use only
+
+        return watch(self, agent_id, session_id=session_id)
+
 
 def _profiles_beside(state: StateStore) -> ProfileStore:
     """Profiles live where the kill-switch state lives: in Redis when workers share it, else in this process."""
@@ -561,9 +580,5 @@ def _kept_payload(payload: Any) -> Any:
     return mask(json.loads(canonical_json(payload)))  # json, not orjson: it keeps integers beyond 64 bits
 
 
-def _denial(decision: Decision) -> GuardDenied:
-    if decision.outcome is Outcome.TERMINATED:
-        return AgentTerminated(decision)
-    if decision.outcome in (Outcome.PAUSED, Outcome.ROLLED_BACK):
-        return AgentPaused(decision)
-    return ActionDenied(decision)
+# risk.integrations.watch still imports the earlier private name.
+_denial = GuardDenied.for_decision

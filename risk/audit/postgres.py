@@ -132,7 +132,7 @@ class PostgresAuditStore:
 
     def query(self, query: AuditQuery) -> list[AuditRecord]:
         where, params = where_clause(query, "%s")
-        sql = f"{_SELECT} {where} ORDER BY seq LIMIT %s OFFSET %s"
+        sql = f"{_SELECT} {where} LIMIT %s OFFSET %s"
         return [_stored(row).record() for row in self._read(sql, (*params, query.limit, query.offset))]
 
     def head(self) -> Head:
@@ -197,37 +197,51 @@ class PostgresAuditStore:
 
 def _migrate(conn: psycopg.Connection[tuple[Any, ...]], *, create: bool, where: str) -> None:
     """Bring the schema up to date, or check that it already is (the usual case: no lock taken)."""
-    version = _version(conn)
-    if version is None and not create:
+    if not create and _version(conn) is None:
         raise AuditError(f"there is no audit trail in {where}: check --audit and the schema (search_path)")
-    if version == len(_MIGRATIONS):
+    apply_migrations(
+        conn, _MIGRATIONS, table="risk_schema_version", lock=_MIGRATION_LOCK, what="audit table", where=where
+    )
+
+
+def apply_migrations(
+    conn: psycopg.Connection[tuple[Any, ...]], migrations: tuple[str, ...], *, table: str, lock: int, what: str,
+    where: str,
+) -> None:  # fmt: skip
+    """Apply the `migrations` not yet recorded in the version `table`, once, under the advisory `lock`.
+
+    Each entry brings the schema from version i to i + 1; processes starting at once wait for each other on
+    the lock, and whoever waited finds the work done. A schema newer than `migrations` is an AuditError.
+    """
+    version = _version(conn, table)
+    if version == len(migrations):
         return
     with conn.transaction():
         # Held until the transaction ends. Whoever waited finds the work done when it gets the lock.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
         conn.execute(
-            "CREATE TABLE IF NOT EXISTS risk_schema_version ("
+            f"CREATE TABLE IF NOT EXISTS {table} ("
             "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         )
-        version = _version(conn) or 0
-        if version > len(_MIGRATIONS):
+        version = _version(conn, table) or 0
+        if version > len(migrations):
             raise AuditError(
-                f"the audit table in {where} has schema version {version}, newer than this agent-risk "
-                f"understands ({len(_MIGRATIONS)}): upgrade agent-risk"
+                f"the {what} in {where} has schema version {version}, newer than this agent-risk "
+                f"understands ({len(migrations)}): upgrade agent-risk"
             )
-        for number, sql in enumerate(_MIGRATIONS[version:], start=version + 1):
+        for number, sql in enumerate(migrations[version:], start=version + 1):
             conn.execute(sql)
-            conn.execute("INSERT INTO risk_schema_version (version) VALUES (%s)", (number,))
+            conn.execute(f"INSERT INTO {table} (version) VALUES (%s)", (number,))
 
 
-def _version(conn: psycopg.Connection[tuple[Any, ...]]) -> int | None:
+def _version(conn: psycopg.Connection[tuple[Any, ...]], table: str = "risk_schema_version") -> int | None:
     """The schema version applied, or None where there is no version table (nothing created yet)."""
     # to_regclass finds the table through search_path as every other statement here does, without the
     # error (logged by the server) that selecting from a missing table would cause.
-    row = conn.execute("SELECT to_regclass('risk_schema_version') IS NOT NULL").fetchone()
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
     if row is None or not row[0]:
         return None
-    row = conn.execute("SELECT coalesce(max(version), 0) FROM risk_schema_version").fetchone()
+    row = conn.execute(f"SELECT coalesce(max(version), 0) FROM {table}").fetchone()
     return int(row[0]) if row is not None else 0
 
 

@@ -106,7 +106,7 @@ class SQLiteAuditStore:
 
     def query(self, query: AuditQuery) -> list[AuditRecord]:
         where, params = where_clause(query, "?")
-        sql = f"{_SELECT} {where} ORDER BY seq LIMIT ? OFFSET ?"
+        sql = f"{_SELECT} {where} LIMIT ? OFFSET ?"
         return [_stored(row).record() for row in self._read(sql, (*params, query.limit, query.offset))]
 
     def head(self) -> Head:

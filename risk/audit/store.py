@@ -28,6 +28,10 @@ class AuditQuery:
     kind: str | None = None
     limit: int = 100
     offset: int = 0
+    agent_prefix: str | None = None  # only agents whose id starts with this (a tenant's namespace)
+    after_seq: int = 0  # only records after this one: keyset pagination
+    action_id: str | None = None
+    newest_first: bool = False
 
 
 class ChainAppender:
@@ -78,10 +82,16 @@ class ChainAppender:
 
 
 def where_clause(query: AuditQuery, placeholder: str) -> tuple[str, list[Any]]:
-    """The SQL WHERE clause (or "") and its parameters for `query`'s filters, with the driver's placeholder."""
+    """The SQL WHERE (if any) and ORDER BY clauses and their parameters for `query`, with the driver's placeholder."""
     clauses: list[str] = []
     params: list[Any] = []
-    for column, value in (("agent_id", query.agent_id), ("outcome", query.outcome), ("kind", query.kind)):
+    filters = (
+        ("agent_id", query.agent_id),
+        ("outcome", query.outcome),
+        ("kind", query.kind),
+        ("action_id", query.action_id),
+    )
+    for column, value in filters:
         if value is not None:
             clauses.append(f"{column} = {placeholder}")
             params.append(value)
@@ -91,7 +101,15 @@ def where_clause(query: AuditQuery, placeholder: str) -> tuple[str, list[Any]]:
     if query.until is not None:
         clauses.append(f"ts < {placeholder}")
         params.append(query.until)
-    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+    if query.agent_prefix:
+        # A range rather than LIKE: it uses the agent index and needs no escaping of % and _ in the prefix.
+        clauses.append(f"agent_id >= {placeholder} AND agent_id < {placeholder}")
+        params += [query.agent_prefix, query.agent_prefix[:-1] + chr(ord(query.agent_prefix[-1]) + 1)]
+    if query.after_seq:
+        clauses.append(f"seq > {placeholder}")
+        params.append(query.after_seq)
+    order = "ORDER BY seq DESC" if query.newest_first else "ORDER BY seq"
+    return (f"WHERE {' AND '.join(clauses)} {order}" if clauses else order), params
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +167,21 @@ def open_audit(url: str | None = None, *, create: bool = True) -> AuditStore:
     raise ValueError(
         f"unsupported audit store URL {url!r}; use sqlite:///path/to/audit.db or postgresql://user@host/database"
     )
+
+
+def utc_time(value: str) -> str:
+    """An ISO date or time as the audit trail's UTC timestamps are written, for range filters.
+
+    >>> utc_time("2026-03-02")
+    '2026-03-02T00:00:00.000000+00:00'
+    """
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an ISO date or time such as 2026-03-02 or 2026-03-02T09:00:00+00:00"
+        ) from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def records(store: AuditStore, after_seq: int = 0) -> Iterator[AuditRecord]:

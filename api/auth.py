@@ -1,0 +1,56 @@
+"""Who is calling and may they: `Authorization: Bearer <key>`, one role per key, every refusal audited."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from risk.keys import ApiKey, Role
+
+log = logging.getLogger("risk.api")
+
+bearer = HTTPBearer(auto_error=False, description="an API key made by `risk keys create`")
+
+
+def allow(*roles: Role) -> Callable[..., ApiKey]:
+    """A dependency admitting a live key with one of `roles`: 401 without one, 403 with another role."""
+    names = ", ".join(r.value for r in roles)
+
+    def caller(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> ApiKey:
+        service = request.app.state.service
+        if credentials is None:
+            _refuse(request, 401, "missing Authorization: Bearer <key>", None)
+        key = service.keys.authenticate(credentials.credentials)
+        if key is None:
+            _refuse(request, 401, "unknown, malformed or revoked API key", None)
+        if key.role not in roles:
+            _refuse(request, 403, f"a key with role {key.role.value} may not do this; it needs role {names}", key)
+        return key
+
+    return caller
+
+
+def _refuse(request: Request, status: int, why: str, key: ApiKey | None) -> None:
+    """Record the refusal in the audit trail (under the key's tenant when there is one), then refuse."""
+    service = request.app.state.service
+    try:
+        service.tenants.record(
+            f"{key.tenant}/*" if key else "*",
+            {
+                "kind": "access_denied",
+                "actor": key.key_id if key else None,
+                "outcome": "denied",
+                "detail": {"status": status, "method": request.method, "path": request.url.path, "reason": why},
+            },
+        )
+    except Exception:  # the refusal stands either way
+        log.exception("refusal of %s %s not audited", request.method, request.url.path)
+        service.metrics.store_errors.labels("audit").inc()
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    raise HTTPException(status, why, headers=headers)

@@ -1,0 +1,46 @@
+"""Deciding actions and recording their outcomes (agent keys)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from api.auth import allow
+from api.limits import OrjsonRoute
+from api.schemas import BatchOut, BatchRequest, CheckRequest, DecisionOut, OutcomeOut, OutcomeRequest
+from api.service import Service
+from risk.keys import ApiKey, Role
+from risk.tenants import ActionRequest
+
+router = APIRouter(prefix="/v1", tags=["decisions"], route_class=OrjsonRoute)
+Agent = Annotated[ApiKey, Depends(allow(Role.AGENT))]
+
+
+def _decide(service: Service, tenant: str, body: CheckRequest) -> DecisionOut:
+    action = ActionRequest(body.agent_id, body.action_type.value, body.resource, body.payload, body.session_id)
+    start = time.perf_counter()
+    decision = service.tenants.check(tenant, action, body.idempotency_key)
+    service.metrics.decided(decision, time.perf_counter() - start)
+    return DecisionOut.model_validate(decision.to_dict())
+
+
+@router.post("/check", response_model=DecisionOut, summary="Decide one action before it runs")
+def check(body: CheckRequest, request: Request, key: Agent) -> DecisionOut:
+    """The same decision as `Guard.check`: `allowed` says whether the action may run; it is audited first."""
+    return _decide(request.app.state.service, key.tenant, body)
+
+
+@router.post("/check/batch", response_model=BatchOut, summary="Decide several actions, in order")
+def check_batch(body: BatchRequest, request: Request, key: Agent) -> BatchOut:
+    service = request.app.state.service
+    return BatchOut(decisions=[_decide(service, key.tenant, action) for action in body.actions])
+
+
+@router.post("/outcome", response_model=OutcomeOut, summary="Report what an allowed action did")
+def outcome(body: OutcomeRequest, request: Request, key: Agent) -> OutcomeOut:
+    agent = request.app.state.service.tenants.record_outcome(
+        key.tenant, body.action_id, success=body.success, error=body.error, rows=body.rows, bytes=body.bytes
+    )
+    return OutcomeOut(action_id=body.action_id, agent_id=agent)

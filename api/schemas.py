@@ -1,0 +1,213 @@
+"""The service's request and response bodies: the typed edge between HTTP and `risk`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from risk.actions import ActionType, Outcome
+from risk.tenants import AGENT_PATTERN
+
+MAX_PAYLOAD_DEPTH = 64
+AGENT_REGEX = f"^{AGENT_PATTERN.pattern}$"
+AGENT_RULE = "1-128 letters, digits or . _ : @ + = -, starting with a letter or digit; unique per tenant"
+
+AgentId = Annotated[str, Field(pattern=AGENT_REGEX, description=AGENT_RULE, examples=["claims-analyst"])]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CheckRequest(Strict):
+    agent_id: AgentId
+    action_type: ActionType
+    resource: str = Field(min_length=1, max_length=4096, examples=["data.deidentified.claims"])
+    payload: Any = Field(default=None, description=f"any JSON, nested at most {MAX_PAYLOAD_DEPTH} levels")
+    session_id: str | None = Field(default=None, max_length=256)
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=128, description="a repeated key returns the first decision"
+    )
+
+    @field_validator("payload")
+    @classmethod
+    def _shallow(cls, value: Any) -> Any:
+        if nesting(value) > MAX_PAYLOAD_DEPTH:
+            raise ValueError(f"payload is nested more than {MAX_PAYLOAD_DEPTH} levels deep")
+        return value
+
+
+def nesting(value: Any) -> int:
+    """How many levels of lists and objects `value` has (iteratively: a deep value cannot exhaust the stack).
+
+    >>> nesting({"a": [1, {"b": []}]}), nesting("flat")
+    (4, 0)
+    """
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_PAYLOAD_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+class BatchRequest(Strict):
+    actions: list[CheckRequest] = Field(min_length=1, max_length=1000)
+
+
+class ReasonOut(BaseModel):
+    code: str
+    message: str
+    weight: float
+    violation: bool
+
+
+class DecisionOut(BaseModel):
+    action_id: str
+    agent_id: str
+    allowed: bool
+    outcome: Outcome
+    risk_score: float
+    reasons: list[ReasonOut]
+    action_type: ActionType
+    resource: str
+    normalized_resource: str
+
+
+class BatchOut(BaseModel):
+    decisions: list[DecisionOut]
+
+
+class OutcomeRequest(Strict):
+    action_id: str = Field(min_length=1, max_length=64)
+    success: bool
+    error: str | None = Field(default=None, max_length=4096)
+    rows: int | None = Field(default=None, ge=0, le=2**53)
+    bytes: int | None = Field(default=None, ge=0, le=2**53)
+
+
+class OutcomeOut(BaseModel):
+    action_id: str
+    agent_id: str
+    recorded: bool = True
+
+
+class AgentOut(BaseModel):
+    agent_id: str
+    status: str
+    reason: str
+    actor: str
+    pending_action_id: str | None
+
+
+class TerminateRequest(Strict):
+    reason: str = Field(default="terminated by a reviewer", min_length=1, max_length=1000)
+
+
+class ApproveOut(BaseModel):
+    agent_id: str
+    approved_action_id: str | None
+
+
+class StepOut(BaseModel):
+    action_id: str
+    description: str
+    status: str
+    error: str
+
+
+class RollbackOut(BaseModel):
+    agent_id: str
+    complete: bool
+    steps: list[StepOut]
+
+
+class ApprovalOut(BaseModel):
+    agent_id: str
+    reason: str
+    paused_by: str
+    pending_action_id: str | None
+    decision: DecisionOut
+
+
+class ApprovalsOut(BaseModel):
+    approvals: list[ApprovalOut]
+
+
+class AuditPage(BaseModel):
+    records: list[dict[str, Any]]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+class VerifyOut(BaseModel):
+    ok: bool
+    count: int
+    head: str
+    first_bad_seq: int | None
+    problem: str | None
+
+
+class HeadOut(BaseModel):
+    count: int
+    seq: int
+    head: str
+
+
+class PolicyOut(BaseModel):
+    policy: dict[str, Any]
+    policy_hash: str
+    source: str = Field(description="agent, tenant, default (the service's) or embedded (the built-in default)")
+    agents: list[str] = Field(default_factory=list, description="agents with a policy of their own")
+
+
+class PolicyChangeOut(BaseModel):
+    old_hash: str | None
+    new_hash: str | None
+
+
+class ModelsOut(BaseModel):
+    active: str | None
+    online: bool
+    available: list[dict[str, Any]]
+
+
+class ReloadOut(BaseModel):
+    previous: str | None
+    active: str | None
+
+
+class KeyCreateRequest(Strict):
+    role: str = Field(pattern="^(agent|reviewer|auditor|admin)$")
+    note: str = Field(default="", max_length=200)
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    tenant: str
+    role: str
+    created_at: str
+    revoked_at: str | None
+    note: str
+
+
+class KeyCreatedOut(KeyOut):
+    key: str = Field(description="the key itself; shown once, only its salted hash is stored")
+
+
+class KeysOut(BaseModel):
+    keys: list[KeyOut]
+
+
+class Health(BaseModel):
+    status: str
+    stores: dict[str, str] = Field(default_factory=dict)
+
+
+class ErrorOut(BaseModel):
+    detail: Any

@@ -1,0 +1,44 @@
+"""What every route works with: the tenants' decision point, the keys and the metrics, built from Settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from api.metrics import Metrics
+from api.settings import Settings
+from risk.audit.store import AuditStore, open_audit
+from risk.catalog import Catalog
+from risk.keys import KeyStore
+from risk.state import StateStore, open_state
+from risk.tenants import Tenants
+
+
+@dataclass
+class Service:
+    settings: Settings
+    audit: AuditStore
+    state: StateStore
+    catalog: Catalog
+    tenants: Tenants
+    keys: KeyStore
+    metrics: Metrics
+
+    @classmethod
+    def start(cls, settings: Settings) -> Service:
+        """Open the stores named by `settings` and apply its policy files."""
+        audit = open_audit(settings.audit_url)
+        state = open_state(settings.state_url)
+        catalog = Catalog(settings.catalog_url)
+        tenants = Tenants(catalog, audit, state, model=settings.model, online=settings.online, home=settings.home)
+        for spec in settings.policy_files:
+            tenants.apply_policy_file(spec)
+        metrics = Metrics()
+        metrics.model_in_use(tenants.model_version)
+        return cls(settings, audit, state, catalog, tenants, KeyStore(catalog), metrics)
+
+    def close(self) -> None:
+        self.audit.close()
+        self.catalog.close()
+        close_state = getattr(self.state, "close", None)
+        if close_state is not None:
+            close_state()

@@ -1,0 +1,1 @@
+"""Governance for the frameworks agents run in: each imports its framework lazily, as an optional extra."""

@@ -1,0 +1,134 @@
+"""`risk mcp-proxy`: an MCP server that governs every tool call before an upstream MCP server runs it.
+
+    client ──stdio or streamable HTTP──> risk mcp-proxy ──stdio──> upstream server
+                       tools/list: forwarded
+                       tools/call: checked by the guard first; denied calls never reach the upstream
+
+The policy file is a Guard policy (see `Guard.from_file`) with one more section, `tools:`, that says what
+each tool does (see `risk.integrations.tool_map`); calls are checked as the framework integrations check
+theirs (see `risk.integrations.toolcalls`). A denied call comes back as a tool result with `isError: true`
+whose text says why, so the model can read it; the upstream's answer to an allowed call is passed through
+unchanged and its success or error is recorded as the action's outcome. Only tools are
+proxied: the upstream's resources and prompts are not offered to the client.
+
+Needs the `mcp` extra: `pip install 'agent-risk[mcp]'`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mcp.types as types
+import uvicorn
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
+
+from risk.guard import Guard
+from risk.integrations.tool_map import ToolMap
+from risk.integrations.toolcalls import ToolGovernor
+from risk.policy import load_policy_file
+
+MAX_ERROR_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayPolicy:
+    """A policy file read for the gateway: the guard it configures and its `tools:` section."""
+
+    guard: Guard
+    tools: ToolMap
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> GatewayPolicy:
+        fields = load_policy_file(path)
+        tools = ToolMap.from_config(fields.pop("tools", None))
+        return cls(Guard.from_fields(fields, source=str(path), **overrides), tools)
+
+
+class GovernedTools:
+    """Tool calls checked by a guard before `upstream` runs them, their outcomes recorded after."""
+
+    def __init__(self, guard: Guard, tools: ToolMap, upstream: ClientSession, *, session_id: str | None = None):
+        self.governor = ToolGovernor(guard, tools, session_id=session_id)
+        self.upstream = upstream
+
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return await self.upstream.list_tools(params=params)
+
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        arguments = params.arguments or {}
+        call = self.governor.check(params.name, arguments)
+        if not call.allowed:
+            return _error_result(call.message)
+        try:
+            result = await self.upstream.call_tool(params.name, arguments)
+        except MCPError as exc:  # the upstream refused the request: the client gets its error as it was
+            self.governor.finish(call, error=_clip(f"upstream error {exc.code}: {exc.message}"))
+            raise
+        except BaseException as exc:  # the upstream failed, or the client gave up waiting: the call did not finish
+            self.governor.finish(call, error=_clip(f"{type(exc).__name__}: {exc}"))
+            raise
+        if result.is_error:
+            self.governor.finish(call, error=_clip(_text(result) or "the tool reported an error"))
+        else:
+            self.governor.finish(call, error=None, size=len(result.model_dump_json(by_alias=True)))
+        return result
+
+
+def _error_result(message: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(text=message)], is_error=True)
+
+
+def _text(result: types.CallToolResult) -> str:
+    return " ".join(block.text for block in result.content if isinstance(block, types.TextContent))
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
+async def serve(policy: GatewayPolicy, upstream_command: Sequence[str], *, http: tuple[str, int] | None = None) -> None:
+    """Serve MCP, governing the upstream server that `upstream_command` starts (and stops with the proxy).
+
+    On stdin and stdout by default, returning when the client closes the connection; with `http=(host, port)`,
+    as streamable HTTP at `http://host:port/mcp`, until the process is interrupted. Every client shares the
+    one upstream connection and the policy's agent.
+    """
+    if not upstream_command:
+        raise ValueError("no upstream server command: put it after '--', e.g. -- python server.py")
+    command, *args = upstream_command
+    # The upstream is ours to start, with the environment we were given (its keys, its settings).
+    upstream_process = StdioServerParameters(command=command, args=args, env=dict(os.environ))
+    async with (
+        stdio_client(upstream_process, errlog=sys.stderr) as (read, write),
+        ClientSession(read, write) as upstream,
+    ):
+        hello = await upstream.initialize()
+        gate = GovernedTools(policy.guard, policy.tools, upstream, session_id=os.urandom(8).hex())
+        server: Server[Any] = Server(
+            hello.server_info.name,
+            version=hello.server_info.version,
+            instructions=hello.instructions,
+            on_list_tools=gate.list_tools,
+            on_call_tool=gate.call_tool,
+        )
+        if http is None:
+            async with stdio_server() as (client_read, client_write):
+                await server.run(client_read, client_write, server.create_initialization_options())
+            return
+        host, port = http
+        app = server.streamable_http_app(host=host)
+        await uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).serve()

@@ -1,0 +1,502 @@
+"""Zero-code interception: inside `with guard.watch():` the file, process, socket and SQLite work Python does
+becomes guarded actions, through the interpreter's audit hooks (PEP 578).
+
+One audit hook is added to the process the first time a watch starts; Python cannot remove it, so it costs
+one context-variable read per audit event while no watch is active. A context variable scopes the watch:
+the code inside the `with` block and the asyncio tasks it starts are watched; other threads and code outside
+are not. A denied action raises the guard's `GuardDenied` (not an `OSError`, so code that falls back on I/O
+errors does not swallow it) before it happens.
+
+What is not intercepted, on purpose:
+
+- the guard's own work (audit writes, snapshots, logging, model loading): the watch is switched off while
+  it decides, and an event whose innermost code outside the standard and installed libraries is the guard's
+  (`risk`, but not `risk.integrations`) is the guard at work, even when called from inside a watch;
+- reads of Python modules (`.py`, `.pyc`, extension modules) under `sys.prefix`, `sys.base_prefix`,
+  `sys.exec_prefix` or `sys.base_exec_prefix`, so imports and tracebacks need no policy entry, and the
+  import system's own bytecode-cache writes in `__pycache__` folders there;
+- `os.devnull`, which holds nothing to read and keeps nothing written;
+- in-memory SQLite databases;
+- the steps of a `shutil.rmtree`, which is checked once for the whole tree, and the `os.posix_spawn` that
+  `subprocess` makes for a command it already checked.
+
+>>> import os, tempfile
+>>> from risk import ActionType, Guard, GuardDenied
+>>> home = tempfile.mkdtemp()
+>>> guard = Guard(allowed_action_types=[ActionType.FILE_READ], model=None, online=False,
+...               audit=f"sqlite:///{home}/audit.db", home=home)
+>>> with guard.watch(agent_id="assistant"):
+...     try:
+...         open(f"{home}/notes.txt", "w")
+...     except GuardDenied as denied:
+...         print(denied.decision.outcome.value, denied.decision.reasons[0].code)
+blocked action_type_not_allowed
+>>> os.path.exists(f"{home}/notes.txt")
+False
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib.machinery import all_suffixes
+from pathlib import Path
+from types import CodeType, FrameType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from risk.actions import ActionType, Decision, Outcome, Reason
+from risk.errors import ActionDenied
+from risk.resources import MAX_RESOURCE_LENGTH
+from risk.rollback import snapshot_file
+
+if TYPE_CHECKING:
+    from risk.guard import Guard
+
+log = logging.getLogger("risk")
+
+Undo = tuple[Callable[[], None] | None, str]
+
+_current: contextvars.ContextVar[Watch | None] = contextvars.ContextVar("risk_watch", default=None)
+
+# Opening with any of these flags can change the file: a write.
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+_PREFIXES = tuple({os.path.join(p, "") for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)})
+_MODULE_SUFFIXES = tuple({*all_suffixes(), ".pyc"})
+_RISK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
+_INTEGRATIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
+_LIBRARY = (*_PREFIXES, "<frozen ")
+
+
+def _codes(*functions: Any) -> frozenset[CodeType]:
+    return frozenset(f.__code__ for f in functions if f is not None)
+
+
+# Events raised from these functions carry out an action already checked as a whole: the steps of a tree
+# removal (relative names under directory descriptors), and the spawn subprocess makes for a checked Popen.
+_DELEGATED = _codes(
+    shutil.rmtree,
+    getattr(shutil, "_rmtree_safe_fd", None),
+    getattr(shutil, "_rmtree_unsafe", None),
+    getattr(subprocess.Popen, "_posix_spawn", None),
+)
+# The import system writes bytecode caches through this function.
+_WRITE_BYTECODE = _codes(getattr(sys.modules.get("_frozen_importlib_external"), "_write_atomic", None))
+
+
+@contextmanager
+def watch(guard: Guard, agent_id: str | None = None, *, session_id: str | None = None) -> Iterator[Watch]:
+    """Check the file, process, socket and SQLite work done in this context as actions of `agent_id`."""
+    install()
+    active = Watch(guard, agent_id, session_id)
+    token = _current.set(active)
+    try:
+        yield active
+    finally:
+        _current.reset(token)
+
+
+_install_lock = threading.Lock()
+_installed = False
+
+
+def install() -> None:
+    """Add the audit hook to this process, once: Python offers no way to remove it."""
+    global _installed
+    with _install_lock:
+        if not _installed:
+            sys.addaudithook(_audit_hook)
+            _installed = True
+
+
+class Watch:
+    """One active watch: the guard that decides, the agent it speaks for, and the names its lookups resolved."""
+
+    def __init__(self, guard: Guard, agent_id: str | None, session_id: str | None) -> None:
+        self.guard = guard
+        self.agent_id = agent_id
+        self.session_id = session_id
+        self.pid = os.getpid()
+        # Address -> host name, from lookups this watch allowed: a connection to it is checked under the name.
+        self._names: dict[str, str] = {}
+
+    def intercept(self, event: str, args: tuple[Any, ...], caller: FrameType) -> None:
+        """Check the action behind one audit event; raise the guard's denial to stop it."""
+        if (caller.f_code in _DELEGATED and event != "shutil.rmtree") or _guard_at_work(caller):
+            return
+        if os.getpid() != self.pid:
+            # A forked child shares the parent's audit connection, which must not cross a fork: deny.
+            raise self._refuse(ActionType.PROCESS_SPAWN, event, "forked_process", _FORKED)
+        token = _current.set(None)  # the guard's own file, socket and SQLite work must not come back here
+        try:
+            _HANDLERS[event](self, args, caller)
+        finally:
+            _current.reset(token)
+
+    # ---- deciding ------------------------------------------------------------------------------
+
+    def _check(self, atype: ActionType, resource: str, payload: dict[str, Any] | None) -> Decision:
+        if len(resource) > MAX_RESOURCE_LENGTH:
+            message = f"the resource is {len(resource)} characters long, over the limit of {MAX_RESOURCE_LENGTH}"
+            raise self._refuse(atype, resource, "resource_too_long", message)
+        decision = self.guard.check(atype, resource, payload, agent_id=self.agent_id, session_id=self.session_id)
+        if not decision.allowed:
+            from risk.guard import _denial  # risk.guard imports this module lazily, so import it lazily too
+
+            raise _denial(decision)
+        return decision
+
+    def _refuse(self, atype: ActionType, resource: str, code: str, message: str) -> ActionDenied:
+        """A denial of an action the guard cannot be asked about; logged, since no audit record can say why."""
+        shown = resource if len(resource) <= 200 else resource[:200] + "..."
+        log.error("watch denied %s on %r: %s", atype.value, shown, message)
+        agent = self.agent_id or self.guard.agent_id
+        reasons = (Reason(code, message, 1.0, True),)
+        return ActionDenied(Decision(os.urandom(16).hex(), agent, False, Outcome.BLOCKED, 1.0, reasons, atype, shown))
+
+    def _keep(self, decision: Decision, undo: Undo) -> None:
+        """Register how to undo an allowed action for rollback."""
+        self.guard.register_undo(decision.action_id, undo[0], undo[1], agent_id=decision.agent_id)
+
+    def _irreversible(self, decision: Decision) -> None:
+        self._keep(decision, (None, f"{decision.action_type.value} on {decision.resource} has no undo"))
+
+    @property
+    def _snapshots(self) -> Path:
+        return self.guard.home / "snapshots"
+
+    # ---- files ---------------------------------------------------------------------------------
+
+    def _on_open(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        target, mode, flags = args
+        if isinstance(target, int):  # an open descriptor: its file was checked when it was opened
+            return
+        path = _path(target)
+        # Without flags, judge by the mode; with neither, assume a write (the stricter reading).
+        writes = (
+            bool(flags & _WRITE_FLAGS) if isinstance(flags, int) else not mode or bool(set(str(mode)) & set("wax+"))
+        )
+        if path == os.devnull or (_library_module(path) if not writes else _bytecode_cache(path, caller)):
+            return
+        # No payload: the action type says all the flags do, and the rules would only scan it.
+        if not writes:
+            self._check(ActionType.FILE_READ, path, None)
+            return
+        decision = self._check(ActionType.FILE_WRITE, path, None)
+        self._keep(decision, _file_undo(path, self._snapshots))
+
+    def _on_remove(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        path = _path(args[0], args[1])
+        decision = self._check(ActionType.FILE_DELETE, path, {"event": "os.remove"})
+        self._keep(decision, _file_undo(path, self._snapshots))
+
+    def _on_rmdir(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        path = _path(args[0], args[1])
+        decision = self._check(ActionType.FILE_DELETE, path, {"event": "os.rmdir"})
+        self._keep(decision, (lambda: os.makedirs(path, exist_ok=True), f"recreate the folder {path}"))
+
+    def _on_rmtree(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        path = _path(args[0], args[1])
+        decision = self._check(ActionType.FILE_DELETE, path, {"event": "shutil.rmtree"})
+        self._keep(decision, _tree_undo(path, self._snapshots))
+
+    def _on_rename(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        source, target = _path(args[0], args[2]), _path(args[1], args[3])
+        if _bytecode_cache(source, caller) and _bytecode_cache(target, caller):
+            return
+        payload = {"event": "os.rename", "source": source, "target": target}
+        # Both names change: the source disappears and the target gets its contents.
+        self._check(ActionType.FILE_WRITE, source, payload)
+        decision = self._check(ActionType.FILE_WRITE, target, payload)
+        self._keep(decision, _rename_undo(source, target, self._snapshots))
+
+    def _on_truncate(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        if isinstance(args[0], int):  # ftruncate: the descriptor was checked as a write when it was opened
+            return
+        path = _path(args[0])
+        decision = self._check(ActionType.FILE_WRITE, path, {"event": "os.truncate", "length": args[1]})
+        self._keep(decision, _file_undo(path, self._snapshots))
+
+    def _on_link(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        source, link = _path(args[0], args[2]), _path(args[1], args[3])
+        payload = {"event": "os.link", "source": source, "link": link}
+        self._check(ActionType.FILE_READ, source, payload)  # a hard link is another way in to the source
+        decision = self._check(ActionType.FILE_WRITE, link, payload)
+        self._keep(decision, _file_undo(link, self._snapshots))
+
+    def _on_symlink(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        link = _path(args[1], args[2])
+        decision = self._check(ActionType.FILE_WRITE, link, {"event": "os.symlink", "points_to": _text(args[0])})
+        self._keep(decision, _file_undo(link, self._snapshots))
+
+    def _on_chmod(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        path = _path(args[0], args[2])
+        decision = self._check(ActionType.PERMISSION_CHANGE, path, {"event": "os.chmod", "mode": oct(args[1])})
+        self._keep(decision, _permission_undo(path))
+
+    def _on_chown(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        path = _path(args[0], args[3])
+        payload = {"event": "os.chown", "uid": args[1], "gid": args[2]}
+        decision = self._check(ActionType.PERMISSION_CHANGE, path, payload)
+        self._keep(decision, _permission_undo(path))
+
+    # ---- processes -----------------------------------------------------------------------------
+
+    def _spawn(self, event: str, program: Any, argv: Any, cwd: Any = None) -> None:
+        """Check a new program as its command line: the program that runs, then its arguments."""
+        command = [_text(program), *(_text(a) for a in list(argv)[1:])]
+        payload = {"event": event, "argv": command, "cwd": _text(cwd) if cwd is not None else None}
+        self._irreversible(self._check(ActionType.PROCESS_SPAWN, shlex.join(command), payload))
+
+    def _on_popen(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        executable, argv, cwd, _env = args
+        self._spawn("subprocess.Popen", executable, argv, cwd)
+
+    def _on_system(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        # os.system runs its command through the shell: the same command line as Popen(..., shell=True).
+        self._spawn("os.system", "/bin/sh", ["/bin/sh", "-c", args[0]])
+
+    def _on_exec(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        self._spawn(event="os.exec", program=args[0], argv=args[1])
+
+    def _on_posix_spawn(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        self._spawn(event="os.posix_spawn", program=args[0], argv=args[1])
+
+    # ---- network -------------------------------------------------------------------------------
+
+    def _on_connect(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        sock, address = args
+        resource, payload = self._destination(sock, address)
+        self._irreversible(self._check(ActionType.NETWORK_REQUEST, resource, {"event": "socket.connect", **payload}))
+
+    def _on_sendto(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        sock, address = args
+        resource, payload = self._destination(sock, address)
+        self._irreversible(self._check(ActionType.NETWORK_REQUEST, resource, {"event": "socket.sendto", **payload}))
+
+    def _on_getaddrinfo(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        host, port, family, kind, proto = args
+        if host is None:  # the local wildcard or loopback address: no lookup leaves the machine
+            return
+        name = _text(host)
+        self._check(ActionType.NETWORK_REQUEST, _host_port(name, port), {"event": "socket.getaddrinfo"})
+        if _is_address(name):
+            return
+        # Resolve it here too (the watch is off), so connections to its addresses are checked under the name.
+        try:
+            found = socket.getaddrinfo(name, port, family, kind, proto)
+        except OSError:
+            return  # the lookup itself will fail the same way
+        for *_, sockaddr in found:
+            self._names[str(sockaddr[0])] = name
+
+    def _destination(self, sock: socket.socket, address: Any) -> tuple[str, dict[str, Any]]:
+        """The resource a socket address names, `host:port` (a looked-up name where this watch knows one)."""
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple):
+            host, port = str(address[0]), address[1]
+            return _host_port(self._names.get(host, host), port), {"address": _host_port(host, port)}
+        if sock.family == getattr(socket, "AF_UNIX", None):
+            path = _text(address)
+            return "unix:" + (f"@{path[1:]}" if path.startswith("\0") else path), {}
+        return f"{sock.family.name}:{address!r}", {}
+
+    # ---- SQLite --------------------------------------------------------------------------------
+
+    def _on_sqlite_connect(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        database = _text(args[0])
+        query: dict[str, list[str]] = {}
+        if database.startswith("file:"):
+            parts = urlsplit(database)
+            database, query = unquote(parts.path), parse_qs(parts.query)
+        if database in ("", ":memory:") or query.get("mode") == ["memory"]:
+            return
+        # SQL statements raise no audit event: a connection that may write is checked as a write.
+        atype = ActionType.DATABASE_QUERY if query.get("mode") == ["ro"] else ActionType.DATABASE_WRITE
+        decision = self._check(atype, _path(database), {"event": "sqlite3.connect"})
+        if atype is ActionType.DATABASE_WRITE:
+            self._irreversible(decision)
+
+    def _on_sqlite_extension(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        library = _text(args[1])
+        resource = _path(library) if os.sep in library else library
+        self._irreversible(self._check(ActionType.CODE_EXECUTION, resource, {"event": "sqlite3.load_extension"}))
+
+
+_FORKED = "a forked child of a watched process cannot reach its guard safely; start programs with subprocess"
+
+_HANDLERS: dict[str, Callable[[Watch, tuple[Any, ...], FrameType], None]] = {
+    "open": Watch._on_open,
+    "os.remove": Watch._on_remove,  # os.unlink raises it too
+    "os.rmdir": Watch._on_rmdir,
+    "shutil.rmtree": Watch._on_rmtree,
+    "os.rename": Watch._on_rename,  # os.replace raises it too
+    "os.truncate": Watch._on_truncate,
+    "os.link": Watch._on_link,
+    "os.symlink": Watch._on_symlink,
+    "os.chmod": Watch._on_chmod,
+    "os.chown": Watch._on_chown,
+    "subprocess.Popen": Watch._on_popen,
+    "os.system": Watch._on_system,
+    "os.exec": Watch._on_exec,
+    "os.posix_spawn": Watch._on_posix_spawn,  # os.posix_spawnp raises it too
+    "socket.connect": Watch._on_connect,  # connect_ex too
+    "socket.sendto": Watch._on_sendto,
+    "socket.getaddrinfo": Watch._on_getaddrinfo,
+    "sqlite3.connect": Watch._on_sqlite_connect,
+    "sqlite3.load_extension": Watch._on_sqlite_extension,
+}
+
+
+def _audit_hook(
+    event: str,
+    args: tuple[Any, ...],
+    _active: Callable[[], Watch | None] = _current.get,
+    _watched: frozenset[str] = frozenset(_HANDLERS),
+) -> None:
+    """Called by the interpreter for every audit event in the process; returns at once when no watch is on."""
+    active = _active()
+    if active is not None and event in _watched:
+        active.intercept(event, args, sys._getframe(1))
+
+
+# ---- which events are whose ----------------------------------------------------------------------
+
+
+def _guard_at_work(frame: FrameType | None) -> bool:
+    """Whether the innermost code outside the standard and installed libraries is the guard's own."""
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if filename.startswith(_RISK_DIR):
+            return not filename.startswith(_INTEGRATIONS_DIR)
+        if not filename.startswith(_LIBRARY):
+            return False
+        frame = frame.f_back
+    return False
+
+
+def _library_module(path: str) -> bool:
+    """A Python module of the interpreter or its installed packages: reading it is an import or a traceback."""
+    return path.startswith(_PREFIXES) and path.endswith(_MODULE_SUFFIXES)
+
+
+def _bytecode_cache(path: str, caller: FrameType) -> bool:
+    """The import system writing a bytecode cache (or its temporary file) under the interpreter's folders."""
+    folder, name = os.path.split(path)
+    return (
+        caller.f_code in _WRITE_BYTECODE
+        and path.startswith(_PREFIXES)
+        and os.path.basename(folder) == "__pycache__"
+        and ".pyc" in name
+    )
+
+
+# ---- names ---------------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (str, bytes, os.PathLike)):
+        return os.fsdecode(value)
+    return str(value)
+
+
+def _path(target: Any, dir_fd: Any = None) -> str:
+    """The absolute path an event names, resolving a descriptor or a name relative to a directory descriptor."""
+    if isinstance(target, int):
+        return _descriptor_path(target)
+    name = _text(target)
+    if isinstance(dir_fd, int) and dir_fd >= 0 and not os.path.isabs(name):
+        name = os.path.join(_descriptor_path(dir_fd), name)
+    return os.path.abspath(name)
+
+
+def _descriptor_path(fd: int) -> str:
+    """What an open descriptor points to (Linux /proc); a name no policy pattern expects where that is unknown."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return f"fd:{fd}"
+
+
+def _host_port(host: str, port: Any) -> str:
+    host = f"[{host}]" if ":" in host else host
+    return host if port is None else f"{host}:{_text(port)}"
+
+
+def _is_address(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+# ---- undo ----------------------------------------------------------------------------------------
+
+
+def _file_undo(path: str, snapshot_dir: Path) -> Undo:
+    """A snapshot of the file `path` reaches (through symlinks), or the removal of a file it creates."""
+    real = os.path.realpath(path)
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return snapshot_file(real, snapshot_dir)
+    if not stat.S_ISREG(mode):  # a device or a pipe: copying it could block or never end
+        return None, f"{path} is not a regular file (not snapshotted)"
+    return snapshot_file(real, snapshot_dir)
+
+
+def _tree_undo(path: str, snapshot_dir: Path) -> Undo:
+    if os.path.islink(path) or not os.path.isdir(path):
+        return None, f"{path} is not a folder (rmtree removes nothing)"
+    copy = snapshot_dir / uuid.uuid4().hex
+    shutil.copytree(path, copy, symlinks=True)
+
+    def restore() -> None:
+        shutil.copytree(copy, path, symlinks=True, dirs_exist_ok=True)
+
+    return restore, f"restore the folder {path} and everything in it"
+
+
+def _rename_undo(source: str, target: str, snapshot_dir: Path) -> Undo:
+    """Rename back, and give the target what it held before (a file or an empty folder), if anything."""
+    restore_target: Callable[[], None] | None = None
+    if os.path.isfile(target) and not os.path.islink(target):
+        restore_target, _ = snapshot_file(target, snapshot_dir)
+    elif os.path.isdir(target) and not os.path.islink(target):  # rename onto an empty folder replaces it
+
+        def restore_target() -> None:
+            os.makedirs(target, exist_ok=True)
+
+    def undo() -> None:
+        os.rename(target, source)
+        if restore_target is not None:
+            restore_target()
+
+    return undo, f"rename {target} back to {source}"
+
+
+def _permission_undo(path: str) -> Undo:
+    try:
+        before = os.stat(path)
+    except OSError:
+        return None, f"{path} could not be read before its permissions changed"
+
+    def undo() -> None:
+        os.chmod(path, stat.S_IMODE(before.st_mode))
+        if (os.stat(path).st_uid, os.stat(path).st_gid) != (before.st_uid, before.st_gid):
+            os.chown(path, before.st_uid, before.st_gid)
+
+    return undo, f"restore the mode and owner of {path}"

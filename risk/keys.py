@@ -1,0 +1,145 @@
+"""API keys for the service: who is calling (tenant) and what they may do (role).
+
+A key is `rk_<key id>_<secret>`: the id finds its row in one indexed read, the secret is 32 random bytes.
+Only a per-key salt and SHA-256(salt ‖ secret) are stored, and the comparison takes constant time; since
+the secret is random and long, a salted fast hash is as strong as a slow one and keeps every request cheap.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from risk.catalog import Catalog
+
+TENANT_PATTERN = re.compile(r"[a-z0-9_-]{1,64}")
+_TOKEN = re.compile(r"rk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+CACHE_SECONDS = 5.0  # a revoked key stops working on every worker within this time
+
+
+class Role(enum.StrEnum):
+    """What a key may do; roles are not nested (see the README's role table)."""
+
+    AGENT = "agent"
+    REVIEWER = "reviewer"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+def check_tenant(name: str) -> str:
+    """`name` if it is a valid tenant name, else ValueError.
+
+    >>> check_tenant("team-a"), check_tenant("ops_1")
+    ('team-a', 'ops_1')
+    """
+    if not isinstance(name, str) or not TENANT_PATTERN.fullmatch(name):
+        raise ValueError(f"tenant {name!r} must be 1-64 characters of a-z, 0-9, _ and -")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    key_id: str
+    tenant: str
+    role: Role
+    created_at: str
+    revoked_at: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    key: ApiKey
+    salt: bytes
+    digest: bytes
+    fetched: float
+
+
+class KeyStore:
+    """Creates, authenticates, lists and revokes keys in the catalog.
+
+    >>> import tempfile
+    >>> keys = KeyStore(Catalog(f"sqlite:///{tempfile.mkdtemp()}/catalog.db"))
+    >>> key, token = keys.create("team-a", "reviewer")
+    >>> keys.authenticate(token) == key, keys.authenticate(token[:-1] + "x")
+    (True, None)
+    """
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+        self._cache: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+
+    def create(self, tenant: str, role: Role | str, note: str = "") -> tuple[ApiKey, str]:
+        """A new key for `tenant` with `role`, and its token: shown once, never stored."""
+        key = ApiKey(secrets.token_hex(8), check_tenant(tenant), Role(role), _now(), None, note)
+        secret = secrets.token_urlsafe(32)
+        salt = secrets.token_bytes(16)
+        self._catalog.run(
+            "INSERT INTO risk_keys (key_id, tenant, role, salt, digest, created_at, note) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key.key_id, key.tenant, key.role.value, salt.hex(), _digest(salt, secret).hex(), key.created_at, note),
+        )
+        return key, f"rk_{key.key_id}_{secret}"
+
+    def authenticate(self, token: str) -> ApiKey | None:
+        """The live key `token` belongs to, or None. Raises CatalogError if the catalog cannot be read."""
+        match = _TOKEN.fullmatch(token)
+        if match is None:
+            return None
+        key_id, secret = match.groups()
+        entry = self._cache.get(key_id)
+        if entry is None or time.monotonic() - entry.fetched > CACHE_SECONDS:
+            entry = self._fetch(key_id)
+            if entry is None:
+                return None
+        if not hmac.compare_digest(_digest(entry.salt, secret), entry.digest) or entry.key.revoked_at is not None:
+            return None
+        return entry.key
+
+    def list(self, tenant: str) -> list[ApiKey]:
+        rows = self._catalog.run(f"SELECT {_FIELDS} FROM risk_keys WHERE tenant = ? ORDER BY created_at", (tenant,))
+        return [_key(row) for row in rows.rows]
+
+    def revoke(self, tenant: str, key_id: str) -> bool:
+        """Revoke `tenant`'s key `key_id`; False if the tenant has no such live key."""
+        changed = self._catalog.run(
+            "UPDATE risk_keys SET revoked_at = ? WHERE key_id = ? AND tenant = ? AND revoked_at IS NULL",
+            (_now(), key_id, tenant),
+        ).rowcount
+        with self._lock:
+            self._cache.pop(key_id, None)
+        return changed == 1
+
+    def _fetch(self, key_id: str) -> _Entry | None:
+        rows = self._catalog.run(f"SELECT {_FIELDS}, salt, digest FROM risk_keys WHERE key_id = ?", (key_id,)).rows
+        if not rows:
+            return None
+        row = rows[0]
+        entry = _Entry(_key(row), bytes.fromhex(row[-2]), bytes.fromhex(row[-1]), time.monotonic())
+        with self._lock:
+            self._cache[key_id] = entry
+        return entry
+
+
+_FIELDS = "key_id, tenant, role, created_at, revoked_at, note"
+
+
+def _key(row: tuple[object, ...]) -> ApiKey:
+    key_id, tenant, role, created_at, revoked_at, note = row[:6]
+    revoked = str(revoked_at) if revoked_at is not None else None
+    return ApiKey(str(key_id), str(tenant), Role(str(role)), str(created_at), revoked, str(note))
+
+
+def _digest(salt: bytes, secret: str) -> bytes:
+    return hashlib.sha256(salt + secret.encode()).digest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")

@@ -1,0 +1,345 @@
+"""Remote mode: the same Guard API, decided by the agent-risk service over HTTP.
+
+`Guard(endpoint="https://risk.example", api_key=...)` returns a `RemoteGuard`. The policy, the risk score,
+the kill switch and the audit trail live in the service; tools, file snapshots and other local undo steps stay
+in this process, as they must.
+
+Fail closed: when the service cannot be reached or answers with a server error, the action is denied with reason
+`service_unavailable`. `on_error="allow"` lets such actions run instead; each one is counted
+(`fail_open_count`), logged, and kept with its full record in a local spool file that is sent to the service
+once it answers again. Every spooled record carries an idempotency key, so a record sent twice (the process
+died between sending and forgetting it) is stored once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from risk.actions import ActionType, AgentStatus, Decision, Outcome, Reason
+from risk.audit.record import canonical_json
+from risk.audit.store import default_home
+from risk.errors import PolicyError, RiskError, StateError
+from risk.guard import Guard
+from risk.rollback import RollbackReport, UndoLog
+from risk.state import AgentState
+
+log = logging.getLogger("risk")
+
+SPOOL_BATCH = 500  # records per request when the spool is sent
+
+
+class ServiceError(RiskError):
+    """The service refused a request (a wrong key, a role that may not do this, a bad request)."""
+
+
+class RemoteGuard(Guard):
+    """A Guard whose decisions are made by the service at `endpoint`. Construct it as `Guard(endpoint=...)`."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        agent_id: str = "default",
+        *policy_args: Any,
+        endpoint: str | None = None,
+        on_error: str = "deny",
+        timeout: float = 5.0,
+        spool: str | Path | None = None,
+        home: str | Path | None = None,
+        clock: Callable[[], float] = time.time,
+        transport: httpx.BaseTransport | None = None,
+        **policy_kwargs: Any,
+    ) -> None:
+        if endpoint is None:
+            raise PolicyError("RemoteGuard needs endpoint='http(s)://host:port' of an agent-risk service")
+        if policy_args or policy_kwargs:
+            given = sorted(policy_kwargs) or ["positional policy arguments"]
+            raise PolicyError(
+                f"in remote mode the policy lives in the service; remove {', '.join(given)} "
+                "(an admin key sets policies with PUT /v1/policies)"
+            )
+        if not api_key:
+            raise PolicyError("remote mode needs api_key= (create one with `risk keys create`)")
+        if on_error not in ("deny", "allow"):
+            raise PolicyError(f"on_error must be 'deny' (the default) or 'allow', got {on_error!r}")
+        if not isinstance(agent_id, str) or not agent_id:
+            raise PolicyError("agent_id must be a non-empty string")
+        self.api_key = api_key
+        self.agent_id = agent_id
+        self.endpoint = endpoint.rstrip("/")
+        self.on_error = on_error
+        self.home = Path(home) if home is not None else default_home()
+        self.spool = Spool(Path(spool) if spool is not None else self.home / "spool.jsonl")
+        self.fail_open_count = 0
+        self.audit_failures = 0
+        self._clock = clock
+        self._undo = UndoLog()
+        self._client = httpx.Client(
+            base_url=self.endpoint,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    # ---- deciding -------------------------------------------------------------------------------
+
+    def check(
+        self,
+        action_type: ActionType | str,
+        resource: str,
+        payload: Any = None,
+        *,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+    ) -> Decision:
+        atype = ActionType.parse(action_type)
+        if not isinstance(resource, str) or not resource:
+            raise ValueError(f"resource must be a non-empty string, got {resource!r}")
+        agent = agent_id or self.agent_id
+        body = {"agent_id": agent, "action_type": atype.value, "resource": resource, "payload": payload,
+                "session_id": session_id}  # fmt: skip
+        try:
+            answer = self._call("POST", "/v1/check", json=body)
+        except _Unreachable as exc:
+            return self._decide_locally(atype, resource, payload, agent, session_id, str(exc))
+        self._send_spool()
+        return Decision.from_dict(answer)
+
+    def _decide_locally(
+        self, atype: ActionType, resource: str, payload: Any, agent: str, session_id: str | None, error: str
+    ) -> Decision:
+        """The service did not answer: deny, or with on_error="allow" let the action run and spool its record."""
+        action_id = os.urandom(16).hex()
+        if self.on_error == "deny":
+            log.error("denying %s on %r: the service did not answer: %s", atype.value, resource, error)
+            why = Reason("service_unavailable", f"the risk service did not answer: {error}", 1.0, True)
+            return Decision(action_id, agent, False, Outcome.BLOCKED, 1.0, (why,), atype, resource, resource)
+        self.fail_open_count += 1
+        log.warning("FAIL-OPEN: allowing %s on %r because the service did not answer: %s", atype.value, resource, error)
+        why = Reason("fail_open", f"allowed by on_error='allow': the risk service did not answer: {error}", 0.0)
+        payload_json = canonical_json(payload)
+        self.spool.add(
+            {
+                "idempotency_key": action_id,
+                "ts": datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="microseconds"),
+                "agent_id": agent,
+                "session_id": session_id,
+                "action_id": action_id,
+                "action_type": atype.value,
+                "resource": resource,
+                "payload_digest": hashlib.sha256(payload_json).hexdigest(),
+                "reasons": [why.to_dict()],
+                "error": error,
+            }
+        )
+        return Decision(action_id, agent, True, Outcome.ALLOWED, 0.0, (why,), atype, resource, resource)
+
+    def record_outcome(
+        self,
+        action_id: str,
+        *,
+        success: bool = True,
+        error: str | None = None,
+        rows: int | None = None,
+        bytes: int | None = None,  # noqa: A002 - the natural name for the unit
+        agent_id: str | None = None,
+    ) -> None:
+        body = {"action_id": action_id, "success": success, "error": error, "rows": rows, "bytes": bytes}
+        try:
+            self._call("POST", "/v1/outcome", json=body)
+        except _Unreachable as exc:  # the action ran already: keep its outcome for later
+            self.spool.add({"idempotency_key": f"outcome:{action_id}", "outcome": body, "error": str(exc)})
+
+    # ---- the human side of the kill switch -------------------------------------------------------
+
+    def status(self, agent_id: str | None = None) -> AgentState:
+        found = self._reviewer("GET", agent_id, "")
+        return AgentState(
+            status=AgentStatus(found["status"]),
+            reason=found.get("reason") or "",
+            actor=found.get("actor") or "",
+            pending_action_id=found.get("pending_action_id"),
+        )
+
+    # The service records the key that made each move as its actor; `actor` is kept for the embedded signature.
+
+    def approve(self, agent_id: str | None = None, *, actor: str = "reviewer") -> str | None:
+        answer = self._reviewer("POST", agent_id, "/approve")
+        approved = answer.get("approved_action_id")
+        return str(approved) if approved is not None else None
+
+    def resume(self, agent_id: str | None = None, *, actor: str = "reviewer") -> None:
+        self._reviewer("POST", agent_id, "/resume")
+
+    def terminate(
+        self, agent_id: str | None = None, *, actor: str = "reviewer", reason: str = "terminated by a reviewer"
+    ) -> None:
+        self._reviewer("POST", agent_id, "/terminate", {"reason": reason})
+
+    def reset(self, agent_id: str | None = None, *, actor: str = "reviewer") -> None:
+        self._reviewer("POST", agent_id, "/reset")
+
+    def _rollback(self, agent: str, *, actor: str) -> RollbackReport:
+        """Undo this process's steps (files, savepoints, compensations), then have the service record it."""
+        report = self._undo.rollback(agent, self._clock() - ROLLBACK_WINDOW, lambda step: None)
+        self._reviewer("POST", agent, "/rollback")
+        return report
+
+    def _reviewer(self, method: str, agent_id: str | None, action: str, body: Any = None) -> dict[str, Any]:
+        try:
+            return self._call(method, f"/v1/agents/{agent_id or self.agent_id}{action}", json=body)
+        except _Unreachable as exc:
+            raise StateError(f"the risk service did not answer: {exc}") from None
+
+    # ---- transport -------------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, *, json: Any = None) -> dict[str, Any]:
+        """The JSON answer; _Unreachable when the service is down or failing, ServiceError when it refuses."""
+        try:
+            response = self._client.request(method, path, content=None if json is None else orjson.dumps(json),
+                                            headers={"Content-Type": "application/json"})  # fmt: skip
+        except httpx.HTTPError as exc:
+            raise _Unreachable(f"{type(exc).__name__}: {exc}") from None
+        if response.status_code >= 500:
+            raise _Unreachable(f"HTTP {response.status_code} from {path}")
+        try:
+            answer = response.json()
+        except ValueError:
+            raise _Unreachable(f"HTTP {response.status_code} from {path} with a body that is not JSON") from None
+        if response.status_code >= 400:
+            detail = answer.get("detail", answer) if isinstance(answer, dict) else answer
+            raise ServiceError(f"{method} {path}: HTTP {response.status_code}: {detail}")
+        if not isinstance(answer, dict):
+            raise _Unreachable(f"HTTP {response.status_code} from {path} with an unexpected body")
+        return answer
+
+    def _send_spool(self) -> None:
+        """Send what the spool holds, now that the service answers; keep what it could not take."""
+        if not self.spool.pending():
+            return
+        with self.spool.batches(SPOOL_BATCH) as batches:
+            for batch in batches:
+                try:
+                    self._call("POST", "/v1/spool", json={"records": batch})
+                except (_Unreachable, ServiceError) as exc:
+                    log.warning("spooled records not sent yet: %s", exc)
+                    return
+                batches.sent(len(batch))
+
+    def flush(self) -> int:
+        """Send the spool now; returns how many records are still waiting."""
+        self._send_spool()
+        return self.spool.pending()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+ROLLBACK_WINDOW = 900.0  # seconds of local undo steps a remote rollback runs (the service's policy holds its own)
+
+
+class _Unreachable(Exception):
+    """The service did not answer, or answered with a server error."""
+
+
+class Spool:
+    """A JSON Lines file of records waiting for the service; safe across threads and processes.
+
+    >>> import tempfile; spool = Spool(Path(tempfile.mkdtemp()) / "s.jsonl")
+    >>> spool.add({"idempotency_key": "k1"}); spool.add({"idempotency_key": "k2"})
+    >>> with spool.batches(1) as batches:
+    ...     for batch in batches:
+    ...         batches.sent(len(batch))
+    ...         break
+    >>> spool.pending(), spool.read()
+    (1, [{'idempotency_key': 'k2'}])
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Append one record and fsync it: a fail-open action is not lost if the process dies next."""
+        line = orjson.dumps(record) + b"\n"
+        with self._locked(), self.path.open("ab") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        records = []
+        for number, line in enumerate(self.path.read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(orjson.loads(line))
+            except orjson.JSONDecodeError:  # a torn last line from a crash mid-write: keep it for a human
+                log.error("spool %s line %d is not JSON; left in %s.bad", self.path, number, self.path)
+                with self.path.with_suffix(".bad").open("ab") as bad:
+                    bad.write(line + b"\n")
+        return records
+
+    def pending(self) -> int:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return 0
+        with self._locked():
+            return len(self.read())
+
+    @contextmanager
+    def batches(self, size: int) -> Iterator[_Batches]:
+        """Batches of the spooled records; those marked `sent` are removed when the block ends."""
+        with self._locked():
+            batches = _Batches(self.read(), size)
+            try:
+                yield batches
+            finally:
+                rest = batches.unsent()
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rest))
+                os.replace(tmp, self.path)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class _Batches:
+    def __init__(self, records: list[dict[str, Any]], size: int) -> None:
+        self._records = records
+        self._size = size
+        self._sent = 0
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        """Batches in order, stopping at the first one not marked `sent`: records go to the service in order."""
+        while self._sent < len(self._records):
+            before = self._sent
+            yield self._records[self._sent : self._sent + self._size]
+            if self._sent == before:
+                return
+
+    def sent(self, count: int) -> None:
+        self._sent += count
+
+    def unsent(self) -> list[dict[str, Any]]:
+        return self._records[self._sent :]

@@ -1,0 +1,521 @@
+"""Many tenants, one decision point: a Guard per (tenant, policy), all over one audit store and one state store.
+
+Agent ids are namespaced per tenant inside the guards, the state store and the audit trail (`team-a/bot-1`),
+so rate windows, pauses, approvals and audit records of one tenant never meet another's; a tenant's own
+events (policy changes, refused requests) are recorded under `team-a/*`, the service's under `*`.
+
+Policies live in the catalog: a service default (tenant `*`), one per tenant, and per-agent overrides, each
+change an audited `policy_change` record with the old and new policy hash. Every process re-reads the
+catalog's generation counters at most once per `refresh_seconds`, so a change made through one worker
+reaches the others within that time. Idempotency keys map to the first decision made under them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from risk.actions import AgentStatus, Decision, Outcome
+from risk.audit.record import canonical_json
+from risk.audit.store import AuditQuery, AuditStore
+from risk.catalog import Catalog
+from risk.errors import PolicyError, RiskError
+from risk.guard import Guard
+from risk.keys import check_tenant
+from risk.policy import Policy, load_policy_file
+from risk.rollback import RollbackReport
+from risk.scoring.model import DEFAULT_MODEL, SHIPPED_MODELS, BehaviorModel, ModelError, load_model
+from risk.state import AgentState, StateStore
+
+log = logging.getLogger("risk")
+
+SERVICE_DEFAULT = "*"  # the catalog's tenant name for the policy of every tenant without one of its own
+AGENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}")
+IDEMPOTENCY_WAIT = 5.0  # seconds a repeated key waits for the first request's decision
+IDEMPOTENCY_STALE = 60.0  # a claim older than this with no decision belongs to a request that died
+RECENT_ACTIONS = 100_000  # action id -> agent, for outcomes, before falling back to the audit trail
+_STOPPED = (Outcome.PAUSED, Outcome.ROLLED_BACK)
+
+
+class ConflictError(RiskError):
+    """The request contradicts the current state: approving a running agent, reusing an idempotency key."""
+
+
+class NotFoundError(RiskError):
+    """No such thing in this tenant (another tenant's things are not found either)."""
+
+
+def check_agent(agent_id: str) -> str:
+    """`agent_id` if it is a valid agent id: 1-128 of letters, digits and . _ : @ + = -, starting alphanumeric.
+
+    >>> check_agent("claims-analyst")
+    'claims-analyst'
+    """
+    if not isinstance(agent_id, str) or not AGENT_PATTERN.fullmatch(agent_id):
+        raise ValueError(
+            f"agent_id {agent_id!r} must be 1-128 letters, digits or . _ : @ + = -, starting with a letter or digit"
+        )
+    return agent_id
+
+
+def namespaced(tenant: str, agent_id: str) -> str:
+    return f"{tenant}/{agent_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRequest:
+    """One action as a caller of the service describes it (agent id local to the tenant)."""
+
+    agent_id: str
+    action_type: str
+    resource: str
+    payload: Any = None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyView:
+    """The policy that governs a tenant or agent, and where it comes from: agent, tenant, default or embedded."""
+
+    policy: Policy
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    agent_id: str
+    state: AgentState
+    decision: dict[str, Any]
+
+
+@dataclass
+class _Cached:
+    guard: Guard
+    policy_hash: str
+
+
+class Tenants:
+    """The service's decision point: routes each action to its tenant's guard and keeps tenants apart.
+
+    >>> import tempfile
+    >>> from risk.audit.store import open_audit
+    >>> from risk.state import MemoryState
+    >>> home = tempfile.mkdtemp()
+    >>> tenants = Tenants(Catalog(f"sqlite:///{home}/catalog.db"), open_audit(f"sqlite:///{home}/audit.db"),
+    ...                   MemoryState(), model=None)
+    >>> d = tenants.check("team-a", ActionRequest("bot", "file_read", "/reports/q3.csv"))
+    >>> d.allowed, d.agent_id
+    (True, 'bot')
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        audit: AuditStore,
+        state: StateStore,
+        *,
+        model: str | None = DEFAULT_MODEL,
+        online: bool = False,
+        home: str | Path | None = None,
+        refresh_seconds: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.catalog = catalog
+        self.audit = audit
+        self.state = state
+        self.model_spec = model
+        self.online = online
+        self.home = home
+        self.refresh_seconds = refresh_seconds
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._guards: dict[tuple[str, str], _Cached] = {}
+        self._recent: OrderedDict[str, str] = OrderedDict()
+        self._model = self._load_model()
+        self._policies: dict[tuple[str, str], Policy] = {}
+        self._generations: dict[str, int] = {}
+        self._checked_at = -float("inf")
+        self._refresh(force=True)
+
+    # ---- decisions ---------------------------------------------------------------------------
+
+    def check(self, tenant: str, action: ActionRequest, idempotency_key: str | None = None) -> Decision:
+        """Decide `action` for `tenant`; a repeated `idempotency_key` gets the first decision and records nothing."""
+        check_agent(action.agent_id)
+        if idempotency_key is None:
+            return self._decide(tenant, action)
+        fingerprint = hashlib.sha256(canonical_json(asdict(action))).hexdigest()
+        first = self._claim(tenant, idempotency_key, fingerprint)
+        if first is not None:
+            return first
+        try:
+            decision = self._decide(tenant, action)
+        except BaseException:
+            self.catalog.run(
+                "DELETE FROM risk_idempotency WHERE tenant = ? AND idem_key = ? AND decision IS NULL",
+                (tenant, idempotency_key),
+            )
+            raise
+        self.catalog.run(
+            "UPDATE risk_idempotency SET decision = ? WHERE tenant = ? AND idem_key = ?",
+            (json.dumps(decision.to_dict()), tenant, idempotency_key),
+        )
+        return decision
+
+    def _decide(self, tenant: str, action: ActionRequest) -> Decision:
+        agent = namespaced(tenant, action.agent_id)
+        guard = self.guard(tenant, action.agent_id)
+        decision = guard.check(
+            action.action_type, action.resource, action.payload, agent_id=agent, session_id=action.session_id
+        )
+        with self._lock:
+            self._recent[decision.action_id] = agent
+            if len(self._recent) > RECENT_ACTIONS:
+                self._recent.popitem(last=False)
+        decision = replace(decision, agent_id=action.agent_id)
+        if decision.outcome in _STOPPED and decision.reasons[0].code != "agent_paused":
+            try:  # the index of pending approvals; the pause itself is in the state store already
+                self.catalog.run(
+                    "INSERT INTO risk_pending (agent_id, action_id, decision) VALUES (?, ?, ?) "
+                    "ON CONFLICT (agent_id) DO UPDATE SET action_id = excluded.action_id, decision = excluded.decision",
+                    (agent, decision.action_id, json.dumps(decision.to_dict())),
+                )
+            except RiskError:
+                log.exception("pending approval of %s not indexed", agent)
+        return decision
+
+    def _claim(self, tenant: str, key: str, fingerprint: str) -> Decision | None:
+        """None when this request may decide under `key`; the first decision when one was made already."""
+        deadline = time.monotonic() + IDEMPOTENCY_WAIT
+        while True:
+            now = time.time()
+            inserted = self.catalog.run(
+                "INSERT INTO risk_idempotency (tenant, idem_key, request_hash, decision, claimed_at) "
+                "VALUES (?, ?, ?, NULL, ?) ON CONFLICT (tenant, idem_key) DO NOTHING",
+                (tenant, key, fingerprint, now),
+            ).rowcount
+            if inserted == 1:
+                return None
+            rows = self.catalog.run(
+                "SELECT request_hash, decision, claimed_at FROM risk_idempotency WHERE tenant = ? AND idem_key = ?",
+                (tenant, key),
+            ).rows
+            if not rows:
+                continue  # the first request failed and gave the key back: claim it again
+            request_hash, stored, claimed_at = rows[0]
+            if request_hash != fingerprint:
+                raise ConflictError(f"idempotency key {key!r} was used for a different action; use a new key")
+            if stored is not None:
+                return Decision.from_dict(json.loads(stored))
+            if now - claimed_at > IDEMPOTENCY_STALE:
+                taken = self.catalog.run(
+                    "UPDATE risk_idempotency SET claimed_at = ? "
+                    "WHERE tenant = ? AND idem_key = ? AND decision IS NULL AND claimed_at = ?",
+                    (now, tenant, key, claimed_at),
+                ).rowcount
+                if taken == 1:
+                    return None
+            if time.monotonic() > deadline:
+                raise ConflictError(f"a request with idempotency key {key!r} is still being decided; retry")
+            time.sleep(0.01)
+
+    def record_outcome(
+        self,
+        tenant: str,
+        action_id: str,
+        *,
+        success: bool,
+        error: str | None,
+        rows: int | None,
+        bytes: int | None,  # noqa: A002 - the unit's name
+    ) -> str:
+        """Record what an action of `tenant` did; returns its agent id (local). NotFoundError for another's."""
+        agent = self._agent_of(tenant, action_id)
+        local = agent.split("/", 1)[1]
+        self.guard(tenant, local).record_outcome(
+            action_id, success=success, error=error, rows=rows, bytes=bytes, agent_id=agent
+        )
+        return local
+
+    def _agent_of(self, tenant: str, action_id: str) -> str:
+        agent = self._recent.get(action_id)
+        if agent is None:
+            found = self.audit.query(AuditQuery(action_id=action_id, kind="decision", newest_first=True, limit=1))
+            agent = found[0].agent_id if found else None
+        if agent is None or not agent.startswith(f"{tenant}/"):
+            raise NotFoundError(f"no action {action_id!r} was decided for this tenant")
+        return agent
+
+    # ---- the human side of the kill switch ---------------------------------------------------
+
+    def status(self, tenant: str, agent_id: str) -> AgentState:
+        return self.state.get_state(namespaced(tenant, check_agent(agent_id)))
+
+    def approve(self, tenant: str, agent_id: str, actor: str) -> str | None:
+        """Resume a paused agent and let the action that paused it run once; returns that action's id."""
+        agent, guard = self._paused(tenant, agent_id, "approve")
+        approved = guard.approve(agent, actor=actor)
+        self._settled(agent)
+        return approved
+
+    def resume(self, tenant: str, agent_id: str, actor: str) -> None:
+        agent, guard = self._paused(tenant, agent_id, "resume")
+        guard.resume(agent, actor=actor)
+        self._settled(agent)
+
+    def terminate(self, tenant: str, agent_id: str, actor: str, reason: str) -> None:
+        agent = namespaced(tenant, check_agent(agent_id))
+        self.guard(tenant, agent_id).terminate(agent, actor=actor, reason=reason)
+        self._settled(agent)
+
+    def reset(self, tenant: str, agent_id: str, actor: str) -> None:
+        agent = namespaced(tenant, check_agent(agent_id))
+        self.guard(tenant, agent_id).reset(agent, actor=actor)
+        self._settled(agent)
+
+    def rollback(self, tenant: str, agent_id: str, actor: str) -> RollbackReport:
+        """Undo what the agent's undo steps in this process can undo (see the README: steps live in process)."""
+        agent = namespaced(tenant, check_agent(agent_id))
+        return self.guard(tenant, agent_id).rollback(agent, actor=actor)
+
+    def _paused(self, tenant: str, agent_id: str, verb: str) -> tuple[str, Guard]:
+        agent = namespaced(tenant, check_agent(agent_id))
+        status = self.state.get_state(agent).status
+        if status is not AgentStatus.PAUSED:
+            raise ConflictError(f"cannot {verb} agent {agent_id!r}: it is {status.value}, not paused")
+        return agent, self.guard(tenant, agent_id)
+
+    def _settled(self, agent: str) -> None:
+        """Drop the agent from the index of pending approvals (its state store entry is the truth)."""
+        self.catalog.run("DELETE FROM risk_pending WHERE agent_id = ?", (agent,))
+
+    def approvals(self, tenant: str) -> list[Approval]:
+        """Paused agents of `tenant` with the action that paused them."""
+        prefix = f"{tenant}/"
+        rows = self.catalog.run(
+            "SELECT agent_id, action_id, decision FROM risk_pending WHERE agent_id >= ? AND agent_id < ? "
+            "ORDER BY agent_id",
+            (prefix, f"{tenant}0"),
+        ).rows
+        found = []
+        for agent, action_id, decision in rows:
+            state = self.state.get_state(agent)
+            if state.status is AgentStatus.PAUSED and state.pending_action_id == action_id:
+                found.append(Approval(agent.removeprefix(prefix), state, json.loads(decision)))
+            elif state.status is not AgentStatus.PAUSED:  # resumed elsewhere (another process, the SDK): drop it
+                self.catalog.run("DELETE FROM risk_pending WHERE agent_id = ? AND action_id = ?", (agent, action_id))
+        return found
+
+    # ---- policies ----------------------------------------------------------------------------
+
+    def policy(self, tenant: str, agent_id: str | None = None) -> PolicyView:
+        """The policy governing `tenant` (or one of its agents), and where it comes from."""
+        self._refresh()
+        with self._lock:
+            if agent_id is not None and (tenant, agent_id) in self._policies:
+                return PolicyView(self._policies[(tenant, agent_id)], "agent")
+            if (tenant, "") in self._policies:
+                return PolicyView(self._policies[(tenant, "")], "tenant")
+            if (SERVICE_DEFAULT, "") in self._policies:
+                return PolicyView(self._policies[(SERVICE_DEFAULT, "")], "default")
+        return PolicyView(Policy(), "embedded")
+
+    def agent_overrides(self, tenant: str) -> dict[str, Policy]:
+        self._refresh()
+        with self._lock:
+            return {agent: p for (t, agent), p in self._policies.items() if t == tenant and agent}
+
+    def set_policy(self, tenant: str, agent_id: str | None, policy: Policy | None, actor: str) -> tuple[str, str]:
+        """Set (or with None remove) the policy of `tenant` or one agent; returns (old hash, new hash), "" for none.
+
+        The change and its audit record stand or fall together.
+        """
+        if tenant != SERVICE_DEFAULT:
+            check_tenant(tenant)
+        agent = check_agent(agent_id) if agent_id is not None else ""
+        new_hash = policy.policy_hash if policy is not None else ""
+        with self.catalog.transaction():
+            rows = self.catalog.run(
+                "SELECT policy_hash FROM risk_policies WHERE tenant = ? AND agent_id = ?", (tenant, agent)
+            ).rows
+            old_hash = rows[0][0] if rows else ""
+            if old_hash == new_hash:
+                return old_hash, new_hash
+            if policy is None:
+                self.catalog.run("DELETE FROM risk_policies WHERE tenant = ? AND agent_id = ?", (tenant, agent))
+            else:
+                self.catalog.run(
+                    "INSERT INTO risk_policies (tenant, agent_id, policy, policy_hash, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, agent_id) DO UPDATE SET "
+                    "policy = excluded.policy, policy_hash = excluded.policy_hash, updated_at = excluded.updated_at",
+                    (tenant, agent, policy.model_dump_json(), new_hash, _now(self._clock())),
+                )
+            self.catalog.run("UPDATE risk_generations SET value = value + 1 WHERE name = 'policies'")
+            subject = "*" if tenant == SERVICE_DEFAULT else namespaced(tenant, agent or "*")
+            self.record(
+                subject,
+                {
+                    "kind": "policy_change",
+                    "actor": actor,
+                    "policy_hash": new_hash or None,
+                    "detail": {
+                        "old_hash": old_hash or None,
+                        "new_hash": new_hash or None,
+                        "policy": policy.model_dump(mode="json") if policy is not None else None,
+                    },
+                },
+            )
+        self._refresh(force=True)
+        return old_hash, new_hash
+
+    def apply_policy_file(self, spec: str, actor: str = "policy-file") -> tuple[str, str]:
+        """Apply `[TENANT=]FILE`: the service default, or TENANT's policy; a file naming `agent_id` overrides
+        that agent's. Applying the same file again changes nothing."""
+        tenant, _, path = spec.rpartition("=") if "=" in spec else (SERVICE_DEFAULT, "", spec)
+        fields = load_policy_file(path)
+        agent = fields.pop("agent_id", None)
+        unknown = sorted(set(fields) - set(Policy.model_fields))
+        if unknown:
+            raise PolicyError(
+                f"{path}: field(s) {', '.join(unknown)} cannot be set per policy in the service "
+                f"(stores and models come from its settings); accepted: agent_id, {', '.join(Policy.model_fields)}"
+            )
+        if agent is not None and tenant == SERVICE_DEFAULT:
+            raise PolicyError(f"{path} names agent_id {agent!r}: say whose agent it is with TENANT={path}")
+        try:
+            policy = Policy.build(**fields)
+        except PolicyError as exc:
+            raise PolicyError(f"{path}: {exc}") from None
+        return self.set_policy(tenant, agent, policy, actor=f"{actor}:{Path(path).name}")
+
+    # ---- models ------------------------------------------------------------------------------
+
+    @property
+    def model_version(self) -> str | None:
+        return self._model.model_version if self._model is not None else None
+
+    def models(self) -> list[dict[str, Any]]:
+        """The model cards in $RISK_MODELS (or the shipped models folder)."""
+        folder = Path(os.environ.get("RISK_MODELS", SHIPPED_MODELS))
+        cards = []
+        for path in sorted(folder.glob("*.json")):
+            try:
+                card = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(card, dict) and {"name", "version", "sha256"} <= card.keys():
+                cards.append({k: card[k] for k in ("name", "version", "sha256", "features", "training") if k in card})
+        return cards
+
+    def reload_model(self, actor: str) -> tuple[str | None, str | None]:
+        """Load the configured model again (a newer version, a replaced artifact) in every process.
+
+        Returns (old version, new version); ModelError leaves the current model in place.
+        """
+        old = self.model_version
+        model = self._load_model()
+        new = model.model_version if model is not None else None
+        self.record("*", {"kind": "model_reload", "actor": actor, "model_version": new, "detail": {"old": old}})
+        with self._lock:
+            self.catalog.run("UPDATE risk_generations SET value = value + 1 WHERE name = 'model'")
+            self._generations = dict(self.catalog.run("SELECT name, value FROM risk_generations").rows)
+            self._model = model
+            self._guards.clear()
+        return old, new
+
+    def _load_model(self) -> BehaviorModel | None:
+        if self.model_spec is None:
+            return None
+        try:
+            return load_model(self.model_spec)
+        except ModelError:
+            if self.model_spec != DEFAULT_MODEL:
+                raise
+            log.warning("no default model in %s: scoring with rules only", SHIPPED_MODELS)
+            return None
+
+    # ---- guards, refresh, records ------------------------------------------------------------
+
+    def guard(self, tenant: str, agent_id: str) -> Guard:
+        """The guard for this agent of `tenant`: its override's, else the tenant's."""
+        self._refresh()
+        with self._lock:
+            override = (tenant, agent_id) in self._policies
+        view = self.policy(tenant, agent_id if override else None)
+        key = (tenant, agent_id if override else "")
+        cached = self._guards.get(key)
+        if cached is not None and cached.policy_hash == view.policy.policy_hash:
+            return cached.guard
+        with self._lock:
+            cached = self._guards.get(key)
+            if cached is None or cached.policy_hash != view.policy.policy_hash:
+                guard = Guard(
+                    agent_id=namespaced(check_tenant(tenant), agent_id if override else "*"),
+                    audit=self.audit,
+                    state=self.state,
+                    model=self._model,
+                    online=self.online,
+                    home=self.home,
+                    clock=self._clock,
+                    **view.policy.model_dump(),
+                )
+                cached = self._guards[key] = _Cached(guard, view.policy.policy_hash)
+            return cached.guard
+
+    def _refresh(self, *, force: bool = False) -> None:
+        """Re-read policies (and the model) when another process changed them; at most once per refresh period."""
+        now = time.monotonic()
+        if not force and now - self._checked_at < self.refresh_seconds:
+            return
+        with self._lock:
+            if not force and now - self._checked_at < self.refresh_seconds:
+                return
+            generations = dict(self.catalog.run("SELECT name, value FROM risk_generations").rows)
+            if force or generations.get("policies") != self._generations.get("policies"):
+                rows = self.catalog.run("SELECT tenant, agent_id, policy FROM risk_policies").rows
+                self._policies = {(t, a): Policy.model_validate_json(p) for t, a, p in rows}
+            if "model" in self._generations and generations.get("model") != self._generations["model"]:
+                try:
+                    self._model = self._load_model()
+                    self._guards.clear()
+                except ModelError:
+                    log.exception("model reload failed; scoring with %s", self.model_version)
+            self._generations = generations
+            self._checked_at = now
+
+    def record(self, agent_id: str, fields: dict[str, Any]) -> None:
+        """Append one event to the audit trail; raises AuditError if it cannot be written."""
+        self.audit.append(
+            {"record_id": os.urandom(16).hex(), "ts": _now(self._clock()), "agent_id": agent_id, **fields}
+        )
+
+    def ready(self) -> dict[str, str]:
+        """Each store's answer to a cheap read: "ok" or the error."""
+        probes: dict[str, Callable[[], object]] = {
+            "audit": lambda: self.audit.query(AuditQuery(limit=1)),
+            "state": lambda: self.state.get_state("*"),
+            "catalog": lambda: self.catalog.run("SELECT 1"),
+        }
+        answers = {}
+        for name, probe in probes.items():
+            try:
+                probe()
+                answers[name] = "ok"
+            except Exception as exc:  # any failure means not ready; the message says which store and why
+                answers[name] = f"{type(exc).__name__}: {exc}"
+        return answers
+
+
+def _now(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")

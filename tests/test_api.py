@@ -1,0 +1,594 @@
+"""The HTTP service on the embedded default (SQLite audit and catalog, in-process state), run under uvicorn on a
+loopback port and driven with httpx: every endpoint, roles, tenants, bad input and the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from api_server import Running, serve
+
+from api.settings import Settings
+from risk.audit.store import AuditQuery, verify_store
+from risk.keys import Role
+
+BLOCKING = {
+    "allowed_resources": ["data.deidentified.*", "/reports/*"],
+    "blocked_resources": ["data.phi.*"],
+    "mode": "pause",
+}
+ALLOWED = {"agent_id": "bot", "action_type": "database_query", "resource": "data.deidentified.claims"}
+BLOCKED = {"agent_id": "bot", "action_type": "database_query", "resource": "data.phi.patients"}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    home = tmp_path_factory.mktemp("service")
+    with serve(Settings(home=home, max_body_bytes=64 * 1024)) as running:
+        yield running
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def clients(service: Running, tenant: str) -> Iterator[Callable[..., httpx.Client]]:
+    """Clients of `tenant` (or another) by role, closed after the test."""
+    made: list[httpx.Client] = []
+
+    def make(role: Role | str | None, of: str | None = None) -> httpx.Client:
+        made.append(service.client(of or tenant, role) if role else service.client())
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+def put_policy(admin: httpx.Client, policy: dict[str, Any], agent: str | None = None) -> dict[str, Any]:
+    path = f"/v1/policies/agents/{agent}" if agent else "/v1/policies"
+    return ok(admin.put(path, json=policy))  # type: ignore[no-any-return]
+
+
+# ---- decisions -------------------------------------------------------------------------------------------------
+
+
+def test_check_returns_the_decision_contract(clients: Callable[..., httpx.Client]) -> None:
+    decision = ok(clients(Role.AGENT).post("/v1/check", json={**ALLOWED, "payload": {"sql": "SELECT 1"}}))
+    assert set(decision) == {"action_id", "agent_id", "allowed", "outcome", "risk_score", "reasons", "action_type",
+                             "resource", "normalized_resource"}  # fmt: skip
+    assert decision["allowed"] is True and decision["outcome"] == "allowed" and decision["agent_id"] == "bot"
+    assert set(decision["reasons"][0]) == {"code", "message", "weight", "violation"}
+
+
+def test_check_denies_what_the_tenant_policy_blocks(clients: Callable[..., httpx.Client]) -> None:
+    put_policy(clients(Role.ADMIN), {**BLOCKING, "mode": "block"})
+    agent = clients(Role.AGENT)
+    denied = ok(agent.post("/v1/check", json=BLOCKED))
+    assert (denied["allowed"], denied["outcome"], denied["reasons"][0]["code"]) == (
+        False,
+        "blocked",
+        "resource_blocked",
+    )
+    assert ok(agent.post("/v1/check", json=ALLOWED))["allowed"] is True
+
+
+def test_batch_decides_in_order(clients: Callable[..., httpx.Client]) -> None:
+    put_policy(clients(Role.ADMIN), {**BLOCKING, "mode": "block"})
+    actions = [ALLOWED, BLOCKED, {**ALLOWED, "resource": "/reports/q3.csv", "action_type": "file_read"}]
+    decisions = ok(clients(Role.AGENT).post("/v1/check/batch", json={"actions": actions}))["decisions"]
+    assert [d["allowed"] for d in decisions] == [True, False, True]
+    assert [d["resource"] for d in decisions] == [a["resource"] for a in actions]
+
+
+def test_outcome_is_recorded_for_the_tenants_own_action_only(
+    clients: Callable[..., httpx.Client], service: Running, tenant: str
+) -> None:
+    agent = clients(Role.AGENT)
+    action_id = ok(agent.post("/v1/check", json=ALLOWED))["action_id"]
+    body = {"action_id": action_id, "success": True, "rows": 12}
+    assert ok(agent.post("/v1/outcome", json=body)) == {"action_id": action_id, "agent_id": "bot", "recorded": True}
+    outcomes = ok(clients(Role.AUDITOR).get("/v1/audit", params={"kind": "outcome"}))["records"]
+    assert [(r["action_id"], r["agent_id"], r["detail"]["rows"]) for r in outcomes] == [
+        (action_id, f"{tenant}/bot", 12)
+    ]
+    other = clients(Role.AGENT, of=f"{tenant}-b")
+    assert other.post("/v1/outcome", json=body).status_code == 404
+    unknown = agent.post("/v1/outcome", json={**body, "action_id": "0" * 32})
+    assert unknown.status_code == 404
+
+
+def test_outcome_of_an_action_decided_before_a_restart_is_found_in_the_audit_trail(
+    clients: Callable[..., httpx.Client], service: Running
+) -> None:
+    agent = clients(Role.AGENT)
+    action_id = ok(agent.post("/v1/check", json=ALLOWED))["action_id"]
+    service.app.state.service.tenants._recent.clear()  # as a fresh worker would have it
+    assert ok(agent.post("/v1/outcome", json={"action_id": action_id, "success": False, "error": "boom"}))["recorded"]
+
+
+def _decision_records(auditor: httpx.Client) -> list[dict[str, Any]]:
+    return ok(auditor.get("/v1/audit", params={"kind": "decision", "limit": 1000}))["records"]  # type: ignore[no-any-return]
+
+
+def test_repeated_idempotency_key_returns_the_first_decision_and_records_nothing(
+    clients: Callable[..., httpx.Client],
+) -> None:
+    agent, auditor = clients(Role.AGENT), clients(Role.AUDITOR)
+    body = {**ALLOWED, "idempotency_key": "spool-1"}
+    first = ok(agent.post("/v1/check", json=body))
+    again = ok(agent.post("/v1/check", json=body))
+    assert again == first
+    assert [r["action_id"] for r in _decision_records(auditor)] == [first["action_id"]]
+    # The same key in another tenant is another key.
+    other = ok(clients(Role.AGENT, of="x" + uuid.uuid4().hex[:8]).post("/v1/check", json=body))
+    assert other["action_id"] != first["action_id"]
+
+
+def test_idempotency_key_reused_for_another_action_is_a_conflict(clients: Callable[..., httpx.Client]) -> None:
+    agent = clients(Role.AGENT)
+    ok(agent.post("/v1/check", json={**ALLOWED, "idempotency_key": "k"}))
+    reused = agent.post("/v1/check", json={**BLOCKED, "idempotency_key": "k"})
+    assert reused.status_code == 409 and "different action" in reused.json()["detail"]
+
+
+# ---- the kill switch -------------------------------------------------------------------------------------------
+
+
+def test_pause_shows_in_approvals_and_approve_lets_the_action_run_once(clients: Callable[..., httpx.Client]) -> None:
+    put_policy(clients(Role.ADMIN), BLOCKING)
+    agent, reviewer = clients(Role.AGENT), clients(Role.REVIEWER)
+    paused = ok(agent.post("/v1/check", json=BLOCKED))
+    assert paused["outcome"] == "paused"
+    assert ok(agent.post("/v1/check", json=ALLOWED))["reasons"][0]["code"] == "agent_paused"
+    status = ok(reviewer.get("/v1/agents/bot"))
+    assert (status["status"], status["pending_action_id"]) == ("paused", paused["action_id"])
+    approvals = ok(reviewer.get("/v1/approvals"))["approvals"]
+    assert [(a["agent_id"], a["decision"]["action_id"], a["decision"]["resource"]) for a in approvals] == [
+        ("bot", paused["action_id"], "data.phi.patients")
+    ]
+    assert ok(reviewer.post("/v1/agents/bot/approve")) == {"agent_id": "bot", "approved_action_id": paused["action_id"]}
+    assert ok(reviewer.get("/v1/approvals"))["approvals"] == []
+    once = ok(agent.post("/v1/check", json=BLOCKED))
+    assert (once["allowed"], once["reasons"][0]["code"]) == (True, "approved")
+    assert ok(agent.post("/v1/check", json=BLOCKED))["outcome"] == "paused"  # only once
+
+
+def test_resume_terminate_reset_and_rollback(clients: Callable[..., httpx.Client]) -> None:
+    put_policy(clients(Role.ADMIN), BLOCKING)
+    agent, reviewer = clients(Role.AGENT), clients(Role.REVIEWER)
+    ok(agent.post("/v1/check", json=BLOCKED))
+    assert ok(reviewer.post("/v1/agents/bot/resume"))["status"] == "running"
+    assert reviewer.post("/v1/agents/bot/resume").status_code == 409  # not paused any more
+    assert reviewer.post("/v1/agents/bot/approve").status_code == 409
+    terminated = ok(reviewer.post("/v1/agents/bot/terminate", json={"reason": "exfiltration suspected"}))
+    assert (terminated["status"], terminated["reason"]) == ("terminated", "exfiltration suspected")
+    assert ok(agent.post("/v1/check", json=ALLOWED))["outcome"] == "terminated"
+    assert ok(reviewer.post("/v1/agents/bot/reset"))["status"] == "running"
+    assert ok(agent.post("/v1/check", json=ALLOWED))["allowed"] is True
+    report = ok(reviewer.post("/v1/agents/bot/rollback"))
+    assert report["agent_id"] == "bot" and isinstance(report["steps"], list)
+    assert ok(reviewer.post("/v1/agents/never-seen/terminate"))["status"] == "terminated"
+
+
+# ---- audit ------------------------------------------------------------------------------------------------------
+
+
+def test_audit_query_filters_and_pages_with_a_cursor(clients: Callable[..., httpx.Client], tenant: str) -> None:
+    agent, auditor = clients(Role.AGENT), clients(Role.AUDITOR)
+    ids = [ok(agent.post("/v1/check", json={**ALLOWED, "agent_id": f"bot{i % 2}"}))["action_id"] for i in range(5)]
+    seen, cursor = [], None
+    while True:
+        page = ok(
+            auditor.get("/v1/audit", params={"kind": "decision", "limit": 2, **({"cursor": cursor} if cursor else {})})
+        )
+        seen += [r["action_id"] for r in page["records"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids
+    only = ok(auditor.get("/v1/audit", params={"kind": "decision", "agent_id": "bot1"}))["records"]
+    assert [r["action_id"] for r in only] == ids[1::2] and {r["agent_id"] for r in only} == {f"{tenant}/bot1"}
+    assert ok(auditor.get("/v1/audit", params={"since": "2999-01-01"}))["records"] == []
+    assert ok(auditor.get("/v1/audit", params={"outcome": "allowed"}))["records"]
+    bad = auditor.get("/v1/audit", params={"since": "yesterday"})
+    assert bad.status_code == 422 and "since" in bad.text
+
+
+def test_audit_verify_and_head_describe_the_chain(clients: Callable[..., httpx.Client], service: Running) -> None:
+    auditor = clients(Role.AUDITOR)
+    ok(clients(Role.AGENT).post("/v1/check", json=ALLOWED))
+    head = ok(auditor.get("/v1/audit/head"))
+    verified = ok(auditor.get("/v1/audit/verify", params={"head": head["head"]}))
+    assert verified["ok"] is True and verified["count"] >= head["count"]
+    expected = verify_store(service.app.state.service.audit)
+    assert expected.ok and expected.count >= head["count"]
+    missing = ok(auditor.get("/v1/audit/verify", params={"head": "ab" * 32}))
+    assert missing["ok"] is False and "not found" in missing["problem"]
+
+
+# ---- policies ---------------------------------------------------------------------------------------------------
+
+
+def test_policy_changes_are_audited_with_old_and_new_hash(clients: Callable[..., httpx.Client], tenant: str) -> None:
+    admin, auditor = clients(Role.ADMIN), clients(Role.AUDITOR)
+    before = ok(admin.get("/v1/policies"))
+    assert before["source"] in ("embedded", "default")
+    first = put_policy(admin, BLOCKING)
+    assert first["old_hash"] is None
+    current = ok(auditor.get("/v1/policies"))
+    assert (current["source"], current["policy_hash"]) == ("tenant", first["new_hash"])
+    assert current["policy"]["blocked_resources"] == ["data.phi.*"]
+    second = put_policy(admin, {**BLOCKING, "max_risk_score": 0.5})
+    assert second["old_hash"] == first["new_hash"] and second["new_hash"] != first["new_hash"]
+    assert put_policy(admin, {**BLOCKING, "max_risk_score": 0.5}) == {"old_hash": second["new_hash"],
+                                                                       "new_hash": second["new_hash"]}  # fmt: skip
+    changes = ok(auditor.get("/v1/audit", params={"kind": "policy_change"}))["records"]
+    assert [(c["detail"]["old_hash"], c["detail"]["new_hash"], c["agent_id"]) for c in changes] == [
+        (None, first["new_hash"], f"{tenant}/*"),
+        (first["new_hash"], second["new_hash"], f"{tenant}/*"),
+    ]
+
+
+def test_agent_override_governs_that_agent_only(clients: Callable[..., httpx.Client]) -> None:
+    admin, agent = clients(Role.ADMIN), clients(Role.AGENT)
+    put_policy(admin, {"mode": "block"})
+    override = put_policy(admin, {"blocked_resources": ["data.deidentified.*"], "mode": "block"}, agent="strict")
+    assert ok(admin.get("/v1/policies/agents/strict"))["source"] == "agent"
+    assert ok(admin.get("/v1/policies/agents/bot"))["source"] == "tenant"
+    assert ok(admin.get("/v1/policies"))["agents"] == ["strict"]
+    assert ok(agent.post("/v1/check", json={**ALLOWED, "agent_id": "strict"}))["allowed"] is False
+    assert ok(agent.post("/v1/check", json=ALLOWED))["allowed"] is True
+    removed = ok(admin.delete("/v1/policies/agents/strict"))
+    assert removed == {"old_hash": override["new_hash"], "new_hash": None}
+    assert ok(agent.post("/v1/check", json={**ALLOWED, "agent_id": "strict"}))["allowed"] is True
+
+
+def test_invalid_policy_is_422_naming_the_field(clients: Callable[..., httpx.Client]) -> None:
+    admin = clients(Role.ADMIN)
+    for policy, field in (
+        ({"max_risk_score": 2}, "max_risk_score"),
+        ({"mode": "explode"}, "mode"),
+        ({"allowed_action_types": ["teleport"]}, "allowed_action_types"),
+        ({"blocked_resources": [""]}, "blocked_resources"),
+        ({"surprise": 1}, "surprise"),
+    ):
+        response = admin.put("/v1/policies", json=policy)
+        assert response.status_code == 422 and field in response.text, (policy, response.text)
+    assert ok(admin.get("/v1/policies"))["source"] != "tenant"
+
+
+def test_policy_file_applied_at_start_becomes_the_service_default(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("blocked_resources: ['data.phi.*']\nmode: block\n")
+    agent_policy = tmp_path / "agent.toml"
+    agent_policy.write_text('agent_id = "strict"\nblocked_resources = ["data.*"]\n')
+    settings = Settings(home=tmp_path / "home", model=None, policy_files=(str(policy), f"acme={agent_policy}"))
+    with serve(settings) as running, running.client("acme", Role.AGENT) as agent:
+        assert ok(agent.post("/v1/check", json=BLOCKED))["outcome"] == "blocked"
+        assert ok(agent.post("/v1/check", json={**ALLOWED, "agent_id": "strict"}))["allowed"] is False
+        with running.client("acme", Role.AUDITOR) as auditor:
+            assert ok(auditor.get("/v1/policies"))["source"] == "default"
+    with serve(settings) as running:  # the same files again change nothing
+        changes = running.app.state.service.audit.query(AuditQuery(kind="policy_change"))
+        assert len(changes) == 2
+
+
+# ---- models, keys, health ---------------------------------------------------------------------------------------
+
+
+def test_models_list_and_reload(clients: Callable[..., httpx.Client], service: Running) -> None:
+    listed = ok(clients(Role.AUDITOR).get("/v1/models"))
+    assert listed["active"] == "default-1" and [m["name"] for m in listed["available"]] == ["default"]
+    reloaded = ok(clients(Role.ADMIN).post("/v1/models/reload"))
+    assert reloaded == {"previous": "default-1", "active": "default-1"}
+    assert 'risk_model_info{version="default-1"} 1.0' in clients(None).get("/metrics").text
+
+
+def test_admin_makes_lists_and_revokes_keys_of_its_tenant(
+    clients: Callable[..., httpx.Client], service: Running
+) -> None:
+    admin = clients(Role.ADMIN)
+    made = ok(admin.post("/v1/keys", json={"role": "agent", "note": "ci"}), 201)
+    assert made["key"].startswith(f"rk_{made['key_id']}_")
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {made['key']}"}) as agent:
+        assert ok(agent.post("/v1/check", json=ALLOWED))["allowed"] is True
+        listed = ok(admin.get("/v1/keys"))["keys"]
+        assert made["key_id"] in [k["key_id"] for k in listed] and all("key" not in k for k in listed)
+        assert ok(admin.delete(f"/v1/keys/{made['key_id']}"))["revoked_at"]
+        assert agent.post("/v1/check", json=ALLOWED).status_code == 401
+    assert admin.delete(f"/v1/keys/{made['key_id']}").status_code == 404
+    assert admin.post("/v1/keys", json={"role": "root"}).status_code == 422
+
+
+def test_health_ready_and_metrics(clients: Callable[..., httpx.Client], service: Running) -> None:
+    anonymous = clients(None)
+    assert ok(anonymous.get("/healthz")) == {"status": "ok", "stores": {}}
+    assert ok(anonymous.get("/readyz")) == {
+        "status": "ready",
+        "stores": {"audit": "ok", "state": "ok", "catalog": "ok"},
+    }
+    put_policy(clients(Role.ADMIN), {**BLOCKING, "mode": "alert"})
+    agent = clients(Role.AGENT)
+    ok(agent.post("/v1/check", json=BLOCKED))
+    text = anonymous.get("/metrics").text
+    for line in ('risk_decisions_total{outcome="alerted"}', "risk_decision_seconds_bucket", "risk_fail_open_total"):
+        assert line in text
+    fail_open = next(x for x in text.splitlines() if x.startswith("risk_fail_open_total"))
+    assert float(fail_open.split()[-1]) >= 1
+
+
+# ---- keys, roles and tenants ------------------------------------------------------------------------------------
+
+# Every route with a body that passes its schema, and the roles allowed to call it.
+ROUTES: list[tuple[str, str, Any, set[Role]]] = [
+    ("POST", "/v1/check", ALLOWED, {Role.AGENT}),
+    ("POST", "/v1/check/batch", {"actions": [ALLOWED]}, {Role.AGENT}),
+    ("POST", "/v1/outcome", {"action_id": "0" * 32, "success": True}, {Role.AGENT}),
+    ("GET", "/v1/agents/bot", None, {Role.REVIEWER, Role.AUDITOR}),
+    ("POST", "/v1/agents/bot/approve", None, {Role.REVIEWER}),
+    ("POST", "/v1/agents/bot/resume", None, {Role.REVIEWER}),
+    ("POST", "/v1/agents/bot/terminate", {"reason": "test"}, {Role.REVIEWER}),
+    ("POST", "/v1/agents/bot/reset", None, {Role.REVIEWER}),
+    ("POST", "/v1/agents/bot/rollback", None, {Role.REVIEWER}),
+    ("GET", "/v1/approvals", None, {Role.REVIEWER}),
+    ("GET", "/v1/audit", None, {Role.AUDITOR}),
+    ("GET", "/v1/audit/verify", None, {Role.AUDITOR}),
+    ("GET", "/v1/audit/head", None, {Role.AUDITOR}),
+    ("GET", "/v1/policies", None, {Role.ADMIN, Role.AUDITOR}),
+    ("PUT", "/v1/policies", {"mode": "block"}, {Role.ADMIN}),
+    ("GET", "/v1/policies/agents/bot", None, {Role.ADMIN, Role.AUDITOR}),
+    ("PUT", "/v1/policies/agents/bot", {"mode": "block"}, {Role.ADMIN}),
+    ("DELETE", "/v1/policies/agents/bot", None, {Role.ADMIN}),
+    ("GET", "/v1/keys", None, {Role.ADMIN}),
+    ("POST", "/v1/keys", {"role": "agent"}, {Role.ADMIN}),
+    ("DELETE", "/v1/keys/0123456789abcdef", None, {Role.ADMIN}),
+    ("GET", "/v1/models", None, {Role.ADMIN, Role.AUDITOR}),
+    ("POST", "/v1/models/reload", None, {Role.ADMIN}),
+]
+
+
+def test_every_route_admits_its_roles_only_and_audits_each_refusal(
+    clients: Callable[..., httpx.Client], service: Running, tenant: str
+) -> None:
+    by_role = {role: clients(role) for role in Role}
+    anonymous = clients(None)
+    with httpx.Client(
+        base_url=service.url, headers={"Authorization": "Bearer rk_0123456789abcdef_" + "x" * 43}
+    ) as forged:
+        for method, path, body, roles in ROUTES:
+            for client in (anonymous, forged):
+                response = client.request(method, path, json=body)
+                assert response.status_code == 401, (method, path, response.text)
+                assert response.headers["www-authenticate"] == "Bearer"
+            for role, client in by_role.items():
+                status = client.request(method, path, json=body).status_code
+                if role in roles:
+                    assert status not in (401, 403), (method, path, role)
+                else:
+                    assert status == 403, (method, path, role, status)
+    refused = [r for r in service.app.state.service.audit.query(AuditQuery(kind="access_denied", limit=100_000))]
+    mine = [r for r in refused if r.agent_id == f"{tenant}/*"]
+    forbidden = sum(len(set(Role) - roles) for _, _, _, roles in ROUTES)
+    assert len(mine) == forbidden and {r.detail["status"] for r in mine} == {403}
+    anonymous_paths = [r.detail["path"] for r in refused if r.agent_id == "*" and r.detail["status"] == 401]
+    assert {path for _, path, _, _ in ROUTES} <= set(anonymous_paths)
+
+
+def test_a_tenant_never_sees_or_changes_another_tenants_things(
+    clients: Callable[..., httpx.Client], tenant: str
+) -> None:
+    other = f"{tenant}-other"
+    a = {role: clients(role) for role in Role}
+    b = {role: clients(role, of=other) for role in Role}
+    put_policy(a[Role.ADMIN], BLOCKING)
+    paused = ok(a[Role.AGENT].post("/v1/check", json=BLOCKED))
+    assert paused["outcome"] == "paused"
+    # Tenant B's agent "bot" is another agent: running, not paused, and its policy is not A's.
+    assert ok(b[Role.REVIEWER].get("/v1/agents/bot"))["status"] == "running"
+    assert ok(b[Role.AGENT].post("/v1/check", json=BLOCKED))["allowed"] is True
+    assert ok(b[Role.REVIEWER].get("/v1/approvals"))["approvals"] == []
+    assert b[Role.REVIEWER].post("/v1/agents/bot/approve").status_code == 409
+    assert b[Role.REVIEWER].post("/v1/agents/bot/resume").status_code == 409
+    ok(b[Role.REVIEWER].post("/v1/agents/bot/terminate"))
+    ok(b[Role.REVIEWER].post("/v1/agents/bot/reset"))
+    ok(b[Role.REVIEWER].post("/v1/agents/bot/rollback"))
+    assert ok(a[Role.REVIEWER].get("/v1/agents/bot"))["status"] == "paused"
+    assert (
+        b[Role.AGENT].post("/v1/outcome", json={"action_id": paused["action_id"], "success": True}).status_code == 404
+    )
+    # Audit: B sees only B's records, whatever it asks for.
+    for params in ({}, {"agent_id": "bot"}, {"kind": "decision"}, {"outcome": "paused"}, {"kind": "policy_change"}):
+        records = ok(b[Role.AUDITOR].get("/v1/audit", params={**params, "limit": 1000}))["records"]
+        assert all(r["agent_id"].startswith(f"{other}/") for r in records), params
+        assert paused["action_id"] not in {r["action_id"] for r in records}
+    # Policies and keys: B's admin changes B's only.
+    policy_a = ok(a[Role.ADMIN].get("/v1/policies"))
+    put_policy(b[Role.ADMIN], {"mode": "terminate"})
+    put_policy(b[Role.ADMIN], {"mode": "terminate"}, agent="bot")
+    assert ok(a[Role.ADMIN].get("/v1/policies")) == policy_a
+    assert ok(a[Role.ADMIN].get("/v1/policies/agents/bot"))["source"] == "tenant"
+    a_keys = {k["key_id"] for k in ok(a[Role.ADMIN].get("/v1/keys"))["keys"]}
+    assert a_keys.isdisjoint(k["key_id"] for k in ok(b[Role.ADMIN].get("/v1/keys"))["keys"])
+    assert all(b[Role.ADMIN].delete(f"/v1/keys/{key_id}").status_code == 404 for key_id in a_keys)
+    assert (
+        ok(a[Role.AGENT].post("/v1/check", json=BLOCKED))["outcome"] == "paused"
+    )  # A's key still works, A still paused
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------------
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"action_type": "file_read", "resource": "/x"}, "agent_id"),
+        ({**ALLOWED, "agent_id": 7}, "agent_id"),
+        ({**ALLOWED, "agent_id": "a/b"}, "agent_id"),
+        ({**ALLOWED, "agent_id": "a\x00b"}, "agent_id"),
+        ({**ALLOWED, "agent_id": "*"}, "agent_id"),
+        ({**ALLOWED, "action_type": "teleport"}, "action_type"),
+        ({**ALLOWED, "resource": ""}, "resource"),
+        ({**ALLOWED, "resource": "r" * 5000}, "resource"),
+        ({**ALLOWED, "resource": None}, "resource"),
+        ({**ALLOWED, "session_id": "s" * 300}, "session_id"),
+        ({**ALLOWED, "idempotency_key": "k" * 129}, "idempotency_key"),
+        ({**ALLOWED, "payload": nested(65)}, "payload"),
+        ({**ALLOWED, "extra": 1}, "extra"),
+    ],
+)
+def test_schema_violations_are_422_naming_the_field(
+    clients: Callable[..., httpx.Client], body: dict[str, Any], field: str
+) -> None:
+    response = clients(Role.AGENT).post("/v1/check", json=body)
+    assert response.status_code == 422, response.text
+    assert field in json.dumps(response.json()["detail"])
+
+
+def test_payload_nested_64_levels_is_accepted(clients: Callable[..., httpx.Client]) -> None:
+    assert ok(clients(Role.AGENT).post("/v1/check", json={**ALLOWED, "payload": nested(63)}))["allowed"] is True
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"{",
+        b"[]",
+        b"null",
+        b'"a string"',
+        b"{" + b'"a":' * 0 + b"}",
+        b'{"agent_id": "bot", "action_type": "file_read", "resource": "/x", "payload": '
+        + b"[" * 5000
+        + b"]" * 5000
+        + b"}",
+        b'{"agent_id": "bot", "action_type": "file_read", "resource": "\\ud800"}',
+        b'{"agent_id": "bot", "action_type": "file_read", "resource": "/x", "payload": 1e999}',
+        b"\xff\xfe\x00",
+        b'{"agent_id": "bot", "action_type": "file_read", "resource": "/x", "session_id": 12}',
+    ],
+)
+def test_malformed_bodies_are_refused_cleanly(clients: Callable[..., httpx.Client], raw: bytes) -> None:
+    response = clients(Role.AGENT).post("/v1/check", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code in (413, 422), (raw[:60], response.status_code, response.text[:200])
+    assert "allowed" not in response.json()
+
+
+def test_strange_but_valid_resources_get_a_decision_not_an_error(clients: Callable[..., httpx.Client]) -> None:
+    agent = clients(Role.AGENT)
+    for resource in ("/a/\x00/b", "%2e%2e/%2e%2e/etc/passwd", "ｄａｔａ.phi.x", "\u200bdata", "x" * 4096, "🙂"):
+        decision = ok(agent.post("/v1/check", json={**ALLOWED, "resource": resource}))
+        assert decision["resource"] == resource
+
+
+def test_body_over_the_limit_is_413_by_header_and_by_stream(clients: Callable[..., httpx.Client]) -> None:
+    agent = clients(Role.AGENT)
+    big = {**ALLOWED, "payload": "x" * (64 * 1024)}
+    response = agent.post("/v1/check", json=big)
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the size is only known as it streams in
+        yield b'{"agent_id": "bot", "action_type": "file_read", "resource": "/x", "payload": "'
+        for _ in range(100):
+            yield b"y" * 1024
+        yield b'"}'
+
+    streamed = agent.post("/v1/check", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+    assert agent.post("/v1/check", json=ALLOWED).status_code == 200  # the connection pool survives
+
+
+def test_bad_query_and_path_parameters_are_422(clients: Callable[..., httpx.Client]) -> None:
+    auditor, reviewer = clients(Role.AUDITOR), clients(Role.REVIEWER)
+    assert auditor.get("/v1/audit", params={"limit": 0}).status_code == 422
+    assert auditor.get("/v1/audit", params={"limit": "many"}).status_code == 422
+    assert auditor.get("/v1/audit", params={"cursor": "-1"}).status_code == 422
+    assert auditor.get("/v1/audit/verify", params={"head": "not-a-hash"}).status_code == 422
+    assert reviewer.get("/v1/agents/" + "a" * 200).status_code == 422
+    assert reviewer.post("/v1/agents/bot/terminate", json={"reason": ""}).status_code == 422
+
+
+# ---- the OpenAPI document ---------------------------------------------------------------------------------------
+
+
+def test_openapi_document_describes_every_route(clients: Callable[..., httpx.Client], service: Running) -> None:
+    document = ok(clients(None).get("/openapi.json"))
+    expected = {(method.lower(), path) for method, path, _, _ in ROUTES} | {
+        ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"),
+    }  # fmt: skip
+    documented = {
+        (method, path.replace("{agent_id}", "bot").replace("{key_id}", "0123456789abcdef"))
+        for path, operations in document["paths"].items()
+        for method in operations
+    }
+    assert documented == expected
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            success = next(code for code in operation["responses"] if code.startswith("2"))
+            content = operation["responses"][success]["content"]
+            assert all("schema" in media for media in content.values()), (method, path)
+            assert operation.get("summary"), (method, path)
+    check = document["paths"]["/v1/check"]["post"]
+    assert check["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/DecisionOut")
+    assert {"401", "403", "413", "422", "503"} <= set(check["responses"])
+
+
+# ---- stores that are down ---------------------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_state_store_down_means_not_ready_and_every_check_denied(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, redis_url=f"redis://127.0.0.1:{closed_port()}/0", model=None)
+    with serve(settings) as running, running.client("acme", Role.AGENT) as agent:
+        with running.client() as anonymous:
+            ready = anonymous.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["stores"]["state"] != "ok"
+        assert ready.json()["stores"]["audit"] == "ok"
+        decision = ok(agent.post("/v1/check", json=ALLOWED))
+        assert (decision["allowed"], decision["reasons"][0]["code"]) == (False, "state_unavailable")
+        batch = ok(agent.post("/v1/check/batch", json={"actions": [ALLOWED, ALLOWED]}))["decisions"]
+        assert [d["allowed"] for d in batch] == [False, False]
+        with running.client("acme", Role.REVIEWER) as reviewer:
+            assert reviewer.get("/v1/agents/bot").status_code == 503
+            assert reviewer.post("/v1/agents/bot/approve").status_code == 503
+        with running.client() as anonymous:
+            assert 'risk_store_errors_total{store="state"}' in anonymous.get("/metrics").text
+
+
+def test_audit_store_that_cannot_be_written_denies(tmp_path: Path) -> None:
+    with serve(Settings(home=tmp_path, model=None)) as running, running.client("acme", Role.AGENT) as agent:
+        assert ok(agent.post("/v1/check", json=ALLOWED))["allowed"] is True
+        running.app.state.service.audit.close()  # as a store the service lost
+        decision = ok(agent.post("/v1/check", json=ALLOWED))
+        assert (decision["allowed"], decision["reasons"][0]["code"]) == (False, "audit_unavailable")
+        with running.client("fresh", Role.AGENT) as newcomer:  # a tenant whose guard cannot record its policy
+            assert newcomer.post("/v1/check", json=ALLOWED).status_code == 503
+        with running.client() as anonymous:
+            assert anonymous.get("/readyz").status_code == 503

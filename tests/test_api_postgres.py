@@ -1,0 +1,198 @@
+"""The HTTP service on PostgreSQL (audit trail, keys, policies, idempotency) and Redis (state): two services on the
+same stores, as two workers would be, on the main paths. Skips when the servers are not reachable, unless
+RISK_REQUIRE_SERVICES=1. Each test module run works in a fresh PostgreSQL schema and Redis key prefix."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import httpx
+import pytest
+from api_server import Running, serve
+from services import unavailable
+
+from api.settings import Settings
+from risk.audit.store import AuditQuery, verify_store
+from risk.catalog import Catalog
+from risk.keys import Role
+
+POSTGRES_URL = os.environ.get("RISK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("RISK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ALLOWED = {"agent_id": "bot", "action_type": "database_query", "resource": "data.deidentified.claims"}
+BLOCKED = {"agent_id": "bot", "action_type": "database_query", "resource": "data.phi.patients"}
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    """A PostgreSQL URL whose tables live in a fresh schema, dropped afterwards."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
+    except Exception as exc:
+        unavailable(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}")
+    schema = f"risk_api_{uuid.uuid4().hex[:16]}"
+    admin.execute(f"CREATE SCHEMA {schema}")
+    parts = urlsplit(POSTGRES_URL)
+    query = dict(parse_qsl(parts.query))
+    query["options"] = f"{query.get('options', '')} -csearch_path={schema}".strip()
+    query["application_name"] = schema
+    yield urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+    admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = %s AND pid <> pg_backend_pid()",
+        (schema,),
+    )
+    admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    admin.close()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A Redis state URL with a fresh key prefix; its keys are deleted afterwards."""
+    try:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
+        client.ping()
+    except Exception as exc:
+        unavailable(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    prefix = f"risk-api-test:{uuid.uuid4().hex}:"
+    parts = urlsplit(REDIS_URL)
+    yield urlunsplit(parts._replace(query=f"{parts.query}&prefix={prefix}" if parts.query else f"prefix={prefix}"))
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def pair(database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, Running]]:
+    """Two services on the same PostgreSQL schema and Redis prefix; policy changes are seen at once."""
+    settings = Settings(home=tmp_path_factory.mktemp("pg"), database_url=database, redis_url=redis_url, model=None)
+    with serve(settings) as one, serve(settings) as two:
+        for running in (one, two):
+            running.app.state.service.tenants.refresh_seconds = 0.0
+        yield one, two
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def client(running: Running, tenant: str, role: Role) -> httpx.Client:
+    return running.client(tenant, role)
+
+
+def ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+def test_both_stores_ready(pair: tuple[Running, Running]) -> None:
+    for running in pair:
+        with running.client() as anonymous:
+            assert ok(anonymous.get("/readyz"))["stores"] == {"audit": "ok", "state": "ok", "catalog": "ok"}
+
+
+def test_a_pause_made_through_one_service_holds_on_the_other_until_approved_there(
+    pair: tuple[Running, Running], tenant: str
+) -> None:
+    one, two = pair
+    with client(one, tenant, Role.ADMIN) as admin:
+        ok(admin.put("/v1/policies", json={"blocked_resources": ["data.phi.*"], "mode": "pause"}))
+    with client(one, tenant, Role.AGENT) as agent_one, client(two, tenant, Role.AGENT) as agent_two:
+        assert ok(agent_two.post("/v1/check", json=ALLOWED))["allowed"] is True  # policy seen by the other
+        paused = ok(agent_one.post("/v1/check", json=BLOCKED))
+        assert paused["outcome"] == "paused"
+        assert ok(agent_two.post("/v1/check", json=ALLOWED))["reasons"][0]["code"] == "agent_paused"
+        with client(two, tenant, Role.REVIEWER) as reviewer:
+            approvals = ok(reviewer.get("/v1/approvals"))["approvals"]
+            assert [a["pending_action_id"] for a in approvals] == [paused["action_id"]]
+            assert ok(reviewer.post("/v1/agents/bot/approve"))["approved_action_id"] == paused["action_id"]
+        assert ok(agent_one.post("/v1/check", json=BLOCKED))["reasons"][0]["code"] == "approved"
+        assert ok(agent_two.post("/v1/check", json=BLOCKED))["outcome"] == "paused"
+
+
+def test_idempotency_key_holds_across_services(pair: tuple[Running, Running], tenant: str) -> None:
+    one, two = pair
+    body = {**ALLOWED, "idempotency_key": "spooled-7"}
+    with client(one, tenant, Role.AGENT) as agent_one, client(two, tenant, Role.AGENT) as agent_two:
+        first = ok(agent_one.post("/v1/check", json=body))
+        assert ok(agent_two.post("/v1/check", json=body)) == first
+        assert ok(agent_two.post("/v1/outcome", json={"action_id": first["action_id"], "success": True}))["recorded"]
+    with client(two, tenant, Role.AUDITOR) as auditor:
+        records = ok(auditor.get("/v1/audit", params={"kind": "decision"}))["records"]
+        assert [r["action_id"] for r in records] == [first["action_id"]]
+        assert ok(auditor.get("/v1/audit", params={"kind": "outcome"}))["records"][0]["action_id"] == first["action_id"]
+
+
+def test_concurrent_repeats_of_one_idempotency_key_decide_once(pair: tuple[Running, Running], tenant: str) -> None:
+    one, two = pair
+    body = {**ALLOWED, "idempotency_key": "burst"}
+    clients = [client(running, tenant, Role.AGENT) for running in (one, two) for _ in range(4)]
+    barrier = threading.Barrier(len(clients))
+    answers: list[dict[str, Any]] = []
+
+    def send(c: httpx.Client) -> None:
+        barrier.wait()
+        answers.append(ok(c.post("/v1/check", json=body)))
+
+    threads = [threading.Thread(target=send, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in clients:
+        c.close()
+    assert len(answers) == len(clients) and len({a["action_id"] for a in answers}) == 1
+    decisions = one.app.state.service.audit.query(AuditQuery(agent_id=f"{tenant}/bot", kind="decision"))
+    assert [d.action_id for d in decisions] == [answers[0]["action_id"]]
+
+
+def test_keys_and_tenants_on_postgres(pair: tuple[Running, Running], tenant: str) -> None:
+    one, two = pair
+    with client(one, tenant, Role.ADMIN) as admin:
+        made = ok(admin.post("/v1/keys", json={"role": "auditor"}), 201)
+    with httpx.Client(base_url=two.url, headers={"Authorization": f"Bearer {made['key']}"}) as auditor:
+        assert ok(auditor.get("/v1/audit/head"))["count"] > 0
+        records = ok(auditor.get("/v1/audit", params={"limit": 1000}))["records"]
+        assert records and all(r["agent_id"].startswith(f"{tenant}/") for r in records)
+        assert auditor.post("/v1/check", json=ALLOWED).status_code == 403
+    assert verify_store(two.app.state.service.audit).ok
+
+
+def test_catalogs_opened_at_once_migrate_once(database: str) -> None:
+    catalogs: list[Catalog] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def open_one() -> None:
+        barrier.wait()
+        try:
+            catalogs.append(Catalog(database))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(catalogs) == 4
+    assert catalogs[0].run("SELECT count(*) FROM risk_catalog_version").rows == [(1,)]
+    for catalog in catalogs:
+        catalog.close()
+
+
+def test_service_settings_name_postgres_and_redis(pair: tuple[Running, Running]) -> None:
+    settings = pair[0].app.state.service.settings
+    assert settings.audit_url.startswith("postgresql://") and settings.catalog_url == settings.audit_url
+    assert settings.state_url.startswith("redis://")
+    assert type(pair[0].app.state.service.audit).__name__ == "PostgresAuditStore"

@@ -1,0 +1,368 @@
+"""The MCP gateway, end to end with the real `mcp` SDK: a real client starts `risk mcp-proxy`, which starts a
+real upstream server (tests/mcp_upstream.py) with a tool that writes files and one that reads them.
+
+The tool-map tests at the end need no MCP at all.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import mcp.types as types
+import pytest
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+from risk import ActionType, PolicyError
+from risk.audit.record import AuditRecord
+from risk.audit.store import open_audit, records, verify_store
+from risk.integrations.tool_map import ToolMap, action_type_for
+
+UPSTREAM = Path(__file__).resolve().parent / "mcp_upstream.py"
+T = TypeVar("T")
+
+
+def policy_file(tmp_path: Path, *, mode: str = "block") -> Path:
+    """Writes allowed under `allowed/`, anything under `locked/` blocked; rules only, so scores are fixed."""
+    (tmp_path / "allowed").mkdir(exist_ok=True)
+    (tmp_path / "locked").mkdir(exist_ok=True)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"""\
+agent_id: notes-agent
+audit: sqlite:///{tmp_path}/audit.db
+model: null
+online: false
+mode: {mode}
+allowed_resources: ["{tmp_path}/allowed/*"]
+blocked_resources: ["{tmp_path}/locked/*"]
+tools:
+  write_file: {{action_type: file_write, resource: "{{path}}"}}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def proxy_command(policy: Path) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "risk.cli", "mcp-proxy", "--policy", str(policy), "--", sys.executable, str(UPSTREAM)],
+        cwd=policy.parent,
+    )
+
+
+def through(server: StdioServerParameters, scenario: Callable[[ClientSession], Awaitable[T]]) -> T:
+    """Run `scenario` with a client session connected to `server` over stdio."""
+
+    async def main() -> T:
+        async with stdio_client(server) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            return await scenario(session)
+
+    return anyio.run(main)
+
+
+def audit(tmp_path: Path) -> list[AuditRecord]:
+    store = open_audit(f"sqlite:///{tmp_path}/audit.db", create=False)
+    try:
+        return list(records(store))
+    finally:
+        store.close()
+
+
+def text(result: types.CallToolResult) -> str:
+    return " ".join(block.text for block in result.content if isinstance(block, types.TextContent))
+
+
+def test_tools_list_is_the_upstream_list(tmp_path: Path) -> None:
+    async def names_and_schemas(session: ClientSession) -> list[tuple[str, Any]]:
+        return [(t.name, t.input_schema) for t in (await session.list_tools()).tools]
+
+    direct = through(StdioServerParameters(command=sys.executable, args=[str(UPSTREAM)]), names_and_schemas)
+    proxied = through(proxy_command(policy_file(tmp_path)), names_and_schemas)
+    assert proxied == direct
+    assert {name for name, _ in proxied} == {"write_file", "read_file"}
+
+
+def test_allowed_call_runs_and_blocked_call_never_reaches_the_upstream(tmp_path: Path) -> None:
+    policy = policy_file(tmp_path)
+    locked = tmp_path / "locked" / "keys.txt"
+    locked.write_text("original", encoding="utf-8")
+
+    async def scenario(session: ClientSession) -> tuple[types.CallToolResult, types.CallToolResult]:
+        allowed = await session.call_tool("write_file", {"path": f"{tmp_path}/allowed/a.txt", "content": "hello"})
+        blocked = await session.call_tool("write_file", {"path": str(locked), "content": "overwritten"})
+        return allowed, blocked
+
+    allowed, blocked = through(proxy_command(policy), scenario)
+
+    assert not allowed.is_error
+    assert (tmp_path / "allowed" / "a.txt").read_text(encoding="utf-8") == "hello"
+    assert blocked.is_error
+    assert "matches blocked pattern" in text(blocked)
+    assert locked.read_text(encoding="utf-8") == "original"
+
+    trail = audit(tmp_path)
+    decisions = [r for r in trail if r.kind == "decision"]
+    assert [(d.decision, d.outcome, d.resource) for d in decisions] == [
+        ("allow", "allowed", f"{tmp_path}/allowed/a.txt"),
+        ("deny", "blocked", str(locked)),
+    ]
+    denial = decisions[1]
+    assert denial.action_type == "file_write"
+    assert "resource_blocked" in [r["code"] for r in denial.reasons]
+    outcomes = {r.action_id: r for r in trail if r.kind == "outcome"}
+    assert outcomes[decisions[0].action_id].outcome == "success"
+    assert denial.action_id not in outcomes  # it never ran, so nothing ran to report
+    assert decisions[0].session_id == decisions[1].session_id is not None
+    verification = verify_store(open_audit(f"sqlite:///{tmp_path}/audit.db", create=False))
+    assert verification.ok and verification.count == len(trail)
+    cli = subprocess.run(
+        [sys.executable, "-m", "risk.cli", "audit", "verify", "--audit", f"sqlite:///{tmp_path}/audit.db"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stderr
+
+
+def test_streamable_http_governs_calls_the_same_way(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a free port for the proxy to listen on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    policy = policy_file(tmp_path)
+    command = [sys.executable, "-m", "risk.cli", "mcp-proxy", "--policy", str(policy), "--http", f"127.0.0.1:{port}"]
+    proxy = subprocess.Popen(
+        [*command, "--", sys.executable, str(UPSTREAM)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proxy.stderr is not None
+        for line in proxy.stderr:  # uvicorn says when it listens; an exit ends the loop instead
+            if "Uvicorn running on" in line:
+                break
+        else:
+            pytest.fail(f"the proxy exited with {proxy.wait()} before it listened")
+
+        async def main() -> tuple[list[str], types.CallToolResult, types.CallToolResult]:
+            async with (
+                streamable_http_client(f"http://127.0.0.1:{port}/mcp") as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                names = [t.name for t in (await session.list_tools()).tools]
+                allowed = await session.call_tool("write_file", {"path": f"{tmp_path}/allowed/h.txt", "content": "x"})
+                blocked = await session.call_tool("write_file", {"path": f"{tmp_path}/locked/h.txt", "content": "x"})
+                return names, allowed, blocked
+
+        names, allowed, blocked = anyio.run(main)
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+
+    assert sorted(names) == ["read_file", "write_file"]
+    assert not allowed.is_error and (tmp_path / "allowed" / "h.txt").read_text(encoding="utf-8") == "x"
+    assert blocked.is_error and "matches blocked pattern" in text(blocked)
+    assert not (tmp_path / "locked" / "h.txt").exists()
+    decisions = [r for r in audit(tmp_path) if r.kind == "decision"]
+    assert [d.outcome for d in decisions] == ["allowed", "blocked"]
+
+
+def test_tool_error_is_forwarded_and_recorded_as_a_failed_outcome(tmp_path: Path) -> None:
+    missing = f"{tmp_path}/allowed/missing.txt"
+
+    async def scenario(session: ClientSession) -> types.CallToolResult:
+        return await session.call_tool("read_file", {"path": missing})
+
+    result = through(proxy_command(policy_file(tmp_path)), scenario)
+
+    assert result.is_error and f"no such file: {missing}" in text(result)
+    trail = audit(tmp_path)
+    (decision,) = [r for r in trail if r.kind == "decision"]
+    assert decision.action_type == "file_read"  # not in tools:, so from the tool's name
+    assert decision.resource == missing  # and the resource from its `path` argument
+    (outcome,) = [r for r in trail if r.kind == "outcome"]
+    assert outcome.action_id == decision.action_id
+    assert outcome.outcome == "error" and missing in outcome.detail["error"]
+
+
+def test_pause_denies_every_later_call_until_a_person_resumes(tmp_path: Path) -> None:
+    async def scenario(session: ClientSession) -> list[types.CallToolResult]:
+        return [
+            await session.call_tool("write_file", {"path": f"{tmp_path}/elsewhere.txt", "content": "x"}),
+            await session.call_tool("write_file", {"path": f"{tmp_path}/allowed/b.txt", "content": "y"}),
+        ]
+
+    outside, later = through(proxy_command(policy_file(tmp_path, mode="pause")), scenario)
+
+    assert outside.is_error and "matches no allowed pattern" in text(outside)
+    assert later.is_error and "paused" in text(later)
+    assert not (tmp_path / "elsewhere.txt").exists()
+    assert not (tmp_path / "allowed" / "b.txt").exists()
+
+
+def test_a_call_without_its_resource_argument_is_refused_before_the_guard(tmp_path: Path) -> None:
+    async def scenario(session: ClientSession) -> types.CallToolResult:
+        return await session.call_tool("write_file", {"content": "no path"})
+
+    result = through(proxy_command(policy_file(tmp_path)), scenario)
+
+    assert result.is_error and "'{path}'" in text(result)
+    assert not [r for r in audit(tmp_path) if r.kind == "decision"]
+
+
+def test_bad_tools_section_fails_with_a_message_naming_it(tmp_path: Path) -> None:
+    policy = tmp_path / "bad.yaml"
+    policy.write_text("tools:\n  write_file: {action_type: file_write, resorce: '{path}'}\n", encoding="utf-8")
+    run = subprocess.run(
+        [sys.executable, "-m", "risk.cli", "mcp-proxy", "--policy", str(policy), "--", sys.executable, str(UPSTREAM)],
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 2
+    assert "tools.write_file: unknown key(s) resorce" in " ".join(run.stderr.split())
+    assert run.stdout == ""  # stdout belongs to the protocol
+
+
+# ---- the tools: section, without MCP ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tool", "expected"),
+    [
+        ("read_file", ActionType.FILE_READ),
+        ("list_files", ActionType.FILE_READ),
+        ("write_file", ActionType.FILE_WRITE),
+        ("deleteFile", ActionType.FILE_DELETE),
+        ("run_sql_query", ActionType.DATABASE_QUERY),
+        ("insert_rows", ActionType.DATABASE_WRITE),
+        ("send_email", ActionType.NETWORK_REQUEST),
+        ("get_webpage", ActionType.NETWORK_REQUEST),
+        ("execute_python", ActionType.CODE_EXECUTION),
+        ("run_shell_command", ActionType.PROCESS_SPAWN),
+        ("update_password", ActionType.PERMISSION_CHANGE),
+        ("delete_file_permissions", ActionType.PERMISSION_CHANGE),  # the most dangerous reading wins
+        ("get_balance", ActionType.CUSTOM),
+    ],
+)
+def test_action_type_from_the_tool_name(tool: str, expected: ActionType) -> None:
+    assert action_type_for(tool) is expected
+
+
+def test_default_resource_is_the_first_resource_like_argument_else_the_tool() -> None:
+    tools = ToolMap()
+    assert tools.resolve("send_email", {"subject": "hi", "to": "a@x.example"}).resources == ("a@x.example",)
+    assert tools.resolve("copy", {"url": "https://x.example/a", "path": "/tmp/a"}).resources == ("/tmp/a",)
+    assert tools.resolve("send_email", {"recipients": ["a@x.example", "b@x.example"]}).resources == (
+        "a@x.example",
+        "b@x.example",
+    )
+    assert tools.resolve("get_balance", {}).resources == ("tool/get_balance",)
+    assert tools.resolve("get_balance", {"path": ""}).resources == ("tool/get_balance",)
+
+
+def test_templates_fill_from_arguments_and_alternatives_take_the_first_that_fits() -> None:
+    tools = ToolMap.from_config(
+        {
+            "update_scheduled_transaction": {
+                "action_type": "api_call",
+                "resource": ["bank.payee/{recipient}", "bank.scheduled/{id}"],
+            },
+            "add_user_to_channel": {"resource": "chat.member/{channel}/{user}"},
+            "get_balance": "database_query",
+        }
+    )
+    change = tools.resolve("update_scheduled_transaction", {"id": 7, "recipient": "US12"})
+    assert (change.action_type, change.resources) == (ActionType.API_CALL, ("bank.payee/US12",))
+    assert tools.resolve("update_scheduled_transaction", {"id": 7, "amount": 5}).resources == ("bank.scheduled/7",)
+    add = tools.resolve("add_user_to_channel", {"channel": "general", "user": ["Ann", "Bo"]})
+    assert add.resources == ("chat.member/general/Ann", "chat.member/general/Bo")
+    assert add.payload == {"tool": "add_user_to_channel", "args": {"channel": "general", "user": ["Ann", "Bo"]}}
+    assert tools.resolve("get_balance", {}).action_type is ActionType.DATABASE_QUERY
+
+
+def test_python_forms_map_as_the_config_forms_do() -> None:
+    tools = ToolMap.from_config(
+        {
+            "write_file": (ActionType.FILE_WRITE, "path"),
+            "send_money": ("api_call", "bank.payee/{recipient}"),
+            "send_email": (ActionType.NETWORK_REQUEST, lambda args: [f"mail/{r.lower()}" for r in args["to"]]),
+            "read_file": ActionType.FILE_READ,
+        }
+    )
+    assert (
+        tools.rules
+        == ToolMap.from_config(
+            {
+                "write_file": {"action_type": "file_write", "resource": "{path}"},
+                "send_money": {"action_type": "api_call", "resource": "bank.payee/{recipient}"},
+                "send_email": tools.rules["send_email"],  # a callable has no config form
+                "read_file": "file_read",
+            }
+        ).rules
+    )
+    email = tools.resolve("send_email", {"to": ["Ann@x.example", "bo@x.example"]})
+    assert (email.action_type, email.resources) == (
+        ActionType.NETWORK_REQUEST,
+        ("mail/ann@x.example", "mail/bo@x.example"),
+    )
+    read = tools.resolve("read_file", {"path": "/tmp/b"})
+    assert (read.action_type, read.resources) == (ActionType.FILE_READ, ("/tmp/b",))  # the default resource
+
+
+def test_a_resource_function_that_fails_or_finds_nothing_refuses_the_call() -> None:
+    tools = ToolMap.from_config(
+        {"fails": ("custom", lambda args: args["missing"]), "finds_nothing": ("custom", lambda args: None)}
+    )
+    with pytest.raises(ValueError, match="could not be computed: KeyError"):
+        tools.resolve("fails", {})
+    with pytest.raises(ValueError, match="do not fill its resource"):
+        tools.resolve("finds_nothing", {})
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"content": "x"}, "do not fill its resource"),
+        ({"path": {"nested": 1}}, "must be text, a number or a list"),
+        ({"path": []}, "empty list"),
+        ({"path": [f"/tmp/{i}" for i in range(101)]}, "more than 100 resources"),
+    ],
+)
+def test_arguments_that_name_no_resource_are_an_error(arguments: dict[str, Any], message: str) -> None:
+    tools = ToolMap.from_config({"write_file": {"resource": "{path}"}})
+    with pytest.raises(ValueError, match=message):
+        tools.resolve("write_file", arguments)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("not a mapping", "tools: must map tool names"),
+        ({"t": {"action_type": "teleport"}}, "tools.t: unknown action type 'teleport'"),
+        ({"t": {"resource": "{a.b}"}}, "tools.t: resource template '{a.b}'"),
+        ({"t": {"resource": ""}}, "tools.t: resource template ''"),
+        ({"t": {"resource": []}}, "tools.t: resource must be a template or a non-empty list"),
+        ({"t": {"kind": "file_read"}}, r"tools.t: unknown key\(s\) kind"),
+        ({"t": ("file_read",)}, r"tools.t: .* must be \(action type, resource\)"),
+        ({"t": ("file_read", "file-path")}, "tools.t: 'file-path' is not an argument name"),
+        ({"t": ("file_read", None)}, "tools.t: the resource must be an argument name, a template or a callable"),
+    ],
+)
+def test_bad_tools_section_is_a_policy_error(section: Any, message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        ToolMap.from_config(section)

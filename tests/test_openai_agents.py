@@ -1,0 +1,199 @@
+"""The OpenAI Agents SDK integration, driven by the SDK's own scripted model through `Runner.run`: real tool
+calls, no network, no API key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agents import (
+    Agent,
+    FunctionTool,
+    RunConfig,
+    Runner,
+    ToolInputGuardrailTripwireTriggered,
+    WebSearchTool,
+    function_tool,
+)
+from agents.testing import ScriptedModel, assistant_message, function_call
+
+from risk import ActionType, AgentStatus, Guard, KillSwitchMode, Outcome
+from risk.audit.store import AuditQuery
+from risk.integrations.openai_agents import govern
+
+
+def make_guard(guards: Callable[..., Guard], tmp_path: Path, **kwargs: Any) -> Guard:
+    defaults = {"blocked_resources": [f"{tmp_path}/secrets/*"], "model": None, "online": False}
+    return guards(audit=f"sqlite:///{tmp_path}/audit.db", home=tmp_path / "home", **{**defaults, **kwargs})
+
+
+def writer_agent(model: ScriptedModel) -> Agent[Any]:
+    @function_tool
+    def write_file(path: str, text: str) -> str:
+        """Write text to a file."""
+        Path(path).write_text(text)
+        return f"wrote {len(text)} characters to {path}"
+
+    return Agent(name="writer", instructions="Write the files you are asked to.", model=model, tools=[write_file])
+
+
+def run(agent: Agent[Any], prompt: str) -> Any:
+    return Runner.run_sync(agent, prompt, run_config=RunConfig(tracing_disabled=True))
+
+
+def outputs_seen_by_model(model: ScriptedModel) -> dict[str, str]:
+    """The tool results the model was shown on its last turn, by call id."""
+    call = model.last_call
+    assert call is not None
+    return {item["call_id"]: str(item["output"]) for item in call.input if item.get("type") == "function_call_output"}
+
+
+def test_allowed_call_runs_and_blocked_call_is_refused_with_its_reason(
+    guards: Callable[..., Guard], tmp_path: Path
+) -> None:
+    (tmp_path / "secrets").mkdir()
+    allowed, blocked = tmp_path / "notes.txt", tmp_path / "secrets" / "keys.txt"
+    model = ScriptedModel(
+        [
+            [function_call("write_file", {"path": str(allowed), "text": "hello"}, call_id="call-1")],
+            [function_call("write_file", {"path": str(blocked), "text": "stolen"}, call_id="call-2")],
+            [assistant_message("done")],
+        ]
+    )
+    guard = make_guard(guards, tmp_path)
+    agent = govern(writer_agent(model), guard, {"write_file": (ActionType.FILE_WRITE, "path")})
+
+    result = run(agent, "save my notes, then the keys")
+
+    assert result.final_output == "done"
+    assert allowed.read_text() == "hello"
+    assert not blocked.exists()
+    seen = outputs_seen_by_model(model)
+    assert seen["call-1"] == f"wrote 5 characters to {allowed}"
+    assert "denied" in seen["call-2"] and "blocked" in seen["call-2"] and "wrote" not in seen["call-2"]
+
+    decisions = guard.audit.query(AuditQuery(kind="decision", limit=100))
+    assert [(d.action_type, d.resource, d.decision) for d in decisions] == [
+        ("file_write", str(allowed), "allow"),
+        ("file_write", str(blocked), "deny"),
+    ]
+    assert decisions[1].outcome == Outcome.BLOCKED.value
+    outcomes = guard.audit.query(AuditQuery(kind="outcome", limit=100))
+    assert [(o.action_id, o.outcome) for o in outcomes] == [(decisions[0].action_id, "success")]
+    assert guard.status().status is AgentStatus.RUNNING
+
+
+def test_pause_ends_the_run_with_the_sdk_tripwire_and_the_tool_never_runs(
+    guards: Callable[..., Guard], tmp_path: Path
+) -> None:
+    (tmp_path / "secrets").mkdir()
+    allowed, blocked = tmp_path / "notes.txt", tmp_path / "secrets" / "keys.txt"
+    model = ScriptedModel(
+        [
+            [function_call("write_file", {"path": str(allowed), "text": "hello"}, call_id="call-1")],
+            [function_call("write_file", {"path": str(blocked), "text": "stolen"}, call_id="call-2")],
+            [assistant_message("never reached")],
+        ]
+    )
+    guard = make_guard(guards, tmp_path, mode=KillSwitchMode.PAUSE)
+    agent = govern(writer_agent(model), guard, {"write_file": (ActionType.FILE_WRITE, "path")})
+
+    with pytest.raises(ToolInputGuardrailTripwireTriggered) as stopped:
+        run(agent, "save my notes, then the keys")
+
+    decision = stopped.value.output.output_info
+    assert decision.outcome is Outcome.PAUSED and decision.resource == str(blocked)
+    assert allowed.read_text() == "hello"
+    assert not blocked.exists()
+    assert model.remaining_steps == 1  # the model was not asked again
+    assert guard.status().status is AgentStatus.PAUSED
+    kinds = [r.kind for r in guard.audit.query(AuditQuery(limit=100))]
+    assert kinds == ["policy", "decision", "outcome", "decision", "killswitch"]
+
+
+def test_a_terminated_agent_cannot_run_even_an_allowed_tool(guards: Callable[..., Guard], tmp_path: Path) -> None:
+    target = tmp_path / "notes.txt"
+    model = ScriptedModel([[function_call("write_file", {"path": str(target), "text": "x"}, call_id="call-1")]])
+    guard = make_guard(guards, tmp_path)
+    guard.terminate(reason="under investigation")
+    agent = govern(writer_agent(model), guard, {"write_file": (ActionType.FILE_WRITE, "path")})
+
+    with pytest.raises(ToolInputGuardrailTripwireTriggered) as stopped:
+        run(agent, "save my notes")
+
+    assert stopped.value.output.output_info.outcome is Outcome.TERMINATED
+    assert not target.exists()
+
+
+def test_a_failing_tool_is_recorded_as_failed(guards: Callable[..., Guard], tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "notes.txt"
+    model = ScriptedModel(
+        [
+            [function_call("write_file", {"path": str(missing), "text": "x"}, call_id="call-1")],
+            [assistant_message("gave up")],
+        ]
+    )
+    guard = make_guard(guards, tmp_path)
+    agent = govern(writer_agent(model), guard, {"write_file": (ActionType.FILE_WRITE, "path")})
+
+    assert run(agent, "save my notes").final_output == "gave up"
+
+    (outcome,) = guard.audit.query(AuditQuery(kind="outcome", limit=100))
+    assert outcome.outcome == "error"
+
+
+def test_unmapped_tool_is_read_from_its_name_and_arguments_as_the_gateway_reads_it(
+    guards: Callable[..., Guard], tmp_path: Path
+) -> None:
+    (tmp_path / "secrets").mkdir()
+    blocked = tmp_path / "secrets" / "keys.txt"
+    model = ScriptedModel(
+        [[function_call("write_file", {"path": str(blocked), "text": "x"}, call_id="c")], [assistant_message("ok")]]
+    )
+    guard = make_guard(guards, tmp_path)
+    agent = govern(writer_agent(model), guard)
+
+    run(agent, "go")
+
+    (decision,) = guard.audit.query(AuditQuery(kind="decision", limit=10))
+    assert (decision.action_type, decision.resource, decision.decision) == ("file_write", str(blocked), "deny")
+    assert "resource_blocked" in [r["code"] for r in decision.reasons]
+    assert not blocked.exists()
+
+
+def test_govern_copies_tools_so_an_agent_sharing_them_stays_ungoverned(
+    guards: Callable[..., Guard], tmp_path: Path
+) -> None:
+    agent = writer_agent(ScriptedModel())
+    original = agent.tools[0]
+    assert isinstance(original, FunctionTool)
+    govern(agent, make_guard(guards, tmp_path))
+    govern(agent, make_guard(guards, tmp_path))  # governing again replaces the guard, it does not stack
+
+    governed = agent.tools[0]
+    assert isinstance(governed, FunctionTool) and governed is not original
+    assert not original.tool_input_guardrails
+    assert [g.name for g in governed.tool_input_guardrails or ()] == ["agent-risk"]
+
+
+def test_mapping_errors_are_caught_when_governing(guards: Callable[..., Guard], tmp_path: Path) -> None:
+    guard = make_guard(guards, tmp_path)
+    with pytest.raises(ValueError, match="does not have: wrte_file"):
+        govern(writer_agent(ScriptedModel()), guard, {"wrte_file": ActionType.FILE_WRITE})
+    with pytest.raises(ValueError, match="no argument 'file'"):
+        govern(writer_agent(ScriptedModel()), guard, {"write_file": (ActionType.FILE_WRITE, "file")})
+    with pytest.raises(ValueError, match="unknown action type"):
+        govern(writer_agent(ScriptedModel()), guard, {"write_file": "scribble"})
+
+
+def test_tools_the_guard_cannot_see_are_refused_unless_allowed(guards: Callable[..., Guard], tmp_path: Path) -> None:
+    agent = writer_agent(ScriptedModel())
+    agent.tools.append(WebSearchTool())
+    guard = make_guard(guards, tmp_path)
+    with pytest.raises(ValueError, match="cannot check: web_search"):
+        govern(agent, guard)
+
+    govern(agent, guard, allow_ungoverned=True)
+    assert isinstance(agent.tools[1], WebSearchTool)

@@ -1,0 +1,411 @@
+"""Zero-code interception: real files, real subprocesses and real sockets inside `guard.watch()`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from risk import ActionDenied, ActionType, AgentPaused, Guard, GuardDenied, KillSwitchMode
+from risk.audit.record import AuditRecord
+from risk.audit.store import AuditQuery, verify_store
+from risk.rollback import StepStatus
+
+FILES = [ActionType.FILE_READ, ActionType.FILE_WRITE, ActionType.FILE_DELETE]
+
+
+@pytest.fixture
+def make(guards: Callable[..., Guard], tmp_path: Path) -> Callable[..., Guard]:
+    """A pure-policy guard with its audit trail and snapshots in tmp_path."""
+
+    def build(**kwargs: Any) -> Guard:
+        kwargs.setdefault("audit", f"sqlite:///{tmp_path}/audit.db")
+        kwargs.setdefault("home", tmp_path / "home")
+        return guards(model=None, online=False, **kwargs)
+
+    return build
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    folder = tmp_path / "work"
+    folder.mkdir()
+    return folder
+
+
+def decisions(guard: Guard, **filters: Any) -> list[AuditRecord]:
+    return guard.audit.query(AuditQuery(kind="decision", limit=10_000, **filters))
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(5)
+    yield server
+    server.close()
+
+
+# ---- files -------------------------------------------------------------------------------------------
+
+
+def test_blocked_write_leaves_the_file_untouched_and_the_audit_says_why(make: Callable[..., Guard], work: Path) -> None:
+    report = work / "report.txt"
+    report.write_text("original")
+    guard = make(blocked_resources=[f"{work}/report*"])
+
+    with guard.watch(agent_id="writer"), pytest.raises(ActionDenied) as denied:
+        report.write_text("overwritten")
+
+    assert report.read_text() == "original"
+    assert denied.value.decision.action_type is ActionType.FILE_WRITE
+    [record] = decisions(guard, agent_id="writer")
+    assert (record.action_type, record.resource, record.outcome) == ("file_write", str(report), "blocked")
+    assert record.reasons[0]["code"] == "resource_blocked"
+    assert verify_store(guard.audit).ok
+
+
+def test_reads_and_writes_are_told_apart_by_how_the_file_is_opened(make: Callable[..., Guard], work: Path) -> None:
+    data = work / "data.txt"
+    data.write_text("x")
+    guard = make(allowed_action_types=[ActionType.FILE_READ])
+
+    with guard.watch():
+        assert data.read_text() == "x"
+        for mode in ("w", "a", "r+", "x"):
+            with pytest.raises(ActionDenied), open(work / ("new.txt" if mode == "x" else "data.txt"), mode):
+                pass
+        with pytest.raises(ActionDenied):
+            os.open(data, os.O_RDONLY | os.O_CREAT)
+
+    assert data.read_text() == "x"
+    assert not (work / "new.txt").exists()
+    kinds = [r.action_type for r in decisions(guard)]
+    assert kinds == ["file_read"] + ["file_write"] * 5
+
+
+def test_removal_rename_and_rmtree_are_checked_before_they_happen(make: Callable[..., Guard], work: Path) -> None:
+    keep = work / "keep.txt"
+    keep.write_text("k")
+    tree = work / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "leaf.txt").write_text("leaf")
+    guard = make(allowed_action_types=[ActionType.FILE_READ, ActionType.FILE_WRITE])
+
+    with guard.watch():
+        with pytest.raises(ActionDenied):
+            os.remove(keep)
+        with pytest.raises(ActionDenied):
+            shutil.rmtree(tree)
+        with pytest.raises(ActionDenied):
+            os.rmdir(tree / "sub")
+        os.replace(keep, work / "moved.txt")  # a rename is a write of both names
+
+    assert (tree / "sub" / "leaf.txt").read_text() == "leaf"
+    assert (work / "moved.txt").read_text() == "k"
+    rename = [r for r in decisions(guard) if r.action_type == "file_write"]
+    assert [r.resource for r in rename] == [str(keep), str(work / "moved.txt")]
+    # One decision for the whole tree: rmtree's own steps are not checked one by one.
+    deletes = [r.resource for r in decisions(guard) if r.action_type == "file_delete"]
+    assert deletes == [str(keep), str(tree), str(tree / "sub")]
+
+
+def test_rollback_restores_what_was_written_removed_and_renamed_under_watch(
+    make: Callable[..., Guard], work: Path
+) -> None:
+    edited, removed, renamed = work / "edited.txt", work / "removed.txt", work / "renamed.txt"
+    for path in (edited, removed, renamed):
+        path.write_text(f"original {path.name}")
+    tree = work / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "leaf.txt").write_text("leaf")
+    guard = make()
+
+    with guard.watch():
+        edited.write_text("changed")
+        (work / "created.txt").write_text("new")
+        os.remove(removed)
+        os.rename(renamed, work / "elsewhere.txt")
+        shutil.rmtree(tree)
+
+    report = guard.rollback()
+
+    assert report.complete, report.not_undone
+    assert edited.read_text() == "original edited.txt"
+    assert removed.read_text() == "original removed.txt"
+    assert renamed.read_text() == "original renamed.txt"
+    assert not (work / "created.txt").exists()
+    assert not (work / "elsewhere.txt").exists()
+    assert (tree / "sub" / "leaf.txt").read_text() == "leaf"
+    assert all(step.status is StepStatus.UNDONE for step in report.steps)
+    deletes = [r.resource for r in decisions(guard) if r.action_type == "file_delete"]
+    assert deletes == [str(removed), str(tree)]  # the tree once, not each of its files
+    assert verify_store(guard.audit).ok
+
+
+def test_reads_leave_no_undo_step_and_devices_are_never_snapshotted(make: Callable[..., Guard], work: Path) -> None:
+    (work / "a.txt").write_text("a")
+    guard = make()
+
+    with guard.watch():
+        (work / "a.txt").read_text()
+        with open(os.devnull, "w") as sink:
+            sink.write("discarded")
+
+    assert guard.rollback().steps == ()
+    assert [r.resource for r in decisions(guard)] == [str(work / "a.txt")]
+
+
+# ---- processes ---------------------------------------------------------------------------------------
+
+
+def test_blocked_subprocess_never_starts_and_an_allowed_one_runs(make: Callable[..., Guard], work: Path) -> None:
+    blocked_marker, allowed_marker = work / "blocked", work / "allowed"
+    guard = make(blocked_resources=["touch *", "/bin/sh -c *"])
+
+    with guard.watch():
+        with pytest.raises(ActionDenied):
+            subprocess.run(["touch", str(blocked_marker)], check=True)
+        with pytest.raises(ActionDenied):
+            os.system(f"touch {blocked_marker}")
+        with pytest.raises(ActionDenied):
+            subprocess.run(f"touch {blocked_marker}", shell=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", f"open({str(allowed_marker)!r}, 'w').write('ran')"],
+            stdout=subprocess.DEVNULL,
+            check=True,
+        )
+
+    assert not blocked_marker.exists()
+    assert done.returncode == 0 and allowed_marker.read_text() == "ran"
+    spawns = [r for r in decisions(guard) if r.action_type == "process_spawn"]
+    assert [r.outcome for r in spawns] == ["blocked", "blocked", "blocked", "allowed"]
+    assert spawns[0].resource == f"touch {blocked_marker}"
+    # os.system and shell=True run the same thing, so the same command line is checked.
+    assert spawns[1].resource == spawns[2].resource == f"/bin/sh -c 'touch {blocked_marker}'"
+
+
+def test_a_command_line_too_long_to_check_is_denied(make: Callable[..., Guard], work: Path) -> None:
+    guard = make()
+    with guard.watch(), pytest.raises(ActionDenied) as denied:
+        subprocess.run(["echo", "x" * 5000], check=True)
+    assert denied.value.decision.reason_codes == ("resource_too_long",)
+
+
+# ---- network -----------------------------------------------------------------------------------------
+
+
+def test_blocked_connect_to_a_real_server_never_connects(make: Callable[..., Guard], listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    guard = make(allowed_action_types=[ActionType.NETWORK_REQUEST], blocked_resources=[f"127.0.0.1:{port}"])
+
+    with guard.watch(), socket.socket() as client, pytest.raises(ActionDenied):
+        client.connect(("127.0.0.1", port))
+
+    # Connect once more, unwatched: the first connection the server accepts is this one, so the
+    # watched one never reached it.
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as probe:
+        accepted, peer = listener.accept()
+        accepted.close()
+        assert peer == probe.getsockname()
+    [record] = decisions(guard)
+    assert (record.resource, record.outcome) == (f"127.0.0.1:{port}", "blocked")
+
+
+def test_allowed_connect_reaches_the_server_and_names_resolved_in_the_watch_are_checked_by_name(
+    make: Callable[..., Guard], listener: socket.socket
+) -> None:
+    port = listener.getsockname()[1]
+    guard = make(allowed_resources=[f"localhost:{port}"])
+
+    with guard.watch(), socket.create_connection(("localhost", port), timeout=5) as client:
+        accepted, peer = listener.accept()
+        accepted.close()
+        assert peer == client.getsockname()
+
+    # The lookup, then each address tried (::1 may come first), all checked under the name.
+    records = decisions(guard)
+    assert len(records) >= 2
+    assert {(r.action_type, r.resource, r.outcome) for r in records} == {
+        ("network_request", f"localhost:{port}", "allowed")
+    }
+
+
+def test_a_blocked_name_is_not_even_looked_up(make: Callable[..., Guard]) -> None:
+    guard = make(blocked_resources=["*.exfil.invalid:*"])
+    with guard.watch(), pytest.raises(ActionDenied):
+        socket.getaddrinfo("c2VjcmV0.exfil.invalid", 443)
+    assert decisions(guard)[0].resource == "c2VjcmV0.exfil.invalid:443"
+
+
+# ---- SQLite ------------------------------------------------------------------------------------------
+
+
+def test_sqlite_connections_are_checked_as_writes_unless_read_only(make: Callable[..., Guard], work: Path) -> None:
+    database = work / "app.db"
+    with sqlite3.connect(database) as setup:
+        setup.execute("CREATE TABLE t (x)")
+    setup.close()
+    guard = make(allowed_action_types=[ActionType.DATABASE_QUERY])
+
+    with guard.watch():
+        with pytest.raises(ActionDenied):
+            sqlite3.connect(work / "new.db")
+        readonly = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        assert readonly.execute("SELECT count(*) FROM t").fetchone() == (0,)
+        readonly.close()
+        sqlite3.connect(":memory:").close()  # nothing outside the process: not an action
+
+    assert not (work / "new.db").exists()
+    assert [(r.action_type, r.resource) for r in decisions(guard)] == [
+        ("database_write", str(work / "new.db")),
+        ("database_query", str(database)),
+    ]
+
+
+# ---- scope: what is and is not intercepted -----------------------------------------------------------
+
+
+def test_nothing_is_intercepted_outside_the_context(make: Callable[..., Guard], work: Path) -> None:
+    guard = make(allowed_action_types=[])
+    with guard.watch(), pytest.raises(ActionDenied):
+        (work / "inside.txt").write_text("x")
+    before = guard.audit.head().count
+
+    (work / "outside.txt").write_text("x")
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+    assert (work / "outside.txt").read_text() == "x"
+    assert guard.audit.head().count == before
+
+
+def test_imports_inside_a_watch_need_no_policy_entry(make: Callable[..., Guard], work: Path) -> None:
+    guard = make(allowed_resources=[f"{work}/*"])
+    sys.modules.pop("colorsys", None)
+    stdlib_text = Path(os.__file__).parent / "LICENSE.txt"
+
+    with guard.watch():
+        import colorsys
+
+        assert colorsys.rgb_to_hsv(1, 0, 0)[0] == 0
+        with pytest.raises(ActionDenied):  # a file of the interpreter that is not a module: an ordinary read
+            stdlib_text.read_text()
+
+    assert all(not r.resource.endswith((".py", ".pyc")) for r in decisions(guard))
+
+
+def test_the_guards_own_work_is_not_intercepted(make: Callable[..., Guard], work: Path) -> None:
+    target = work / "out.txt"
+    target.write_text("before")
+    # Only the target may be touched: the tool's snapshot (reading the target, writing under home) and the
+    # audit writes would be denied if the watch saw them.
+    guard = make(allowed_resources=[str(target)], blocked_resources=[f"{work.parent}/home/*"])
+
+    @guard.tool(ActionType.FILE_WRITE, resource="path")
+    def save(path: Path, text: str) -> None:
+        path.write_text(text)
+
+    with guard.watch():
+        save(target, "after")
+
+    assert target.read_text() == "after"
+    assert [(r.action_type, r.resource) for r in decisions(guard)] == [("file_write", str(target))] * 2
+    assert guard.rollback().complete
+    assert target.read_text() == "before"
+
+
+def test_nested_watches_speak_for_the_innermost_agent(make: Callable[..., Guard], work: Path) -> None:
+    guard = make()
+    with guard.watch(agent_id="outer"):
+        (work / "a").write_text("1")
+        with guard.watch(agent_id="inner"):
+            (work / "b").write_text("2")
+        (work / "c").write_text("3")
+    assert [(r.agent_id, Path(r.resource or "").name) for r in decisions(guard)] == [
+        ("outer", "a"),
+        ("inner", "b"),
+        ("outer", "c"),
+    ]
+
+
+def test_tasks_inherit_the_watch_and_plain_threads_do_not(make: Callable[..., Guard], work: Path) -> None:
+    guard = make(blocked_resources=[f"{work}/*"])
+    outcomes: dict[str, str] = {}
+
+    def write(name: str) -> None:
+        try:
+            (work / name).write_text("x")
+            outcomes[name] = "written"
+        except GuardDenied:
+            outcomes[name] = "denied"
+
+    async def write_soon(name: str) -> None:
+        write(name)
+
+    async def main() -> None:
+        with guard.watch():
+            await asyncio.get_running_loop().run_in_executor(None, write, "executor")
+            await asyncio.to_thread(write, "to_thread")
+            task = asyncio.create_task(write_soon("task"))
+        await task  # runs after the block has closed, in the copy of the context it was created in
+        await asyncio.create_task(write_soon("after"))
+
+    asyncio.run(main())
+    with guard.watch():
+        plain = threading.Thread(target=write, args=("thread",))
+        copied = threading.Thread(target=contextvars.copy_context().run, args=(write, "copied"))
+        for thread in (plain, copied):
+            thread.start()
+            thread.join()
+
+    assert outcomes == {
+        "executor": "written",  # run_in_executor does not carry the context over
+        "to_thread": "denied",  # asyncio.to_thread does
+        "task": "denied",
+        "after": "written",
+        "thread": "written",  # a new thread starts with an empty context
+        "copied": "denied",
+    }
+
+
+def test_pause_mode_stops_every_later_action_of_the_agent(make: Callable[..., Guard], work: Path) -> None:
+    (work / "readme.txt").write_text("r")
+    guard = make(allowed_action_types=[ActionType.FILE_READ], mode=KillSwitchMode.PAUSE)
+    with guard.watch(agent_id="agent-7"):
+        with pytest.raises(AgentPaused):
+            (work / "x.txt").write_text("x")
+        with pytest.raises(AgentPaused):
+            (work / "readme.txt").read_text()
+    assert guard.status("agent-7").status.value == "paused"
+    assert (work / "readme.txt").read_text() == "r"
+
+
+def test_a_forked_child_is_denied_instead_of_sharing_the_guard(make: Callable[..., Guard], work: Path) -> None:
+    guard = make()
+    read_end, write_end = os.pipe()
+    with guard.watch():
+        pid = os.fork()
+        if pid == 0:  # the child: report what happened through the pipe and leave at once
+            try:
+                (work / "child.txt").write_text("x")
+                verdict = b"written"
+            except ActionDenied as exc:
+                verdict = exc.decision.reason_codes[0].encode()
+            os.write(write_end, verdict)
+            os._exit(0)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    verdict = os.read(read_end, 100)
+    os.close(read_end)
+    assert (status, verdict) == (0, b"forked_process")
+    assert not (work / "child.txt").exists()
