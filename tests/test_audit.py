@@ -825,3 +825,24 @@ def test_deleting_the_retention_record_after_a_purge_is_detected(
         conn.execute("DELETE FROM audit WHERE kind = 'retention'")
     result = verify(url_of(db_path))
     assert (result.ok, result.first_bad_seq) == (False, 1)
+
+
+def test_the_wal_is_checkpointed_in_the_background_not_inside_appends(tmp_path: Path) -> None:
+    """Appends never run SQLite's automatic checkpoint; a background thread copies the log into the database."""
+    db = tmp_path / "a.db"
+    store = open_audit(f"sqlite:///{db}")
+    assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # type: ignore[attr-defined]
+    empty = db.stat().st_size
+    for i in range(300):
+        store.append({"record_id": f"r{i}", "ts": "2026-01-01T00:00:00+00:00", "kind": "decision", "agent_id": "a",
+                      "detail": {"padding": "x" * 500}})  # fmt: skip
+    for _ in range(300):  # the database file grows only when a checkpoint copies the log into it
+        if db.stat().st_size > empty:
+            break
+        threading.Event().wait(0.1)
+    assert db.stat().st_size > empty
+    assert verify_store(store).ok
+    checkpointer = store._checkpointer._thread  # type: ignore[attr-defined]
+    assert checkpointer.is_alive()
+    store.close()
+    assert not checkpointer.is_alive()

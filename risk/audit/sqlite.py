@@ -5,10 +5,15 @@ another process's write lock before it fails (and the action is denied), 5 s by 
 `synchronous=NORMAL` by default: a record survives the process crashing the instant after `append`
 returns, and a power loss may lose the last few commits. `?synchronous=FULL` fsyncs every record, for
 the cost of a disk flush per action.
+
+Copying the write-ahead log into the database file (a checkpoint) happens in a background thread with its own
+connection, every half second. SQLite's automatic checkpoint would instead run inside whichever commit crosses
+1,000 log pages and stall that action's decision for milliseconds.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -20,6 +25,9 @@ from risk.audit.record import GENESIS_HASH, INDEXED, AuditRecord, Sealed, Stored
 from risk.audit.store import AuditQuery, ChainAppender, Head, where_clause
 from risk.errors import AuditError
 
+log = logging.getLogger("risk")
+
+CHECKPOINT_SECONDS = 0.5
 _COLUMNS = ("seq", *INDEXED, "body", "hash")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM audit"
 _INSERT = f"INSERT INTO audit ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
@@ -73,6 +81,9 @@ class SQLiteAuditStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(f"PRAGMA synchronous={synchronous}")
             self._conn.executescript(_SCHEMA)
+            self._checkpointer = None if path == ":memory:" else _Checkpointer(path, timeout)
+            if self._checkpointer is not None:
+                self._conn.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as exc:
             raise AuditError(f"cannot open audit store {url}: {exc}") from exc
 
@@ -126,6 +137,8 @@ class SQLiteAuditStore:
                 raise AuditError(f"purge failed on {self.url}: {exc}") from exc
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         with self._lock:
             self._conn.close()
 
@@ -135,6 +148,32 @@ class SQLiteAuditStore:
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise AuditError(f"cannot read audit store {self.url}: {exc}") from exc
+
+
+class _Checkpointer:
+    """Checkpoints the WAL off the append path. PASSIVE never waits for writers, so appends go on meanwhile."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="risk-audit-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(CHECKPOINT_SECONDS):
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:  # the next round tries again; the log only grows meanwhile
+                log.warning("audit WAL checkpoint failed", exc_info=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            log.warning("audit WAL checkpoint on close failed", exc_info=True)
+        self._conn.close()
 
 
 def _stored(row: tuple[Any, ...]) -> StoredRecord:
