@@ -21,6 +21,7 @@ from api.service import Service
 from api.settings import Settings
 from risk.catalog import CatalogError
 from risk.errors import AuditError, StateError
+from risk.idempotency import IdempotencyConflict
 from risk.scoring.model import ModelError
 from risk.tenants import ConflictError, NotFoundError
 
@@ -77,9 +78,11 @@ def _handle_errors(app: FastAPI, service: Service) -> None:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return reply(422, errors)
 
-    @app.exception_handler(ConflictError)
-    async def conflict(request: Request, exc: ConflictError) -> JSONResponse:
+    async def conflict(request: Request, exc: Exception) -> JSONResponse:
         return reply(409, str(exc))
+
+    app.add_exception_handler(ConflictError, conflict)
+    app.add_exception_handler(IdempotencyConflict, conflict)
 
     @app.exception_handler(NotFoundError)
     async def not_found(request: Request, exc: NotFoundError) -> JSONResponse:

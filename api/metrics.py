@@ -26,7 +26,7 @@ class Metrics:
         )
         self.fail_open = Counter(
             "risk_fail_open",
-            "Actions let through although a rule, a limit or the risk threshold objected (mode ALERT).",
+            "Actions clients let run unchecked while the service was unreachable (on_error='allow'), as reported.",
             registry=self.registry,
         )
         self.store_errors = Counter(
@@ -40,8 +40,6 @@ class Metrics:
     def decided(self, decision: Decision, seconds: float) -> None:
         self.decisions.labels(decision.outcome.value).inc()
         self.latency.observe(seconds)
-        if decision.allowed and any(r.violation for r in decision.reasons):
-            self.fail_open.inc()
         for reason in decision.reasons:
             if reason.code in ("audit_unavailable", "state_unavailable"):
                 self.store_errors.labels(reason.code.removesuffix("_unavailable")).inc()

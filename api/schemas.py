@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from risk.actions import ActionType, Outcome
 from risk.tenants import AGENT_PATTERN
@@ -90,6 +90,50 @@ class OutcomeRequest(Strict):
     error: str | None = Field(default=None, max_length=4096)
     rows: int | None = Field(default=None, ge=0, le=2**53)
     bytes: int | None = Field(default=None, ge=0, le=2**53)
+
+
+class ReportedRecord(Strict):
+    """One record of a client's spool: a decision it made itself (fail-open), an outcome it could not send, or a
+    rollback step it ran (undo steps live in the client's process)."""
+
+    idempotency_key: str = Field(min_length=1, max_length=128)
+    kind: Literal["decision", "outcome", "rollback"]
+    ts: str | None = Field(default=None, max_length=64)
+    action_id: str = Field(pattern="^[0-9a-f]{1,64}$")
+    agent_id: AgentId | None = None
+    session_id: str | None = Field(default=None, max_length=256)
+    action_type: ActionType | None = None
+    resource: str | None = Field(default=None, min_length=1, max_length=4096)
+    payload_digest: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
+    reasons: list[ReasonOut] = Field(default_factory=list, max_length=32)
+    error: str | None = Field(default=None, max_length=4096)
+    success: bool | None = None
+    rows: int | None = Field(default=None, ge=0, le=2**53)
+    bytes: int | None = Field(default=None, ge=0, le=2**53)
+    outcome: Literal["pending", "undone", "failed", "irreversible"] | None = Field(
+        default=None, description="a rollback step's result"
+    )
+    detail: dict[str, str | None] | None = Field(default=None, max_length=16, description="a rollback step's detail")
+
+    @model_validator(mode="after")
+    def _complete(self) -> ReportedRecord:
+        if self.kind == "decision" and None in (self.agent_id, self.action_type, self.resource):
+            raise ValueError("a decision record needs agent_id, action_type and resource")
+        if self.kind == "outcome" and self.success is None:
+            raise ValueError("an outcome record needs success")
+        if self.kind == "rollback" and None in (self.agent_id, self.outcome):
+            raise ValueError("a rollback record needs agent_id and outcome")
+        return self
+
+
+class ReportRequest(Strict):
+    records: list[ReportedRecord] = Field(min_length=1, max_length=1000)
+
+
+class ReportOut(BaseModel):
+    accepted: int
+    duplicates: int = Field(description="records the service already had (same idempotency key)")
+    rejected: list[dict[str, str]] = Field(description="records it could not store, with the reason")
 
 
 class OutcomeOut(BaseModel):

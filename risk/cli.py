@@ -327,11 +327,12 @@ def serve(
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # so /metrics adds up every worker's counts
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="risk-metrics-")
     url = f"http://{host}:{port}"
-    console.print(f"agent-risk service on {url}  (API docs {url}/docs, health {url}/readyz, metrics {url}/metrics)")
-    console.print(
-        f"audit trail: {escape(audit_url)}; state: {escape(os.environ.get('RISK_REDIS_URL') or 'in process')}"
-    )
-    console.print("make a key: risk keys create --tenant TENANT --role agent|reviewer|auditor|admin")
+    # Plain print: rich would wrap the URLs; and a database URL may hold a password, so it is named, not shown.
+    audit_where = "the database at $RISK_DATABASE_URL" if os.environ.get("RISK_DATABASE_URL") else audit_url
+    state_where = "Redis at $RISK_REDIS_URL" if os.environ.get("RISK_REDIS_URL") else "in process"
+    print(f"agent-risk service on {url}  (API docs {url}/docs, health {url}/readyz, metrics {url}/metrics)")
+    print(f"audit trail: {audit_where}; state: {state_where}")
+    print("make a key: risk keys create --tenant TENANT --role agent|reviewer|auditor|admin", flush=True)
     uvicorn.run(
         "api.app:create_app", factory=True, host=host, port=port, workers=workers, loop="uvloop", http="httptools",
         access_log=False,

@@ -578,7 +578,3 @@ def _fingerprint(agent: str, atype: ActionType, resource: str, payload_json: byt
 
 def _kept_payload(payload: Any) -> Any:
     return mask(json.loads(canonical_json(payload)))  # json, not orjson: it keeps integers beyond 64 bits
-
-
-# risk.integrations.watch still imports the earlier private name.
-_denial = GuardDenied.for_decision

@@ -33,7 +33,7 @@ from risk.audit.record import canonical_json
 from risk.audit.store import default_home
 from risk.errors import PolicyError, RiskError, StateError
 from risk.guard import Guard
-from risk.rollback import RollbackReport, UndoLog
+from risk.rollback import RollbackReport, UndoLog, UndoStep
 from risk.state import AgentState
 
 log = logging.getLogger("risk")
@@ -43,6 +43,10 @@ SPOOL_BATCH = 500  # records per request when the spool is sent
 
 class ServiceError(RiskError):
     """The service refused a request (a wrong key, a role that may not do this, a bad request)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RemoteGuard(Guard):
@@ -115,7 +119,10 @@ class RemoteGuard(Guard):
         except _Unreachable as exc:
             return self._decide_locally(atype, resource, payload, agent, session_id, str(exc))
         self._send_spool()
-        return Decision.from_dict(answer)
+        decision = Decision.from_dict(answer)
+        if decision.outcome is Outcome.ROLLED_BACK:  # the service paused the agent; the undo steps live here
+            self._rollback(agent, actor="guard")
+        return decision
 
     def _decide_locally(
         self, atype: ActionType, resource: str, payload: Any, agent: str, session_id: str | None, error: str
@@ -133,7 +140,8 @@ class RemoteGuard(Guard):
         self.spool.add(
             {
                 "idempotency_key": action_id,
-                "ts": datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="microseconds"),
+                "kind": "decision",
+                "ts": self._now(),
                 "agent_id": agent,
                 "session_id": session_id,
                 "action_id": action_id,
@@ -160,7 +168,8 @@ class RemoteGuard(Guard):
         try:
             self._call("POST", "/v1/outcome", json=body)
         except _Unreachable as exc:  # the action ran already: keep its outcome for later
-            self.spool.add({"idempotency_key": f"outcome:{action_id}", "outcome": body, "error": str(exc)})
+            log.warning("outcome of %s spooled: the service did not answer: %s", action_id, exc)
+            self.spool.add({"idempotency_key": f"outcome:{action_id}", "kind": "outcome", "ts": self._now(), **body})
 
     # ---- the human side of the kill switch -------------------------------------------------------
 
@@ -192,9 +201,25 @@ class RemoteGuard(Guard):
         self._reviewer("POST", agent_id, "/reset")
 
     def _rollback(self, agent: str, *, actor: str) -> RollbackReport:
-        """Undo this process's steps (files, savepoints, compensations), then have the service record it."""
-        report = self._undo.rollback(agent, self._clock() - ROLLBACK_WINDOW, lambda step: None)
-        self._reviewer("POST", agent, "/rollback")
+        """Undo what this process did for the agent (files, savepoints, compensations), newest first; each step
+        is reported to the service's audit trail through the spool. Any key may do this: it undoes only the
+        caller's own work."""
+
+        def record(step: UndoStep) -> None:
+            self.spool.add(
+                {
+                    "idempotency_key": os.urandom(16).hex(),  # a step retried later is another record
+                    "kind": "rollback",
+                    "ts": self._now(),
+                    "agent_id": agent,
+                    "action_id": step.action_id,
+                    "outcome": step.status.value,
+                    "detail": {"step": step.description, "error": step.error, "actor": actor},
+                }
+            )
+
+        report = self._undo.rollback(agent, self._clock() - ROLLBACK_WINDOW, record)
+        self._send_spool()
         return report
 
     def _reviewer(self, method: str, agent_id: str | None, action: str, body: Any = None) -> dict[str, Any]:
@@ -202,6 +227,9 @@ class RemoteGuard(Guard):
             return self._call(method, f"/v1/agents/{agent_id or self.agent_id}{action}", json=body)
         except _Unreachable as exc:
             raise StateError(f"the risk service did not answer: {exc}") from None
+
+    def _now(self) -> str:
+        return datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="microseconds")
 
     # ---- transport -------------------------------------------------------------------------------
 
@@ -220,22 +248,33 @@ class RemoteGuard(Guard):
             raise _Unreachable(f"HTTP {response.status_code} from {path} with a body that is not JSON") from None
         if response.status_code >= 400:
             detail = answer.get("detail", answer) if isinstance(answer, dict) else answer
-            raise ServiceError(f"{method} {path}: HTTP {response.status_code}: {detail}")
+            raise ServiceError(f"{method} {path}: HTTP {response.status_code}: {detail}", response.status_code)
         if not isinstance(answer, dict):
             raise _Unreachable(f"HTTP {response.status_code} from {path} with an unexpected body")
         return answer
 
     def _send_spool(self) -> None:
-        """Send what the spool holds, now that the service answers; keep what it could not take."""
+        """Send what the spool holds, now that the service answers; keep what it could not take yet, and set
+        aside (in `<spool>.rejected.jsonl`, for a person to look at) what it refused to store."""
         if not self.spool.pending():
             return
         with self.spool.batches(SPOOL_BATCH) as batches:
             for batch in batches:
                 try:
-                    self._call("POST", "/v1/spool", json={"records": batch})
-                except (_Unreachable, ServiceError) as exc:
+                    answer = self._call("POST", "/v1/reports", json={"records": batch})
+                    refused = {r.get("idempotency_key"): r.get("reason") for r in answer.get("rejected") or ()}
+                except ServiceError as exc:
+                    if exc.status not in (413, 422):  # a key or role problem: keep the records until it is fixed
+                        log.error("spooled records not sent: %s", exc)
+                        return
+                    refused = {r.get("idempotency_key"): str(exc) for r in batch}
+                except _Unreachable as exc:
                     log.warning("spooled records not sent yet: %s", exc)
                     return
+                if refused:
+                    log.error("the service refused %d spooled records; kept in %s", len(refused), self.spool.rejected)
+                    self.spool.set_aside([{**r, "refused": refused[r.get("idempotency_key")]} for r in batch
+                                          if r.get("idempotency_key") in refused])  # fmt: skip
                 batches.sent(len(batch))
 
     def flush(self) -> int:
@@ -269,6 +308,7 @@ class Spool:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.rejected = path.with_suffix(".rejected.jsonl")
         self._lock = threading.Lock()
 
     def add(self, record: dict[str, Any]) -> None:
@@ -276,6 +316,13 @@ class Spool:
         line = orjson.dumps(record) + b"\n"
         with self._locked(), self.path.open("ab") as handle:
             handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def set_aside(self, records: list[dict[str, Any]]) -> None:
+        """Keep records the service refused beside the spool, so nothing is lost and the rest can go on."""
+        with self.rejected.open("ab") as handle:
+            handle.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
             handle.flush()
             os.fsync(handle.fileno())
 

@@ -20,30 +20,30 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from risk.actions import AgentStatus, Decision, Outcome
 from risk.audit.record import canonical_json
-from risk.audit.store import AuditQuery, AuditStore
+from risk.audit.store import AuditQuery, AuditStore, utc_time
 from risk.catalog import Catalog
-from risk.errors import PolicyError, RiskError
+from risk.errors import RiskError, StateError
 from risk.guard import Guard
+from risk.idempotency import IdempotencyConflict, IdempotencyKeys
 from risk.keys import check_tenant
-from risk.policy import Policy, load_policy_file
+from risk.policy import Policy
 from risk.rollback import RollbackReport
 from risk.scoring.model import DEFAULT_MODEL, SHIPPED_MODELS, BehaviorModel, ModelError, load_model
 from risk.state import AgentState, StateStore
+from risk.tenant_policies import SERVICE_DEFAULT, PolicyView, TenantPolicies, policy_file
 
 log = logging.getLogger("risk")
 
-SERVICE_DEFAULT = "*"  # the catalog's tenant name for the policy of every tenant without one of its own
 AGENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}")
-IDEMPOTENCY_WAIT = 5.0  # seconds a repeated key waits for the first request's decision
-IDEMPOTENCY_STALE = 60.0  # a claim older than this with no decision belongs to a request that died
 RECENT_ACTIONS = 100_000  # action id -> agent, for outcomes, before falling back to the audit trail
 _STOPPED = (Outcome.PAUSED, Outcome.ROLLED_BACK)
 
@@ -85,18 +85,20 @@ class ActionRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyView:
-    """The policy that governs a tenant or agent, and where it comes from: agent, tenant, default or embedded."""
-
-    policy: Policy
-    source: str
-
-
-@dataclass(frozen=True, slots=True)
 class Approval:
     agent_id: str
     state: AgentState
     decision: dict[str, Any]
+
+
+@dataclass
+class Report:
+    """What became of a batch of reported records."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    fail_open: int = 0  # accepted decisions: actions a client let run unchecked
+    rejected: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -132,6 +134,7 @@ class Tenants:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.catalog = catalog
+        self.idempotency = IdempotencyKeys(catalog)
         self.audit = audit
         self.state = state
         self.model_spec = model
@@ -143,7 +146,7 @@ class Tenants:
         self._guards: dict[tuple[str, str], _Cached] = {}
         self._recent: OrderedDict[str, str] = OrderedDict()
         self._model = self._load_model()
-        self._policies: dict[tuple[str, str], Policy] = {}
+        self.policies = TenantPolicies(catalog, self.record)
         self._generations: dict[str, int] = {}
         self._checked_at = -float("inf")
         self._refresh(force=True)
@@ -156,21 +159,15 @@ class Tenants:
         if idempotency_key is None:
             return self._decide(tenant, action)
         fingerprint = hashlib.sha256(canonical_json(asdict(action))).hexdigest()
-        first = self._claim(tenant, idempotency_key, fingerprint)
+        first = self.idempotency.claim(tenant, idempotency_key, fingerprint)
         if first is not None:
-            return first
+            return Decision.from_dict(first)
         try:
             decision = self._decide(tenant, action)
         except BaseException:
-            self.catalog.run(
-                "DELETE FROM risk_idempotency WHERE tenant = ? AND idem_key = ? AND decision IS NULL",
-                (tenant, idempotency_key),
-            )
+            self.idempotency.release(tenant, idempotency_key)
             raise
-        self.catalog.run(
-            "UPDATE risk_idempotency SET decision = ? WHERE tenant = ? AND idem_key = ?",
-            (json.dumps(decision.to_dict()), tenant, idempotency_key),
-        )
+        self.idempotency.settle(tenant, idempotency_key, decision.to_dict())
         return decision
 
     def _decide(self, tenant: str, action: ActionRequest) -> Decision:
@@ -195,40 +192,69 @@ class Tenants:
                 log.exception("pending approval of %s not indexed", agent)
         return decision
 
-    def _claim(self, tenant: str, key: str, fingerprint: str) -> Decision | None:
-        """None when this request may decide under `key`; the first decision when one was made already."""
-        deadline = time.monotonic() + IDEMPOTENCY_WAIT
-        while True:
-            now = time.time()
-            inserted = self.catalog.run(
-                "INSERT INTO risk_idempotency (tenant, idem_key, request_hash, decision, claimed_at) "
-                "VALUES (?, ?, ?, NULL, ?) ON CONFLICT (tenant, idem_key) DO NOTHING",
-                (tenant, key, fingerprint, now),
-            ).rowcount
-            if inserted == 1:
-                return None
-            rows = self.catalog.run(
-                "SELECT request_hash, decision, claimed_at FROM risk_idempotency WHERE tenant = ? AND idem_key = ?",
-                (tenant, key),
-            ).rows
-            if not rows:
-                continue  # the first request failed and gave the key back: claim it again
-            request_hash, stored, claimed_at = rows[0]
-            if request_hash != fingerprint:
-                raise ConflictError(f"idempotency key {key!r} was used for a different action; use a new key")
-            if stored is not None:
-                return Decision.from_dict(json.loads(stored))
-            if now - claimed_at > IDEMPOTENCY_STALE:
-                taken = self.catalog.run(
-                    "UPDATE risk_idempotency SET claimed_at = ? "
-                    "WHERE tenant = ? AND idem_key = ? AND decision IS NULL AND claimed_at = ?",
-                    (now, tenant, key, claimed_at),
-                ).rowcount
-                if taken == 1:
-                    return None
-            if time.monotonic() > deadline:
-                raise ConflictError(f"a request with idempotency key {key!r} is still being decided; retry")
-            time.sleep(0.01)
+    def report(self, tenant: str, records: list[dict[str, Any]], actor: str) -> Report:
+        """Store what a client let run while the service was unreachable (its fail-open spool), each record once.
+
+        A `decision` record becomes an audit record marked as reported (actor, `detail.reported_at`), never as
+        decided here, and so does a `rollback` step the client ran; an `outcome` record is recorded as
+        `record_outcome` would. Each record's
+        `idempotency_key` makes a resent record a duplicate; a record that cannot be stored is rejected.
+        """
+        result = Report()
+        for record in records:
+            key = f"report:{record['idempotency_key']}"
+            try:
+                if self.idempotency.claim(tenant, key, hashlib.sha256(canonical_json(record)).hexdigest()):
+                    result.duplicates += 1
+                    continue
+            except IdempotencyConflict as exc:
+                result.rejected.append({"idempotency_key": record["idempotency_key"], "reason": str(exc)})
+                continue
+            try:
+                if record["kind"] in ("decision", "rollback"):
+                    self._reported(tenant, record, actor)
+                else:
+                    self.record_outcome(
+                        tenant, record["action_id"], success=bool(record.get("success", True)),
+                        error=record.get("error"), rows=record.get("rows"), bytes=record.get("bytes"),
+                    )  # fmt: skip
+            except (NotFoundError, ValueError) as exc:
+                self.idempotency.release(tenant, key)
+                result.rejected.append({"idempotency_key": record["idempotency_key"], "reason": str(exc)})
+                continue
+            except BaseException:
+                self.idempotency.release(tenant, key)
+                raise
+            self.idempotency.settle(tenant, key, {"stored": True})
+            result.accepted += 1
+            result.fail_open += record["kind"] == "decision"
+        return result
+
+    def _reported(self, tenant: str, record: dict[str, Any], actor: str) -> None:
+        agent = namespaced(tenant, check_agent(record["agent_id"]))
+        now = _now(self._clock())
+        try:
+            ts = utc_time(record["ts"]) if record.get("ts") else now
+        except ValueError:
+            ts = now
+        if record["kind"] == "rollback":
+            fields = {"outcome": record["outcome"], "detail": {**(record.get("detail") or {}), "reported_at": now}}
+        else:
+            fields = {
+                "session_id": record.get("session_id"),
+                "action_type": record["action_type"],
+                "resource": record["resource"],
+                "payload_digest": record.get("payload_digest"),
+                "reasons": record.get("reasons") or [],
+                "decision": "allow",
+                "outcome": "allowed",
+                "detail": {"reported_at": now, "fail_open": True, "error": record.get("error")},
+            }
+        self.record(agent, {"ts": ts, "kind": record["kind"], "action_id": record["action_id"], "actor": actor,
+                            **fields})  # fmt: skip
+        if record["kind"] == "decision":
+            with self._lock:
+                self._recent[record["action_id"]] = agent
 
     def record_outcome(
         self,
@@ -265,13 +291,15 @@ class Tenants:
     def approve(self, tenant: str, agent_id: str, actor: str) -> str | None:
         """Resume a paused agent and let the action that paused it run once; returns that action's id."""
         agent, guard = self._paused(tenant, agent_id, "approve")
-        approved = guard.approve(agent, actor=actor)
+        with self._still_paused(agent, agent_id, "approve"):
+            approved = guard.approve(agent, actor=actor)
         self._settled(agent)
         return approved
 
     def resume(self, tenant: str, agent_id: str, actor: str) -> None:
         agent, guard = self._paused(tenant, agent_id, "resume")
-        guard.resume(agent, actor=actor)
+        with self._still_paused(agent, agent_id, "resume"):
+            guard.resume(agent, actor=actor)
         self._settled(agent)
 
     def terminate(self, tenant: str, agent_id: str, actor: str, reason: str) -> None:
@@ -295,6 +323,17 @@ class Tenants:
         if status is not AgentStatus.PAUSED:
             raise ConflictError(f"cannot {verb} agent {agent_id!r}: it is {status.value}, not paused")
         return agent, self.guard(tenant, agent_id)
+
+    @contextmanager
+    def _still_paused(self, agent: str, agent_id: str, verb: str) -> Iterator[None]:
+        """A move refused because another reviewer moved the agent first is a conflict, not a store failure."""
+        try:
+            yield
+        except StateError:
+            status = self.state.get_state(agent).status
+            if status is not AgentStatus.PAUSED:
+                raise ConflictError(f"cannot {verb} agent {agent_id!r}: it is {status.value} now, not paused") from None
+            raise
 
     def _settled(self, agent: str) -> None:
         """Drop the agent from the index of pending approvals (its state store entry is the truth)."""
@@ -322,82 +361,24 @@ class Tenants:
     def policy(self, tenant: str, agent_id: str | None = None) -> PolicyView:
         """The policy governing `tenant` (or one of its agents), and where it comes from."""
         self._refresh()
-        with self._lock:
-            if agent_id is not None and (tenant, agent_id) in self._policies:
-                return PolicyView(self._policies[(tenant, agent_id)], "agent")
-            if (tenant, "") in self._policies:
-                return PolicyView(self._policies[(tenant, "")], "tenant")
-            if (SERVICE_DEFAULT, "") in self._policies:
-                return PolicyView(self._policies[(SERVICE_DEFAULT, "")], "default")
-        return PolicyView(Policy(), "embedded")
+        return self.policies.view(tenant, agent_id)
 
     def agent_overrides(self, tenant: str) -> dict[str, Policy]:
         self._refresh()
-        with self._lock:
-            return {agent: p for (t, agent), p in self._policies.items() if t == tenant and agent}
+        return self.policies.overrides(tenant)
 
     def set_policy(self, tenant: str, agent_id: str | None, policy: Policy | None, actor: str) -> tuple[str, str]:
-        """Set (or with None remove) the policy of `tenant` or one agent; returns (old hash, new hash), "" for none.
-
-        The change and its audit record stand or fall together.
-        """
+        """Set (or with None remove) the policy of `tenant` or one agent; returns (old hash, new hash), "" for none."""
         if tenant != SERVICE_DEFAULT:
             check_tenant(tenant)
         agent = check_agent(agent_id) if agent_id is not None else ""
-        new_hash = policy.policy_hash if policy is not None else ""
-        with self.catalog.transaction():
-            rows = self.catalog.run(
-                "SELECT policy_hash FROM risk_policies WHERE tenant = ? AND agent_id = ?", (tenant, agent)
-            ).rows
-            old_hash = rows[0][0] if rows else ""
-            if old_hash == new_hash:
-                return old_hash, new_hash
-            if policy is None:
-                self.catalog.run("DELETE FROM risk_policies WHERE tenant = ? AND agent_id = ?", (tenant, agent))
-            else:
-                self.catalog.run(
-                    "INSERT INTO risk_policies (tenant, agent_id, policy, policy_hash, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, agent_id) DO UPDATE SET "
-                    "policy = excluded.policy, policy_hash = excluded.policy_hash, updated_at = excluded.updated_at",
-                    (tenant, agent, policy.model_dump_json(), new_hash, _now(self._clock())),
-                )
-            self.catalog.run("UPDATE risk_generations SET value = value + 1 WHERE name = 'policies'")
-            subject = "*" if tenant == SERVICE_DEFAULT else namespaced(tenant, agent or "*")
-            self.record(
-                subject,
-                {
-                    "kind": "policy_change",
-                    "actor": actor,
-                    "policy_hash": new_hash or None,
-                    "detail": {
-                        "old_hash": old_hash or None,
-                        "new_hash": new_hash or None,
-                        "policy": policy.model_dump(mode="json") if policy is not None else None,
-                    },
-                },
-            )
-        self._refresh(force=True)
-        return old_hash, new_hash
+        subject = "*" if tenant == SERVICE_DEFAULT else namespaced(tenant, agent or "*")
+        return self.policies.set(tenant, agent, policy, actor=actor, subject=subject)
 
     def apply_policy_file(self, spec: str, actor: str = "policy-file") -> tuple[str, str]:
-        """Apply `[TENANT=]FILE`: the service default, or TENANT's policy; a file naming `agent_id` overrides
-        that agent's. Applying the same file again changes nothing."""
-        tenant, _, path = spec.rpartition("=") if "=" in spec else (SERVICE_DEFAULT, "", spec)
-        fields = load_policy_file(path)
-        agent = fields.pop("agent_id", None)
-        unknown = sorted(set(fields) - set(Policy.model_fields))
-        if unknown:
-            raise PolicyError(
-                f"{path}: field(s) {', '.join(unknown)} cannot be set per policy in the service "
-                f"(stores and models come from its settings); accepted: agent_id, {', '.join(Policy.model_fields)}"
-            )
-        if agent is not None and tenant == SERVICE_DEFAULT:
-            raise PolicyError(f"{path} names agent_id {agent!r}: say whose agent it is with TENANT={path}")
-        try:
-            policy = Policy.build(**fields)
-        except PolicyError as exc:
-            raise PolicyError(f"{path}: {exc}") from None
-        return self.set_policy(tenant, agent, policy, actor=f"{actor}:{Path(path).name}")
+        """Apply `[TENANT=]FILE` (see `risk.tenant_policies.policy_file`); the same file again changes nothing."""
+        tenant, agent, policy, name = policy_file(spec)
+        return self.set_policy(tenant, agent, policy, actor=f"{actor}:{name}")
 
     # ---- models ------------------------------------------------------------------------------
 
@@ -450,8 +431,7 @@ class Tenants:
     def guard(self, tenant: str, agent_id: str) -> Guard:
         """The guard for this agent of `tenant`: its override's, else the tenant's."""
         self._refresh()
-        with self._lock:
-            override = (tenant, agent_id) in self._policies
+        override = self.policies.has_own(tenant, agent_id)
         view = self.policy(tenant, agent_id if override else None)
         key = (tenant, agent_id if override else "")
         cached = self._guards.get(key)
@@ -482,9 +462,8 @@ class Tenants:
             if not force and now - self._checked_at < self.refresh_seconds:
                 return
             generations = dict(self.catalog.run("SELECT name, value FROM risk_generations").rows)
-            if force or generations.get("policies") != self._generations.get("policies"):
-                rows = self.catalog.run("SELECT tenant, agent_id, policy FROM risk_policies").rows
-                self._policies = {(t, a): Policy.model_validate_json(p) for t, a, p in rows}
+            if generations.get("policies") != self._generations.get("policies"):
+                self.policies.load()
             if "model" in self._generations and generations.get("model") != self._generations["model"]:
                 try:
                     self._model = self._load_model()

@@ -34,11 +34,12 @@ class Running:
 
 
 @contextmanager
-def serve(settings: Settings) -> Iterator[Running]:
-    """Run the app built from `settings` until the block ends."""
+def serve(settings: Settings, port: int = 0) -> Iterator[Running]:
+    """Run the app built from `settings` until the block ends, on `port` (default: a free one)."""
     app = create_app(settings)
     sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port a stopped service just left
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", loop="asyncio", lifespan="on"))
     started = threading.Event()

@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 from api_server import Running, serve
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from api.settings import Settings
 from risk.audit.store import AuditQuery, verify_store
@@ -203,8 +205,9 @@ def test_audit_query_filters_and_pages_with_a_cursor(clients: Callable[..., http
     assert [r["action_id"] for r in only] == ids[1::2] and {r["agent_id"] for r in only} == {f"{tenant}/bot1"}
     assert ok(auditor.get("/v1/audit", params={"since": "2999-01-01"}))["records"] == []
     assert ok(auditor.get("/v1/audit", params={"outcome": "allowed"}))["records"]
-    bad = auditor.get("/v1/audit", params={"since": "yesterday"})
-    assert bad.status_code == 422 and "since" in bad.text
+    for since in ("yesterday", "0001-01-01T00:00:00+05:00"):
+        bad = auditor.get("/v1/audit", params={"since": since})
+        assert bad.status_code == 422 and "since" in bad.text
 
 
 def test_audit_verify_and_head_describe_the_chain(clients: Callable[..., httpx.Client], service: Running) -> None:
@@ -323,11 +326,49 @@ def test_health_ready_and_metrics(clients: Callable[..., httpx.Client], service:
     put_policy(clients(Role.ADMIN), {**BLOCKING, "mode": "alert"})
     agent = clients(Role.AGENT)
     ok(agent.post("/v1/check", json=BLOCKED))
-    text = anonymous.get("/metrics").text
-    for line in ('risk_decisions_total{outcome="alerted"}', "risk_decision_seconds_bucket", "risk_fail_open_total"):
-        assert line in text
-    fail_open = next(x for x in text.splitlines() if x.startswith("risk_fail_open_total"))
-    assert float(fail_open.split()[-1]) >= 1
+
+    def fail_open() -> float:
+        text = anonymous.get("/metrics").text
+        for line in ('risk_decisions_total{outcome="alerted"}', "risk_decision_seconds_bucket", "risk_model_info"):
+            assert line in text
+        return float(next(x for x in text.splitlines() if x.startswith("risk_fail_open_total")).split()[-1])
+
+    before = fail_open()
+    ok(agent.post("/v1/reports", json={"records": [reported_decision("h1"), reported_decision("h2")]}))
+    assert fail_open() == before + 2
+
+
+def reported_decision(key: str, agent: str = "bot") -> dict[str, Any]:
+    return {"idempotency_key": key, "kind": "decision", "ts": "2026-03-02T09:00:00+00:00", "agent_id": agent,
+            "action_id": uuid.uuid4().hex, "action_type": "api_call", "resource": "svc.call/1",
+            "reasons": [{"code": "fail_open", "message": "the service did not answer", "weight": 0.0,
+                         "violation": False}], "error": "ConnectError"}  # fmt: skip
+
+
+def test_reported_fail_open_records_are_stored_once_and_marked_as_reported(
+    clients: Callable[..., httpx.Client], tenant: str
+) -> None:
+    agent, auditor = clients(Role.AGENT), clients(Role.AUDITOR)
+    decision = reported_decision("d1")
+    outcome = {"idempotency_key": "o1", "kind": "outcome", "action_id": decision["action_id"], "success": True,
+               "rows": 3}  # fmt: skip
+    first = ok(agent.post("/v1/reports", json={"records": [decision, outcome]}))
+    assert first == {"accepted": 2, "duplicates": 0, "rejected": []}
+    again = ok(agent.post("/v1/reports", json={"records": [decision, outcome]}))
+    assert again == {"accepted": 0, "duplicates": 2, "rejected": []}
+    records = ok(auditor.get("/v1/audit"))["records"]
+    stored = [r for r in records if r["action_id"] == decision["action_id"]]
+    assert [(r["kind"], r["agent_id"]) for r in stored] == [("decision", f"{tenant}/bot"), ("outcome", f"{tenant}/bot")]
+    assert stored[0]["ts"] == "2026-03-02T09:00:00.000000+00:00" and stored[0]["detail"]["fail_open"] is True
+    assert stored[0]["actor"].startswith("client:") and stored[0]["reasons"][0]["code"] == "fail_open"
+    orphan = {**outcome, "idempotency_key": "o2", "action_id": "ab" * 16}
+    changed = {**decision, "resource": "svc.other"}  # a resent key must name the same record
+    mixed = ok(agent.post("/v1/reports", json={"records": [orphan, changed]}))
+    assert mixed["accepted"] == 0 and [r["idempotency_key"] for r in mixed["rejected"]] == ["o2", "d1"]
+    other = clients(Role.AGENT, of=f"{tenant}-b")  # another tenant's outcome for this action is not found
+    assert ok(other.post("/v1/reports", json={"records": [{**outcome, "idempotency_key": "x"}]}))["rejected"]
+    bad = agent.post("/v1/reports", json={"records": [{**decision, "resource": None}]})
+    assert bad.status_code == 422
 
 
 # ---- keys, roles and tenants ------------------------------------------------------------------------------------
@@ -337,6 +378,7 @@ ROUTES: list[tuple[str, str, Any, set[Role]]] = [
     ("POST", "/v1/check", ALLOWED, {Role.AGENT}),
     ("POST", "/v1/check/batch", {"actions": [ALLOWED]}, {Role.AGENT}),
     ("POST", "/v1/outcome", {"action_id": "0" * 32, "success": True}, {Role.AGENT}),
+    ("POST", "/v1/reports", {"records": [reported_decision("roles")]}, {Role.AGENT}),
     ("GET", "/v1/agents/bot", None, {Role.REVIEWER, Role.AUDITOR}),
     ("POST", "/v1/agents/bot/approve", None, {Role.REVIEWER}),
     ("POST", "/v1/agents/bot/resume", None, {Role.REVIEWER}),
@@ -420,6 +462,11 @@ def test_a_tenant_never_sees_or_changes_another_tenants_things(
     put_policy(b[Role.ADMIN], {"mode": "terminate"}, agent="bot")
     assert ok(a[Role.ADMIN].get("/v1/policies")) == policy_a
     assert ok(a[Role.ADMIN].get("/v1/policies/agents/bot"))["source"] == "tenant"
+    strict = put_policy(a[Role.ADMIN], {"mode": "block"}, agent="strict")
+    assert ok(b[Role.ADMIN].delete("/v1/policies/agents/strict")) == {"old_hash": None, "new_hash": None}
+    assert ok(a[Role.AUDITOR].get("/v1/policies/agents/strict"))["policy_hash"] == strict["new_hash"]
+    batch = ok(b[Role.AGENT].post("/v1/check/batch", json={"actions": [BLOCKED]}))["decisions"]
+    assert batch[0]["allowed"] is True  # B's bot, under B's agent override (mode terminate, nothing blocked)
     a_keys = {k["key_id"] for k in ok(a[Role.ADMIN].get("/v1/keys"))["keys"]}
     assert a_keys.isdisjoint(k["key_id"] for k in ok(b[Role.ADMIN].get("/v1/keys"))["keys"])
     assert all(b[Role.ADMIN].delete(f"/v1/keys/{key_id}").status_code == 404 for key_id in a_keys)
@@ -592,3 +639,22 @@ def test_audit_store_that_cannot_be_written_denies(tmp_path: Path) -> None:
             assert newcomer.post("/v1/check", json=ALLOWED).status_code == 503
         with running.client() as anonymous:
             assert anonymous.get("/readyz").status_code == 503
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=50),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from([*ALLOWED, "payload", "session_id", "idempotency_key", "other"]), value=json_values)
+def test_no_body_gets_a_server_error_or_an_unearned_allow(
+    clients: Callable[..., httpx.Client], field: str, value: Any
+) -> None:
+    put_policy(clients(Role.ADMIN), {**BLOCKING, "mode": "block"})  # the same policy every time: no change
+    response = clients(Role.AGENT).post("/v1/check", json={**BLOCKED, field: value})
+    assert response.status_code in (200, 409, 422), response.text
+    if response.status_code == 200 and field not in ("resource", "action_type"):
+        assert response.json()["allowed"] is False

@@ -196,3 +196,31 @@ def test_service_settings_name_postgres_and_redis(pair: tuple[Running, Running])
     assert settings.audit_url.startswith("postgresql://") and settings.catalog_url == settings.audit_url
     assert settings.state_url.startswith("redis://")
     assert type(pair[0].app.state.service.audit).__name__ == "PostgresAuditStore"
+
+
+def test_reviewers_approving_at_once_on_both_services_approve_once(pair: tuple[Running, Running], tenant: str) -> None:
+    one, two = pair
+    with client(one, tenant, Role.ADMIN) as admin:
+        ok(admin.put("/v1/policies", json={"blocked_resources": ["data.phi.*"], "mode": "pause"}))
+    with client(one, tenant, Role.AGENT) as agent:
+        paused = ok(agent.post("/v1/check", json=BLOCKED))
+    reviewers = [client(running, tenant, Role.REVIEWER) for running in (one, two) for _ in range(3)]
+    barrier = threading.Barrier(len(reviewers))
+    statuses: list[int] = []
+
+    def approve(c: httpx.Client) -> None:
+        barrier.wait()
+        statuses.append(c.post("/v1/agents/bot/approve").status_code)
+
+    threads = [threading.Thread(target=approve, args=(c,)) for c in reviewers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in reviewers:
+        c.close()
+    assert sorted(statuses) == [200] + [409] * (len(reviewers) - 1)
+    with client(two, tenant, Role.AGENT) as agent:
+        assert ok(agent.post("/v1/check", json=BLOCKED))["reasons"][0]["code"] == "approved"
+        assert ok(agent.post("/v1/check", json=BLOCKED))["outcome"] == "paused"
+    assert paused["outcome"] == "paused"

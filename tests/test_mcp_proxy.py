@@ -107,6 +107,7 @@ def test_allowed_call_runs_and_blocked_call_never_reaches_the_upstream(tmp_path:
     assert not allowed.is_error
     assert (tmp_path / "allowed" / "a.txt").read_text(encoding="utf-8") == "hello"
     assert blocked.is_error
+    assert text(blocked).startswith("write_file: denied (blocked")
     assert "matches blocked pattern" in text(blocked)
     assert locked.read_text(encoding="utf-8") == "original"
 
@@ -213,6 +214,26 @@ def test_pause_denies_every_later_call_until_a_person_resumes(tmp_path: Path) ->
     assert not (tmp_path / "allowed" / "b.txt").exists()
 
 
+def test_rollback_mode_restores_what_the_upstream_wrote(tmp_path: Path) -> None:
+    notes = tmp_path / "allowed" / "notes.txt"
+
+    async def scenario(session: ClientSession) -> list[types.CallToolResult]:
+        notes.write_text("before", encoding="utf-8")
+        return [
+            await session.call_tool("write_file", {"path": str(notes), "content": "overwritten"}),
+            await session.call_tool("write_file", {"path": f"{tmp_path}/allowed/new.txt", "content": "new"}),
+            await session.call_tool("write_file", {"path": f"{tmp_path}/locked/keys.txt", "content": "x"}),
+        ]
+
+    overwrite, create, blocked = through(proxy_command(policy_file(tmp_path, mode="rollback")), scenario)
+
+    assert not overwrite.is_error and not create.is_error
+    assert blocked.is_error and "rolled_back" in text(blocked)
+    assert notes.read_text(encoding="utf-8") == "before"
+    assert not (tmp_path / "allowed" / "new.txt").exists()
+    assert [r.outcome for r in audit(tmp_path) if r.kind == "rollback"] == ["undone", "undone"]
+
+
 def test_a_call_without_its_resource_argument_is_refused_before_the_guard(tmp_path: Path) -> None:
     async def scenario(session: ClientSession) -> types.CallToolResult:
         return await session.call_tool("write_file", {"content": "no path"})
@@ -296,32 +317,35 @@ def test_templates_fill_from_arguments_and_alternatives_take_the_first_that_fits
 
 
 def test_python_forms_map_as_the_config_forms_do() -> None:
-    tools = ToolMap.from_config(
+    python = ToolMap.from_config(
         {
             "write_file": (ActionType.FILE_WRITE, "path"),
             "send_money": ("api_call", "bank.payee/{recipient}"),
-            "send_email": (ActionType.NETWORK_REQUEST, lambda args: [f"mail/{r.lower()}" for r in args["to"]]),
             "read_file": ActionType.FILE_READ,
         }
     )
-    assert (
-        tools.rules
-        == ToolMap.from_config(
-            {
-                "write_file": {"action_type": "file_write", "resource": "{path}"},
-                "send_money": {"action_type": "api_call", "resource": "bank.payee/{recipient}"},
-                "send_email": tools.rules["send_email"],  # a callable has no config form
-                "read_file": "file_read",
-            }
-        ).rules
+    config = ToolMap.from_config(
+        {
+            "write_file": {"action_type": "file_write", "resource": "{path}"},
+            "send_money": {"action_type": "api_call", "resource": "bank.payee/{recipient}"},
+            "read_file": "file_read",
+        }
+    )
+    calls = [
+        ("write_file", {"path": "/tmp/a"}),
+        ("send_money", {"recipient": ["CH9", "US1"]}),
+        ("read_file", {"path": "/b"}),
+    ]
+    assert [python.resolve(*c) for c in calls] == [config.resolve(*c) for c in calls]
+    assert python.resolve("read_file", {"path": "/b"}).resources == ("/b",)  # an action type alone: default resource
+
+
+def test_a_resource_function_computes_one_resource_or_a_list() -> None:
+    tools = ToolMap.from_config(
+        {"send_email": (ActionType.NETWORK_REQUEST, lambda args: [f"mail/{r.lower()}" for r in args["to"]])}
     )
     email = tools.resolve("send_email", {"to": ["Ann@x.example", "bo@x.example"]})
-    assert (email.action_type, email.resources) == (
-        ActionType.NETWORK_REQUEST,
-        ("mail/ann@x.example", "mail/bo@x.example"),
-    )
-    read = tools.resolve("read_file", {"path": "/tmp/b"})
-    assert (read.action_type, read.resources) == (ActionType.FILE_READ, ("/tmp/b",))  # the default resource
+    assert email.resources == ("mail/ann@x.example", "mail/bo@x.example")
 
 
 def test_a_resource_function_that_fails_or_finds_nothing_refuses_the_call() -> None:

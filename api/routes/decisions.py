@@ -9,7 +9,16 @@ from fastapi import APIRouter, Depends, Request
 
 from api.auth import allow
 from api.limits import OrjsonRoute
-from api.schemas import BatchOut, BatchRequest, CheckRequest, DecisionOut, OutcomeOut, OutcomeRequest
+from api.schemas import (
+    BatchOut,
+    BatchRequest,
+    CheckRequest,
+    DecisionOut,
+    OutcomeOut,
+    OutcomeRequest,
+    ReportOut,
+    ReportRequest,
+)
 from api.service import Service
 from risk.keys import ApiKey, Role
 from risk.tenants import ActionRequest
@@ -44,3 +53,14 @@ def outcome(body: OutcomeRequest, request: Request, key: Agent) -> OutcomeOut:
         key.tenant, body.action_id, success=body.success, error=body.error, rows=body.rows, bytes=body.bytes
     )
     return OutcomeOut(action_id=body.action_id, agent_id=agent)
+
+
+@router.post("/reports", response_model=ReportOut, summary="Store what a client let run while the service was down")
+def reports(body: ReportRequest, request: Request, key: Agent) -> ReportOut:
+    """A client with `on_error="allow"` spools each action it let through unchecked (and outcomes it could not
+    send); it sends them here once the service answers. Each is stored once, marked as reported, never as decided."""
+    service = request.app.state.service
+    records = [r.model_dump(mode="json", exclude_none=True) for r in body.records]
+    result = service.tenants.report(key.tenant, records, actor=f"client:{key.key_id}")
+    service.metrics.fail_open.inc(result.fail_open)
+    return ReportOut(accepted=result.accepted, duplicates=result.duplicates, rejected=result.rejected)

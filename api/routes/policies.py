@@ -11,7 +11,7 @@ from api.limits import OrjsonRoute
 from api.schemas import AGENT_REGEX, AGENT_RULE, PolicyChangeOut, PolicyOut
 from risk.keys import ApiKey, Role
 from risk.policy import Policy
-from risk.tenants import PolicyView
+from risk.tenant_policies import PolicyView
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"], route_class=OrjsonRoute)
 Admin = Annotated[ApiKey, Depends(allow(Role.ADMIN))]

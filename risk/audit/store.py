@@ -177,11 +177,12 @@ def utc_time(value: str) -> str:
     """
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        parsed = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: a UTC offset that pushes year 1 or 9999 out of range
         raise ValueError(
             f"{value!r} is not an ISO date or time such as 2026-03-02 or 2026-03-02T09:00:00+00:00"
         ) from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat(timespec="microseconds")
+    return parsed.isoformat(timespec="microseconds")
 
 
 def records(store: AuditStore, after_seq: int = 0) -> Iterator[AuditRecord]:

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from risk.actions import ActionType, Decision, Outcome, Reason
-from risk.errors import ActionDenied
+from risk.errors import ActionDenied, GuardDenied
 from risk.resources import MAX_RESOURCE_LENGTH
 from risk.rollback import snapshot_file
 
@@ -152,9 +152,7 @@ class Watch:
             raise self._refuse(atype, resource, "resource_too_long", message)
         decision = self.guard.check(atype, resource, payload, agent_id=self.agent_id, session_id=self.session_id)
         if not decision.allowed:
-            from risk.guard import _denial  # risk.guard imports this module lazily, so import it lazily too
-
-            raise _denial(decision)
+            raise GuardDenied.for_decision(decision)
         return decision
 
     def _refuse(self, atype: ActionType, resource: str, code: str, message: str) -> ActionDenied:

@@ -1,0 +1,88 @@
+"""Idempotency keys: a repeated key gets the first answer given under it, and nothing is decided or recorded again.
+
+Each key (per tenant) is claimed in the catalog before deciding, with the digest of the action it names; the
+decision is stored once made. A second request with the key waits for the first decision (at most `WAIT`
+seconds, then 409), gets it, or is refused (409) if it names another action. A claim left without a decision
+for `STALE` seconds belonged to a request that died and is taken over. A process dying after its decision
+was audited but before it was stored leaves that decision's record, and the retry records a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from risk.catalog import Catalog
+from risk.errors import RiskError
+
+WAIT = 5.0  # seconds a repeated key waits for the first request's decision
+STALE = 60.0  # a claim older than this with no decision belongs to a request that died
+
+
+class IdempotencyConflict(RiskError):
+    """The key names another action, or its first request is still being decided."""
+
+
+class IdempotencyKeys:
+    """First decisions by (tenant, key), in the catalog.
+
+    >>> import tempfile
+    >>> keys = IdempotencyKeys(Catalog(f"sqlite:///{tempfile.mkdtemp()}/catalog.db"))
+    >>> keys.claim("acme", "k1", "digest") is None
+    True
+    >>> keys.settle("acme", "k1", {"action_id": "a1"})
+    >>> keys.claim("acme", "k1", "digest")
+    {'action_id': 'a1'}
+    """
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+
+    def claim(self, tenant: str, key: str, fingerprint: str) -> dict[str, Any] | None:
+        """None when this request may answer under `key`; the first answer (as settled) when there is one."""
+        deadline = time.monotonic() + WAIT
+        while True:
+            now = time.time()
+            inserted = self._catalog.run(
+                "INSERT INTO risk_idempotency (tenant, idem_key, request_hash, decision, claimed_at) "
+                "VALUES (?, ?, ?, NULL, ?) ON CONFLICT (tenant, idem_key) DO NOTHING",
+                (tenant, key, fingerprint, now),
+            ).rowcount
+            if inserted == 1:
+                return None
+            rows = self._catalog.run(
+                "SELECT request_hash, decision, claimed_at FROM risk_idempotency WHERE tenant = ? AND idem_key = ?",
+                (tenant, key),
+            ).rows
+            if not rows:
+                continue  # the first request failed and gave the key back: claim it again
+            request_hash, stored, claimed_at = rows[0]
+            if request_hash != fingerprint:
+                raise IdempotencyConflict(f"idempotency key {key!r} was used for a different action; use a new key")
+            if stored is not None:
+                return json.loads(stored)  # type: ignore[no-any-return]
+            if now - claimed_at > STALE:
+                taken = self._catalog.run(
+                    "UPDATE risk_idempotency SET claimed_at = ? "
+                    "WHERE tenant = ? AND idem_key = ? AND decision IS NULL AND claimed_at = ?",
+                    (now, tenant, key, claimed_at),
+                ).rowcount
+                if taken == 1:
+                    return None
+            if time.monotonic() > deadline:
+                raise IdempotencyConflict(f"a request with idempotency key {key!r} is still being decided; retry")
+            time.sleep(0.01)
+
+    def settle(self, tenant: str, key: str, answer: dict[str, Any]) -> None:
+        """Keep the answer given under `key` (a decision's fields, say) for every repeat."""
+        self._catalog.run(
+            "UPDATE risk_idempotency SET decision = ? WHERE tenant = ? AND idem_key = ?",
+            (json.dumps(answer), tenant, key),
+        )
+
+    def release(self, tenant: str, key: str) -> None:
+        """Give back a claim whose request failed before deciding."""
+        self._catalog.run(
+            "DELETE FROM risk_idempotency WHERE tenant = ? AND idem_key = ? AND decision IS NULL", (tenant, key)
+        )

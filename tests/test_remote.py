@@ -1,0 +1,258 @@
+"""Remote mode: `Guard(endpoint=..., api_key=...)` against the real service on a loopback port.
+
+The behavior tests run twice, embedded and remote, through one `deployment` fixture: a policy goes in, an
+agent's guard and a reviewer's guard come out, and the same assertions must hold. Then what only remote mode
+has: failing closed when the service is down, and `on_error="allow"` with its spool, sent once the service
+answers again, with nothing lost and nothing stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from api_server import Running, serve
+
+from api.settings import Settings
+from risk import ActionDenied, ActionType, AgentStatus, Guard, KillSwitchMode, Outcome
+from risk.audit.record import AuditRecord
+from risk.audit.store import AuditQuery, verify_store
+from risk.keys import Role
+from risk.remote import RemoteGuard, ServiceError
+
+BRIEF = {
+    "allowed_action_types": [ActionType.DATABASE_QUERY, ActionType.FILE_READ],
+    "allowed_resources": ["data.deidentified.*", "/reports/readonly/*"],
+    "blocked_resources": ["data.phi.*", "*.pii", "prod.*"],
+    "max_risk_score": 0.5,
+    "max_actions_per_minute": 10,
+    "mode": KillSwitchMode.PAUSE,
+}
+
+
+@dataclass
+class Pair:
+    agent: Guard  # what the agent acts through
+    reviewer: Guard  # what a human approves, resumes and terminates through (remote: a reviewer key)
+    records: Callable[[str], list[AuditRecord]]  # the audit records of one kind, wherever they are kept
+
+
+Deploy = Callable[..., Pair]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with serve(Settings(home=tmp_path_factory.mktemp("service"), model=None)) as running:
+        yield running
+
+
+def _policy_json(policy: dict[str, Any]) -> dict[str, Any]:
+    return {k: [str(v) for v in vs] if k == "allowed_action_types" else str(vs) if k == "mode" else vs
+            for k, vs in policy.items()}  # fmt: skip
+
+
+@pytest.fixture(params=["embedded", "remote"])
+def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deploy]:
+    made: list[Guard] = []
+
+    def embedded(**policy: Any) -> Pair:
+        guard = Guard(**policy, agent_id="bot", audit=f"sqlite:///{tmp_path}/audit.db", home=tmp_path, model=None)
+        made.append(guard)
+        return Pair(guard, guard, lambda kind: guard.audit.query(AuditQuery(kind=kind, limit=1000)))
+
+    def remote(**policy: Any) -> Pair:
+        running: Running = request.getfixturevalue("service")
+        tenant = f"t-{uuid.uuid4().hex[:10]}"
+        with running.client(tenant, Role.ADMIN) as admin:
+            assert admin.put("/v1/policies", json=_policy_json(policy)).status_code == 200
+        keys = running.app.state.service.keys
+        agent = Guard(endpoint=running.url, api_key=keys.create(tenant, Role.AGENT)[1], agent_id="bot", home=tmp_path)
+        reviewer = Guard(endpoint=running.url, api_key=keys.create(tenant, Role.REVIEWER)[1], agent_id="bot")
+        made.extend((agent, reviewer))
+        audit = running.app.state.service.audit
+        return Pair(agent, reviewer, lambda kind: audit.query(AuditQuery(kind=kind, agent_prefix=f"{tenant}/")))
+
+    yield embedded if request.param == "embedded" else remote
+    for guard in made:
+        guard.close()
+
+
+# ---- the same behavior, embedded and remote ---------------------------------------------------------------------
+
+
+def test_the_brief_configuration_pauses_and_a_reviewer_approves_once(deployment: Deploy) -> None:
+    pair = deployment(**BRIEF)
+    assert isinstance(pair.agent, RemoteGuard) == (pair.agent is not pair.reviewer)
+    ok = pair.agent.check(ActionType.DATABASE_QUERY, "data.deidentified.claims", {"sql": "SELECT count(*) FROM c"})
+    assert (ok.allowed, ok.outcome) == (True, Outcome.ALLOWED)
+
+    paused = pair.agent.check(ActionType.DATABASE_QUERY, "data.phi.patients")
+    assert (paused.allowed, paused.outcome, paused.reasons[0].code) == (False, Outcome.PAUSED, "resource_blocked")
+    after = pair.agent.check(ActionType.DATABASE_QUERY, "data.deidentified.claims")
+    assert (after.allowed, after.reasons[0].code) == (False, "agent_paused")
+    assert pair.reviewer.status("bot").status is AgentStatus.PAUSED
+
+    assert pair.reviewer.approve("bot") == paused.action_id
+    assert pair.agent.check(ActionType.DATABASE_QUERY, "data.phi.patients").allowed  # once
+    assert pair.agent.check(ActionType.DATABASE_QUERY, "data.phi.patients").outcome is Outcome.PAUSED
+    pair.reviewer.resume("bot")
+    assert pair.agent.check(ActionType.FILE_READ, "/reports/readonly/q3.csv").allowed
+
+
+def test_block_mode_denies_and_the_agent_goes_on(deployment: Deploy) -> None:
+    pair = deployment(blocked_resources=["prod.*"], mode=KillSwitchMode.BLOCK)
+    denied = pair.agent.check(ActionType.DATABASE_WRITE, "prod.users")
+    assert (denied.allowed, denied.outcome) == (False, Outcome.BLOCKED)
+    assert pair.agent.check(ActionType.DATABASE_WRITE, "staging.users").allowed
+    assert pair.reviewer.status("bot").status is AgentStatus.RUNNING
+
+
+def test_the_rate_limit_holds(deployment: Deploy) -> None:
+    pair = deployment(max_actions_per_minute=3, mode=KillSwitchMode.BLOCK)
+    decisions = [pair.agent.check(ActionType.API_CALL, "svc.ping") for _ in range(5)]
+    assert [d.allowed for d in decisions] == [True, True, True, False, False]
+    assert decisions[-1].reasons[0].code == "rate_limited"
+
+
+def test_a_guarded_tool_never_runs_when_denied_and_reports_its_outcome(deployment: Deploy, tmp_path: Path) -> None:
+    pair = deployment(allowed_resources=[f"{tmp_path}/ok/*"], mode=KillSwitchMode.BLOCK)
+    (tmp_path / "ok").mkdir()
+    ran: list[str] = []
+
+    @pair.agent.tool(ActionType.FILE_WRITE, resource="path")
+    def write(path: str, text: str) -> int:
+        ran.append(path)
+        return Path(path).write_text(text)
+
+    assert write(f"{tmp_path}/ok/a.txt", "hello") == 5
+    with pytest.raises(ActionDenied):
+        write(f"{tmp_path}/elsewhere.txt", "no")
+    assert ran == [f"{tmp_path}/ok/a.txt"] and not (tmp_path / "elsewhere.txt").exists()
+
+
+def test_rollback_restores_a_file_the_agent_overwrote(deployment: Deploy, tmp_path: Path) -> None:
+    pair = deployment(mode=KillSwitchMode.BLOCK)
+    target = tmp_path / "report.txt"
+    target.write_text("original")
+    write = pair.agent.tool(ActionType.FILE_WRITE, resource="path")(lambda path, text: Path(path).write_text(text))
+    write(str(target), "overwritten")
+    report = pair.agent.rollback("bot")  # the undo steps live where the tool ran
+    assert report.complete and [s.status.value for s in report.steps] == ["undone"]
+    assert target.read_text() == "original"
+    assert [(r.action_id, r.outcome) for r in pair.records("rollback")] == [(report.steps[0].action_id, "undone")]
+
+
+def test_rollback_mode_undoes_the_agents_work_and_pauses_it(deployment: Deploy, tmp_path: Path) -> None:
+    pair = deployment(blocked_resources=["prod.*"], mode=KillSwitchMode.ROLLBACK)
+    target = tmp_path / "notes.txt"
+    target.write_text("before")
+    write = pair.agent.tool(ActionType.FILE_WRITE, resource="path")(lambda path, text: Path(path).write_text(text))
+    write(str(target), "after")
+    stopped = pair.agent.check(ActionType.DATABASE_WRITE, "prod.users")
+    assert (stopped.allowed, stopped.outcome) == (False, Outcome.ROLLED_BACK)
+    assert target.read_text() == "before"
+    assert pair.reviewer.status("bot").status is AgentStatus.PAUSED
+
+
+def test_bad_input_raises_value_error_before_anything_is_sent(deployment: Deploy) -> None:
+    pair = deployment()
+    with pytest.raises(ValueError, match="action type"):
+        pair.agent.check("teleport", "x")
+    with pytest.raises(ValueError):
+        pair.agent.check(ActionType.FILE_READ, "")
+
+
+# ---- only remote --------------------------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_unreachable_service_denies_by_default_and_the_tool_never_runs(tmp_path: Path) -> None:
+    guard = Guard(endpoint=f"http://127.0.0.1:{_closed_port()}", api_key="k", agent_id="bot", home=tmp_path)
+    decision = guard.check(ActionType.FILE_READ, "/reports/readonly/q3.csv")
+    assert (decision.allowed, decision.outcome, decision.reasons[0].code) == (False, "blocked", "service_unavailable")
+    ran = []
+    tool = guard.tool(ActionType.FILE_READ, resource="path")(lambda path: ran.append(path))
+    with pytest.raises(ActionDenied):
+        tool("/reports/readonly/q3.csv")
+    assert ran == [] and guard.fail_open_count == 0 and guard.spool.pending() == 0
+    guard.close()
+
+
+def test_remote_mode_refuses_policy_arguments_and_a_missing_key() -> None:
+    with pytest.raises(ValueError, match="policy lives in the service"):
+        Guard(endpoint="http://127.0.0.1:1", api_key="k", blocked_resources=["x"])
+    with pytest.raises(ValueError, match="api_key"):
+        Guard(endpoint="http://127.0.0.1:1")
+    with pytest.raises(ValueError, match="on_error"):
+        Guard(endpoint="http://127.0.0.1:1", api_key="k", on_error="maybe")
+
+
+def test_a_wrong_key_is_denied_not_failed_open(service: Running, tmp_path: Path) -> None:
+    guard = Guard(endpoint=service.url, api_key="not-a-key", agent_id="bot", on_error="allow", home=tmp_path)
+    with pytest.raises(ServiceError, match="401"):
+        guard.check(ActionType.FILE_READ, "/reports/readonly/q3.csv")
+    assert guard.fail_open_count == 0
+    guard.close()
+
+
+def test_fail_open_spools_every_action_and_the_service_stores_each_once(tmp_path: Path) -> None:
+    port = _closed_port()
+    home = tmp_path / "agent"
+    with serve(Settings(home=tmp_path / "first", model=None)) as first:  # a service to make the keys with
+        keys = first.app.state.service.keys
+        tenant = f"t-{uuid.uuid4().hex[:10]}"
+        agent_key = keys.create(tenant, Role.AGENT)[1]
+        auditor_key = keys.create(tenant, Role.AUDITOR)[1]
+    guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=agent_key, agent_id="bot", on_error="allow", home=home)
+    let_through = [guard.check(ActionType.API_CALL, f"svc.call/{i}", {"i": i}) for i in range(3)]
+    assert all(d.allowed and d.reasons[0].code == "fail_open" for d in let_through)
+    guard.record_outcome(let_through[0].action_id, success=True)
+    assert guard.fail_open_count == 3 and guard.spool.pending() == 4
+    saved = home / "spool-copy.jsonl"
+    shutil.copy(guard.spool.path, saved)
+
+    with serve(Settings(home=tmp_path / "first", model=None), port=port) as again:  # the service is back
+        assert guard.check(ActionType.API_CALL, "svc.after").allowed  # answered by the service; the spool is sent
+        assert guard.spool.pending() == 0
+        shutil.copy(saved, guard.spool.path)  # as if the process died after sending, before forgetting
+        assert guard.flush() == 0
+        with again.client() as auditor:
+            auditor.headers["Authorization"] = f"Bearer {auditor_key}"
+            records = auditor.get("/v1/audit", params={"limit": 1000}).json()["records"]
+        fail_open = [r for r in records if r.get("kind") == "decision" and r.get("reasons", [{}])[0].get("code")
+                     == "fail_open"]  # fmt: skip
+        assert sorted(r["action_id"] for r in fail_open) == sorted(d.action_id for d in let_through)
+        outcomes = [r for r in records if r.get("kind") == "outcome" and r.get("action_id") == let_through[0].action_id]
+        assert len(outcomes) == 1
+        assert verify_store(again.app.state.service.audit).ok
+        assert again.app.state.service.audit.query(AuditQuery(kind="decision", limit=10_000))
+    guard.close()
+
+
+def test_a_spooled_record_the_service_refuses_is_set_aside_not_lost(tmp_path: Path) -> None:
+    port = _closed_port()
+    with serve(Settings(home=tmp_path / "service", model=None)) as first:
+        agent_key = first.app.state.service.keys.create(f"t-{uuid.uuid4().hex[:10]}", Role.AGENT)[1]
+    guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=agent_key, on_error="allow", home=tmp_path / "agent")
+    guard.record_outcome("0" * 32, success=True)  # an action the service never heard of
+    allowed = guard.check(ActionType.API_CALL, "svc.call")
+    assert guard.spool.pending() == 2
+    with serve(Settings(home=tmp_path / "service", model=None), port=port):
+        assert guard.flush() == 0
+    refused = [json.loads(line) for line in guard.spool.rejected.read_text().splitlines()]
+    assert [(r["kind"], r["action_id"]) for r in refused] == [("outcome", "0" * 32)]
+    assert "no action" in refused[0]["refused"]
+    assert allowed.allowed and guard.fail_open_count == 1  # its fail-open decision was taken: not pending, not refused
+    guard.close()
