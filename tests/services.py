@@ -1,8 +1,9 @@
-"""What a test does when a service it needs (PostgreSQL, Redis) is not there."""
+"""What tests need of the machine: what to do when a service (PostgreSQL, Redis) is not there, and free ports."""
 
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -15,3 +16,11 @@ def unavailable(why: str) -> None:
     if REQUIRED:
         pytest.fail(f"{why} (RISK_REQUIRE_SERVICES=1)")
     pytest.skip(why)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (until someone binds it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

@@ -14,6 +14,7 @@ import pytest
 from api_server import Running, serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from services import free_port
 
 from api.settings import Settings
 from risk.audit.store import AuditQuery, verify_store
@@ -602,17 +603,8 @@ def test_openapi_document_describes_every_route(clients: Callable[..., httpx.Cli
 # ---- stores that are down ---------------------------------------------------------------------------------------
 
 
-def closed_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def test_state_store_down_means_not_ready_and_every_check_denied(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, redis_url=f"redis://127.0.0.1:{closed_port()}/0", model=None)
+    settings = Settings(home=tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0", model=None)
     with serve(settings) as running, running.client("acme", Role.AGENT) as agent:
         with running.client() as anonymous:
             ready = anonymous.get("/readyz")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from services import unavailable
+from services import free_port, unavailable
 from typer.testing import CliRunner
 
 from risk.catalog import Catalog
@@ -55,13 +54,6 @@ def test_keys_create_prints_a_working_key_once_and_list_and_revoke_manage_it(tmp
 def test_keys_create_refuses_bad_tenants_and_roles(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["keys", "create", *args, "--database", f"sqlite:///{tmp_path}/c.db"])
     assert result.exit_code == 2 and message in result.output
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @contextmanager

@@ -6,7 +6,6 @@ The tool-map tests at the end need no MCP at all.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from services import free_port
 
 from risk import ActionType, PolicyError
 from risk.audit.record import AuditRecord
@@ -136,9 +136,7 @@ def test_allowed_call_runs_and_blocked_call_never_reaches_the_upstream(tmp_path:
 
 
 def test_streamable_http_governs_calls_the_same_way(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a free port for the proxy to listen on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # for the proxy to listen on
     policy = policy_file(tmp_path)
     command = [sys.executable, "-m", "risk.cli", "mcp-proxy", "--policy", str(policy), "--http", f"127.0.0.1:{port}"]
     proxy = subprocess.Popen(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 from api_server import Running, serve
+from services import free_port
 
 from api.settings import Settings
 from risk import ActionDenied, ActionType, AgentStatus, Guard, KillSwitchMode, Outcome
@@ -172,14 +172,8 @@ def test_bad_input_raises_value_error_before_anything_is_sent(deployment: Deploy
 # ---- only remote --------------------------------------------------------------------------------------------------
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_an_unreachable_service_denies_by_default_and_the_tool_never_runs(tmp_path: Path) -> None:
-    guard = Guard(endpoint=f"http://127.0.0.1:{_closed_port()}", api_key="k", agent_id="bot", home=tmp_path)
+    guard = Guard(endpoint=f"http://127.0.0.1:{free_port()}", api_key="k", agent_id="bot", home=tmp_path)
     decision = guard.check(ActionType.FILE_READ, "/reports/readonly/q3.csv")
     assert (decision.allowed, decision.outcome, decision.reasons[0].code) == (False, "blocked", "service_unavailable")
     ran = []
@@ -208,7 +202,7 @@ def test_a_wrong_key_is_denied_not_failed_open(service: Running, tmp_path: Path)
 
 
 def test_fail_open_spools_every_action_and_the_service_stores_each_once(tmp_path: Path) -> None:
-    port = _closed_port()
+    port = free_port()
     home = tmp_path / "agent"
     with serve(Settings(home=tmp_path / "first", model=None)) as first:  # a service to make the keys with
         keys = first.app.state.service.keys
@@ -242,7 +236,7 @@ def test_fail_open_spools_every_action_and_the_service_stores_each_once(tmp_path
 
 
 def test_a_spooled_record_the_service_refuses_is_set_aside_not_lost(tmp_path: Path) -> None:
-    port = _closed_port()
+    port = free_port()
     with serve(Settings(home=tmp_path / "service", model=None)) as first:
         agent_key = first.app.state.service.keys.create(f"t-{uuid.uuid4().hex[:10]}", Role.AGENT)[1]
     guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=agent_key, on_error="allow", home=tmp_path / "agent")
