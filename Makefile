@@ -19,8 +19,8 @@ demo: $(BIN)/.installed
 	$(BIN)/risk demo
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check risk api tests bench
-	$(BIN)/ruff format --check risk api tests bench
+	$(BIN)/ruff check risk api tests bench examples
+	$(BIN)/ruff format --check risk api tests bench examples
 	$(BIN)/mypy risk
 
 test: lint
