@@ -66,7 +66,7 @@ def risk_serve(home: Path, *args: str, env: dict[str, str] | None = None) -> Ite
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a ceiling for a loaded machine, not a speed check
         while True:
             if process.poll() is not None:
                 raise AssertionError(f"risk serve exited: {process.stdout.read().decode() if process.stdout else ''}")
