@@ -54,7 +54,7 @@ def serve(settings: Settings, port: int = 0) -> Iterator[Running]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     if not started.wait(120):  # a ceiling for a loaded machine, not a speed check
-        raise RuntimeError("the service did not start within 30 s")
+        raise RuntimeError("the service did not start within 120 s")
     try:
         yield Running(app, f"http://127.0.0.1:{port}")
     finally:
