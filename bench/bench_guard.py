@@ -2,7 +2,8 @@
 
 Systems, all with the same allow/block patterns:
 
-* guard.check: the default Guard (rule severity, no learned model) with the SQLite audit trail ON, in a fresh
+* guard.check: a Guard scoring by the rules alone (model=None, online=False; bench_decision.py times the full
+  decision with the behavioral models) with the SQLite audit trail ON, in a fresh
   temporary directory; allow path and deny path (mode BLOCK, so the agent is never paused).
 * policy match: `readings` + `CompiledPolicy.violations`, the pattern-matching part of guard.check alone.
 * naive fnmatch: one `fnmatch.fnmatch` per pattern, what a naive SDK does.
@@ -134,6 +135,8 @@ def run(sizes: Sizes, workdir: str) -> dict[str, Any]:
         mode=KillSwitchMode.BLOCK,
         audit=f"sqlite:///{workdir}/audit.db",
         home=workdir,
+        model=None,
+        online=False,
     )
     # The same validated policy the Guard compiled, so the matcher comparison uses exactly its patterns.
     policy = CompiledPolicy(guard.policy)
