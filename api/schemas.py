@@ -98,6 +98,7 @@ class ReportedRecord(Strict):
 
     idempotency_key: str = Field(min_length=1, max_length=128)
     kind: Literal["decision", "outcome", "rollback"]
+    allowed: bool | None = Field(default=None, description="a decision's verdict: true for fail-open (the default)")
     ts: str | None = Field(default=None, max_length=64)
     action_id: str = Field(pattern="^[0-9a-f]{1,64}$")
     agent_id: AgentId | None = None

@@ -6,9 +6,9 @@ in this process, as they must.
 
 Fail closed: when the service cannot be reached or answers with a server error, the action is denied with reason
 `service_unavailable`. `on_error="allow"` lets such actions run instead; each one is counted
-(`fail_open_count`), logged, and kept with its full record in a local spool file that is sent to the service
-once it answers again. Every spooled record carries an idempotency key, so a record sent twice (the process
-died between sending and forgetting it) is stored once.
+(`fail_open_count`) and logged. Either way the decision made here is kept with its full record in a local
+spool file that is sent to the service's audit trail once it answers again. Every spooled record carries an
+idempotency key, so a record sent twice (the process died between sending and forgetting it) is stored once.
 """
 
 from __future__ import annotations
@@ -118,8 +118,11 @@ class RemoteGuard(Guard):
             answer = self._call("POST", "/v1/check", json=body)
         except _Unreachable as exc:
             return self._decide_locally(atype, resource, payload, agent, session_id, str(exc))
+        try:
+            decision = Decision.from_dict(answer)
+        except (KeyError, TypeError, ValueError) as exc:  # an answer that is not a decision is no answer
+            return self._decide_locally(atype, resource, payload, agent, session_id, f"not a decision: {exc!r}")
         self._send_spool()
-        decision = Decision.from_dict(answer)
         if decision.outcome is Outcome.ROLLED_BACK:  # the service paused the agent; the undo steps live here
             self._rollback(agent, actor="guard")
         return decision
@@ -129,30 +132,33 @@ class RemoteGuard(Guard):
     ) -> Decision:
         """The service did not answer: deny, or with on_error="allow" let the action run and spool its record."""
         action_id = os.urandom(16).hex()
-        if self.on_error == "deny":
+        allowed = self.on_error == "allow"
+        if allowed:
+            self.fail_open_count += 1
+            log.warning("FAIL-OPEN: allowing %s on %r: the service did not answer: %s", atype.value, resource, error)
+            why = Reason("fail_open", f"allowed by on_error='allow': the risk service did not answer: {error}", 0.0)
+        else:
             log.error("denying %s on %r: the service did not answer: %s", atype.value, resource, error)
             why = Reason("service_unavailable", f"the risk service did not answer: {error}", 1.0, True)
-            return Decision(action_id, agent, False, Outcome.BLOCKED, 1.0, (why,), atype, resource, resource)
-        self.fail_open_count += 1
-        log.warning("FAIL-OPEN: allowing %s on %r because the service did not answer: %s", atype.value, resource, error)
-        why = Reason("fail_open", f"allowed by on_error='allow': the risk service did not answer: {error}", 0.0)
-        payload_json = canonical_json(payload)
+        # Either way the service's audit trail gets the record once it answers again.
         self.spool.add(
             {
                 "idempotency_key": action_id,
                 "kind": "decision",
+                "allowed": allowed,
                 "ts": self._now(),
                 "agent_id": agent,
                 "session_id": session_id,
                 "action_id": action_id,
                 "action_type": atype.value,
                 "resource": resource,
-                "payload_digest": hashlib.sha256(payload_json).hexdigest(),
+                "payload_digest": hashlib.sha256(canonical_json(payload)).hexdigest(),
                 "reasons": [why.to_dict()],
                 "error": error,
             }
         )
-        return Decision(action_id, agent, True, Outcome.ALLOWED, 0.0, (why,), atype, resource, resource)
+        outcome, score = (Outcome.ALLOWED, 0.0) if allowed else (Outcome.BLOCKED, 1.0)
+        return Decision(action_id, agent, allowed, outcome, score, (why,), atype, resource, resource)
 
     def record_outcome(
         self,

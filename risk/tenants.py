@@ -195,8 +195,9 @@ class Tenants:
     def report(self, tenant: str, records: list[dict[str, Any]], actor: str) -> Report:
         """Store what a client let run while the service was unreachable (its fail-open spool), each record once.
 
-        A `decision` record becomes an audit record marked as reported (actor, `detail.reported_at`), never as
-        decided here, and so does a `rollback` step the client ran; an `outcome` record is recorded as
+        A `decision` record (one the client let run with on_error="allow", or denied because the service was
+        unreachable) becomes an audit record marked as reported (actor, `detail.reported_at`), never as decided
+        here, and so does a `rollback` step the client ran; an `outcome` record is recorded as
         `record_outcome` would. Each record's
         `idempotency_key` makes a resent record a duplicate; a record that cannot be stored is rejected.
         """
@@ -227,7 +228,7 @@ class Tenants:
                 raise
             self.idempotency.settle(tenant, key, {"stored": True})
             result.accepted += 1
-            result.fail_open += record["kind"] == "decision"
+            result.fail_open += record["kind"] == "decision" and record.get("allowed", True)
         return result
 
     def _reported(self, tenant: str, record: dict[str, Any], actor: str) -> None:
@@ -237,6 +238,7 @@ class Tenants:
             ts = utc_time(record["ts"]) if record.get("ts") else now
         except ValueError:
             ts = now
+        allowed = bool(record.get("allowed", True))
         if record["kind"] == "rollback":
             fields = {"outcome": record["outcome"], "detail": {**(record.get("detail") or {}), "reported_at": now}}
         else:
@@ -246,9 +248,9 @@ class Tenants:
                 "resource": record["resource"],
                 "payload_digest": record.get("payload_digest"),
                 "reasons": record.get("reasons") or [],
-                "decision": "allow",
-                "outcome": "allowed",
-                "detail": {"reported_at": now, "fail_open": True, "error": record.get("error")},
+                "decision": "allow" if allowed else "deny",
+                "outcome": "allowed" if allowed else "blocked",
+                "detail": {"reported_at": now, "fail_open": allowed, "error": record.get("error")},
             }
         self.record(agent, {"ts": ts, "kind": record["kind"], "action_id": record["action_id"], "actor": actor,
                             **fields})  # fmt: skip

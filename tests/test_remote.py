@@ -180,7 +180,9 @@ def test_an_unreachable_service_denies_by_default_and_the_tool_never_runs(tmp_pa
     tool = guard.tool(ActionType.FILE_READ, resource="path")(lambda path: ran.append(path))
     with pytest.raises(ActionDenied):
         tool("/reports/readonly/q3.csv")
-    assert ran == [] and guard.fail_open_count == 0 and guard.spool.pending() == 0
+    assert ran == [] and guard.fail_open_count == 0
+    spooled = guard.spool.read()  # the denials wait for the service's audit trail
+    assert [(r["allowed"], r["reasons"][0]["code"]) for r in spooled] == [(False, "service_unavailable")] * 2
     guard.close()
 
 
@@ -249,4 +251,28 @@ def test_a_spooled_record_the_service_refuses_is_set_aside_not_lost(tmp_path: Pa
     assert [(r["kind"], r["action_id"]) for r in refused] == [("outcome", "0" * 32)]
     assert "no action" in refused[0]["refused"]
     assert allowed.allowed and guard.fail_open_count == 1  # its fail-open decision was taken: not pending, not refused
+    guard.close()
+
+
+def test_denials_made_while_the_service_was_down_reach_its_audit_trail(tmp_path: Path) -> None:
+    port = free_port()
+    tenant = f"t-{uuid.uuid4().hex[:10]}"
+    with serve(Settings(home=tmp_path / "service", model=None)) as first:
+        keys = first.app.state.service.keys
+        agent_key, auditor_key = keys.create(tenant, Role.AGENT)[1], keys.create(tenant, Role.AUDITOR)[1]
+    guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=agent_key, agent_id="bot", home=tmp_path / "agent")
+    denied = guard.check(ActionType.FILE_WRITE, "/reports/q3.csv")
+    assert not denied.allowed
+    with serve(Settings(home=tmp_path / "service", model=None), port=port) as again:
+        assert guard.flush() == 0
+        with again.client() as auditor:
+            auditor.headers["Authorization"] = f"Bearer {auditor_key}"
+            records = auditor.get("/v1/audit", params={"kind": "decision"}).json()["records"]
+    (record,) = [r for r in records if r["action_id"] == denied.action_id]
+    assert (record["decision"], record["outcome"], record["reasons"][0]["code"]) == (
+        "deny",
+        "blocked",
+        "service_unavailable",
+    )
+    assert record["actor"].startswith("client:") and record["detail"]["fail_open"] is False
     guard.close()
