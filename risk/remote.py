@@ -33,6 +33,7 @@ from risk.audit.record import canonical_json
 from risk.audit.store import default_home
 from risk.errors import PolicyError, RiskError, StateError
 from risk.guard import Guard
+from risk.policy import Policy
 from risk.rollback import RollbackReport, UndoLog, UndoStep
 from risk.state import AgentState
 
@@ -292,7 +293,8 @@ class RemoteGuard(Guard):
         self._client.close()
 
 
-ROLLBACK_WINDOW = 900.0  # seconds of local undo steps a remote rollback runs (the service's policy holds its own)
+# Seconds of local undo steps a remote rollback runs: the policy's default (the service's policy holds its own).
+ROLLBACK_WINDOW: float = Policy.model_fields["rollback_window"].default
 
 
 class _Unreachable(Exception):

@@ -328,10 +328,10 @@ class RedisProfiles:
                 if members:
                     pipe.smismember(self._key(agent_id, name), members)
             replies = iter(pipe.execute())
-        core = self._decode(agent_id, next(replies))
+        raw = next(replies)
         sets = {name: {m for m, found in zip(members, next(replies), strict=True) if found} if members else set()
                 for name, members in asked.items()}  # fmt: skip
-        return use(profile_from_core(agent_id, core, sets))
+        return use(self._load(agent_id, raw, sets))
 
     def record(self, agent_id: str, *, denied: bool, blamed: tuple[str, ...], action: ActionSeen | None) -> None:
         def update(profile: AgentProfile) -> None:
@@ -354,7 +354,7 @@ class RedisProfiles:
                 with self._state._client.pipeline() as pipe:
                     try:
                         pipe.watch(key)  # type: ignore[no-untyped-call]
-                        profile = profile_from_core(agent_id, self._decode(agent_id, pipe.get(key)))
+                        profile = self._load(agent_id, pipe.get(key))
                         update(profile)  # its sets start empty: they collect just this update's additions
                         args: list[Any] = [MAX_REMEMBERED]
                         for name in PROFILE_SETS:
@@ -369,13 +369,10 @@ class RedisProfiles:
                         continue
         raise StateError(f"the profile of agent {agent_id!r} kept changing under {PROFILE_UPDATE_ATTEMPTS} updates")
 
-    def _decode(self, agent_id: str, raw: bytes | str | None) -> dict[str, Any] | None:
-        if raw is None:
-            return None
+    def _load(self, agent_id: str, raw: bytes | str | None, sets: dict[str, set[str]] | None = None) -> AgentProfile:
+        """The profile stored as `raw` (None: a new agent's), with `sets` (or empty ones)."""
         try:
-            core = json.loads(raw)
-            profile_from_core(agent_id, core)  # refuse a core that does not make a profile
-            return core  # type: ignore[no-any-return]
+            return profile_from_core(agent_id, None if raw is None else json.loads(raw), sets)
         except (ValueError, KeyError, TypeError) as exc:
             raise StateError(
                 f"the profile of agent {agent_id!r} in {self._state._where} is not valid ({exc}): "

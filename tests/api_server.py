@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from services import free_port
 
 from api.app import create_app
 from api.settings import Settings
@@ -61,3 +68,52 @@ def serve(settings: Settings, port: int = 0) -> Iterator[Running]:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+# ---- `risk serve` as a user runs it ---------------------------------------------------------------------------
+
+RISK = str(Path(sys.executable).with_name("risk"))
+
+
+@contextmanager
+def risk_serve(home: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`risk serve` in a subprocess until the block ends; yields its URL once /healthz answers."""
+    port = free_port()
+    environment = {**os.environ, "RISK_HOME": str(home), "RISK_MODEL": "none", **(env or {})}
+    process = subprocess.Popen(
+        [RISK, "serve", "--port", str(port), *args], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180  # a ceiling for a loaded machine, not a speed check
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"risk serve exited: {process.stdout.read().decode() if process.stdout else ''}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)  # polling for the port to open: there is nothing to wait on
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
+
+
+def make_key(home: Path, tenant: str, role: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        [RISK, "keys", "create", "--tenant", tenant, "--role", role],
+        env={**os.environ, "RISK_HOME": str(home), **(env or {})},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()

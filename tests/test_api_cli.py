@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from api_server import RISK, make_key, risk_serve
 from services import free_port, unavailable
 from typer.testing import CliRunner
 
@@ -21,7 +17,6 @@ from risk.catalog import Catalog
 from risk.cli import app
 from risk.keys import KeyStore, Role
 
-RISK = str(Path(sys.executable).with_name("risk"))
 REDIS_URL = os.environ.get("RISK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ALLOWED = {"agent_id": "bot", "action_type": "database_query", "resource": "data.deidentified.claims"}
 BLOCKED = {"agent_id": "bot", "action_type": "database_query", "resource": "data.phi.patients"}
@@ -54,50 +49,6 @@ def test_keys_create_prints_a_working_key_once_and_list_and_revoke_manage_it(tmp
 def test_keys_create_refuses_bad_tenants_and_roles(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["keys", "create", *args, "--database", f"sqlite:///{tmp_path}/c.db"])
     assert result.exit_code == 2 and message in result.output
-
-
-@contextmanager
-def risk_serve(home: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`risk serve` in a subprocess until the block ends; yields its URL once /healthz answers."""
-    port = free_port()
-    environment = {**os.environ, "RISK_HOME": str(home), "RISK_MODEL": "none", **(env or {})}
-    process = subprocess.Popen(
-        [RISK, "serve", "--port", str(port), *args], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180  # a ceiling for a loaded machine, not a speed check
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"risk serve exited: {process.stdout.read().decode() if process.stdout else ''}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.1)  # polling for the port to open: there is nothing to wait on
-        yield url
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout:
-            process.stdout.close()
-
-
-def make_key(home: Path, tenant: str, role: str, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(
-        [RISK, "keys", "create", "--tenant", tenant, "--role", role],
-        env={**os.environ, "RISK_HOME": str(home), **(env or {})},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout.strip()
 
 
 def test_serve_runs_the_service_with_a_policy_file(tmp_path: Path) -> None:

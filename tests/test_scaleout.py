@@ -13,8 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_api_cli import make_key, risk_serve
-from test_api_postgres import database, redis_url  # noqa: F401 - fixtures: a fresh schema and key prefix
+from api_server import make_key, risk_serve
 
 from risk.audit.store import AuditQuery, open_audit, verify_store
 
@@ -29,7 +28,7 @@ def two_services(home: Path, env: dict[str, str], policy: Path) -> Iterator[list
 
 
 @pytest.fixture
-def deployment(tmp_path: Path, database: str, redis_url: str) -> tuple[Path, dict[str, str], str]:  # noqa: F811
+def deployment(tmp_path: Path, database: str, redis_url: str) -> tuple[Path, dict[str, str], str]:
     """Where the services keep their files, the environment naming the shared stores, and a fresh tenant."""
     env = {"RISK_DATABASE_URL": database, "RISK_REDIS_URL": redis_url, "RISK_MODEL": "none"}
     return tmp_path, env, f"t-{uuid.uuid4().hex[:10]}"
