@@ -2,20 +2,21 @@
 
 `IsolationForest.score_samples` dispatches through joblib and a Python loop over its trees, which costs
 milliseconds for a single row; the guard scores one agent action per call and has about 100 µs for the
-whole decision. `CompiledForest` holds the same fitted trees as a few concatenated arrays and walks all of
-them together, one level per step, so a row costs a few dozen numpy calls whatever the number of trees.
-Its scores equal `score_samples` (to float summation order, far below 1e-9), including sklearn's float32
-cast of the input, per-tree feature subsets and the side each split sends missing values (NaN) to.
+whole decision. `CompiledForest` holds the same fitted trees as a few concatenated arrays, and one
+numba-compiled loop walks every tree for every row (a few µs for a row of a 100-tree forest, where even
+one numpy call per tree level costs tens). Its scores equal `score_samples` (trees are summed in sklearn's
+order), including sklearn's float32 cast of the input, per-tree feature subsets and the side each split
+sends missing values (NaN) to.
 
-Scoring needs only numpy: scikit-learn is imported when compiling, not when loading a pickled forest.
+Scoring needs numpy and numba: scikit-learn is imported when compiling, not when loading a pickled forest.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numba  # type: ignore[import-untyped, unused-ignore]
 import numpy as np
 from numpy.typing import NDArray
 
@@ -23,9 +24,6 @@ if TYPE_CHECKING:
     from sklearn.ensemble import IsolationForest  # type: ignore[import-untyped, unused-ignore]
 
 _TREE_LEAF = -1  # sklearn.tree._tree.TREE_LEAF: the child id of a leaf
-# Rows per step of `score_many`: large enough that numpy's per-call cost vanishes, small enough that the
-# (rows x trees) working arrays stay in cache.
-_CHUNK_ROWS = 256
 
 
 def average_path_length(n_samples: NDArray[np.integer[Any]] | NDArray[np.floating[Any]]) -> NDArray[np.float64]:
@@ -196,15 +194,7 @@ class CompiledForest:
             raise ValueError(
                 f"score_one takes one row of {self.n_features_in_} features, got an array of shape {row.shape}"
             )
-        xe = np.concatenate((row, -row), dtype=np.float64)
-        first, feature, threshold = self.first_child_, self.feature_, self.threshold_
-        node = self.roots_
-        for _ in range(self.max_depth_):
-            node = first[node] + (xe[feature[node]] <= threshold[node])
-        total = float(self.leaf_value_[node].sum())
-        if self.denominator_ == 0.0:  # every tree saw one sample: sklearn fixes the score at -0.5
-            return -0.5
-        return -math.pow(2.0, -total / self.denominator_)
+        return float(self._scores(row[None, :])[0])
 
     def score_many(self, X: NDArray[Any] | Sequence[Sequence[float]]) -> NDArray[np.float64]:
         """`score_samples(X)` for a 2-D batch of rows; an empty batch gives an empty array."""
@@ -214,18 +204,39 @@ class CompiledForest:
                 f"score_many takes a 2-D array of rows with {self.n_features_in_} features each, "
                 f"got an array of shape {rows.shape}"
             )
-        totals = np.empty(rows.shape[0], dtype=np.float64)
-        width = 2 * self.n_features_in_
-        first, feature, threshold, value = self.first_child_, self.feature_, self.threshold_, self.leaf_value_
-        for start in range(0, rows.shape[0], _CHUNK_ROWS):
-            chunk = rows[start : start + _CHUNK_ROWS]
-            xe = np.concatenate((chunk, -chunk), axis=1, dtype=np.float64).ravel()
-            row_start = (np.arange(len(chunk), dtype=np.intp) * width)[:, None]
-            node = np.broadcast_to(self.roots_, (len(chunk), self.n_estimators))
-            for _ in range(self.max_depth_):
-                node = first[node] + (xe[row_start + feature[node]] <= threshold[node])
-            totals[start : start + _CHUNK_ROWS] = value[node].sum(axis=1)
-        if self.denominator_ == 0.0:
+        return self._scores(rows)
+
+    def _scores(self, rows: NDArray[np.float32]) -> NDArray[np.float64]:
+        if self.denominator_ == 0.0:  # every tree saw one sample: sklearn fixes the score at -0.5
             return np.full(rows.shape[0], -0.5)
+        totals = _path_totals(
+            np.ascontiguousarray(rows), self.roots_, self.first_child_, self.feature_, self.threshold_,
+            self.leaf_value_, self.max_depth_,
+        )  # fmt: skip
         scores: NDArray[np.float64] = -np.power(2.0, -totals / self.denominator_)
         return scores
+
+
+@numba.njit(cache=True, nogil=True)  # type: ignore[misc, unused-ignore]
+def _path_totals(
+    rows: NDArray[np.float32], roots: NDArray[np.intp], first_child: NDArray[np.intp], feature: NDArray[np.intp],
+    threshold: NDArray[np.float64], leaf_value: NDArray[np.float64], max_depth: int,
+) -> NDArray[np.float64]:  # fmt: skip
+    """Per row, the sum over trees (in tree order, as sklearn adds them) of the path length to its leaf.
+
+    Feature ids from n_features on read the negated column (the mirrored NaN-left splits, see the class);
+    a float32 value widened to float64 and then negated equals numpy's float32 negation widened.
+    """
+    n_rows, n_features = rows.shape
+    totals = np.empty(n_rows, dtype=np.float64)
+    for r in range(n_rows):
+        total = 0.0
+        for root in roots:
+            node = root
+            for _ in range(max_depth):
+                f = feature[node]
+                value = np.float64(rows[r, f]) if f < n_features else -np.float64(rows[r, f - n_features])
+                node = first_child[node] + (1 if value <= threshold[node] else 0)
+            total += leaf_value[node]
+        totals[r] = total
+    return totals
