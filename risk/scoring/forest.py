@@ -3,8 +3,8 @@
 `IsolationForest.score_samples` dispatches through joblib and a Python loop over its trees, which costs
 milliseconds for a single row; the guard scores one agent action per call and has about 100 µs for the
 whole decision. `CompiledForest` holds the same fitted trees as a few concatenated arrays, and one
-numba-compiled loop walks every tree for every row (a few µs for a row of a 100-tree forest, where even
-one numpy call per tree level costs tens). Its scores equal `score_samples` (trees are summed in sklearn's
+numba-compiled loop walks every tree for every row (under 10 µs for a row of a 100-tree forest, where one
+numpy call per tree level cost 50). Its scores equal `score_samples` (trees are summed in sklearn's
 order), including sklearn's float32 cast of the input, per-tree feature subsets and the side each split
 sends missing values (NaN) to.
 
@@ -72,7 +72,8 @@ class CompiledForest:
     and the score is -2 ** (-sum over trees / denominator_), denominator_ = n_trees * c(max_samples_).
 
     Features are original column indices even when each tree saw a subset (max_features < 1.0). The
-    object is plain numpy arrays and numbers, so pickle and joblib store it as is.
+    object is plain numpy arrays and numbers, so pickle and joblib store it as is; the renumbered copy the
+    scoring loop walks (`_level_major`) is rebuilt when it is loaded, never stored.
 
     >>> import numpy as np
     >>> from sklearn.ensemble import IsolationForest
@@ -111,6 +112,15 @@ class CompiledForest:
         self.denominator_ = float(denominator)
         # decision_function = score - offset_; kept so callers can reproduce predict()'s cut.
         self.offset_ = float(offset)
+        self._walk = _level_major(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The fitted arrays only; the walking layout is rebuilt on load (so stored artifacts never change)."""
+        return {name: value for name, value in self.__dict__.items() if name != "_walk"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._walk = _level_major(self)
 
     @property
     def n_estimators(self) -> int:
@@ -209,34 +219,63 @@ class CompiledForest:
     def _scores(self, rows: NDArray[np.float32]) -> NDArray[np.float64]:
         if self.denominator_ == 0.0:  # every tree saw one sample: sklearn fixes the score at -0.5
             return np.full(rows.shape[0], -0.5)
-        totals = _path_totals(
-            np.ascontiguousarray(rows), self.roots_, self.first_child_, self.feature_, self.threshold_,
-            self.leaf_value_, self.max_depth_,
-        )  # fmt: skip
+        nodes, leaf_value = self._walk
+        totals = _path_totals(np.ascontiguousarray(rows), self.n_estimators, nodes, leaf_value, self.max_depth_)
         scores: NDArray[np.float64] = -np.power(2.0, -totals / self.denominator_)
         return scores
 
 
+# One node as the walk reads it: a single 16-byte record, so each step touches one cache line, not three arrays.
+_NODE = np.dtype([("threshold", np.float64), ("first_child", np.int32), ("feature", np.int32)])
+
+
+def _level_major(forest: CompiledForest) -> tuple[NDArray[np.void], NDArray[np.float64]]:
+    """The nodes renumbered level by level across all trees (every root, then every node one split below, ...),
+    children still adjacent. The top levels that every row walks through then share a few kilobytes, and a
+    100-tree forest scores several times faster when the rest of a decision has flushed the CPU caches."""
+    first = forest.first_child_
+    order: list[int] = []
+    level = [int(r) for r in forest.roots_]
+    while level:
+        order += level
+        level = [child for node in level if first[node] != node for child in (int(first[node]), int(first[node]) + 1)]
+    old = np.asarray(order, dtype=np.intp)
+    new_id = np.empty(len(old), dtype=np.intp)
+    new_id[old] = np.arange(len(old), dtype=np.intp)
+    if len(old) >= 2**31:
+        raise ValueError("a forest of more than 2**31 nodes cannot be compiled")
+    nodes = np.empty(len(old), dtype=_NODE)
+    nodes["threshold"] = forest.threshold_[old]
+    nodes["first_child"] = new_id[first[old]]
+    nodes["feature"] = forest.feature_[old]
+    return nodes, np.ascontiguousarray(forest.leaf_value_[old])
+
+
 @numba.njit(cache=True, nogil=True)  # type: ignore[misc, unused-ignore]
 def _path_totals(
-    rows: NDArray[np.float32], roots: NDArray[np.intp], first_child: NDArray[np.intp], feature: NDArray[np.intp],
-    threshold: NDArray[np.float64], leaf_value: NDArray[np.float64], max_depth: int,
-) -> NDArray[np.float64]:  # fmt: skip
+    rows: NDArray[np.float32], n_trees: int, nodes: NDArray[np.void], leaf_value: NDArray[np.float64], max_depth: int
+) -> NDArray[np.float64]:
     """Per row, the sum over trees (in tree order, as sklearn adds them) of the path length to its leaf.
 
-    Feature ids from n_features on read the negated column (the mirrored NaN-left splits, see the class);
-    a float32 value widened to float64 and then negated equals numpy's float32 negation widened.
+    Tree k's root is node k (see `_level_major`). Feature ids from n_features on read the negated column (the
+    mirrored NaN-left splits, see the class); a float32 value widened to float64 and then negated equals
+    numpy's float32 negation widened.
     """
     n_rows, n_features = rows.shape
     totals = np.empty(n_rows, dtype=np.float64)
+    at = np.empty(n_trees, dtype=np.int64)
     for r in range(n_rows):
-        total = 0.0
-        for root in roots:
-            node = root
-            for _ in range(max_depth):
-                f = feature[node]
+        at[:] = np.arange(n_trees)
+        # Level by level across trees, not tree by tree: the trees' loads are independent, so the CPU overlaps
+        # their cache misses instead of waiting out each one along a path.
+        for _ in range(max_depth):
+            for t in range(n_trees):
+                split = nodes[at[t]]
+                f = split.feature
                 value = np.float64(rows[r, f]) if f < n_features else -np.float64(rows[r, f - n_features])
-                node = first_child[node] + (1 if value <= threshold[node] else 0)
-            total += leaf_value[node]
+                at[t] = split.first_child + (1 if value <= split.threshold else 0)
+        total = 0.0
+        for t in range(n_trees):
+            total += leaf_value[at[t]]
         totals[r] = total
     return totals

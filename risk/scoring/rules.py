@@ -97,15 +97,26 @@ def _strings(value: Any) -> Iterator[str]:
         yield str(value)
 
 
-# One cheap pass finds which rule families could fire; only those run their full expressions.
-_TRIGGERS = re.compile(
-    r"(?P<sql>drop|truncate|delete|update)"
-    r"|(?P<shell>rm\s|mkfs|dd\s|chmod|:\(\)|/dev/sd|shred|curl|wget)"
-    r"|(?P<credentials>private key|akia|ghp_|sk-|bearer|passw|secret|api[_-]?key)"
-    r"|(?P<privilege>sudo|grant|setuid|chown|administrator|superuser)"
-    r"|(?P<identifiers>\d{3}-\d{2}-\d{4}|\d{4}[ -]\d{4}|\d{5})"
-    r"|(?P<destination>@|://)"
+# Cheap tests first: a family's full expressions run only if one of its words is in the text. Substring tests
+# run in C at memory speed; one regex alternation of all the words costs about ten times more on short text.
+_FAMILY_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("sql", ("drop", "truncate", "delete", "update")),
+    ("shell", ("rm", "mkfs", "dd", "chmod", ":()", "/dev/sd", "shred", "curl", "wget")),
+    (
+        "credentials",
+        ("private key", "akia", "ghp_", "sk-", "bearer", "passw", "secret", "api_key", "api-key", "apikey"),
+    ),
+    ("privilege", ("sudo", "grant", "setuid", "chown", "administrator", "superuser")),
+    ("destination", ("@", "://")),
 )
+_THREE_DIGITS = re.compile(r"\d{3}")  # every identifier pattern (SSN, card, MRN) has three digits in a row
+
+
+def _families(text: str) -> set[str]:
+    found = {family for family, words in _FAMILY_WORDS if any(word in text for word in words)}
+    if _THREE_DIGITS.search(text):
+        found.add("identifiers")
+    return found
 
 
 def payload_signals(payload: Any, action_type: ActionType) -> list[str]:
@@ -114,7 +125,7 @@ def payload_signals(payload: Any, action_type: ActionType) -> list[str]:
         return []
     texts = [t.lower() for t in _strings(payload)]
     joined = "\n".join(texts)
-    families = {m.lastgroup for m in _TRIGGERS.finditer(joined)}
+    families = _families(joined)
     if not families:
         return []
     found = []
