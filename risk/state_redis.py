@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -110,10 +112,17 @@ return text
 
 
 # KEYS: the profile's sets. ARGV[1] the cap; then, per key, a count n and n members. A set at the cap grows no more.
-_ADD_CAPPED = """
-local cap = tonumber(ARGV[1])
-local at = 2
-for i = 1, #KEYS do
+# Replace a profile's scalar part only if it still is what the caller last saw (the empty string: no profile
+# yet), and add to its sets up to the cap, in one round trip. Returns 0, changing nothing, if another worker
+# wrote the profile in between.
+# KEYS: the scalar part, then the sets; ARGV: the expected part, the new part, the cap, then per set n, members.
+_REPLACE_PROFILE = """
+local current = redis.call('GET', KEYS[1]) or ''
+if current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+local cap = tonumber(ARGV[3])
+local at = 4
+for i = 2, #KEYS do
   local n = tonumber(ARGV[at])
   if n > 0 and redis.call('SCARD', KEYS[i]) < cap then
     redis.call('SADD', KEYS[i], unpack(ARGV, at + 1, at + n))
@@ -123,6 +132,7 @@ end
 return 1
 """
 PROFILE_UPDATE_ATTEMPTS = 100  # optimistic retries; each loses only to another worker's completed update
+LAST_SEEN_AGENTS = 4096  # profiles whose last-seen scalar part a RedisProfiles keeps, to skip a read
 
 
 def parse_state_url(url: str) -> tuple[str, str]:
@@ -305,14 +315,18 @@ class RedisProfiles:
     """Agents' behavioral profiles in the Redis of a RedisState, so every worker scores against the same baseline.
 
     A read is one round trip: the profile's scalar part and membership of just the probed members in its sets.
-    An update is an optimistic transaction (WATCH the scalar part, apply the same AgentProfile methods as in
-    memory, write it back with the set additions), retried when another worker updated the agent first, so
-    concurrent updates are all kept.
+    An update is optimistic: apply the same AgentProfile methods as in memory to the scalar part as last seen,
+    and replace it with one script that checks it is unchanged and adds to the sets. The part last seen is
+    kept from the read a decision made just before, so an update usually costs that one round trip; if
+    another worker updated the agent first, the update reads the part again and retries, so concurrent
+    updates are all kept.
     """
 
     def __init__(self, state: RedisState) -> None:
         self._state = state
-        self._add_capped = state._client.register_script(_ADD_CAPPED)
+        self._replace = state._client.register_script(_REPLACE_PROFILE)
+        self._last_seen: OrderedDict[str, str] = OrderedDict()  # agent -> its scalar part as last read or written
+        self._lock = threading.Lock()
 
     def read(self, agent_id: str, probe: Probe, use: Callable[[AgentProfile], T]) -> T:
         asked = {
@@ -328,10 +342,12 @@ class RedisProfiles:
                 if members:
                     pipe.smismember(self._key(agent_id, name), members)
             replies = iter(pipe.execute())
-        raw = next(replies)
+        raw = _text(next(replies))
         sets = {name: {m for m, found in zip(members, next(replies), strict=True) if found} if members else set()
                 for name, members in asked.items()}  # fmt: skip
-        return use(self._load(agent_id, raw, sets))
+        profile = self._load(agent_id, raw, sets)
+        self._remember(agent_id, raw)
+        return use(profile)
 
     def record(self, agent_id: str, *, denied: bool, blamed: tuple[str, ...], action: ActionSeen | None) -> None:
         def update(profile: AgentProfile) -> None:
@@ -345,31 +361,38 @@ class RedisProfiles:
         self._update(agent_id, lambda profile: profile.record_outcome(ts, error, volume))
 
     def _update(self, agent_id: str, update: Callable[[AgentProfile], None]) -> None:
-        import redis as redis_module
-
         key = self._key(agent_id)
-        set_keys = [self._key(agent_id, name) for name in PROFILE_SETS]
+        keys = [key, *(self._key(agent_id, name) for name in PROFILE_SETS)]
+        with self._lock:
+            seen = self._last_seen.get(agent_id)
         with self._state._errors("update the profile of agent", agent_id):
             for _ in range(PROFILE_UPDATE_ATTEMPTS):
-                with self._state._client.pipeline() as pipe:
-                    try:
-                        pipe.watch(key)  # type: ignore[no-untyped-call]
-                        profile = self._load(agent_id, pipe.get(key))
-                        update(profile)  # its sets start empty: they collect just this update's additions
-                        args: list[Any] = [MAX_REMEMBERED]
-                        for name in PROFILE_SETS:
-                            added = getattr(profile, name)
-                            args += [len(added), *added]
-                        pipe.multi()
-                        pipe.set(key, json.dumps(profile_core(profile), separators=(",", ":")))
-                        self._add_capped(keys=set_keys, args=args, client=pipe)
-                        pipe.execute()
-                        return
-                    except redis_module.WatchError:
-                        continue
+                if seen is None:
+                    seen = _text(self._state._client.get(key))
+                profile = self._load(agent_id, seen)
+                update(profile)  # its sets start empty: they collect just this update's additions
+                written = json.dumps(profile_core(profile), separators=(",", ":"))
+                args: list[Any] = [seen or "", written, MAX_REMEMBERED]
+                for name in PROFILE_SETS:
+                    added = getattr(profile, name)
+                    args += [len(added), *added]
+                if self._replace(keys=keys, args=args):
+                    self._remember(agent_id, written)
+                    return
+                seen = None  # another worker wrote it first: read it again
         raise StateError(f"the profile of agent {agent_id!r} kept changing under {PROFILE_UPDATE_ATTEMPTS} updates")
 
-    def _load(self, agent_id: str, raw: bytes | str | None, sets: dict[str, set[str]] | None = None) -> AgentProfile:
+    def _remember(self, agent_id: str, raw: str | None) -> None:
+        with self._lock:
+            if raw is None:
+                self._last_seen.pop(agent_id, None)
+                return
+            self._last_seen[agent_id] = raw
+            self._last_seen.move_to_end(agent_id)
+            if len(self._last_seen) > LAST_SEEN_AGENTS:
+                self._last_seen.popitem(last=False)
+
+    def _load(self, agent_id: str, raw: str | None, sets: dict[str, set[str]] | None = None) -> AgentProfile:
         """The profile stored as `raw` (None: a new agent's), with `sets` (or empty ones)."""
         try:
             return profile_from_core(agent_id, None if raw is None else json.loads(raw), sets)
@@ -381,6 +404,11 @@ class RedisProfiles:
 
     def _key(self, agent_id: str, part: str = "") -> str:
         return self._state._key("profile", f"{agent_id}:{part}" if part else agent_id)
+
+
+def _text(raw: bytes | str | None) -> str | None:
+    """A reply as text: a client made without decode_responses answers bytes."""
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def _ttl_ms(window: float) -> int:

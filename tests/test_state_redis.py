@@ -469,6 +469,21 @@ def test_concurrent_profile_updates_from_8_threads_are_all_kept(url: str) -> Non
     state.close()
 
 
+def test_an_update_over_a_stale_view_of_the_profile_is_retried_and_both_are_kept(url: str) -> None:
+    """One worker updates after another changed the profile it had read: its update must land on the new one."""
+    state = RedisState.from_url(url)
+    one, two = RedisProfiles(state), RedisProfiles(state)
+    one.record("agent", denied=False, blamed=(), action=ActionSeen(T0, "api_call", "svc/a", "svc", ()))
+    assert one.read("agent", Probe("r", "p", ()), lambda p: p.actions) == 1  # what one last saw
+    two.record("agent", denied=False, blamed=(), action=ActionSeen(T0 + 1, "api_call", "svc/b", "svc", ()))
+    one.record("agent", denied=True, blamed=(), action=None)
+    one.record_outcome("agent", T0 + 2, True, 5.0)
+    seen = two.read("agent", Probe("svc/b", "svc", ()), lambda p: (p.actions, set(p.resources), list(p.recent_denied)))
+    assert seen == (2, {"svc/b"}, [False, False, True])
+    assert two.read("agent", Probe("r", "p", ()), lambda p: list(p.recent_errors)) == [True]
+    state.close()
+
+
 def test_guards_sharing_redis_share_one_behavioral_baseline(tmp_path: Path, url: str) -> None:
     """A destination one worker's guard learned is not new to another's; one neither saw still is."""
     clock = Clock()
