@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from risk.keys import ApiKey, Role
 
@@ -16,28 +17,34 @@ log = logging.getLogger("risk.api")
 bearer = HTTPBearer(auto_error=False, description="an API key made by `risk keys create`")
 
 
-def allow(*roles: Role) -> Callable[..., ApiKey]:
+def allow(*roles: Role) -> Callable[..., Awaitable[ApiKey]]:
     """A dependency admitting a live key with one of `roles`: 401 without one, 403 with another role."""
     names = ", ".join(r.value for r in roles)
 
-    def caller(
+    async def caller(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
     ) -> ApiKey:
+        # Async, so a request is not handed to a thread twice (here and for its route): the common case, a key
+        # seen in the last few seconds, needs no I/O. The catalog and the audit trail are asked from a thread.
         service = request.app.state.service
         if credentials is None:
-            _refuse(request, 401, "missing Authorization: Bearer <key>", None)
-        key = service.keys.authenticate(credentials.credentials)
+            raise await run_in_threadpool(_refusal, request, 401, "missing Authorization: Bearer <key>", None)
+        key: ApiKey | None
+        known, key = service.keys.cached(credentials.credentials)
+        if not known:
+            key = await run_in_threadpool(service.keys.authenticate, credentials.credentials)
         if key is None:
-            _refuse(request, 401, "unknown, malformed or revoked API key", None)
+            raise await run_in_threadpool(_refusal, request, 401, "unknown, malformed or revoked API key", None)
         if key.role not in roles:
-            _refuse(request, 403, f"a key with role {key.role.value} may not do this; it needs role {names}", key)
+            why = f"a key with role {key.role.value} may not do this; it needs role {names}"
+            raise await run_in_threadpool(_refusal, request, 403, why, key)
         return key
 
     return caller
 
 
-def _refuse(request: Request, status: int, why: str, key: ApiKey | None) -> None:
-    """Record the refusal in the audit trail (under the key's tenant when there is one), then refuse."""
+def _refusal(request: Request, status: int, why: str, key: ApiKey | None) -> HTTPException:
+    """Record the refusal in the audit trail (under the key's tenant when there is one); the error to raise."""
     service = request.app.state.service
     try:
         service.tenants.record(
@@ -53,4 +60,4 @@ def _refuse(request: Request, status: int, why: str, key: ApiKey | None) -> None
         log.exception("refusal of %s %s not audited", request.method, request.url.path)
         service.metrics.store_errors.labels("audit").inc()
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    raise HTTPException(status, why, headers=headers)
+    return HTTPException(status, why, headers=headers)

@@ -2,7 +2,7 @@
 
 For each store configuration, two servers run with the same worker count under uvicorn (httptools, uvloop):
 
-* bare: a FastAPI app whose one route parses the same body model as `POST /v1/check` and returns a constant;
+* bare: a FastAPI app whose one route, async like `POST /v1/check`, parses the same body model and returns a constant;
 * service: the real app (`api.app:create_app`), an agent key, the default model, the bench_guard patterns.
 
 A load generator (wrk when installed; else asyncio + httpx in several processes) keeps a fixed number of
@@ -66,7 +66,7 @@ def bare_app() -> FastAPI:
     app.router.route_class = OrjsonRoute
 
     @app.post("/check")
-    def check(body: CheckRequest) -> dict[str, Any]:
+    async def check(body: CheckRequest) -> dict[str, Any]:
         return {"allowed": True}
 
     return app

@@ -91,18 +91,24 @@ class KeyStore:
 
     def authenticate(self, token: str) -> ApiKey | None:
         """The live key `token` belongs to, or None. Raises CatalogError if the catalog cannot be read."""
+        known, key = self.cached(token)
+        if known:
+            return key
+        key_id, secret = _split(token)
+        entry = self._fetch(key_id)
+        return None if entry is None else _verified(entry, secret)
+
+    def cached(self, token: str) -> tuple[bool, ApiKey | None]:
+        """Authenticate from memory alone: (True, the key or None) when memory can tell, (False, None) when only
+        the catalog can (a key not looked up in the last CACHE_SECONDS). Never does I/O."""
         match = _TOKEN.fullmatch(token)
         if match is None:
-            return None
+            return True, None
         key_id, secret = match.groups()
         entry = self._cache.get(key_id)
         if entry is None or time.monotonic() - entry.fetched > CACHE_SECONDS:
-            entry = self._fetch(key_id)
-            if entry is None:
-                return None
-        if not hmac.compare_digest(_digest(entry.salt, secret), entry.digest) or entry.key.revoked_at is not None:
-            return None
-        return entry.key
+            return False, None
+        return True, _verified(entry, secret)
 
     def list(self, tenant: str) -> list[ApiKey]:
         rows = self._catalog.run(f"SELECT {_FIELDS} FROM risk_keys WHERE tenant = ? ORDER BY created_at", (tenant,))
@@ -130,6 +136,22 @@ class KeyStore:
 
 
 _FIELDS = "key_id, tenant, role, created_at, revoked_at, note"
+
+
+def _split(token: str) -> tuple[str, str]:
+    """(key id, secret) of a token `cached` found well-formed."""
+    match = _TOKEN.fullmatch(token)
+    if match is None:
+        raise ValueError("not an API key")
+    key_id, secret = match.groups()
+    return key_id, secret
+
+
+def _verified(entry: _Entry, secret: str) -> ApiKey | None:
+    """The entry's key if `secret` is its secret and it is not revoked."""
+    if not hmac.compare_digest(_digest(entry.salt, secret), entry.digest) or entry.key.revoked_at is not None:
+        return None
+    return entry.key
 
 
 def _key(row: tuple[object, ...]) -> ApiKey:

@@ -36,15 +36,18 @@ def _decide(service: Service, tenant: str, body: CheckRequest) -> DecisionOut:
 
 
 @router.post("/check", response_model=DecisionOut, summary="Decide one action before it runs")
-def check(body: CheckRequest, request: Request, key: Agent) -> DecisionOut:
+async def check(body: CheckRequest, request: Request, key: Agent) -> DecisionOut:
     """The same decision as `Guard.check`: `allowed` says whether the action may run; it is audited first."""
-    return _decide(request.app.state.service, key.tenant, body)
+    service: Service = request.app.state.service
+    return await service.decide(lambda: _decide(service, key.tenant, body))
 
 
 @router.post("/check/batch", response_model=BatchOut, summary="Decide several actions, in order")
-def check_batch(body: BatchRequest, request: Request, key: Agent) -> BatchOut:
-    service = request.app.state.service
-    return BatchOut(decisions=[_decide(service, key.tenant, action) for action in body.actions])
+async def check_batch(body: BatchRequest, request: Request, key: Agent) -> BatchOut:
+    service: Service = request.app.state.service
+    return await service.decide(
+        lambda: BatchOut(decisions=[_decide(service, key.tenant, action) for action in body.actions])
+    )
 
 
 @router.post("/outcome", response_model=OutcomeOut, summary="Report what an allowed action did")

@@ -81,6 +81,9 @@ class SQLiteAuditStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(f"PRAGMA synchronous={synchronous}")
             self._conn.executescript(_SCHEMA)
+            # Appends do not wait in SQLite's busy handler, which sleeps a millisecond or more per try: a write lock
+            # another process holds is treated like a lost race, retried after a pause of tens of µs (ChainAppender).
+            self._conn.execute("PRAGMA busy_timeout=0")
             self._checkpointer = None if path == ":memory:" else _Checkpointer(path, timeout)
             if self._checkpointer is not None:
                 self._conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -97,6 +100,10 @@ class SQLiteAuditStore:
             self._conn.execute(_INSERT, (sealed.seq, *(body.get(c) for c in INDEXED), sealed.text, sealed.hash))
         except sqlite3.IntegrityError:
             return False
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return False  # another process is writing: the appender pauses briefly and chains onto its head
+            raise AuditError(f"audit record not written to {self.url}: {exc}") from exc
         except (sqlite3.Error, ValueError, TypeError) as exc:
             raise AuditError(f"audit record not written to {self.url}: {exc}") from exc
         return True

@@ -78,7 +78,7 @@ class ChainAppender:
             if time.monotonic() >= deadline:
                 raise AuditError(f"audit record not written to {where}: too many concurrent writers")
             if collisions > 1:
-                time.sleep(random.uniform(0, 0.001 * min(collisions, 20)))
+                time.sleep(random.uniform(0, 0.0001 * min(collisions, 100)))
 
 
 def where_clause(query: AuditQuery, placeholder: str) -> tuple[str, list[Any]]:
