@@ -9,6 +9,7 @@ Patterns are shell globs (`*`, `?`, `[abc]`) where `*` also matches `.` and `/`.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import re
@@ -112,7 +113,7 @@ class Policy(BaseModel):
             patterns.append(unicodedata.normalize("NFKC", pattern.strip()))
         return tuple(patterns)
 
-    @property
+    @functools.cached_property  # the policy is frozen; the service asks for its hash on every request
     def policy_hash(self) -> str:
         """SHA-256 of the policy's canonical JSON: the audit trail names the exact rules behind each decision."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
