@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +220,23 @@ def test_compiling_an_unfitted_forest_raises_not_fitted_error() -> None:
 def test_compiling_something_else_than_an_isolation_forest_raises_type_error() -> None:
     with pytest.raises(TypeError, match="IsolationForest"):
         CompiledForest.from_sklearn(object())
+
+
+def test_scoring_works_where_numba_can_cache_nothing() -> None:
+    """A read-only install without a home folder: numba finds no cache location, and scoring still works."""
+    script = (
+        "import numpy as np\n"
+        "from sklearn.ensemble import IsolationForest\n"
+        "from risk.scoring.forest import CompiledForest\n"
+        "X = np.random.default_rng(0).normal(size=(64, 3))\n"
+        "forest = IsolationForest(n_estimators=5, random_state=0).fit(X)\n"
+        "assert np.allclose(CompiledForest.from_sklearn(forest).score_many(X), forest.score_samples(X), atol=1e-9)\n"
+        "from risk.scoring.online import OnlineScorer\n"
+        "scorer = OnlineScorer(('a',), window_size=2)\n"
+        "for v in (0.1, 0.2, 0.3): scorer.learn([v])\n"
+        "assert 0.0 <= scorer.raw_score([0.5]) <= 1.0\n"
+    )
+    # Only the zip-file locator, which finds nothing for modules on disk: numba raises "no locator available".
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr

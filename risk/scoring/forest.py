@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numba  # type: ignore[import-untyped, unused-ignore]
 import numpy as np
 from numpy.typing import NDArray
+
+from risk.scoring.compiled import kernel
 
 if TYPE_CHECKING:
     from sklearn.ensemble import IsolationForest  # type: ignore[import-untyped, unused-ignore]
@@ -251,7 +252,7 @@ def _level_major(forest: CompiledForest) -> tuple[NDArray[np.void], NDArray[np.f
     return nodes, np.ascontiguousarray(forest.leaf_value_[old])
 
 
-@numba.njit(cache=True, nogil=True)  # type: ignore[misc, unused-ignore]
+@kernel
 def _path_totals(
     rows: NDArray[np.float32], n_trees: int, nodes: NDArray[np.void], leaf_value: NDArray[np.float64], max_depth: int
 ) -> NDArray[np.float64]:

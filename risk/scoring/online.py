@@ -19,12 +19,12 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-import numba  # type: ignore[import-untyped, unused-ignore]
 import numpy as np
 from numpy.typing import NDArray
 from river import anomaly, compose, preprocessing
 
 from risk.scoring.calibration import StreamingTailCalibrator
+from risk.scoring.compiled import kernel
 
 
 class OnlineScorer:
@@ -138,7 +138,7 @@ class _CompiledTrees:
         )  # fmt: skip
 
 
-@numba.njit(cache=True, nogil=True)  # type: ignore[misc, unused-ignore]
+@kernel
 def _half_space_score(
     x: NDArray[np.float64], lowest: NDArray[np.float64], highest: NDArray[np.float64], feature: NDArray[np.intp],
     threshold: NDArray[np.float64], mass: NDArray[np.float64], n_trees: int, height: int, size_limit: float,
