@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -55,6 +54,7 @@ from common import (
     describe,
     ensure_vaultak,
     fill_vaultak_history,
+    foreign_threads,
     keep_loopback_off_proxies,
     measure,
     new_vaultak_monitor,
@@ -409,7 +409,7 @@ def run(sizes: Sizes, workdir: str) -> dict[str, Any]:
     # vaultak, exactly as bench_guard.py sets it up.
     monitor_class = ensure_vaultak()
     keep_loopback_off_proxies()
-    baseline_threads = threading.active_count()
+    baseline_threads = foreign_threads()
     monitor = new_vaultak_monitor(monitor_class, closed_port())
     if monitor._intercept("file_read", ALLOW_RESOURCE, PAYLOAD) != "ALLOW":
         raise SystemExit("benchmark setup is wrong: vaultak does not allow the allow path")

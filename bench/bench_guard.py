@@ -25,7 +25,6 @@ import sqlite3
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from common import (
     describe,
     ensure_vaultak,
     fill_vaultak_history,
+    foreign_threads,
     keep_loopback_off_proxies,
     measure,
     new_vaultak_monitor,
@@ -122,6 +122,7 @@ def run(sizes: Sizes, workdir: str) -> dict[str, Any]:
     started = time.perf_counter()
     monitor_class = ensure_vaultak()
     keep_loopback_off_proxies()
+    baseline_threads = foreign_threads()
     port = closed_port()
 
     guard = Guard(
@@ -137,8 +138,6 @@ def run(sizes: Sizes, workdir: str) -> dict[str, Any]:
         model=None,
         online=False,
     )
-    # Counted after the guard exists: its SQLite store keeps a checkpoint thread, which is not vaultak's to drain.
-    baseline_threads = threading.active_count()
     # The same validated policy the Guard compiled, so the matcher comparison uses exactly its patterns.
     policy = CompiledPolicy(guard.policy)
     monitor = new_vaultak_monitor(monitor_class, port)

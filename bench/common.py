@@ -101,10 +101,17 @@ def fill_vaultak_history(monitor: Any) -> None:
         monitor._intercept("file_read", ALLOW_RESOURCE, PAYLOAD)
 
 
+def foreign_threads() -> int:
+    """Running threads that are not agent-risk's own (its threads are named risk-*, such as a SQLite store's
+    checkpoint thread, which lives as long as its guard)."""
+    return sum(1 for thread in threading.enumerate() if not thread.name.startswith("risk-"))
+
+
 def wait_for_threads(baseline: int) -> float:
-    """Wait until vaultak's per-call POST threads are gone; returns the seconds waited (-1 on timeout)."""
+    """Wait until vaultak's per-call POST threads are gone (`baseline` is `foreign_threads()` before any
+    started); returns the seconds waited (-1 on timeout)."""
     start = time.perf_counter()
-    while threading.active_count() > baseline:
+    while foreign_threads() > baseline:
         if time.perf_counter() - start > DRAIN_TIMEOUT_S:
             return -1.0
         time.sleep(0.005)
