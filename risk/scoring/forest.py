@@ -13,6 +13,7 @@ Scoring needs numpy and numba: scikit-learn is imported when compiling, not when
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -205,7 +206,11 @@ class CompiledForest:
             raise ValueError(
                 f"score_one takes one row of {self.n_features_in_} features, got an array of shape {row.shape}"
             )
-        return float(self._scores(row[None, :])[0])
+        if self.denominator_ == 0.0:  # every tree saw one sample: sklearn fixes the score at -0.5
+            return -0.5
+        nodes, leaf_value = self._walk
+        total = _path_totals(row.reshape(1, -1), self.n_estimators, nodes, leaf_value, self.max_depth_)[0]
+        return -math.pow(2.0, -total / self.denominator_)  # the C library's pow, as np.power calls it
 
     def score_many(self, X: NDArray[Any] | Sequence[Sequence[float]]) -> NDArray[np.float64]:
         """`score_samples(X)` for a 2-D batch of rows; an empty batch gives an empty array."""

@@ -55,7 +55,7 @@ class BehaviorModel:
 
     def raw_score(self, x: Sequence[float]) -> float:
         """Anomaly: the negated IsolationForest score, higher is stranger."""
-        return -self.forest.score_one(np.asarray(x, dtype=np.float64))
+        return -self.forest.score_one(x)
 
     def severity(self, x: Sequence[float]) -> float:
         return self.calibrator.severity(self.raw_score(x))
