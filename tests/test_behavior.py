@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from risk import ActionType, Guard
 from risk.audit.store import AuditQuery
 from risk.features import (
+    _BARE_HOST,
+    _ENDS_IN_TLD,
     FEATURES,
     MODEL_FEATURES,
     N_FEATURES,
@@ -192,6 +194,17 @@ def test_destinations_take_recipient_arguments_as_primary() -> None:
     assert "recipient:true" not in primary and not any("flag" in d for d in primary)
     assert {"email:bob@corp.com", "domain:corp.com"} <= set(every)
     assert set(primary) <= set(every)
+
+
+_ENDINGS = ["com", "org", "io", "co", "uk", "me", "COM", "comm", "community", "orgs", "c", "claims", ""]
+_PIECE = st.one_of(st.text(alphabet="abcmow-@/. :", max_size=6), st.sampled_from(_ENDINGS))
+
+
+@given(st.lists(_PIECE, max_size=8).map(".".join))
+def test_the_tld_gate_never_hides_a_bare_host(text: str) -> None:
+    """Bare hosts are only searched for in text the cheap gate lets through: it must let through every one."""
+    if _BARE_HOST.search(text):
+        assert _ENDS_IN_TLD.search(text)
 
 
 def test_destinations_of_a_plain_read_are_empty() -> None:
