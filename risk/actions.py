@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -59,15 +60,20 @@ class KillSwitchMode(enum.StrEnum):
 E = TypeVar("E", bound=enum.StrEnum)
 
 
+@functools.cache
+def _members(kind: type[E]) -> dict[str, E]:
+    """Every member of `kind` by its value and by its lower-cased name."""
+    return {**{m.name.lower(): m for m in kind}, **{m.value: m for m in kind}}
+
+
 def _parse(kind: type[E], value: E | str, what: str) -> E:
     """A member of `kind` from itself, its value or its name, in any case; else a ValueError listing them."""
     if isinstance(value, kind):
         return value
     if isinstance(value, str):
-        key = value.strip().lower()
-        for member in kind:
-            if key in (member.value, member.name.lower()):
-                return member
+        member: E | None = _members(kind).get(value.strip().lower())
+        if member is not None:
+            return member
     accepted = ", ".join(m.value for m in kind)
     raise ValueError(f"unknown {what} {value!r}; accepted: {accepted}")
 
