@@ -24,8 +24,8 @@ def allow(*roles: Role) -> Callable[..., Awaitable[ApiKey]]:
     async def caller(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
     ) -> ApiKey:
-        # Async, so a request is not handed to a thread twice (here and for its route): the common case, a key
-        # seen in the last few seconds, needs no I/O. The catalog and the audit trail are asked from a thread.
+        # Async: a key seen in the last few seconds is checked without I/O, so no request pays a thread handoff
+        # for it. The catalog and the audit trail are asked from a thread.
         service = request.app.state.service
         if credentials is None:
             raise await run_in_threadpool(_refusal, request, 401, "missing Authorization: Bearer <key>", None)

@@ -45,7 +45,8 @@ class Service:
     @property
     def local(self) -> bool:
         """Whether every store is on this machine: SQLite files and in-process state."""
-        return self.settings.database_url is None and self.settings.redis_url is None
+        settings = self.settings
+        return settings.audit_url.startswith("sqlite:") and settings.state_url.startswith("memory:")
 
     async def decide(self, work: Callable[[], T]) -> T:
         """Run a decision's work. With local stores it runs on the event loop itself: it takes well under a

@@ -606,6 +606,7 @@ def test_openapi_document_describes_every_route(clients: Callable[..., httpx.Cli
 def test_state_store_down_means_not_ready_and_every_check_denied(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0", model=None)
     with serve(settings) as running, running.client("acme", Role.AGENT) as agent:
+        assert not running.app.state.service.local  # decisions run in a thread: this store is across a network
         with running.client() as anonymous:
             ready = anonymous.get("/readyz")
         assert ready.status_code == 503 and ready.json()["stores"]["state"] != "ok"
@@ -623,6 +624,7 @@ def test_state_store_down_means_not_ready_and_every_check_denied(tmp_path: Path)
 
 def test_audit_store_that_cannot_be_written_denies(tmp_path: Path) -> None:
     with serve(Settings(home=tmp_path, model=None)) as running, running.client("acme", Role.AGENT) as agent:
+        assert running.app.state.service.local  # decisions run on the event loop: every store is on this machine
         assert ok(agent.post("/v1/check", json=ALLOWED))["allowed"] is True
         running.app.state.service.audit.close()  # as a store the service lost
         decision = ok(agent.post("/v1/check", json=ALLOWED))
