@@ -647,6 +647,30 @@ def test_two_guards_with_separate_connections_append_to_one_file_without_forks_o
     assert (result.ok, result.count) == (True, 402)
 
 
+def test_a_write_lock_held_past_the_timeout_denies_and_a_released_one_is_waited_for(
+    make_guard: Callable[..., Guard], db_path: Path
+) -> None:
+    """Another process holding SQLite's write lock: appends retry within `timeout`, then deny, never allow."""
+    guard = make_guard(audit=url_of(db_path, timeout=1))
+    holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, as a long write in another process holds it
+    denied = guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims")
+    assert (denied.allowed, denied.reasons[0].code) == (False, "audit_unavailable")
+    assert "busy for 1 s" in denied.reasons[0].message
+
+    release = threading.Timer(0.1, holder.execute, args=("COMMIT",))
+    release.start()
+    try:
+        allowed = guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims")  # waits out the 0.1 s
+    finally:
+        release.join()
+        holder.close()
+    assert allowed.allowed
+    decisions = [r for r in raw_rows(db_path) if r["kind"] == "decision"]
+    assert [r["action_id"] for r in decisions] == [allowed.action_id]  # the denied one could not be recorded
+    assert verify(url_of(db_path)).ok
+
+
 def _append_from_process(url: str, home: str, agent: str, n: int, barrier: Any) -> None:
     guard = Guard(agent_id=agent, audit=url, home=home)
     barrier.wait(timeout=30)

@@ -76,7 +76,8 @@ class ChainAppender:
             self._head = None
             collisions += 1
             if time.monotonic() >= deadline:
-                raise AuditError(f"audit record not written to {where}: too many concurrent writers")
+                busy = f"other writers kept it busy for {self._budget:g} s"
+                raise AuditError(f"audit record not written to {where}: {busy}")
             if collisions > 1:
                 time.sleep(random.uniform(0, 0.0001 * min(collisions, 100)))
 
