@@ -5,6 +5,7 @@ RISK_REQUIRE_SERVICES=1. Each test module run works in a fresh PostgreSQL schema
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from api_server import Running, serve
+from together import run_together
 
 from api.settings import Settings
 from risk.audit.store import AuditQuery, verify_store
@@ -89,18 +91,11 @@ def test_concurrent_repeats_of_one_idempotency_key_decide_once(pair: tuple[Runni
     one, two = pair
     body = {**ALLOWED, "idempotency_key": "burst"}
     clients = [client(running, tenant, Role.AGENT) for running in (one, two) for _ in range(4)]
-    barrier = threading.Barrier(len(clients))
-    answers: list[dict[str, Any]] = []
 
-    def send(c: httpx.Client) -> None:
-        barrier.wait()
-        answers.append(ok(c.post("/v1/check", json=body)))
+    def send(c: httpx.Client) -> dict[str, Any]:
+        return ok(c.post("/v1/check", json=body))
 
-    threads = [threading.Thread(target=send, args=(c,)) for c in clients]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    answers = run_together([functools.partial(send, c) for c in clients])
     for c in clients:
         c.close()
     assert len(answers) == len(clients) and len({a["action_id"] for a in answers}) == 1
@@ -157,18 +152,11 @@ def test_reviewers_approving_at_once_on_both_services_approve_once(pair: tuple[R
     with client(one, tenant, Role.AGENT) as agent:
         paused = ok(agent.post("/v1/check", json=BLOCKED))
     reviewers = [client(running, tenant, Role.REVIEWER) for running in (one, two) for _ in range(3)]
-    barrier = threading.Barrier(len(reviewers))
-    statuses: list[int] = []
 
-    def approve(c: httpx.Client) -> None:
-        barrier.wait()
-        statuses.append(c.post("/v1/agents/bot/approve").status_code)
+    def approve(c: httpx.Client) -> int:
+        return c.post("/v1/agents/bot/approve").status_code
 
-    threads = [threading.Thread(target=approve, args=(c,)) for c in reviewers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    statuses = run_together([functools.partial(approve, c) for c in reviewers])
     for c in reviewers:
         c.close()
     assert sorted(statuses) == [200] + [409] * (len(reviewers) - 1)

@@ -6,6 +6,7 @@ Every tamper test opens the SQLite file with the `sqlite3` module, as an attacke
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -31,6 +32,7 @@ from audit_file import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from together import run_together
 
 from risk import ActionDenied, ActionType, AuditError, Guard, KillSwitchMode, Outcome, RetentionError
 from risk.audit.record import FIELDS, GENESIS_HASH, canonical_json
@@ -597,19 +599,12 @@ def test_eight_threads_sharing_one_guard_write_1600_decisions_on_one_chain(
     make_guard: Callable[..., Guard], db_path: Path
 ) -> None:
     guard = make_guard()
-    barrier = threading.Barrier(8)
-    decided: list[list[str]] = [[] for _ in range(8)]
 
-    def work(n: int) -> None:
-        barrier.wait()
-        for i in range(200):
-            decided[n].append(guard.check(ActionType.DATABASE_QUERY, f"data.t{n}.r{i}", agent_id=f"a{n}").action_id)
+    def work(n: int) -> list[str]:
+        checks = (guard.check(ActionType.DATABASE_QUERY, f"data.t{n}.r{i}", agent_id=f"a{n}") for i in range(200))
+        return [decision.action_id for decision in checks]
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    decided = run_together([functools.partial(work, n) for n in range(8)])
     rows = raw_rows(db_path)
     decisions = [r for r in rows if r["kind"] == "decision"]
     assert len(decisions) == 1600
@@ -624,18 +619,12 @@ def test_two_guards_with_separate_connections_append_to_one_file_without_forks_o
     tmp_path: Path, db_path: Path
 ) -> None:
     guards = [Guard(agent_id=f"proc-{n}", audit=url_of(db_path), home=tmp_path) for n in range(2)]
-    barrier = threading.Barrier(2)
 
     def work(guard: Guard) -> None:
-        barrier.wait()
         for i in range(200):
             guard.check(ActionType.FILE_READ, f"/srv/data/{i}.csv")
 
-    threads = [threading.Thread(target=work, args=(g,)) for g in guards]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together([functools.partial(work, g) for g in guards])
     for g in guards:
         g.close()
     rows = raw_rows(db_path)

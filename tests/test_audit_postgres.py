@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pytest
 from services import unavailable
+from together import run_together
 
 import risk.audit.postgres
 from risk import ActionType, AuditError, Guard
@@ -161,26 +161,6 @@ def assert_one_chain(raw: Any, store: PostgresAuditStore, count: int) -> list[di
     result = verify_store(store)
     assert (result.ok, result.count, result.head_hash) == (True, count, stored[-1]["hash"]), result
     return stored
-
-
-def run_together(workers: list[Callable[[], Any]]) -> None:
-    """Run each worker in its own thread, released at the same moment; re-raise the first failure."""
-    barrier = threading.Barrier(len(workers))
-    errors: list[BaseException] = []
-
-    def run(work: Callable[[], Any]) -> None:
-        try:
-            barrier.wait()
-            work()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import random
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from services import unavailable
+from together import run_together
 
 from risk import ActionType, AgentStatus, Guard, KillSwitchMode, Outcome, StateError
 from risk.profiles import ActionSeen, MemoryProfiles, Probe
@@ -73,28 +73,6 @@ def _with_prefix(redis_url: str, prefix: str) -> str:
     parts = urlsplit(redis_url)
     query = f"{parts.query}&prefix={prefix}" if parts.query else f"prefix={prefix}"
     return urlunsplit(parts._replace(query=query))
-
-
-def _run_together(workers: list[Callable[[], Any]]) -> list[Any]:
-    """Run each worker in its own thread, released at the same moment; their results in order."""
-    barrier = threading.Barrier(len(workers))
-    results: list[Any] = [None] * len(workers)
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = workers[i]()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(workers))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not errors, errors
-    return results
 
 
 # ---- the contract, as MemoryState defines it -----------------------------------------------------
@@ -236,7 +214,7 @@ def test_an_approval_is_consumed_exactly_once_by_8_concurrent_threads(url: str) 
     for round_ in range(25):
         fp = f"fp-{round_}"
         stores[0].grant_approval("agent", fp)
-        results = _run_together([functools.partial(s.consume_approval, "agent", fp) for s in stores])
+        results = run_together([functools.partial(s.consume_approval, "agent", fp) for s in stores])
         assert results.count(True) == 1, (round_, results)
 
 
@@ -254,7 +232,7 @@ def _burst(url: str, key: str, now: float, limit: int, attempts: int) -> int:
 @pytest.mark.parametrize("limit", [1, 10, 250])
 def test_a_burst_from_two_threads_admits_exactly_the_limit(url: str, limit: int) -> None:
     attempts = 5 * limit  # each of the two sends five times the limit: ten times in all
-    admitted = _run_together([lambda: _burst(url, "rate:a", 1000.0, limit, attempts) for _ in range(2)])
+    admitted = run_together([lambda: _burst(url, "rate:a", 1000.0, limit, attempts) for _ in range(2)])
     assert sum(admitted) == limit, admitted
 
 
@@ -359,7 +337,7 @@ def test_of_8_reviewers_approving_at_once_exactly_one_grants_the_action(tmp_path
         except StateError as exc:
             return exc
 
-    results = _run_together([functools.partial(approve, g) for g in guards])
+    results = run_together([functools.partial(approve, g) for g in guards])
     assert [r for r in results if not isinstance(r, StateError)] == [paused.action_id]
     assert all("not paused" in str(r) for r in results if isinstance(r, StateError))
     retries = [g.check(ActionType.DATABASE_QUERY, "data.phi.patients") for g in guards]
@@ -459,7 +437,7 @@ def test_concurrent_profile_updates_from_8_threads_are_all_kept(url: str) -> Non
             seen = ActionSeen(T0 + i, "api_call", f"svc/{worker}/{i}", f"svc/{worker}", (f"host:h{worker}",))
             profiles.record("shared", denied=False, blamed=(), action=seen)
 
-    _run_together([functools.partial(work, w) for w in range(8)])
+    run_together([functools.partial(work, w) for w in range(8)])
     probe = Probe("svc/3/7", "svc/3", ("host:h5", "host:never"))
     actions, resources, dests = profiles.read(
         "shared", probe, lambda p: (p.actions, set(p.resources), set(p.destinations))

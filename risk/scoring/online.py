@@ -54,7 +54,7 @@ class OnlineScorer:
         self._scaler = preprocessing.MinMaxScaler()
         self._trees = anomaly.HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window_size, seed=seed)
         self._model = compose.Pipeline(self._scaler, self._trees)
-        self._compiled = _CompiledTrees(self.features, self._trees)
+        self._compiled = _CompiledTrees(self.features, self._scaler, self._trees)
         self._calibrator = StreamingTailCalibrator()
         self._lock = threading.Lock()
         self.learned = 0
@@ -75,7 +75,7 @@ class OnlineScorer:
                 self._calibrator.add(self._score(x))
             self._model.learn_one(dict(zip(self.features, x, strict=True)))
             self.learned += 1
-            self._compiled.refresh(self._scaler, self._trees, masses=self.learned % self.window_size == 0)
+            self._compiled.refresh(masses=self.learned % self.window_size == 0)
 
     def _score(self, x: Sequence[float]) -> float:
         if self.learned < self.window_size:  # as river: 0 while the first window fills
@@ -89,8 +89,12 @@ class _CompiledTrees:
     """HalfSpaceTrees and its scaler as arrays. Each tree is complete (river pads it), so it is stored in heap
     order: node k's children are 2k + 1 and 2k + 2, tree t starts at t * (2 ** (height + 1) - 1)."""
 
-    def __init__(self, features: tuple[str, ...], trees: anomaly.HalfSpaceTrees) -> None:
+    def __init__(
+        self, features: tuple[str, ...], scaler: preprocessing.MinMaxScaler, trees: anomaly.HalfSpaceTrees
+    ) -> None:
         self._column = {name: i for i, name in enumerate(features)}
+        self._scaler = scaler
+        self._trees = trees
         self._n_trees = trees.n_trees
         self._height = trees.height
         self._size_limit = float(trees.size_limit)
@@ -103,13 +107,13 @@ class _CompiledTrees:
         self.threshold = np.zeros(0)
         self.mass = np.zeros(0)
 
-    def refresh(self, scaler: Any, trees: Any, *, masses: bool) -> None:
-        """Copy the scaler's running range; and the reference masses when a window swapped (or first)."""
+    def refresh(self, *, masses: bool) -> None:
+        """Copy the scaler's running range; and the reference masses when a window swapped."""
         for name, i in self._column.items():
-            self.lowest[i] = scaler.min[name].get()
-            self.highest[i] = scaler.max[name].get()
+            self.lowest[i] = self._scaler.min[name].get()
+            self.highest[i] = self._scaler.max[name].get()
         if not self._nodes:
-            self._lay_out(trees.trees)
+            self._lay_out(self._trees.trees)
         if masses:
             self.mass = np.array([node.r_mass for node in self._nodes], dtype=np.float64)
 
