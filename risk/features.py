@@ -188,8 +188,10 @@ def feature_vector(
     new_dest = float(any(d not in seen_dests for d in dests))
     denied_dest = float(any(d in denied_dests for d in dests))
 
+    # Time runs backwards when workers sharing a profile disagree on the clock, or a trace is out of order:
+    # such an action counts as coming right after the profile's latest, never as a negative span.
     usual_per_active_minute = n / profile.active_minutes if profile.active_minutes else 1.0
-    span_minutes = ((ts - profile.first_ts) / 60.0 + 1.0) if profile.first_ts is not None else 1.0
+    span_minutes = (max(ts - profile.first_ts, 0.0) / 60.0 + 1.0) if profile.first_ts is not None else 1.0
     long_run_per_minute = n / span_minutes if n else 0.0
     c1 = profile.count_since(ts, 60) + 1
     c10 = profile.count_since(ts, 600) + 1
@@ -231,7 +233,7 @@ def feature_vector(
         math.log(c1 / (usual_per_active_minute + 1.0)),
         math.log(c10 / (long_run_per_minute * 10.0 + 1.0)),
         math.log(c60 / (long_run_per_minute * 60.0 + 1.0)),
-        math.log1p(min(ts - profile.last_ts, _DAY) if profile.last_ts is not None else _DAY),
+        math.log1p(min(max(ts - profile.last_ts, 0.0), _DAY) if profile.last_ts is not None else _DAY),
         1.0 - p_hour / p_peak,
         distinct,
         math.log1p(payload_bytes),

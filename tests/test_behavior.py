@@ -253,6 +253,17 @@ def test_feature_vector_returns_one_float_per_feature_for_fresh_and_used_profile
     assert all(np.isfinite(list(x.values())))
 
 
+def test_an_action_timed_before_the_profiles_latest_gets_finite_features() -> None:
+    # Workers sharing a profile with clocks seconds apart, or a trace out of order: the model must still score.
+    profile = AgentProfile("a")
+    for i in range(30):
+        record(profile, T0 + 60 * i, "database_query", "data.claims")
+    for earlier in (T0 + 60 * 29 - 5, T0 - HOUR):
+        x = vector(profile, earlier, "database_query", "data.claims")
+        assert all(np.isfinite(list(x.values())))
+        assert x["inter_arrival"] == 0.0
+
+
 @pytest.mark.parametrize(
     ("feature", "first", "again", "other"),
     [
