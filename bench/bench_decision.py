@@ -14,7 +14,8 @@ Systems:
   same forest compiled, and of the shipped default model.
 * vaultak 0.7.0 `VaultakMonitor._intercept` allow path, set up and measured exactly as in bench_guard.py.
 * batch scoring of data/synthetic/test.jsonl offline: features (risk.train.replay), the forest
-  (`CompiledForest.score_many`), and the full risk score (features, rules, forest, calibration).
+  (`CompiledForest.score_many`), and the full risk score (`risk.train.score_trace`: features, rules, forest,
+  calibration).
 
 Usage: python bench/bench_decision.py [--quick] [--json] [--profile]
 """
@@ -67,15 +68,13 @@ from sklearn.ensemble import IsolationForest
 import risk
 from risk import Guard
 from risk.actions import Decision, KillSwitchMode
-from risk.features import maturity, model_input
-from risk.profiles import Probe
-from risk.resources import _lexical_readings, readings  # the private cache, to clear it
-from risk.scoring.behavior import BehaviorScorer
+from risk.features import model_input
+from risk.resources import _lexical_readings  # the private cache, to clear it
 from risk.scoring.forest import CompiledForest
 from risk.scoring.model import DEFAULT_MODEL, BehaviorModel, load_model, resolve_model
-from risk.scoring.rules import RuleScorer, noisy_or, resource_signals
+from risk.scoring.rules import resource_signals
 from risk.traces import TraceAction, read_trace
-from risk.train import replay, training_rows
+from risk.train import replay, score_trace, training_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "data" / "synthetic" / "train.jsonl"
@@ -89,7 +88,6 @@ TARGET_VS_SKLEARN = 40.0
 TARGET_VS_VAULTAK = 5.0
 TARGET_BATCH_RATE = 20_000.0
 SCORE_TOLERANCE = 1e-9
-NO_MEMBERS = Probe("", "", ())  # maturity reads no set
 BEHAVIOR_REASONS = ("behavior_model", "behavior_online")
 
 
@@ -157,7 +155,7 @@ LATENCY_LABELS = {
 BATCH_LABELS = {
     "batch_features": "features only (risk.train.replay)",
     "batch_forest": "forest only (CompiledForest.score_many)",
-    "batch_full": "full (features, rules, forest, calibration)",
+    "batch_full": "full (risk.train.score_trace)",
 }
 
 Ready = Callable[[], None]  # called by a phase just before it starts timing
@@ -306,25 +304,7 @@ def stream_problems(guard: Guard, config: GuardConfig, decisions: Sequence[Decis
 
 def batch_features(actions: Sequence[TraceAction]) -> np.ndarray:
     """The model's feature matrix of a whole trace, each action against its agent's profile at that moment."""
-    return np.asarray([model_input(assessment.features) for _, assessment in replay(actions)], dtype=np.float64)
-
-
-def batch_scores(actions: Sequence[TraceAction], model: BehaviorModel) -> list[float]:
-    """The risk score guard.check (model, no online model) gives each action, in time order, computed offline:
-    features by replay, rule scores, the forest on the whole matrix at once, calibration and maturity."""
-    scorer, rules = BehaviorScorer(None, None), RuleScorer()
-    rows, rule_scores, novelty, weights = [], [], [], []
-    for action, assessment in replay(actions, scorer):
-        rows.append(model_input(assessment.features))
-        rule_scores.append(rules.score(action.action_type, readings(action.resource).canonical, action.payload)[0])
-        novelty.append(assessment.severities)  # the novelty rules (the scorer has no model of its own)
-        weights.append(scorer.profiles.read(action.agent_id, NO_MEMBERS, maturity))  # the profile before this action
-    anomaly = -model.forest.score_many(np.asarray(rows, dtype=np.float64))
-    severity = model.calibrator.severity
-    return [
-        noisy_or([rule, *found, severity(raw) * weight]) if weight > 0 else rule
-        for rule, found, raw, weight in zip(rule_scores, novelty, anomaly.tolist(), weights, strict=True)
-    ]
+    return np.asarray([model_input(assessment.features) for _, _, assessment in replay(actions)], dtype=np.float64)
 
 
 def batch_phase(work: Callable[[], object], n_actions: int, passes: int) -> Callable[[Ready], dict[str, Any]]:
@@ -446,7 +426,7 @@ def run(sizes: Sizes, workdir: str) -> dict[str, Any]:
     # The batch pipeline must compute what guard.check computes.
     X_test = batch_features(test)
     batch_error = max(
-        abs(a - b) for a, b in zip(batch_scores(test, model), guard_scores(test, model, workdir), strict=True)
+        abs(a - b) for a, b in zip(score_trace(test, model), guard_scores(test, model, workdir), strict=True)
     )
     if batch_error > SCORE_TOLERANCE:
         problems.append(f"batch risk scores differ from guard.check's by up to {batch_error:.3g}")
@@ -472,7 +452,7 @@ def run(sizes: Sizes, workdir: str) -> dict[str, Any]:
         ),
         Phase("batch_features", batch_phase(lambda: batch_features(test), len(test), sizes.batch_passes)),
         Phase("batch_forest", batch_phase(lambda: score_many(X_test), len(test), 4 * sizes.batch_passes)),
-        Phase("batch_full", batch_phase(lambda: batch_scores(test, model), len(test), sizes.batch_passes)),
+        Phase("batch_full", batch_phase(lambda: score_trace(test, model), len(test), sizes.batch_passes)),
         Phase("timer_floor", latency_phase(lambda: None, sizes.forest, sizes.warmup_forest)),
     ]
 

@@ -19,9 +19,9 @@ from risk.audit.record import canonical_json
 from risk.audit.store import AuditQuery, AuditStore, open_audit
 from risk.features import BASELINE_ACTIONS, MODEL_FEATURES, model_input
 from risk.resources import readings
-from risk.scoring.behavior import BehaviorScorer
+from risk.scoring.behavior import Assessment, BehaviorScorer
 from risk.scoring.model import DEFAULT_MODEL, BehaviorModel, fit_model, save_model
-from risk.scoring.rules import RuleScorer
+from risk.scoring.rules import RuleScorer, noisy_or
 from risk.traces import TraceAction, read_trace
 
 
@@ -34,19 +34,22 @@ class TrainingRows:
     last_ts: float | None
 
 
-def replay(actions: Iterable[TraceAction], scorer: BehaviorScorer | None = None) -> Iterator[tuple[TraceAction, Any]]:
-    """Replay `actions` (sorted by time) through the scorer's profiles; yield each with its assessment."""
+def replay(
+    actions: Iterable[TraceAction], scorer: BehaviorScorer | None = None
+) -> Iterator[tuple[TraceAction, float, Assessment]]:
+    """Replay `actions` (sorted by time) through the scorer's profiles, each learned as allowed and run;
+    yield each with its rule score and its assessment against the profile before it."""
     scorer = scorer or BehaviorScorer(None, None)
     rules = RuleScorer()
     for number, action in enumerate(sorted(actions, key=lambda a: a.ts)):
         resource = readings(action.resource).canonical
-        _, reasons = rules.score(action.action_type, resource, action.payload)
+        rule_score, reasons = rules.score(action.action_type, resource, action.payload)
         payload_bytes = len(canonical_json(action.payload))
         assessment = scorer.assess(
             action.agent_id, ts=action.ts, action_type=action.action_type, resource=resource,
             payload=action.payload, payload_bytes=payload_bytes, rule_reasons=reasons,
         )  # fmt: skip
-        yield action, assessment
+        yield action, rule_score, assessment
         action_id = f"replay-{number}"
         scorer.observe(action.agent_id, action_id, action.ts, action.action_type, resource, assessment, True)
         success, rows, size = action.outcome()
@@ -60,15 +63,36 @@ def training_rows(actions: Iterable[TraceAction]) -> TrainingRows:
     scorer = BehaviorScorer(None, None)
     rows: list[list[float]] = []
     seen: dict[str, int] = {}
-    for action, assessment in replay(benign, scorer):
+    for action, _, assessment in replay(benign, scorer):
         seen[action.agent_id] = seen.get(action.agent_id, 0) + 1
         if seen[action.agent_id] > BASELINE_ACTIONS:
             rows.append(model_input(assessment.features))
     if len(rows) < 2:  # too little history to skip anyone: train on all of it
-        rows = [model_input(assessment.features) for _, assessment in replay(benign)]
+        rows = [model_input(assessment.features) for _, _, assessment in replay(benign)]
     ts = [a.ts for a in benign]
     X = np.asarray(rows, dtype=np.float64).reshape(-1, len(MODEL_FEATURES))
     return TrainingRows(X, len(benign), len(seen), min(ts, default=None), max(ts, default=None))
+
+
+def score_trace(actions: Iterable[TraceAction], model: BehaviorModel) -> list[float]:
+    """Offline, the risk score of each action (in time order) as a guard with `model` and no online model
+    would give it if it flagged nothing: rules, novelty and the forest, calibrated and scaled by maturity.
+
+    The forest scores the whole trace at once, which is most of what makes this faster than checking the
+    actions one by one; a guard that flags an action does not learn it, so its later scores can differ.
+    """
+    rows, parts = [], []
+    for _, rule_score, assessment in replay(actions):
+        rows.append(model_input(assessment.features))
+        parts.append((rule_score, assessment.severities, assessment.maturity))  # severities: novelty only
+    if not rows:
+        return []
+    anomaly = (-model.forest.score_many(np.asarray(rows, dtype=np.float64))).tolist()
+    severity = model.calibrator.severity
+    return [
+        noisy_or([rule_score, *novelty, severity(raw) * weight]) if weight > 0 else rule_score
+        for (rule_score, novelty, weight), raw in zip(parts, anomaly, strict=True)
+    ]
 
 
 def history(source: str) -> list[TraceAction]:

@@ -420,9 +420,9 @@ def test_a_guard_on_an_unreachable_redis_denies_and_says_why(tmp_path: Path) -> 
 def test_redis_profiles_give_the_same_features_as_memory_profiles_on_a_trace(url: str) -> None:
     """Every feature of every action of a real trace, measured against profiles in Redis and in memory."""
     actions = sorted(read_trace(ROOT / "data" / "synthetic" / "train.jsonl"), key=lambda a: a.ts)[:400]
-    in_memory = [a.features for _, a in replay(actions, BehaviorScorer(None, None, MemoryProfiles()))]
+    in_memory = [a.features for _, _, a in replay(actions, BehaviorScorer(None, None, MemoryProfiles()))]
     state = RedisState.from_url(url)
-    in_redis = [a.features for _, a in replay(actions, BehaviorScorer(None, None, RedisProfiles(state)))]
+    in_redis = [a.features for _, _, a in replay(actions, BehaviorScorer(None, None, RedisProfiles(state)))]
     state.close()
     assert len({a.agent_id for a in actions}) > 1
     assert in_redis == in_memory

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from risk import Guard
 from risk.cli import app
 from risk.evaluate import evaluate
 from risk.features import BASELINE_ACTIONS, MODEL_FEATURES
-from risk.scoring.model import load_model
+from risk.scoring.model import DEFAULT_MODEL, load_model, resolve_model
 from risk.traces import read_trace
-from risk.train import train
+from risk.train import score_trace, train
 
 START = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
 METRIC_KEYS = {
@@ -135,6 +136,35 @@ def test_train_is_deterministic_for_the_same_data_and_seed(tmp_path: Path, train
     second, _ = train(str(train_trace), tmp_path / "b", name="t", seed=3)
     probes = [[float(i % 3)] * len(MODEL_FEATURES) for i in range(5)]
     assert [first.severity(p) for p in probes] == [second.severity(p) for p in probes]
+
+
+# ---- batch scoring ---------------------------------------------------------------------------------------------
+
+
+def test_score_trace_gives_the_risk_scores_guard_check_gives(tmp_path: Path) -> None:
+    """A real trace through score_trace and, action by action, through a guard that flags nothing (as the
+    batch replay learns every action), with the shipped model and no online model."""
+    root = Path(__file__).resolve().parents[1]
+    actions = sorted(read_trace(root / "data" / "synthetic" / "test.jsonl"), key=lambda a: a.ts)
+    model = load_model(resolve_model(DEFAULT_MODEL))
+    now = [0.0]
+    guard = Guard(agent_id="batch", audit=f"sqlite:///{tmp_path}/audit.db", home=tmp_path, model=model,
+                  online=False, mode="alert", max_risk_score=1.0, clock=lambda: now[0])  # fmt: skip
+    checked = []
+    for action in actions:
+        now[0] = action.ts
+        decision = guard.check(action.action_type, action.resource, action.payload, agent_id=action.agent_id)
+        assert decision.allowed
+        checked.append(decision.risk_score)
+        success, rows, size = action.outcome()
+        guard.record_outcome(decision.action_id, success=success, rows=rows, bytes=size, agent_id=action.agent_id)
+    guard.close()
+
+    batch = score_trace(actions, model)
+    assert len(batch) == len(actions) > 500
+    assert max(abs(a - b) for a, b in zip(batch, checked, strict=True)) <= 1e-12
+    assert sum(score > 0.5 for score in batch) > 0  # the model and the rules take part, not only the zero floor
+    assert score_trace([], model) == []
 
 
 # ---- evaluate --------------------------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ class Assessment:
     severities: tuple[float, ...]
     reasons: tuple[Reason, ...]
     features: tuple[float, ...]
+    maturity: float  # how much the agent's baseline counted (see risk.features.maturity)
     prefix: str
     unseen_primary: tuple[str, ...]  # where the action itself goes that the agent never went before
     destinations: tuple[str, ...]
@@ -127,7 +128,7 @@ class BehaviorScorer:
             severities.append(s)
             if s >= REASON_FLOOR:
                 reasons.append(Reason("behavior_online", f"the streaming model finds this unusual ({s:.2f})", s))
-        return Assessment(tuple(severities), tuple(reasons), tuple(x), prefix, unseen_primary, dests)
+        return Assessment(tuple(severities), tuple(reasons), tuple(x), weight, prefix, unseen_primary, dests)
 
     def observe(
         self, agent_id: str, action_id: str, ts: float, action_type: ActionType, resource: str,
