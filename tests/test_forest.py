@@ -240,3 +240,23 @@ def test_scoring_works_where_numba_can_cache_nothing() -> None:
     env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+def test_loading_the_models_loads_their_compiled_loops_before_any_decision() -> None:
+    """The first call of a compiled loop in a process costs 100-200 ms; it belongs to loading, not to a decision."""
+    script = (
+        "from risk.scoring.forest import _path_totals\n"
+        "from risk.scoring.online import _half_space_score, OnlineScorer\n"
+        "from risk.scoring.model import load_model, resolve_model\n"
+        "assert not _path_totals.signatures and not _half_space_score.signatures\n"
+        "model = load_model(resolve_model('default'))\n"
+        "scorer = OnlineScorer(('a', 'b'), window_size=2)\n"
+        "print(len(_path_totals.signatures), len(_half_space_score.signatures))\n"
+        "model.forest.score_one([0.5] * len(model.features))\n"
+        "for v in (0.1, 0.2, 0.3): scorer.learn([v, v])\n"
+        "scorer.raw_score([0.5, 0.5])\n"
+        "print(len(_path_totals.signatures), len(_half_space_score.signatures))\n"  # what decisions call: no new types
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "1", "1", "1"]

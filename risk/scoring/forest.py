@@ -114,7 +114,7 @@ class CompiledForest:
         self.denominator_ = float(denominator)
         # decision_function = score - offset_; kept so callers can reproduce predict()'s cut.
         self.offset_ = float(offset)
-        self._walk = _level_major(self)
+        self._prepare()
 
     def __getstate__(self) -> dict[str, Any]:
         """The fitted arrays only; the walking layout is rebuilt on load (so stored artifacts never change)."""
@@ -122,7 +122,13 @@ class CompiledForest:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Lay out the walk, and load its compiled loop now: the first call in a process costs 100-200 ms
+        (numba reads its cache and starts its runtime), which belongs to loading a model, not to a decision."""
         self._walk = _level_major(self)
+        self.score_many(np.zeros((1, self.n_features_in_), dtype=np.float32))
 
     @property
     def n_estimators(self) -> int:

@@ -106,6 +106,10 @@ class _CompiledTrees:
         self.feature = np.zeros(0, dtype=np.intp)
         self.threshold = np.zeros(0)
         self.mass = np.zeros(0)
+        # Load the compiled loop now (no trees yet: the same types, nothing walked), not on a later decision.
+        _half_space_score(
+            self.lowest, self.lowest, self.highest, self.feature, self.threshold, self.mass, 0, 0, 0.0, 1.0
+        )
 
     def refresh(self, *, masses: bool) -> None:
         """Copy the scaler's running range; and the reference masses when a window swapped."""
