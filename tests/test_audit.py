@@ -35,8 +35,9 @@ from hypothesis import strategies as st
 from together import run_together
 
 from risk import ActionDenied, ActionType, AuditError, Guard, KillSwitchMode, Outcome, RetentionError
-from risk.audit.record import FIELDS, GENESIS_HASH, canonical_json
-from risk.audit.store import DEFAULT_RETENTION, AuditQuery, open_audit, purge, verify_store
+from risk.audit.record import FIELDS, GENESIS_HASH, Sealed, canonical_json
+from risk.audit.sqlite import SQLiteAuditStore
+from risk.audit.store import DEFAULT_RETENTION, AuditQuery, ChainAppender, open_audit, purge, verify_store
 from risk.redaction import mask
 
 # ---- helpers ---------------------------------------------------------------------------------------------
@@ -634,6 +635,73 @@ def test_two_guards_with_separate_connections_append_to_one_file_without_forks_o
     assert sum(r["agent_id"] == "proc-0" for r in rows) == sum(r["agent_id"] == "proc-1" for r in rows) == 201
     result = verify(url_of(db_path))
     assert (result.ok, result.count) == (True, 402)
+
+
+def test_two_stores_of_four_threads_each_group_their_appends_and_keep_one_chain(db_path: Path) -> None:
+    """Threads of one store commit together; the two stores' groups collide on seqs and retry whole."""
+    stores = [open_audit(url_of(db_path)) for _ in range(2)]
+    record = {"ts": "2026-01-01T00:00:00+00:00", "kind": "decision"}
+    run_together(
+        [
+            lambda s=s, name=f"s{n}t{t}": [
+                s.append({**record, "record_id": f"{name}-{i}", "agent_id": name}) for i in range(200)
+            ]
+            for n, s in enumerate(stores)
+            for t in range(4)
+        ]
+    )
+    for s in stores:
+        s.close()
+    rows = raw_rows(db_path)
+    assert [r["seq"] for r in rows] == list(range(1, 1601))
+    assert len({r["record_id"] for r in rows}) == len({r["prev_hash"] for r in rows}) == 1600
+    result = verify(url_of(db_path))
+    assert (result.ok, result.count) == (True, 1600)
+
+
+def test_appends_waiting_on_a_commit_go_in_one_group_and_a_bad_record_fails_alone(db_path: Path) -> None:
+    store = SQLiteAuditStore(url_of(db_path))
+    inserted: list[int] = []
+    waiting = threading.Event()
+
+    def insert(records: list[tuple[Sealed, dict[str, Any]]]) -> bool:
+        inserted.append(len(records))
+        if len(inserted) == 1:  # hold the first commit until two more appends wait behind it
+            waiting.wait(30)
+        return store._insert(records)
+
+    appender = ChainAppender(store._read_head, insert, budget=5.0)
+    record = {"ts": "2026-01-01T00:00:00+00:00", "kind": "decision", "agent_id": "a"}
+    results: dict[str, Any] = {}
+
+    def append(name: str, **extra: Any) -> None:
+        try:
+            results[name] = appender.append({**record, "record_id": name, **extra}, "test")
+        except AuditError as exc:
+            results[name] = exc
+
+    threads = [threading.Thread(target=append, args=("first",))]
+    threads[0].start()
+    while not inserted:
+        threading.Event().wait(0.001)
+    later = [
+        threading.Thread(target=append, args=("good-1",)),
+        threading.Thread(target=append, args=("bad",), kwargs={"nonsense": 1}),  # not an audit field: cannot be sealed
+        threading.Thread(target=append, args=("good-2",)),
+    ]
+    for t in later:
+        t.start()
+    while len(appender._waiting) < 3:
+        threading.Event().wait(0.001)
+    waiting.set()
+    for t in [*threads, *later]:
+        t.join(30)
+    assert inserted == [1, 2]  # the three that waited went as one group, without the one that failed
+    assert isinstance(results["bad"], AuditError) and "nonsense" in str(results["bad"])
+    assert results["first"].seq == 1 and {results["good-1"].seq, results["good-2"].seq} == {2, 3}
+    store.close()
+    assert sorted(r["record_id"] for r in raw_rows(db_path)) == ["first", "good-1", "good-2"]
+    assert verify(url_of(db_path)).ok
 
 
 def test_a_write_lock_held_past_the_timeout_denies_and_a_released_one_is_waited_for(

@@ -447,6 +447,22 @@ def test_two_stores_with_their_own_connections_append_400_records_without_forks_
     assert sum(r["agent_id"] == "s0" for r in stored) == sum(r["agent_id"] == "s1" for r in stored) == 200
 
 
+def test_two_stores_of_four_threads_each_group_their_appends_and_keep_one_chain(
+    open_store: Callable[..., PostgresAuditStore], raw: Any
+) -> None:
+    """Threads of one store commit together; the two stores' groups collide on seqs and retry whole."""
+    stores = [open_store(), open_store()]
+    run_together(
+        [
+            lambda s=s, n=n, t=t: [s.append(body(i, agent=f"s{n}t{t}")) for i in range(100)]
+            for n, s in enumerate(stores)
+            for t in range(4)
+        ]
+    )
+    stored = assert_one_chain(raw, stores[0], 800)
+    assert len({r["action_id"] for r in stored}) == 800
+
+
 def _append_from_process(url: str, agent: str, n: int, barrier: Any) -> None:
     store = PostgresAuditStore(url)
     barrier.wait(timeout=60)

@@ -66,10 +66,8 @@ _COLUMNS = ("seq", *INDEXED, "body", "hash")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM risk_audit"
 # ON CONFLICT DO NOTHING rather than catching the unique violation: the lost race is reported by the row
 # count, and the server does not log an ERROR for every collision between writers.
-_INSERT = (
-    f"INSERT INTO risk_audit ({', '.join(_COLUMNS)}) VALUES ({', '.join('%s' for _ in _COLUMNS)}) "
-    "ON CONFLICT (seq) DO NOTHING"
-)
+_INSERT_INTO = f"INSERT INTO risk_audit ({', '.join(_COLUMNS)})"
+_ROW = f"({', '.join('%s' for _ in _COLUMNS)})"
 _PAGE = 1000  # rows per round trip when reading the whole chain
 _APPEND_BUDGET = 5.0  # seconds an append may keep losing races to other writers before it fails
 _LOCK_TIMEOUT = "5s"  # as the SQLite store's default `timeout`
@@ -103,24 +101,32 @@ class PostgresAuditStore:
             raise
 
     def append(self, body: dict[str, Any]) -> Sealed:
-        with self._lock:
-            return self._appender.append(body, self._where)
+        return self._appender.append(body, self._where)
 
     def _read_head(self) -> tuple[int, str]:
-        try:
-            row = self._connection().execute("SELECT seq, hash FROM risk_audit ORDER BY seq DESC LIMIT 1").fetchone()
-        except psycopg.Error as exc:
-            raise AuditError(f"cannot read the audit head of {self._where}: {exc}") from exc
-        return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+        rows = self._read("SELECT seq, hash FROM risk_audit ORDER BY seq DESC LIMIT 1", ())
+        return (int(rows[0][0]), str(rows[0][1])) if rows else (0, GENESIS_HASH)
 
-    def _insert(self, sealed: Sealed, body: dict[str, Any]) -> bool:
-        """One autocommit INSERT that does nothing when another writer already took this seq."""
-        values = (sealed.seq, *(body.get(c) for c in INDEXED), sealed.text, sealed.hash)
-        try:
-            return bool(self._connection().execute(_INSERT, values).rowcount == 1)
-        except (psycopg.Error, ValueError, TypeError) as exc:
-            # DataError (a psycopg.Error) is a NUL in an indexed column; ValueError an unpaired surrogate.
-            raise AuditError(f"audit record not written to {self._where}: {exc}") from exc
+    def _insert(self, records: list[tuple[Sealed, dict[str, Any]]]) -> bool:
+        """One INSERT of every record, in a transaction when there are several; False when another writer
+        already took one of their seqs (and then nothing is stored)."""
+        rows = [(sealed.seq, *(body.get(c) for c in INDEXED), sealed.text, sealed.hash) for sealed, body in records]
+        values = ", ".join([_ROW] * len(rows))
+        sql = f"{_INSERT_INTO} VALUES {values} ON CONFLICT (seq) DO NOTHING"
+        params = [value for row in rows for value in row]
+        with self._lock:
+            try:
+                conn = self._connection()
+                if len(rows) == 1:
+                    return bool(conn.execute(sql, params).rowcount == 1)
+                with conn.transaction():
+                    if conn.execute(sql, params).rowcount != len(rows):
+                        raise psycopg.Rollback()
+                    return True
+                return False  # rolled back
+            except (psycopg.Error, ValueError, TypeError) as exc:
+                # DataError (a psycopg.Error) is a NUL in an indexed column; ValueError an unpaired surrogate.
+                raise AuditError(f"audit record not written to {self._where}: {exc}") from exc
 
     def stored(self, after_seq: int = 0) -> Iterator[StoredRecord]:
         # Keyset pagination: each page starts after the last seq seen, so a page costs the same however deep.

@@ -91,29 +91,38 @@ class SQLiteAuditStore:
             raise AuditError(f"cannot open audit store {url}: {exc}") from exc
 
     def append(self, body: dict[str, Any]) -> Sealed:
-        with self._lock:
-            return self._appender.append(body, self.url)
+        return self._appender.append(body, self.url)
 
-    def _insert(self, sealed: Sealed, body: dict[str, Any]) -> bool:
-        """One autocommit INSERT; False when another writer already took this seq (the primary key)."""
-        try:
-            self._conn.execute(_INSERT, (sealed.seq, *(body.get(c) for c in INDEXED), sealed.text, sealed.hash))
-        except sqlite3.IntegrityError:
-            return False
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                return False  # another process is writing: the appender pauses briefly and chains onto its head
-            raise AuditError(f"audit record not written to {self.url}: {exc}") from exc
-        except (sqlite3.Error, ValueError, TypeError) as exc:
-            raise AuditError(f"audit record not written to {self.url}: {exc}") from exc
+    def _insert(self, records: list[tuple[Sealed, dict[str, Any]]]) -> bool:
+        """The records in one transaction (one alone: one autocommit INSERT); False when another writer
+        already took one of their seqs (the primary key) or holds the write lock."""
+        rows = [(sealed.seq, *(body.get(c) for c in INDEXED), sealed.text, sealed.hash) for sealed, body in records]
+        with self._lock:
+            try:
+                if len(rows) == 1:
+                    self._conn.execute(_INSERT, rows[0])
+                    return True
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._conn.executemany(_INSERT, rows)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.IntegrityError:
+                return False
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    return False  # another process is writing: the appender pauses briefly and chains onto its head
+                raise AuditError(f"audit record not written to {self.url}: {exc}") from exc
+            except (sqlite3.Error, ValueError, TypeError) as exc:
+                raise AuditError(f"audit record not written to {self.url}: {exc}") from exc
         return True
 
     def _read_head(self) -> tuple[int, str]:
-        try:
-            row = self._conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        except sqlite3.Error as exc:
-            raise AuditError(f"cannot read the audit head of {self.url}: {exc}") from exc
-        return (row[0], row[1]) if row else (0, GENESIS_HASH)
+        row = self._read("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", ())
+        return (row[0][0], row[0][1]) if row else (0, GENESIS_HASH)
 
     def stored(self, after_seq: int = 0) -> Iterator[StoredRecord]:
         sql = f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT 1000"
