@@ -7,11 +7,13 @@ unless the URL, the role or the database sets `lock_timeout` itself (`options=-c
 connection attempt gives up after 10 s unless the URL sets `connect_timeout`.
 
 Records go in `risk_audit` with the same layout as the SQLite store: the exact hashed text (`body`), its
-chain hash, and a few columns copied out for queries. Appends are optimistic, as in SQLite: the store keeps
-the head it last wrote or read, inserts the next record at head + 1 in one autocommit statement, and if
-another writer took that `seq` first (it is the primary key) re-reads the head and seals again. Nothing
-holds a lock across the round trips, so writers on many hosts only wait for each other on a real collision.
-A record is durable once `append` returns, as far as the server's `synchronous_commit` (on by default) makes it.
+chain hash, and a few columns copied out for queries. Appends are optimistic, as in SQLite (see
+`ChainAppender`): the store keeps the head it last wrote or read, inserts the next records at head + 1 on in
+one statement (the appends its threads made while the previous commit ran, in one transaction), and if
+another writer took one of those `seq`s first (the primary key) rolls back, re-reads the head and seals
+again. Nothing holds a lock across the round trips, so writers on many hosts only wait for each other on a
+real collision. A record is durable once `append` returns, as far as the server's `synchronous_commit` (on
+by default) makes it.
 
 The schema is versioned by a short list of SQL migrations and a `risk_schema_version` table, applied in
 one transaction under a PostgreSQL advisory lock, so processes starting at once neither race nor apply a
@@ -77,8 +79,8 @@ _CONNECT_TIMEOUT = 10  # seconds; psycopg's own default (130 s) would hang a gua
 class PostgresAuditStore:
     """Append-only, hash-chained audit records in PostgreSQL. Safe for threads, processes and hosts.
 
-    One connection per store, used under a lock: an append is one short statement, so a pool would buy
-    little. A connection the server dropped fails the call in flight (the action is denied) and is
+    One connection per store, used under a lock: appends waiting on it go as one statement, so a pool would
+    buy little. A connection the server dropped fails the call in flight (the action is denied) and is
     replaced on the next call.
     """
 
