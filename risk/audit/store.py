@@ -35,7 +35,7 @@ class AuditQuery:
     newest_first: bool = False
 
 
-Stored = Callable[[list[tuple[Sealed, dict[str, Any]]]], bool]
+StoreAll = Callable[[list[tuple[Sealed, dict[str, Any]]]], bool]
 
 
 @dataclass(slots=True)
@@ -64,7 +64,7 @@ class ChainAppender:
     every append of the group and forgets the cached head.
     """
 
-    def __init__(self, read_head: Callable[[], tuple[int, str]], insert: Stored, budget: float) -> None:
+    def __init__(self, read_head: Callable[[], tuple[int, str]], insert: StoreAll, budget: float) -> None:
         self._read_head = read_head
         self._insert = insert
         self._budget = budget
