@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from risk.actions import ActionType, Outcome
+from risk.actions import MAX_AMOUNT, ActionType, Outcome
 from risk.tenants import AGENT_PATTERN
 
 MAX_PAYLOAD_DEPTH = 64
@@ -88,8 +88,8 @@ class OutcomeRequest(Strict):
     action_id: str = Field(min_length=1, max_length=64)
     success: bool
     error: str | None = Field(default=None, max_length=4096)
-    rows: int | None = Field(default=None, ge=0, le=2**53)
-    bytes: int | None = Field(default=None, ge=0, le=2**53)
+    rows: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
+    bytes: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
 
 
 class ReportedRecord(Strict):
@@ -109,8 +109,8 @@ class ReportedRecord(Strict):
     reasons: list[ReasonOut] = Field(default_factory=list, max_length=32)
     error: str | None = Field(default=None, max_length=4096)
     success: bool | None = None
-    rows: int | None = Field(default=None, ge=0, le=2**53)
-    bytes: int | None = Field(default=None, ge=0, le=2**53)
+    rows: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
+    bytes: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
     outcome: Literal["pending", "undone", "failed", "irreversible"] | None = Field(
         default=None, description="a rollback step's result"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import operator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -76,6 +77,35 @@ def _parse(kind: type[E], value: E | str, what: str) -> E:
             return member
     accepted = ", ".join(m.value for m in kind)
     raise ValueError(f"unknown {what} {value!r}; accepted: {accepted}")
+
+
+MAX_AMOUNT = 2**53  # rows or bytes one outcome may report: exact as a float, as the volume windows keep them
+
+
+def outcome_amount(unit: str, value: Any) -> int | None:
+    """The rows or bytes an outcome reports, checked: a whole number from 0 to MAX_AMOUNT, or None.
+
+    A negative count would take volume out of a data-volume window (and NaN would stop it from ever adding up),
+    so a bad value is refused rather than recorded.
+
+    >>> outcome_amount("rows", 12), outcome_amount("rows", None)
+    (12, None)
+    >>> outcome_amount("rows", -1)
+    Traceback (most recent call last):
+    ...
+    ValueError: rows must be a whole number from 0 to 9007199254740992, got -1
+    """
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        try:
+            amount = operator.index(value)  # ints and integer types such as numpy's; not floats or strings
+        except TypeError:
+            pass
+        else:
+            if 0 <= amount <= MAX_AMOUNT:
+                return amount
+    raise ValueError(f"{unit} must be a whole number from 0 to {MAX_AMOUNT}, got {value!r}")
 
 
 class Outcome(enum.StrEnum):

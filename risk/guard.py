@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from risk.actions import ActionType, Decision, KillSwitchMode, Outcome, Reason, heaviest_first
+from risk.actions import ActionType, Decision, KillSwitchMode, Outcome, Reason, heaviest_first, outcome_amount
 from risk.audit.record import canonical_json
 from risk.audit.store import AuditStore, default_home, open_audit
 from risk.errors import AuditError, GuardDenied, PolicyError, StateError
@@ -336,7 +336,11 @@ class Guard:
         bytes: int | None = None,  # noqa: A002 - the natural name for the unit
         agent_id: str | None = None,
     ) -> None:
-        """Record what an allowed action did; rows and bytes count toward the data-volume limits."""
+        """Record what an allowed action did; rows and bytes count toward the data-volume limits.
+
+        Raises ValueError, and records nothing, when rows or bytes is not a whole number from 0 to 2**53.
+        """
+        rows, bytes = outcome_amount("rows", rows), outcome_amount("bytes", bytes)  # noqa: A001
         agent = agent_id or self.agent_id
         now = self._clock()
         detail: dict[str, Any] = {"status": "success" if success else "error", "error": error, "rows": rows,
@@ -459,12 +463,13 @@ class Guard:
                         agent_id=decision.agent_id,
                     )
                 else:
+                    counts, refused = _volume_of(result, rows=rows, bytes=bytes)
+                    if refused:  # the tool ran: keep its outcome and say which count was not counted, not raise
+                        log.error("outcome of %s: %s", decision.action_id, refused)
                     self.record_outcome(
-                        decision.action_id,
-                        rows=rows(result) if rows else None,
-                        bytes=bytes(result) if bytes else None,
+                        decision.action_id, rows=counts["rows"], bytes=counts["bytes"], error=refused,
                         agent_id=decision.agent_id,
-                    )
+                    )  # fmt: skip
 
             if inspect.iscoroutinefunction(fn):
 
@@ -567,6 +572,20 @@ def _behavior_scorer(
     if loaded is None and not online:
         return None
     return BehaviorScorer(loaded, OnlineScorer(MODEL_FEATURES) if online else None, profiles)
+
+
+def _volume_of(result: Any, **measures: Callable[[Any], int] | None) -> tuple[dict[str, int | None], str | None]:
+    """The rows and bytes a tool's measures give for `result`, and a note naming those that are not a valid
+    count (such as a DB-API rowcount of -1, "unknown"): those are left out rather than recorded."""
+    counts: dict[str, int | None] = {}
+    refused = []
+    for unit, measure in measures.items():
+        try:
+            counts[unit] = outcome_amount(unit, measure(result)) if measure else None
+        except ValueError as exc:
+            counts[unit] = None
+            refused.append(f"{exc} (not counted)")
+    return counts, "; ".join(refused) or None
 
 
 def _fingerprint(agent: str, atype: ActionType, resource: str, payload_json: bytes) -> str:

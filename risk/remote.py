@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import orjson
 
-from risk.actions import ActionType, AgentStatus, Decision, Outcome, Reason
+from risk.actions import ActionType, AgentStatus, Decision, Outcome, Reason, outcome_amount
 from risk.audit.record import canonical_json
 from risk.audit.store import default_home
 from risk.errors import PolicyError, RiskError, StateError
@@ -171,6 +171,7 @@ class RemoteGuard(Guard):
         bytes: int | None = None,  # noqa: A002 - the natural name for the unit
         agent_id: str | None = None,
     ) -> None:
+        rows, bytes = outcome_amount("rows", rows), outcome_amount("bytes", bytes)  # noqa: A001 - as Guard refuses them
         body = {"action_id": action_id, "success": success, "error": error, "rows": rows, "bytes": bytes}
         try:
             self._call("POST", "/v1/outcome", json=body)

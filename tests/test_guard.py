@@ -238,6 +238,25 @@ def test_bytes_volume_limit_counts_reported_outcomes(tmp_path: Path) -> None:
     assert "data_volume_exceeded" in guard.check(ActionType.NETWORK_REQUEST, "api.partner/upload").reason_codes
 
 
+def test_a_tool_whose_row_measure_gives_no_valid_count_returns_its_result_and_the_outcome_says_so(
+    tmp_path: Path,
+) -> None:
+    """A DB-API cursor's rowcount is -1 for a SELECT: the tool ran, so its result comes back and its outcome is
+    recorded, with the count left out and named in the record rather than taken out of the window."""
+    guard = make_guard(tmp_path, max_rows_per_window=100, clock=Clock())
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE claims (id INTEGER)")
+
+    @guard.tool(ActionType.DATABASE_QUERY, resource=lambda sql: "data.claims", rows=lambda cur: cur.rowcount)
+    def query(sql: str) -> sqlite3.Cursor:
+        return conn.execute(sql)
+
+    assert query("SELECT id FROM claims").fetchall() == []
+    [outcome] = guard.audit.query(AuditQuery(kind="outcome"))
+    assert outcome.outcome == "success"
+    assert outcome.detail["rows"] is None and "got -1 (not counted)" in outcome.detail["error"]
+
+
 # ---- guarded tools -------------------------------------------------------------------------------------
 
 

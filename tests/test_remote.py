@@ -121,6 +121,23 @@ def test_the_rate_limit_holds(deployment: Deploy) -> None:
     assert decisions[-1].reasons[0].code == "rate_limited"
 
 
+@pytest.mark.parametrize("bad", [-1_000_000, 2**53 + 1, 1.5, float("nan"), "10", True])
+def test_an_outcome_with_a_bad_row_count_is_refused_and_the_volume_limit_still_holds(
+    deployment: Deploy, bad: Any
+) -> None:
+    """A negative count would take rows out of the window, NaN would stop it from adding up: both lift the limit."""
+    pair = deployment(max_rows_per_window=100, mode=KillSwitchMode.BLOCK)
+    first = pair.agent.check(ActionType.DATABASE_QUERY, "data.claims")
+    pair.agent.record_outcome(first.action_id, rows=100)
+    second = pair.agent.check(ActionType.DATABASE_QUERY, "data.claims")
+    assert "data_volume_exceeded" in [r.code for r in second.reasons]
+    with pytest.raises(ValueError, match="rows must be a whole number"):
+        pair.agent.record_outcome(first.action_id, rows=bad)
+    after = pair.agent.check(ActionType.DATABASE_QUERY, "data.claims")
+    assert not after.allowed and "data_volume_exceeded" in [r.code for r in after.reasons]
+    assert len(pair.records("outcome")) == 1  # the refused outcome recorded nothing
+
+
 def test_a_guarded_tool_never_runs_when_denied_and_reports_its_outcome(deployment: Deploy, tmp_path: Path) -> None:
     pair = deployment(allowed_resources=[f"{tmp_path}/ok/*"], mode=KillSwitchMode.BLOCK)
     (tmp_path / "ok").mkdir()
