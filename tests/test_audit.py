@@ -927,3 +927,28 @@ def test_the_wal_is_checkpointed_in_the_background_not_inside_appends(tmp_path: 
     assert checkpointer.is_alive()
     store.close()
     assert not checkpointer.is_alive()
+
+
+def test_a_steady_stream_of_appends_keeps_the_wal_bounded_and_closing_empties_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passive checkpoints alone never let a busy log start over; past the limit a RESTART one makes it."""
+    monkeypatch.setattr("risk.audit.sqlite.CHECKPOINT_SECONDS", 0.02)
+    monkeypatch.setattr("risk.audit.sqlite.WAL_LIMIT_BYTES", 256 * 1024)
+    db = tmp_path / "a.db"
+    wal = tmp_path / "a.db-wal"
+    store = open_audit(f"sqlite:///{db}")
+    record = {"ts": "2026-01-01T00:00:00+00:00", "kind": "decision", "agent_id": "a", "detail": {"pad": "x" * 2000}}
+    largest = 0
+    for i in range(3000):  # about 20 MB of log if it never starts over
+        store.append({**record, "record_id": f"r{i}"})
+        if i % 50 == 0:
+            largest = max(largest, wal.stat().st_size)
+            threading.Event().wait(0.002)  # a stream, not one burst: checkpoint rounds fall between appends
+    assert 0 < largest < 8 * 1024 * 1024
+    assert verify_store(store).count == 3000 and verify_store(store).ok
+    store.close()
+    assert not wal.exists() or wal.stat().st_size == 0
+    reopened = open_audit(f"sqlite:///{db}")
+    assert verify_store(reopened).count == 3000
+    reopened.close()
