@@ -6,10 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from risk.actions import MAX_AMOUNT, ActionType, Outcome
+from risk.actions import MAX_AMOUNT, MAX_PAYLOAD_DEPTH, ActionType, Outcome, nesting
 from risk.tenants import AGENT_PATTERN
 
-MAX_PAYLOAD_DEPTH = 64
 AGENT_REGEX = f"^{AGENT_PATTERN.pattern}$"
 AGENT_RULE = "1-128 letters, digits or . _ : @ + = -, starting with a letter or digit; unique per tenant"
 
@@ -36,25 +35,6 @@ class CheckRequest(Strict):
         if nesting(value) > MAX_PAYLOAD_DEPTH:
             raise ValueError(f"payload is nested more than {MAX_PAYLOAD_DEPTH} levels deep")
         return value
-
-
-def nesting(value: Any) -> int:
-    """How many levels of lists and objects `value` has (iteratively: a deep value cannot exhaust the stack).
-
-    >>> nesting({"a": [1, {"b": []}]}), nesting("flat")
-    (4, 0)
-    """
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        deepest = max(deepest, depth)
-        if depth > MAX_PAYLOAD_DEPTH:
-            break
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 class BatchRequest(Strict):

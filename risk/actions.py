@@ -8,6 +8,8 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from risk.audit.record import canonical_json
+
 
 class ActionType(enum.StrEnum):
     """What kind of thing an agent is about to do.
@@ -77,6 +79,47 @@ def _parse(kind: type[E], value: E | str, what: str) -> E:
             return member
     accepted = ", ".join(m.value for m in kind)
     raise ValueError(f"unknown {what} {value!r}; accepted: {accepted}")
+
+
+MAX_PAYLOAD_DEPTH = 64  # levels of lists and objects a payload may have, embedded and in the service alike
+
+
+def encoded_payload(payload: Any) -> bytes:
+    """The payload as the audit trail hashes it: canonical JSON, with values JSON lacks as their text.
+
+    Raises ValueError for a payload nested more than MAX_PAYLOAD_DEPTH levels deep or containing itself: the
+    scorers walk it, and the service refuses the same.
+    """
+    try:
+        text: bytes | None = canonical_json(payload)
+    except (ValueError, RecursionError):  # what no encoder takes: a cycle, or a nesting beyond its stack
+        text = None
+    # Nesting needs as many brackets; counting them in C spares the walk for nearly every payload.
+    if text is None or (
+        text.count(b"[") + text.count(b"{") > MAX_PAYLOAD_DEPTH and nesting(payload) > MAX_PAYLOAD_DEPTH
+    ):
+        raise ValueError(f"payload is nested more than {MAX_PAYLOAD_DEPTH} levels deep, or contains itself")
+    return text
+
+
+def nesting(value: Any) -> int:
+    """How many levels of lists and objects `value` has, counted up to one past MAX_PAYLOAD_DEPTH (iteratively:
+    a deep value cannot exhaust the stack, and one that contains itself ends there too).
+
+    >>> nesting({"a": [1, {"b": []}]}), nesting("flat")
+    (4, 0)
+    """
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list | tuple) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_PAYLOAD_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 MAX_AMOUNT = 2**53  # rows or bytes one outcome may report: exact as a float, as the volume windows keep them

@@ -19,7 +19,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from risk.actions import ActionType, Decision, KillSwitchMode, Outcome, Reason, heaviest_first, outcome_amount
+from risk.actions import (
+    ActionType,
+    Decision,
+    KillSwitchMode,
+    Outcome,
+    Reason,
+    encoded_payload,
+    heaviest_first,
+    outcome_amount,
+)
 from risk.audit.record import canonical_json
 from risk.audit.store import AuditStore, default_home, open_audit
 from risk.errors import AuditError, GuardDenied, PolicyError, StateError
@@ -165,15 +174,15 @@ class Guard:
     ) -> Decision:
         """Decide whether one action may run, record the decision, and apply the kill switch.
 
-        Never raises for a denial. Raises ValueError for an unknown action type or a resource that is not
-        a non-empty string.
+        Never raises for a denial. Raises ValueError for an unknown action type, a resource that is not
+        a non-empty string, or a payload nested more than 64 levels deep or containing itself.
         """
         atype = ActionType.parse(action_type)
         read = readings(resource, resolve_symlinks=atype.is_file)
         agent = agent_id or self.agent_id
         now = self._clock()
         action_id = os.urandom(16).hex()
-        payload_json = canonical_json(payload)
+        payload_json = encoded_payload(payload)
         policy = self.policy
 
         score, reasons = self._rules.score(atype, read.canonical, payload)

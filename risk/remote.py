@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import orjson
 
-from risk.actions import ActionType, AgentStatus, Decision, Outcome, Reason, outcome_amount
+from risk.actions import ActionType, AgentStatus, Decision, Outcome, Reason, encoded_payload, outcome_amount
 from risk.audit.record import canonical_json
 from risk.audit.store import default_home
 from risk.errors import PolicyError, RiskError, StateError
@@ -112,6 +112,7 @@ class RemoteGuard(Guard):
         atype = ActionType.parse(action_type)
         if not isinstance(resource, str) or not resource:
             raise ValueError(f"resource must be a non-empty string, got {resource!r}")
+        encoded_payload(payload)  # refused here as the embedded guard refuses it, before anything is sent
         agent = agent_id or self.agent_id
         body = {"agent_id": agent, "action_type": atype.value, "resource": resource, "payload": payload,
                 "session_id": session_id}  # fmt: skip
@@ -244,7 +245,8 @@ class RemoteGuard(Guard):
     def _call(self, method: str, path: str, *, json: Any = None) -> dict[str, Any]:
         """The JSON answer; _Unreachable when the service is down or failing, ServiceError when it refuses."""
         try:
-            response = self._client.request(method, path, content=None if json is None else orjson.dumps(json),
+            # canonical_json, as the embedded guard records a payload: values JSON lacks go as their text.
+            response = self._client.request(method, path, content=None if json is None else canonical_json(json),
                                             headers={"Content-Type": "application/json"})  # fmt: skip
         except httpx.HTTPError as exc:
             raise _Unreachable(f"{type(exc).__name__}: {exc}") from None

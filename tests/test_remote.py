@@ -8,11 +8,14 @@ answers again, with nothing lost and nothing stored twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +122,47 @@ def test_the_rate_limit_holds(deployment: Deploy) -> None:
     decisions = [pair.agent.check(ActionType.API_CALL, "svc.ping") for _ in range(5)]
     assert [d.allowed for d in decisions] == [True, True, True, False, False]
     assert decisions[-1].reasons[0].code == "rate_limited"
+
+
+def test_a_payload_with_values_json_lacks_is_checked_and_recorded_as_their_text(deployment: Deploy) -> None:
+    pair = deployment(mode=KillSwitchMode.BLOCK)
+    payload = {"path": Path("/reports/q3.csv"), "amount": Decimal("12.50"), "when": date(2026, 3, 1)}
+    decision = pair.agent.check(ActionType.API_CALL, "svc.export", payload)
+    assert decision.allowed
+    [record] = [r for r in pair.records("decision") if r.action_id == decision.action_id]
+    text = {"amount": "12.50", "path": "/reports/q3.csv", "when": "2026-03-01"}
+    assert (
+        record.payload_digest
+        == hashlib.sha256(json.dumps(text, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    )
+
+
+def _nested(depth: int) -> list[Any]:
+    outer = inner = []
+    for _ in range(depth - 1):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
+def _containing_itself() -> dict[str, Any]:
+    loop: dict[str, Any] = {"note": "a tool result that refers to itself"}
+    loop["self"] = loop
+    return loop
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [(_nested(65), "nested more than 64"), (_nested(5000), "nested more than 64"), (_containing_itself(), "payload")],
+)
+def test_a_payload_too_deep_or_containing_itself_is_refused_before_anything_is_recorded(
+    deployment: Deploy, payload: Any, says: str
+) -> None:
+    pair = deployment(mode=KillSwitchMode.BLOCK)
+    assert pair.agent.check(ActionType.API_CALL, "svc.ok", _nested(64)).allowed  # the deepest the service takes
+    with pytest.raises(ValueError, match=says):
+        pair.agent.check(ActionType.API_CALL, "svc.deep", payload)
+    assert [r.resource for r in pair.records("decision")] == ["svc.ok"]
 
 
 @pytest.mark.parametrize("bad", [-1_000_000, 2**53 + 1, 1.5, float("nan"), "10", True])
