@@ -47,6 +47,11 @@ class AuditError(RiskError):
     """The audit trail could not be written or read."""
 
 
+class AuditRecordError(AuditError):
+    """One record cannot be stored for what it holds (a NUL PostgreSQL text refuses, an unpaired surrogate),
+    while the store itself works."""
+
+
 class AuditIntegrityError(AuditError):
     """The audit trail does not verify: a record was edited, deleted, reordered or truncated."""
 

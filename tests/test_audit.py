@@ -659,14 +659,23 @@ def test_two_stores_of_four_threads_each_group_their_appends_and_keep_one_chain(
     assert (result.ok, result.count) == (True, 1600)
 
 
-def test_appends_waiting_on_a_commit_go_in_one_group_and_a_bad_record_fails_alone(db_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("bad", "inserts", "says"),
+    [
+        ({"nonsense": 1}, [1, 2], "nonsense"),  # not an audit field: it cannot be sealed, and never reaches the store
+        ({"agent_id": "a\ud800"}, [1, 3, 1, 1, 1], "surrogate"),  # sealed, but SQLite cannot hold it: one by one
+    ],
+)
+def test_appends_waiting_on_a_commit_go_in_one_group_and_a_bad_record_fails_alone(
+    db_path: Path, bad: dict[str, Any], inserts: list[int], says: str
+) -> None:
     store = SQLiteAuditStore(url_of(db_path))
     inserted: list[int] = []
     waiting = threading.Event()
 
     def insert(records: list[tuple[Sealed, dict[str, Any]]]) -> bool:
         inserted.append(len(records))
-        if len(inserted) == 1:  # hold the first commit until two more appends wait behind it
+        if len(inserted) == 1:  # hold the first commit until three more appends wait behind it
             waiting.wait(30)
         return store._insert(records)
 
@@ -686,7 +695,7 @@ def test_appends_waiting_on_a_commit_go_in_one_group_and_a_bad_record_fails_alon
         threading.Event().wait(0.001)
     later = [
         threading.Thread(target=append, args=("good-1",)),
-        threading.Thread(target=append, args=("bad",), kwargs={"nonsense": 1}),  # not an audit field: cannot be sealed
+        threading.Thread(target=append, args=("bad",), kwargs=bad),
         threading.Thread(target=append, args=("good-2",)),
     ]
     for t in later:
@@ -696,8 +705,8 @@ def test_appends_waiting_on_a_commit_go_in_one_group_and_a_bad_record_fails_alon
     waiting.set()
     for t in [*threads, *later]:
         t.join(30)
-    assert inserted == [1, 2]  # the three that waited went as one group, without the one that failed
-    assert isinstance(results["bad"], AuditError) and "nonsense" in str(results["bad"])
+    assert inserted == inserts  # the three that waited went as one group
+    assert isinstance(results["bad"], AuditError) and says in str(results["bad"])
     assert results["first"].seq == 1 and {results["good-1"].seq, results["good-2"].seq} == {2, 3}
     store.close()
     assert sorted(r["record_id"] for r in raw_rows(db_path)) == ["first", "good-1", "good-2"]

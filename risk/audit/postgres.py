@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from risk.audit.record import GENESIS_HASH, INDEXED, AuditRecord, Sealed, StoredRecord
 from risk.audit.store import AuditQuery, ChainAppender, Head, where_clause
-from risk.errors import AuditError
+from risk.errors import AuditError, AuditRecordError
 
 try:
     import psycopg
@@ -126,8 +126,10 @@ class PostgresAuditStore:
                         raise psycopg.Rollback()
                     return True
                 return False  # rolled back
-            except (psycopg.Error, ValueError, TypeError) as exc:
-                # DataError (a psycopg.Error) is a NUL in an indexed column; ValueError an unpaired surrogate.
+            except (psycopg.DataError, ValueError, TypeError) as exc:
+                # DataError is a NUL in an indexed column; ValueError an unpaired surrogate.
+                raise AuditRecordError(f"audit record not written to {self._where}: {exc}") from exc
+            except psycopg.Error as exc:
                 raise AuditError(f"audit record not written to {self._where}: {exc}") from exc
 
     def stored(self, after_seq: int = 0) -> Iterator[StoredRecord]:

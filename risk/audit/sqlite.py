@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from risk.audit.record import GENESIS_HASH, INDEXED, AuditRecord, Sealed, StoredRecord
 from risk.audit.store import AuditQuery, ChainAppender, Head, where_clause
-from risk.errors import AuditError
+from risk.errors import AuditError, AuditRecordError
 
 log = logging.getLogger("risk")
 
@@ -125,7 +125,9 @@ class SQLiteAuditStore:
                 if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     return False  # another process is writing: the appender pauses briefly and chains onto its head
                 raise AuditError(f"audit record not written to {self.url}: {exc}") from exc
-            except (sqlite3.Error, ValueError, TypeError) as exc:
+            except (sqlite3.DataError, ValueError, TypeError) as exc:  # ValueError: an unpaired surrogate
+                raise AuditRecordError(f"audit record not written to {self.url}: {exc}") from exc
+            except sqlite3.Error as exc:
                 raise AuditError(f"audit record not written to {self.url}: {exc}") from exc
         return True
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from risk.audit.chain import Verification, verify_chain
 from risk.audit.record import GENESIS_HASH, AuditRecord, Sealed, StoredRecord, seal
-from risk.errors import AuditError, RetentionError
+from risk.errors import AuditError, AuditRecordError, RetentionError
 
 # HIPAA asks that compliance documentation be kept six years (45 CFR 164.316(b)(2)).
 DEFAULT_RETENTION = timedelta(days=6 * 365 + 2)
@@ -61,7 +61,8 @@ class ChainAppender:
 
     `read_head` returns (seq, hash) of the last record; `insert` stores sealed records (with their bodies) all
     or none and says whether it could take their seqs. Both raise AuditError for anything else, which fails
-    every append of the group and forgets the cached head.
+    every append of the group and forgets the cached head; AuditRecordError (a record the store cannot hold)
+    has the group's records stored one by one instead, so that only that one fails.
     """
 
     def __init__(self, read_head: Callable[[], tuple[int, str]], insert: StoreAll, budget: float) -> None:
@@ -111,9 +112,13 @@ class ChainAppender:
                 inserted = self._insert([(record, waiting.body) for waiting, record in sealed])
             except AuditError as exc:
                 self._head = None
-                for waiting in group:
-                    if waiting.result is None:
-                        waiting.result = AuditError(str(exc))
+                unanswered = [waiting for waiting in group if waiting.result is None]
+                if isinstance(exc, AuditRecordError) and len(unanswered) > 1:  # one bad record fails alone
+                    for waiting in unanswered:
+                        self._store([waiting], where)
+                    return
+                for waiting in unanswered:
+                    waiting.result = type(exc)(str(exc))
                 return
             if inserted:
                 last = sealed[-1][1]
