@@ -72,7 +72,7 @@ from risk.features import model_input
 from risk.resources import _lexical_readings  # the private cache, to clear it
 from risk.scoring.forest import CompiledForest
 from risk.scoring.model import DEFAULT_MODEL, BehaviorModel, load_model, resolve_model
-from risk.scoring.rules import resource_signals
+from risk.scoring.rules import _text_signals, resource_signals  # private caches, to clear them
 from risk.traces import TraceAction, read_trace
 from risk.train import replay, score_trace, training_rows
 
@@ -181,10 +181,12 @@ class ManualClock:
 
 
 def clear_resource_caches() -> None:
-    """Forget the per-resource caches of risk.resources and risk.rules, so that every guard meets the test
-    stream's resources for the first time, as a new process would, whichever configuration ran before it."""
+    """Forget the caches of risk.resources and risk.rules (readings and rule codes of resources and payloads),
+    so that every guard meets the test stream's resources and payloads for the first time, as a new process
+    would, whichever configuration ran before it."""
     _lexical_readings.cache_clear()
     resource_signals.cache_clear()
+    _text_signals.cache_clear()
 
 
 def new_guard(config: GuardConfig, directory: str, clock: ManualClock, model: str | BehaviorModel | None) -> Guard:
@@ -312,6 +314,7 @@ def batch_phase(work: Callable[[], object], n_actions: int, passes: int) -> Call
         ready()
         seconds = []
         for _ in range(passes):
+            clear_resource_caches()  # each pass meets the trace as a new process would
             start = time.perf_counter()
             work()
             seconds.append(time.perf_counter() - start)
@@ -610,8 +613,9 @@ def analyse(run_data: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
         "notes": [
             "each round builds every guard afresh and warms it on the train trace (check + record_outcome per "
             "action); only guard.check on the test actions is timed, their outcomes are reported untimed",
-            "per-resource caches (readings, resource rules) are cleared before each guard, so no configuration "
-            "inherits another's warm caches; every check appends and commits one SQLite audit record",
+            "the caches of resource readings and of resource and payload rule codes are cleared before each guard "
+            "and each batch pass, so nothing inherits another's warm caches; every check appends and commits one "
+            "SQLite audit record",
             f"sklearn's forest: n_estimators {model['n_estimators']}, max_samples {model['max_samples']} (the "
             f"default model card), fitted on {model['sklearn_fit_rows']} training rows of {TRAIN.name}; "
             "its compiled copy gives the same scores (checked)",

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from risk import ActionType
 from risk.redaction import mask, mask_text
-from risk.scoring.rules import RuleScorer, noisy_or
+from risk.scoring.rules import CACHED_TEXT_CHARS, RuleScorer, _text_signals, noisy_or, payload_signals
 
 rules = RuleScorer()
 
@@ -118,3 +118,19 @@ def test_mask_walks_nested_payloads() -> None:
         "n": 3,
         "inner": {"ssn": "[SSN]"},
     }
+
+
+def test_payload_rules_are_cached_by_text_except_for_long_texts() -> None:
+    """The same payload twice is scanned once; a text past CACHED_TEXT_CHARS is scanned every time, uncached."""
+    _text_signals.cache_clear()
+    query = {"sql": "DROP TABLE claims"}
+    assert payload_signals(query, ActionType.DATABASE_QUERY) == ["payload_destructive_sql"]
+    assert payload_signals(dict(query), ActionType.DATABASE_QUERY) == ["payload_destructive_sql"]
+    assert (_text_signals.cache_info().hits, _text_signals.cache_info().currsize) == (1, 1)
+    long = {"sql": "SELECT 1; " * (CACHED_TEXT_CHARS // 10) + "DROP TABLE claims"}
+    assert payload_signals(long, ActionType.DATABASE_QUERY) == ["payload_destructive_sql"]
+    assert _text_signals.cache_info().currsize == 1
+    # The outbound flag is part of the key: the same text sent by an API call names its destination.
+    mail = {"to": "a@b.example"}
+    assert payload_signals(mail, ActionType.FILE_WRITE) == []
+    assert payload_signals(mail, ActionType.API_CALL) == ["payload_outbound_destination"]

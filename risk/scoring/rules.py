@@ -119,15 +119,29 @@ def _families(text: str) -> set[str]:
     return found
 
 
+# Payloads repeat (the same query, the same poll), so their rule codes are cached by text; texts longer than
+# this are scanned every time, which bounds the cache at a few MB.
+CACHED_TEXT_CHARS = 2048
+
+
 def payload_signals(payload: Any, action_type: ActionType) -> list[str]:
     """The payload rule codes that fire for `payload` (also used as model features)."""
     if payload is None:
         return []
-    texts = [t.lower() for t in _strings(payload)]
+    texts = tuple(t.lower() for t in _strings(payload))
+    outbound = action_type in _OUTBOUND_TYPES
+    if sum(map(len, texts)) > CACHED_TEXT_CHARS:
+        return list(_text_signals.__wrapped__(texts, outbound))
+    return list(_text_signals(texts, outbound))
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_signals(texts: tuple[str, ...], outbound: bool) -> tuple[str, ...]:
+    """The payload rules over a payload's strings, lower-cased; `outbound` for action types that send."""
     joined = "\n".join(texts)
     families = _families(joined)
     if not families:
-        return []
+        return ()
     found = []
     if "sql" in families and (
         _DROP.search(joined)
@@ -142,9 +156,9 @@ def payload_signals(payload: Any, action_type: ActionType) -> list[str]:
         found.append("payload_privilege")
     if "identifiers" in families and contains_identifiers(joined):
         found.append("payload_identifiers")
-    if "destination" in families and action_type in _OUTBOUND_TYPES and _DESTINATION.search(joined):
+    if "destination" in families and outbound and _DESTINATION.search(joined):
         found.append("payload_outbound_destination")
-    return found
+    return tuple(found)
 
 
 _MESSAGES = {
