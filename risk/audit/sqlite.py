@@ -10,12 +10,12 @@ Copying the write-ahead log into the database file (a checkpoint) happens in a b
 connection, every half second. SQLite's automatic checkpoint would instead run inside whichever commit crosses
 1,000 log pages and stall that action's decision for milliseconds. These checkpoints are PASSIVE: they never
 wait for a writer. But the log only starts over when a checkpoint has copied all of it before the next commit,
-which a steady stream of decisions never allows, so on their own they let it grow without end (measured:
-290 MB after 20,000 records). Once it is longer than WAL_LIMIT_BYTES, the passive checkpoint is followed by a
-RESTART one, which holds new writers off while it copies the little the passive one left, so that the next
-commit writes the log from its start again (measured: appends held off up to ~14 ms, once a round under a
-sustained stream). It waits at most RESTART_WAIT_MS for a writer or reader, else tries again next round. The
-file keeps the largest size the log reached; closing the store empties it.
+which a steady stream of decisions never allows, so on their own they let it grow without end (about 13 KB
+per record). Once it is longer than WAL_LIMIT_BYTES, the passive checkpoint is followed by a RESTART one, which
+holds new writers off while it copies the little the passive one left, so that the next commit writes the log
+from its start again: the log stays within one round's growth, for an append held off now and then for up to
+about 10 ms (bench/bench_audit.py measures both). It waits at most RESTART_WAIT_MS for a writer or reader,
+else tries again next round. The file keeps the largest size the log reached; closing the store empties it.
 """
 
 from __future__ import annotations
