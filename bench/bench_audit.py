@@ -73,10 +73,10 @@ def stream(limit: float, appends: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="3,000 appends, 1 round: a smoke test")
+    parser.add_argument("--quick", action="store_true", help="8,000 appends, 1 round: a smoke test")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    appends, rounds = (3_000, 1) if args.quick else (20_000, 2)
+    appends, rounds = (8_000, 1) if args.quick else (20_000, 2)
     default_limit = sqlite_store.WAL_LIMIT_BYTES
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
     for r in range(rounds):
