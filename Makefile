@@ -21,7 +21,7 @@ demo: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check risk api tests bench examples
 	$(BIN)/ruff format --check risk api tests bench examples
-	$(BIN)/mypy risk
+	$(BIN)/mypy risk api
 
 test: lint
 	$(BIN)/pytest

@@ -27,7 +27,7 @@ from risk.tenants import ConflictError, NotFoundError
 
 log = logging.getLogger("risk.api")
 
-_ERRORS: dict[int, dict[str, Any]] = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text}
     for code, text in (
         (401, "missing, unknown or revoked API key"),
