@@ -32,6 +32,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_decision.py
 	$(BIN)/python bench/bench_watch.py
 	$(BIN)/python bench/bench_audit.py
+	$(BIN)/python bench/bench_scan.py
 	$(BIN)/python bench/bench_service.py
 
 clean:

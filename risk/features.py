@@ -13,6 +13,7 @@ from typing import Any
 
 from risk.actions import ActionType, Reason
 from risk.profiles import AgentProfile
+from risk.redaction import emails
 from risk.scoring.rules import noisy_or
 
 FEATURES: tuple[str, ...] = (
@@ -61,7 +62,6 @@ _DESTRUCTIVE = frozenset({"payload_destructive_sql", "payload_destructive_shell"
 _N_TYPES = len(ActionType)
 _DAY = 86_400.0
 
-_EMAIL = re.compile(r"[\w.+-]+@([\w-]+(?:\.[\w-]+)+)")
 _HOST = re.compile(r"https?://([^\s\"'/?#:]+)", re.I)
 # Hosts written without a scheme: a www. name, or a name under a common top-level domain.
 _TLDS = "com|org|net|io|co|info|biz|ai|dev|app|xyz|ru|cn|uk|de|ch|fr|me"
@@ -106,9 +106,10 @@ def destinations(resource: str, payload: Any) -> tuple[tuple[str, ...], tuple[st
 
 def _scan(text: str, found: dict[str, None]) -> None:
     if "@" in text:
-        for m in _EMAIL.finditer(text):
-            found[f"email:{m.group().lower()}"] = None
-            found[f"domain:{m.group(1).lower()}"] = None
+        for m in emails(text):
+            address = m.group().lower()
+            found[f"email:{address}"] = None
+            found[f"domain:{address.rpartition('@')[2]}"] = None
     if "://" in text:
         for m in _HOST.finditer(text):
             found[f"host:{m.group(1).lower().removeprefix('www.')}"] = None

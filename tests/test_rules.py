@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from risk import ActionType
-from risk.redaction import mask, mask_text
-from risk.scoring.rules import CACHED_TEXT_CHARS, RuleScorer, _text_signals, noisy_or, payload_signals
+from risk.redaction import EMAIL_PATTERN, emails, mask, mask_text
+from risk.scoring.rules import (
+    _SHELL_DESTRUCTIVE,
+    CACHED_TEXT_CHARS,
+    RuleScorer,
+    _text_signals,
+    noisy_or,
+    payload_signals,
+)
 
 rules = RuleScorer()
 
@@ -134,3 +143,34 @@ def test_payload_rules_are_cached_by_text_except_for_long_texts() -> None:
     mail = {"to": "a@b.example"}
     assert payload_signals(mail, ActionType.FILE_WRITE) == []
     assert payload_signals(mail, ActionType.API_CALL) == ["payload_outbound_destination"]
+
+
+# ---- scans stay linear: each pattern written to avoid rescanning equals its plain form ------------------------
+
+# The plain forms, as the rules were first written; on a long run of matching characters they rescan the rest
+# of the text from every character (quadratic; bench/bench_scan.py measures both).
+PLAIN_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+PLAIN_DOWNLOAD_TO_SHELL = re.compile(r"(?:curl|wget)[^|]*\|\s*(?:ba|z)?sh\b")
+
+
+def texts_of(pieces: list[str]) -> st.SearchStrategy[str]:
+    return st.lists(st.sampled_from(pieces), max_size=20).map("".join)
+
+
+@settings(max_examples=3000)
+@given(texts_of(["a", "b", "1", "_", "é", ".", "+", "-", "@", "@@", " ", ":", ".com", "x.y", "+c@d.example"]))
+def test_emails_are_the_plain_patterns_matches(text: str) -> None:
+    expected = [(m.span(), m.group()) for m in PLAIN_EMAIL.finditer(text)]
+    assert [(m.span(), m.group()) for m in emails(text)] == expected
+    assert bool(re.search(EMAIL_PATTERN, text)) == bool(expected)  # what the destination rule asks
+
+
+@settings(max_examples=3000)
+@given(texts_of(["curl", "wget", "cur", "l", "|", " ", "sh", "bash", "zsh", "s", "h", "x", "\n", "-o-"]))
+def test_the_download_to_shell_rule_fires_exactly_where_its_plain_form_does(text: str) -> None:
+    # These pieces never spell the shell rules' other commands (rm, mkfs, dd, chmod, shred, ...).
+    assert bool(_SHELL_DESTRUCTIVE.search(text)) == bool(PLAIN_DOWNLOAD_TO_SHELL.search(text))
+
+
+def test_masking_finds_an_address_glued_to_the_one_before() -> None:
+    assert mask_text("docs@help.example+evil@attacker.example") == "[EMAIL][EMAIL]"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from risk.actions import ActionType, Reason, heaviest_first
-from risk.redaction import contains_identifiers
+from risk.redaction import EMAIL_PATTERN, contains_identifiers
 
 ACTION_TYPE_SEVERITY: dict[ActionType, float] = {
     ActionType.FILE_READ: 0.05,
@@ -59,14 +59,16 @@ _DELETE_ALL = re.compile(r"\bdelete\s+from\s+[\w.\"`\[\]]+\s*$")
 _UPDATE_ALL = re.compile(r"\bupdate\s+[\w.\"`\[\]]+\s+set\b(?!.*\bwhere\b)", re.S)
 _SHELL_DESTRUCTIVE = re.compile(
     r"\brm\s+-[a-z]*[rf][a-z]*\b|\bmkfs\b|\bdd\s+if=|\bchmod\s+(?:-r\s+)?777\b|:\(\)\s*\{|>\s*/dev/sd|\bshred\b"
-    r"|(?:curl|wget)[^|]*\|\s*(?:ba|z)?sh\b"
+    # A download piped into a shell. The scan after each curl or wget stops at the next one, which scans on
+    # itself: `[^|]*` alone would rescan the rest of the text from every occurrence (quadratic in its length).
+    r"|(?:curl|wget)(?:(?!curl|wget)[^|])*\|\s*(?:ba|z)?sh\b"
 )
 _PRIVILEGE = re.compile(r"\bsudo\b|\bgrant\s+all\b|\bsetuid\b|\bchown\s+root\b|\badministrator\b|\bsuperuser\b")
 _CREDENTIAL = re.compile(
     r"-----begin (?:rsa |ec |openssh )?private key|\bakia[0-9a-z]{16}\b|\bghp_[0-9a-z]{30,}|\bsk-[0-9a-z]{20,}"
     r"|\bbearer\s+[0-9a-z._-]{20,}|(?:password|passwd|secret|api[_-]?key)\s*[:=]\s*\S+"
 )
-_DESTINATION = re.compile(r"https?://[^\s\"'/]+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_DESTINATION = re.compile(rf"https?://[^\s\"'/]+|{EMAIL_PATTERN}")
 
 PAYLOAD_SEVERITY = {
     "payload_destructive_sql": 0.70,
