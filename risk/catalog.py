@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from risk.audit.sqlite import connect_wal
 from risk.errors import RiskError
 
 # Each entry brings the schema from version i to i + 1; the SQL is the same for SQLite and PostgreSQL.
@@ -135,9 +136,7 @@ class Catalog:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn = connect_wal(path, timeout=5.0)
         except sqlite3.Error as exc:
             raise CatalogError(f"cannot open the catalog {self.url}: {exc}") from exc
         return conn

@@ -961,3 +961,27 @@ def test_a_steady_stream_of_appends_keeps_the_wal_bounded_and_closing_empties_it
     reopened = open_audit(f"sqlite:///{db}")
     assert verify_store(reopened).count == 3000
     reopened.close()
+
+
+def test_a_new_file_another_process_is_writing_opens_once_it_is_free(db_path: Path) -> None:
+    """Switching a file to WAL under another writer fails at once in SQLite: the store waits within `timeout`."""
+    other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE unrelated (a)")  # a new file, not yet in WAL mode
+    other.execute("BEGIN IMMEDIATE")  # its write lock, as a second process opening the same new file holds it
+    release = threading.Timer(0.3, other.execute, ("COMMIT",))
+    release.start()
+    store = open_audit(url_of(db_path, timeout=10))
+    release.join()
+    assert store.append({"record_id": "r1", "ts": "2026-01-01T00:00:00+00:00", "kind": "decision"}).seq == 1
+    store.close()
+
+    other.close()
+
+    fresh = db_path.with_name("fresh.db")
+    holder = sqlite3.connect(fresh, isolation_level=None)
+    holder.execute("CREATE TABLE unrelated (a)")
+    holder.execute("BEGIN IMMEDIATE")  # held past the timeout: the open fails, and says why
+    with pytest.raises(AuditError, match="database is locked"):
+        open_audit(url_of(fresh, timeout=0.2))
+    holder.execute("ROLLBACK")
+    holder.close()

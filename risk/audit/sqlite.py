@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,28 @@ def _parse_url(url: str) -> tuple[str, str, float]:
     return path, synchronous, timeout
 
 
+def connect_wal(path: str, *, timeout: float, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """A connection to the SQLite file `path` in WAL mode, waiting up to `timeout` for other writers.
+
+    Switching a file to WAL while another connection holds its write lock (two processes opening a new file at
+    once, say) fails at once with "database is locked": SQLite does not call the busy handler there. So the
+    switch is retried until `timeout`.
+    """
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+            return conn
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() >= deadline:
+                conn.close()
+                raise
+            time.sleep(0.01)
+
+
 class SQLiteAuditStore:
     """Append-only, hash-chained audit records in SQLite. Safe for threads and for several processes.
 
@@ -86,9 +109,7 @@ class SQLiteAuditStore:
         self._lock = threading.Lock()
         self._appender = ChainAppender(self._read_head, self._insert, budget=timeout)
         try:
-            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(f"PRAGMA synchronous={synchronous}")
+            self._conn = connect_wal(path, timeout=timeout, synchronous=synchronous)
             self._conn.executescript(_SCHEMA)
             # Appends do not wait in SQLite's busy handler, which sleeps a millisecond or more per try: a write lock
             # another process holds is treated like a lost race, retried after a pause of tens of µs (ChainAppender).
