@@ -132,33 +132,43 @@ class RemoteGuard(Guard):
     def _decide_locally(
         self, atype: ActionType, resource: str, payload: Any, agent: str, session_id: str | None, error: str
     ) -> Decision:
-        """The service did not answer: deny, or with on_error="allow" let the action run and spool its record."""
+        """The service did not answer: deny, or with on_error="allow" let the action run and spool its record.
+
+        An action is let through only once its record is in the spool: if the spool cannot be written, it is
+        denied."""
         action_id = os.urandom(16).hex()
         allowed = self.on_error == "allow"
         if allowed:
-            self.fail_open_count += 1
-            log.warning("FAIL-OPEN: allowing %s on %r: the service did not answer: %s", atype.value, resource, error)
             why = Reason("fail_open", f"allowed by on_error='allow': the risk service did not answer: {error}", 0.0)
         else:
-            log.error("denying %s on %r: the service did not answer: %s", atype.value, resource, error)
             why = Reason("service_unavailable", f"the risk service did not answer: {error}", 1.0, True)
-        # Either way the service's audit trail gets the record once it answers again.
-        self.spool.add(
-            {
-                "idempotency_key": action_id,
-                "kind": "decision",
-                "allowed": allowed,
-                "ts": self._now(),
-                "agent_id": agent,
-                "session_id": session_id,
-                "action_id": action_id,
-                "action_type": atype.value,
-                "resource": resource,
-                "payload_digest": hashlib.sha256(canonical_json(payload)).hexdigest(),
-                "reasons": [why.to_dict()],
-                "error": error,
-            }
-        )
+        try:  # either way the service's audit trail gets the record once it answers again
+            self.spool.add(
+                {
+                    "idempotency_key": action_id,
+                    "kind": "decision",
+                    "allowed": allowed,
+                    "ts": self._now(),
+                    "agent_id": agent,
+                    "session_id": session_id,
+                    "action_id": action_id,
+                    "action_type": atype.value,
+                    "resource": resource,
+                    "payload_digest": hashlib.sha256(canonical_json(payload)).hexdigest(),
+                    "reasons": [why.to_dict()],
+                    "error": error,
+                }
+            )
+        except OSError as exc:
+            unkept = (
+                f"the risk service did not answer ({error}) and the spool {self.spool.path} cannot be written: {exc}"
+            )
+            allowed, why = False, Reason("service_unavailable", unkept, 1.0, True)
+        if allowed:
+            self.fail_open_count += 1
+            log.warning("FAIL-OPEN: allowing %s on %r: the service did not answer: %s", atype.value, resource, error)
+        else:
+            log.error("denying %s on %r: %s", atype.value, resource, why.message)
         outcome, score = (Outcome.ALLOWED, 0.0) if allowed else (Outcome.BLOCKED, 1.0)
         return Decision(action_id, agent, allowed, outcome, score, (why,), atype, resource, resource)
 

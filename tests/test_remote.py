@@ -247,6 +247,19 @@ def test_an_unreachable_service_denies_by_default_and_the_tool_never_runs(tmp_pa
     guard.close()
 
 
+@pytest.mark.parametrize("on_error", ["allow", "deny"])
+def test_an_action_whose_record_the_spool_cannot_keep_is_denied_not_raised(tmp_path: Path, on_error: str) -> None:
+    """Fail-open lets an action through only once its record is spooled; an unwritable spool denies it."""
+    (tmp_path / "not-a-folder").write_text("a file where the spool's folder should be")
+    guard = Guard(endpoint=f"http://127.0.0.1:{free_port()}", api_key="k", agent_id="bot", on_error=on_error,
+                  spool=tmp_path / "not-a-folder" / "spool.jsonl", home=tmp_path)  # fmt: skip
+    decision = guard.check(ActionType.FILE_READ, "/reports/readonly/q3.csv")
+    assert (decision.allowed, decision.reasons[0].code) == (False, "service_unavailable")
+    assert "cannot be written" in decision.reasons[0].message
+    assert guard.fail_open_count == 0
+    guard.close()
+
+
 def test_remote_mode_refuses_policy_arguments_and_a_missing_key() -> None:
     with pytest.raises(ValueError, match="policy lives in the service"):
         Guard(endpoint="http://127.0.0.1:1", api_key="k", blocked_resources=["x"])
