@@ -253,7 +253,10 @@ class Guard:
             normal = outcome.allows
             # Denying what the action is (not a pause, a rate limit or a broken audit) blames its destinations.
             blame = stopped is None and not normal and reasons[0].code not in _NOT_THE_ACTIONS_FAULT
-            self._behavior.observe(agent, action_id, now, atype, read.canonical, assessment, normal, blame=blame)
+            try:
+                self._behavior.observe(agent, action_id, now, atype, read.canonical, assessment, normal, blame=blame)
+            except StateError as exc:  # the decision stands as recorded; only the baseline misses this action
+                log.error("profile of %s not updated after %s: %s", agent, action_id, exc)
         return Decision(
             action_id=action_id,
             agent_id=agent,
@@ -354,18 +357,24 @@ class Guard:
         now = self._clock()
         detail: dict[str, Any] = {"status": "success" if success else "error", "error": error, "rows": rows,
                                   "bytes": bytes}  # fmt: skip
+        # The action already ran: a state store that fails keeps neither its volume nor its profile update, and
+        # the outcome record says so.
         try:
             # Only a configured limit keeps a window: one nobody reads would only grow.
             reported = {"rows": rows, "bytes": bytes}
             for unit, _ in self._volume_limits():
                 if amount := reported[unit]:
                     self._state.add(f"{unit}:{agent}", now, float(amount))
-        except StateError as exc:  # the action already ran: keep its outcome, and say the volume was not counted
+        except StateError as exc:
             log.error("volume of %s not counted: %s", action_id, exc)
             detail["state_error"] = str(exc)
         if self._behavior is not None:
             volume = (rows or 0) + (bytes or 0) / 1000.0
-            self._behavior.outcome(agent, action_id, now, success=success, volume=volume)
+            try:
+                self._behavior.outcome(agent, action_id, now, success=success, volume=volume)
+            except StateError as exc:
+                log.error("profile of %s not updated with the outcome of %s: %s", agent, action_id, exc)
+                detail["state_error"] = str(exc)
         self._record_event(
             agent, {"kind": "outcome", "action_id": action_id, "outcome": detail["status"], "detail": detail}
         )

@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -24,6 +25,7 @@ from services import unavailable
 from together import run_together
 
 from risk import ActionType, AgentStatus, Guard, KillSwitchMode, Outcome, StateError
+from risk.audit.store import AuditQuery
 from risk.profiles import ActionSeen, MemoryProfiles, Probe
 from risk.scoring.behavior import BehaviorScorer
 from risk.state import AgentState, MemoryState, open_state
@@ -411,6 +413,41 @@ def test_a_guard_on_an_unreachable_redis_denies_and_says_why(tmp_path: Path) -> 
     assert (d.allowed, d.outcome) == (False, Outcome.BLOCKED)
     with pytest.raises(StateError):  # a reviewer's call says the store is down
         guard.terminate()
+    guard.close()
+
+
+@contextmanager
+def redis_refusing_writes(server: Any) -> Iterator[None]:
+    """Redis out of memory (maxmemory 1 byte, no eviction): reads answer, every write is refused."""
+    saved = server.config_get("maxmemory*")
+    server.config_set("maxmemory-policy", "noeviction")
+    server.config_set("maxmemory", 1)
+    try:
+        yield
+    finally:
+        server.config_set("maxmemory", saved["maxmemory"])
+        server.config_set("maxmemory-policy", saved["maxmemory-policy"])
+
+
+def test_a_profile_that_cannot_be_updated_leaves_the_recorded_decision_standing(
+    tmp_path: Path, server: Any, url: str
+) -> None:
+    """The decision is audited before the profile learns it: a write refused then must not turn into an exception
+    from check (the trail would say allowed, the caller would see an error); the outcome says what was lost."""
+    clock = Clock()
+    guard = _guard(tmp_path, url, "oom", clock, mode=KillSwitchMode.BLOCK, model=None, online=True)
+    for i in range(3):
+        clock.now += 30
+        guard.record_outcome(guard.check(ActionType.DATABASE_QUERY, f"data.deidentified.t{i}").action_id)
+    clock.now += 30
+    with redis_refusing_writes(server):
+        decision = guard.check(ActionType.DATABASE_QUERY, "data.deidentified.t9")
+        guard.record_outcome(decision.action_id, rows=5)
+    assert decision.allowed
+    [recorded] = guard.audit.query(AuditQuery(action_id=decision.action_id, kind="decision"))
+    assert recorded.outcome == "allowed"
+    [outcome] = guard.audit.query(AuditQuery(action_id=decision.action_id, kind="outcome"))
+    assert "profile" in outcome.detail["state_error"]
     guard.close()
 
 
