@@ -138,6 +138,11 @@ def train(
 ) -> tuple[BehaviorModel, Path]:
     """Fit, calibrate and save a model from `source`; returns it and the artifact's path."""
     rows = training_rows(history(source))
+    if rows.actions < 2:
+        raise ValueError(
+            f"{source} holds {rows.actions} benign action(s) to learn from; training needs at least 2 "
+            "(actions labelled 1 are left out)"
+        )
     model = fit_model(
         rows.X,
         MODEL_FEATURES,

@@ -228,6 +228,16 @@ def test_cli_train_writes_the_artifact_and_card(tmp_path: Path, train_trace: Pat
     assert load_model(out / "cli-4.joblib").model_version == "cli-4"
 
 
+def test_cli_train_on_a_history_without_two_benign_actions_says_so(tmp_path: Path) -> None:
+    lines = benign_lines({"analyst": 2})
+    lines[1]["label"] = 1
+    trace = write_trace(tmp_path / "short.jsonl", lines)
+    result = CliRunner().invoke(app, ["train", str(trace), "--out", str(tmp_path / "m")])
+    assert result.exit_code != 0
+    assert "1 benign action(s) to learn from; training needs at least 2" in result.output
+    assert not (tmp_path / "m").exists()
+
+
 def test_cli_train_on_a_missing_trace_fails_with_a_message(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "m")])
     assert result.exit_code == 2
