@@ -39,10 +39,10 @@ from risk.profiles import MemoryProfiles, ProfileStore
 from risk.redaction import mask
 from risk.resources import Readings, readings
 from risk.rollback import RollbackReport, UndoLog, UndoStep, savepoint, snapshot_file
-from risk.scoring.behavior import Assessment, BehaviorScorer
+from risk.scoring.behavior import Assessment, BehaviorScorer, combined
 from risk.scoring.model import DEFAULT_MODEL, SHIPPED_MODELS, BehaviorModel, ModelError, load_model
 from risk.scoring.online import OnlineScorer
-from risk.scoring.rules import RuleScorer, noisy_or
+from risk.scoring.rules import RuleScorer
 from risk.state import AgentState, StateStore, open_state
 from risk.state_redis import RedisProfiles, RedisState
 
@@ -285,7 +285,7 @@ class Guard:
             log.exception("behavioral scoring failed")
             return None, score, reasons, Reason("model_unavailable", f"the model could not score: {exc}", 1.0, True)
         if any(assessment.severities):
-            score = noisy_or([score, *assessment.severities])
+            score = combined(score, assessment.severities)
             reasons = sorted([*reasons, *assessment.reasons], key=heaviest_first)
         return assessment, score, reasons, None
 
@@ -374,7 +374,7 @@ class Guard:
                 self._behavior.outcome(agent, action_id, now, success=success, volume=volume)
             except StateError as exc:
                 log.error("profile of %s not updated with the outcome of %s: %s", agent, action_id, exc)
-                detail["state_error"] = str(exc)
+                detail["state_error"] = "; ".join(filter(None, (detail.get("state_error"), str(exc))))
         self._record_event(
             agent, {"kind": "outcome", "action_id": action_id, "outcome": detail["status"], "detail": detail}
         )

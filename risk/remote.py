@@ -112,25 +112,25 @@ class RemoteGuard(Guard):
         atype = ActionType.parse(action_type)
         if not isinstance(resource, str) or not resource:
             raise ValueError(f"resource must be a non-empty string, got {resource!r}")
-        encoded_payload(payload)  # refused here as the embedded guard refuses it, before anything is sent
+        payload_json = encoded_payload(payload)  # refused here as the embedded guard refuses it, before sending
         agent = agent_id or self.agent_id
         body = {"agent_id": agent, "action_type": atype.value, "resource": resource, "payload": payload,
                 "session_id": session_id}  # fmt: skip
         try:
             answer = self._call("POST", "/v1/check", json=body)
         except _Unreachable as exc:
-            return self._decide_locally(atype, resource, payload, agent, session_id, str(exc))
+            return self._decide_locally(atype, resource, payload_json, agent, session_id, str(exc))
         try:
             decision = Decision.from_dict(answer)
         except (KeyError, TypeError, ValueError) as exc:  # an answer that is not a decision is no answer
-            return self._decide_locally(atype, resource, payload, agent, session_id, f"not a decision: {exc!r}")
+            return self._decide_locally(atype, resource, payload_json, agent, session_id, f"not a decision: {exc!r}")
         self._send_spool()
         if decision.outcome is Outcome.ROLLED_BACK:  # the service paused the agent; the undo steps live here
             self._rollback(agent, actor="guard")
         return decision
 
     def _decide_locally(
-        self, atype: ActionType, resource: str, payload: Any, agent: str, session_id: str | None, error: str
+        self, atype: ActionType, resource: str, payload_json: bytes, agent: str, session_id: str | None, error: str
     ) -> Decision:
         """The service did not answer: deny, or with on_error="allow" let the action run and spool its record.
 
@@ -154,7 +154,7 @@ class RemoteGuard(Guard):
                     "action_id": action_id,
                     "action_type": atype.value,
                     "resource": resource,
-                    "payload_digest": hashlib.sha256(canonical_json(payload)).hexdigest(),
+                    "payload_digest": hashlib.sha256(payload_json).hexdigest(),
                     "reasons": [why.to_dict()],
                     "error": error,
                 }

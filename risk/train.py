@@ -19,9 +19,9 @@ from risk.audit.record import canonical_json
 from risk.audit.store import AuditQuery, AuditStore, open_audit
 from risk.features import BASELINE_ACTIONS, MODEL_FEATURES, model_input
 from risk.resources import readings
-from risk.scoring.behavior import Assessment, BehaviorScorer
+from risk.scoring.behavior import Assessment, BehaviorScorer, combined
 from risk.scoring.model import DEFAULT_MODEL, BehaviorModel, fit_model, save_model
-from risk.scoring.rules import RuleScorer, noisy_or
+from risk.scoring.rules import RuleScorer
 from risk.traces import TraceAction, read_trace
 
 
@@ -90,7 +90,7 @@ def score_trace(actions: Iterable[TraceAction], model: BehaviorModel) -> list[fl
     anomaly = (-model.forest.score_many(np.asarray(rows, dtype=np.float64))).tolist()
     severity = model.calibrator.severity
     return [
-        noisy_or([rule_score, *novelty, severity(raw) * weight]) if weight > 0 else rule_score
+        combined(rule_score, (*novelty, severity(raw) * weight))
         for (rule_score, novelty, weight), raw in zip(parts, anomaly, strict=True)
     ]
 

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from risk.audit.record import GENESIS_HASH, INDEXED, AuditRecord, Sealed, StoredRecord
+from risk.audit.record import COLUMNS, GENESIS_HASH, AuditRecord, Sealed, StoredRecord
 from risk.audit.store import AuditQuery, ChainAppender, Head, where_clause
 from risk.errors import AuditError, AuditRecordError
 
@@ -64,12 +64,11 @@ _MIGRATIONS: tuple[str, ...] = (
 # The advisory lock serializing migrations: any constant no other application uses ("riskaudt" in ASCII).
 _MIGRATION_LOCK = 0x7269736B61756474
 
-_COLUMNS = ("seq", *INDEXED, "body", "hash")
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM risk_audit"
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM risk_audit"
 # ON CONFLICT DO NOTHING rather than catching the unique violation: the lost race is reported by the row
 # count, and the server does not log an ERROR for every collision between writers.
-_INSERT_INTO = f"INSERT INTO risk_audit ({', '.join(_COLUMNS)})"
-_ROW = f"({', '.join('%s' for _ in _COLUMNS)})"
+_INSERT_INTO = f"INSERT INTO risk_audit ({', '.join(COLUMNS)})"
+_ROW = f"({', '.join('%s' for _ in COLUMNS)})"
 _PAGE = 1000  # rows per round trip when reading the whole chain
 _APPEND_BUDGET = 5.0  # seconds an append may keep losing races to other writers before it fails
 _LOCK_TIMEOUT = "5s"  # as the SQLite store's default `timeout`
@@ -112,7 +111,7 @@ class PostgresAuditStore:
     def _insert(self, records: list[tuple[Sealed, dict[str, Any]]]) -> bool:
         """One INSERT of every record, in a transaction when there are several; False when another writer
         already took one of their seqs (and then nothing is stored)."""
-        rows = [(sealed.seq, *(body.get(c) for c in INDEXED), sealed.text, sealed.hash) for sealed, body in records]
+        rows = [sealed.row(body) for sealed, body in records]
         values = ", ".join([_ROW] * len(rows))
         sql = f"{_INSERT_INTO} VALUES {values} ON CONFLICT (seq) DO NOTHING"
         params = [value for row in rows for value in row]
@@ -137,13 +136,13 @@ class PostgresAuditStore:
         sql = f"{_SELECT} WHERE seq > %s ORDER BY seq LIMIT %s"
         while page := self._read(sql, (after_seq, _PAGE)):
             for row in page:
-                yield _stored(row)
+                yield StoredRecord.from_row(row)
             after_seq = page[-1][0]
 
     def query(self, query: AuditQuery) -> list[AuditRecord]:
         where, params = where_clause(query, "%s")
         sql = f"{_SELECT} {where} LIMIT %s OFFSET %s"
-        return [_stored(row).record() for row in self._read(sql, (*params, query.limit, query.offset))]
+        return [StoredRecord.from_row(row).record() for row in self._read(sql, (*params, query.limit, query.offset))]
 
     def head(self) -> Head:
         # One statement, so the count, the last seq and its hash come from the same snapshot.
@@ -258,10 +257,6 @@ def _version(conn: psycopg.Connection[tuple[Any, ...]], table: str = "risk_schem
 def _setting(conn: psycopg.Connection[tuple[Any, ...]], name: str) -> str:
     row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
     return str(row[0]) if row else ""
-
-
-def _stored(row: tuple[Any, ...]) -> StoredRecord:
-    return StoredRecord(seq=row[0], text=row[-2], hash=row[-1], columns=dict(zip(INDEXED, row[1:-2], strict=True)))
 
 
 def _server(params: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -21,6 +22,8 @@ GENESIS_HASH = "0" * 64
 
 # Copied out of the hashed text into columns of their own, for queries; verification checks they agree.
 INDEXED = ("ts", "agent_id", "kind", "outcome", "action_id")
+# A record as every store's table holds it: its place in the chain, the indexed columns, the text and its hash.
+COLUMNS = ("seq", *INDEXED, "body", "hash")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,10 @@ class Sealed(NamedTuple):
     text: str
     hash: str
 
+    def row(self, body: dict[str, Any]) -> tuple[Any, ...]:
+        """The values of COLUMNS for this record, whose fields are `body`."""
+        return (self.seq, *(body.get(c) for c in INDEXED), self.text, self.hash)
+
 
 @dataclass(frozen=True, slots=True)
 class StoredRecord:
@@ -79,6 +86,11 @@ class StoredRecord:
     text: str
     hash: str
     columns: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> StoredRecord:
+        """The record a table row of COLUMNS holds."""
+        return cls(seq=row[0], text=row[-2], hash=row[-1], columns=dict(zip(INDEXED, row[1:-2], strict=True)))
 
     def record(self) -> AuditRecord:
         return AuditRecord(**json.loads(self.text), hash=self.hash)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from risk.audit.record import GENESIS_HASH, INDEXED, AuditRecord, Sealed, StoredRecord
+from risk.audit.record import COLUMNS, GENESIS_HASH, INDEXED, AuditRecord, Sealed, StoredRecord
 from risk.audit.store import AuditQuery, ChainAppender, Head, where_clause
 from risk.errors import AuditError, AuditRecordError
 
@@ -38,9 +38,8 @@ log = logging.getLogger("risk")
 CHECKPOINT_SECONDS = 0.5
 WAL_LIMIT_BYTES = 16 * 1024 * 1024
 RESTART_WAIT_MS = 100  # a held-off append retries meanwhile (see ChainAppender), within its own timeout
-_COLUMNS = ("seq", *INDEXED, "body", "hash")
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM audit"
-_INSERT = f"INSERT INTO audit ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM audit"
+_INSERT = f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 # One index only: each one costs about a third more per append on the hot path. Queries without an
 # agent scan in sequence order, which is time order.
 _SCHEMA = f"""
@@ -126,7 +125,7 @@ class SQLiteAuditStore:
     def _insert(self, records: list[tuple[Sealed, dict[str, Any]]]) -> bool:
         """The records in one transaction (one alone: one autocommit INSERT); False when another writer
         already took one of their seqs (the primary key) or holds the write lock."""
-        rows = [(sealed.seq, *(body.get(c) for c in INDEXED), sealed.text, sealed.hash) for sealed, body in records]
+        rows = [sealed.row(body) for sealed, body in records]
         with self._lock:
             try:
                 if len(rows) == 1:
@@ -160,13 +159,13 @@ class SQLiteAuditStore:
         sql = f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT 1000"
         while page := self._read(sql, (after_seq,)):
             for row in page:
-                yield _stored(row)
+                yield StoredRecord.from_row(row)
             after_seq = page[-1][0]
 
     def query(self, query: AuditQuery) -> list[AuditRecord]:
         where, params = where_clause(query, "?")
         sql = f"{_SELECT} {where} LIMIT ? OFFSET ?"
-        return [_stored(row).record() for row in self._read(sql, (*params, query.limit, query.offset))]
+        return [StoredRecord.from_row(row).record() for row in self._read(sql, (*params, query.limit, query.offset))]
 
     def head(self) -> Head:
         count, seq = self._read("SELECT COUNT(*), MAX(seq) FROM audit", ())[0]
@@ -232,7 +231,3 @@ class _Checkpointer:
         except sqlite3.Error:
             log.warning("audit WAL checkpoint on close failed", exc_info=True)
         self._conn.close()
-
-
-def _stored(row: tuple[Any, ...]) -> StoredRecord:
-    return StoredRecord(seq=row[0], text=row[-2], hash=row[-1], columns=dict(zip(INDEXED, row[1:-2], strict=True)))

@@ -46,6 +46,15 @@ def novelty(x: Sequence[float], action_type: ActionType) -> list[Reason]:
     return [Reason(FEATURES[i], message, severity * x[i]) for i, severity, message in _NOVELTY_INDEX if x[i] > 0]
 
 
+def combined(rule_score: float, severities: Sequence[float]) -> float:
+    """The risk score: the rule score with the behavioral severities folded in by noisy-OR (none: unchanged).
+
+    >>> combined(0.5, [0.5]), combined(0.3, [0.0])
+    (0.75, 0.3)
+    """
+    return noisy_or([rule_score, *severities]) if any(severities) else rule_score
+
+
 PENDING_LIMIT = 10_000  # feature rows kept for actions whose outcome has not been reported yet
 
 
