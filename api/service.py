@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -42,9 +43,9 @@ class Service:
         metrics.model_in_use(tenants.model_version)
         return cls(settings, audit, state, catalog, tenants, KeyStore(catalog), metrics)
 
-    @property
+    @cached_property
     def local(self) -> bool:
-        """Whether every store is on this machine: SQLite files and in-process state."""
+        """Whether every store is on this machine: SQLite files and in-process state (asked on every decision)."""
         settings = self.settings
         return settings.audit_url.startswith("sqlite:") and settings.state_url.startswith("memory:")
 

@@ -15,6 +15,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -54,6 +56,8 @@ RULES_VERSION = "rules-1"
 _NOT_THE_ACTIONS_FAULT = frozenset(
     {"rate_limited", "audit_unavailable", "model_unavailable", "state_unavailable", "data_volume_exceeded"}
 )
+# The audit records of checks made inside `decided_together`, held back to be committed at once.
+_HELD: ContextVar[list[tuple[Guard, dict[str, Any]]] | None] = ContextVar("risk_held_audit_records", default=None)
 # Keys a policy file may hold besides the policy fields themselves.
 _GUARD_FILE_FIELDS = ("agent_id", "audit", "keep_payloads", "state", "model", "online")
 
@@ -233,11 +237,11 @@ class Guard:
             "model_version": self.model_version,
         }
         try:
-            self.audit.append(body)
+            self._append(body)
         except AuditError as exc:
             self.audit_failures += 1
             log.error("denying %s on %r: %s", atype.value, resource, exc)
-            reasons.insert(0, Reason("audit_unavailable", f"the audit record could not be written: {exc}", 1.0, True))
+            reasons.insert(0, _unaudited(exc))
             if outcome.allows:
                 outcome = Outcome.BLOCKED
 
@@ -550,12 +554,23 @@ class Guard:
             **fields,
         }
         try:
-            self.audit.append(body)
+            if strict:
+                self.audit.append(body)
+            else:
+                self._append(body)
         except AuditError:
             self.audit_failures += 1
             if strict:
                 raise
             log.exception("audit record for a %s event was not written", fields.get("kind"))
+
+    def _append(self, body: dict[str, Any]) -> None:
+        """Append `body` to the trail now, or, inside `decided_together`, hold it for the common commit."""
+        held = _HELD.get()
+        if held is None:
+            self.audit.append(body)
+        else:
+            held.append((self, body))
 
     def close(self) -> None:
         self.audit.close()
@@ -566,6 +581,50 @@ class Guard:
         from risk.integrations.watch import watch  # the audit hook is added on first use only
 
         return watch(self, agent_id, session_id=session_id)
+
+
+def decided_together(decide: Callable[[], list[Decision]]) -> list[Decision]:
+    """Run `decide`, which checks several actions through guards, committing their audit records together.
+
+    Each check sees the state the checks before it left (rate windows, profiles, a pause), as one by one;
+    only the records wait, to be appended in order in one transaction per store (one commit instead of one
+    per action). The decisions are returned once every record is committed; a decision whose record could
+    not be written is a denial (`audit_unavailable`), though the checks after it were made as if it stood,
+    and its agent's profile may have learned it. If `decide` raises, what was decided is still committed.
+    """
+    held: list[tuple[Guard, dict[str, Any]]] = []
+    token = _HELD.set(held)
+    try:
+        decisions = decide()
+    finally:
+        _HELD.reset(token)
+        failed = _commit(held)
+    return [_denied_unaudited(d, failed[d.action_id]) if d.action_id in failed else d for d in decisions]
+
+
+def _commit(held: list[tuple[Guard, dict[str, Any]]]) -> dict[str, AuditError]:
+    """Append the held records, each store's in one go; the errors of those not written, by record id."""
+    by_store: dict[int, list[tuple[Guard, dict[str, Any]]]] = {}
+    for guard, body in held:
+        by_store.setdefault(id(guard.audit), []).append((guard, body))
+    failed: dict[str, AuditError] = {}
+    for records in by_store.values():
+        results = records[0][0].audit.append_many([body for _, body in records])
+        for (guard, body), result in zip(records, results, strict=True):
+            if isinstance(result, AuditError):
+                guard.audit_failures += 1
+                log.error("audit record %s (%s) not written: %s", body["record_id"], body.get("kind"), result)
+                failed[body["record_id"]] = result
+    return failed
+
+
+def _unaudited(exc: AuditError) -> Reason:
+    return Reason("audit_unavailable", f"the audit record could not be written: {exc}", 1.0, True)
+
+
+def _denied_unaudited(decision: Decision, exc: AuditError) -> Decision:
+    outcome = Outcome.BLOCKED if decision.outcome.allows else decision.outcome
+    return replace(decision, allowed=False, outcome=outcome, reasons=(_unaudited(exc), *decision.reasons))
 
 
 def _profiles_beside(state: StateStore) -> ProfileStore:

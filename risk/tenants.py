@@ -32,7 +32,7 @@ from risk.audit.record import canonical_json
 from risk.audit.store import AuditQuery, AuditStore, utc_time
 from risk.catalog import Catalog
 from risk.errors import RiskError, StateError
-from risk.guard import Guard
+from risk.guard import Guard, decided_together
 from risk.idempotency import IdempotencyConflict, IdempotencyKeys
 from risk.keys import check_tenant
 from risk.policy import Policy
@@ -169,6 +169,47 @@ class Tenants:
             raise
         self.idempotency.settle(tenant, idempotency_key, decision.to_dict())
         return decision
+
+    def check_many(self, tenant: str, actions: list[tuple[ActionRequest, str | None]]) -> list[Decision]:
+        """Decide (action, idempotency key) pairs in order, as `check` would one by one, with their audit records
+        committed together: one commit for the batch. A key repeated in the batch gets its first decision."""
+        for action, _ in actions:
+            check_agent(action.agent_id)
+        given: dict[int, Decision] = {}  # answered under a key by an earlier request
+        repeats: dict[int, int] = {}  # index -> the index whose decision its key names
+        claimed: dict[str, tuple[int, str]] = {}  # key -> (index it answers, the action's fingerprint)
+        try:
+            for index, (action, key) in enumerate(actions):
+                if key is None:
+                    continue
+                fingerprint = hashlib.sha256(canonical_json(asdict(action))).hexdigest()
+                if key in claimed:
+                    first, first_fingerprint = claimed[key]
+                    if fingerprint != first_fingerprint:
+                        raise IdempotencyConflict(
+                            f"idempotency key {key!r} was used for a different action; use a new key"
+                        )
+                    repeats[index] = first
+                elif (first_answer := self.idempotency.claim(tenant, key, fingerprint)) is not None:
+                    given[index] = Decision.from_dict(first_answer)
+                else:
+                    claimed[key] = (index, fingerprint)
+            to_decide = [i for i in range(len(actions)) if i not in given and i not in repeats]
+            decided = dict(
+                zip(
+                    to_decide,
+                    decided_together(lambda: [self._decide(tenant, actions[i][0]) for i in to_decide]),
+                    strict=True,
+                )
+            )
+        except BaseException:
+            for key in claimed:
+                self.idempotency.release(tenant, key)
+            raise
+        for key, (index, _) in claimed.items():
+            self.idempotency.settle(tenant, key, decided[index].to_dict())
+        answers = decided | given
+        return [answers[repeats.get(i, i)] for i in range(len(actions))]
 
     def _decide(self, tenant: str, action: ActionRequest) -> Decision:
         agent = namespaced(tenant, action.agent_id)

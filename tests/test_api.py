@@ -96,6 +96,54 @@ def test_batch_decides_in_order(clients: Callable[..., httpx.Client]) -> None:
     assert [d["resource"] for d in decisions] == [a["resource"] for a in actions]
 
 
+def test_batch_decides_as_checks_one_by_one_would_and_commits_its_records_at_once(
+    clients: Callable[..., httpx.Client], service: Running, tenant: str
+) -> None:
+    put_policy(clients(Role.ADMIN), BLOCKING)  # mode pause
+    agent = clients(Role.AGENT)
+    ok(
+        agent.post("/v1/check", json={**ALLOWED, "agent_id": "other"})
+    )  # the tenant's guard starts, recording its policy
+    appender = service.app.state.service.audit._appender
+    commits: list[int] = []
+    insert = appender._insert
+    appender._insert = lambda records: commits.append(len(records)) or insert(records)
+    try:
+        batch = ok(agent.post("/v1/check/batch", json={"actions": [ALLOWED, BLOCKED, ALLOWED]}))
+    finally:
+        appender._insert = insert
+    decisions = batch["decisions"]
+    assert [(d["outcome"], d["reasons"][0]["code"]) for d in decisions] == [
+        ("allowed", "action_type"), ("paused", "resource_blocked"), ("paused", "agent_paused"),
+    ]  # fmt: skip
+    assert commits == [4]  # three decisions and the pause between them, in order, in one transaction
+    trail = ok(clients(Role.AUDITOR).get("/v1/audit", params={"agent_id": "bot", "limit": 100}))["records"]
+    assert [(r["kind"], r.get("action_id")) for r in trail[-4:]] == [
+        ("decision", decisions[0]["action_id"]), ("decision", decisions[1]["action_id"]),
+        ("killswitch", decisions[1]["action_id"]), ("decision", decisions[2]["action_id"]),
+    ]  # fmt: skip
+    assert ok(clients(Role.REVIEWER).get("/v1/agents/bot"))["pending_action_id"] == decisions[1]["action_id"]
+
+
+def test_batch_answers_idempotency_keys_once_committed(clients: Callable[..., httpx.Client]) -> None:
+    agent, auditor = clients(Role.AGENT), clients(Role.AUDITOR)
+    first = ok(agent.post("/v1/check", json={**ALLOWED, "idempotency_key": "k0"}))
+    actions = [{**ALLOWED, "idempotency_key": "k0"}, {**ALLOWED, "idempotency_key": "k1"},
+               {**ALLOWED, "idempotency_key": "k1"}, ALLOWED]  # fmt: skip
+    decisions = ok(agent.post("/v1/check/batch", json={"actions": actions}))["decisions"]
+    assert decisions[0] == first and decisions[2] == decisions[1] != first
+    assert len({d["action_id"] for d in decisions}) == 3
+    assert ok(agent.post("/v1/check", json={**ALLOWED, "idempotency_key": "k1"})) == decisions[1]
+    recorded = [r["action_id"] for r in _decision_records(auditor)]
+    assert recorded == [first["action_id"], decisions[1]["action_id"], decisions[3]["action_id"]]
+    # A key reused for another action in the batch refuses the batch, decides nothing and keeps no claim.
+    conflict = [{**ALLOWED, "idempotency_key": "k2"}, {**BLOCKED, "idempotency_key": "k2"}]
+    refused = agent.post("/v1/check/batch", json={"actions": conflict})
+    assert refused.status_code == 409 and "different action" in refused.json()["detail"]
+    assert len(_decision_records(auditor)) == 3
+    assert ok(agent.post("/v1/check", json={**BLOCKED, "idempotency_key": "k2"}))["resource"] == BLOCKED["resource"]
+
+
 def test_outcome_is_recorded_for_the_tenants_own_action_only(
     clients: Callable[..., httpx.Client], service: Running, tenant: str
 ) -> None:
@@ -629,6 +677,10 @@ def test_audit_store_that_cannot_be_written_denies(tmp_path: Path) -> None:
         running.app.state.service.audit.close()  # as a store the service lost
         decision = ok(agent.post("/v1/check", json=ALLOWED))
         assert (decision["allowed"], decision["reasons"][0]["code"]) == (False, "audit_unavailable")
+        batch = ok(agent.post("/v1/check/batch", json={"actions": [ALLOWED, ALLOWED]}))["decisions"]
+        assert [(d["allowed"], d["outcome"], d["reasons"][0]["code"]) for d in batch] == [
+            (False, "blocked", "audit_unavailable")
+        ] * 2
         with running.client("fresh", Role.AGENT) as newcomer:  # a tenant whose guard cannot record its policy
             assert newcomer.post("/v1/check", json=ALLOWED).status_code == 503
         with running.client() as anonymous:

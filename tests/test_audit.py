@@ -38,6 +38,7 @@ from risk import ActionDenied, ActionType, AuditError, Guard, KillSwitchMode, Ou
 from risk.audit.record import FIELDS, GENESIS_HASH, Sealed, canonical_json
 from risk.audit.sqlite import SQLiteAuditStore
 from risk.audit.store import DEFAULT_RETENTION, AuditQuery, ChainAppender, open_audit, purge, verify_store
+from risk.guard import decided_together
 from risk.redaction import mask
 
 # ---- helpers ---------------------------------------------------------------------------------------------
@@ -557,6 +558,32 @@ def test_locked_audit_denies_an_allowed_action_and_recovers_once_released(
     assert verify(url_of(db_path)).ok
 
 
+def test_checks_decided_together_are_committed_at_once_and_a_record_that_fails_denies_only_its_action(
+    make_guard: Callable[..., Guard], db_path: Path
+) -> None:
+    guard = make_guard(mode=KillSwitchMode.PAUSE)
+    read = functools.partial(guard.check, ActionType.DATABASE_QUERY)
+    decisions = decided_together(
+        lambda: [
+            read("data.deidentified.claims"),
+            read("data.deidentified.claims", agent_id="agent-\ud800"),  # a record SQLite cannot hold
+            read("data.phi.patients"),  # pauses agent-1
+            read("data.deidentified.claims"),  # so this one is denied by the pause
+        ]
+    )
+    assert [(d.outcome, d.reason_codes[0]) for d in decisions] == [
+        (Outcome.ALLOWED, "action_type"), (Outcome.BLOCKED, "audit_unavailable"),
+        (Outcome.PAUSED, "resource_blocked"), (Outcome.PAUSED, "agent_paused"),
+    ]  # fmt: skip
+    assert guard.audit_failures == 1
+    rows = raw_rows(db_path)
+    assert [(r["kind"], r.get("action_id")) for r in rows[1:]] == [
+        ("decision", decisions[0].action_id), ("decision", decisions[2].action_id),
+        ("killswitch", decisions[2].action_id), ("decision", decisions[3].action_id),
+    ]  # fmt: skip
+    assert verify(url_of(db_path)).ok
+
+
 def test_guarded_tool_body_does_not_run_while_the_audit_is_locked(
     make_guard: Callable[..., Guard], db_path: Path, tmp_path: Path
 ) -> None:
@@ -710,6 +737,23 @@ def test_appends_waiting_on_a_commit_go_in_one_group_and_a_bad_record_fails_alon
     assert results["first"].seq == 1 and {results["good-1"].seq, results["good-2"].seq} == {2, 3}
     store.close()
     assert sorted(r["record_id"] for r in raw_rows(db_path)) == ["first", "good-1", "good-2"]
+    assert verify(url_of(db_path)).ok
+
+
+def test_append_many_commits_its_records_in_order_together_and_a_bad_one_fails_alone(db_path: Path) -> None:
+    store = SQLiteAuditStore(url_of(db_path))
+    commits: list[int] = []
+    store._appender._insert = lambda records: commits.append(len(records)) or store._insert(records)  # type: ignore[method-assign]
+    record = {"ts": "2026-01-01T00:00:00+00:00", "kind": "decision", "agent_id": "a"}
+    results = store.append_many([{**record, "record_id": f"r{n}"} for n in range(5)])
+    assert commits == [5] and [r.seq for r in results if isinstance(r, Sealed)] == [1, 2, 3, 4, 5]
+    bodies = [{**record, "record_id": "good-1"}, {**record, "record_id": "bad", "agent_id": "a\ud800"},
+              {**record, "record_id": "unsealable", "nonsense": 1}, {**record, "record_id": "good-2"}]  # fmt: skip
+    results = store.append_many(bodies)
+    assert [type(r).__name__ for r in results] == ["Sealed", "AuditRecordError", "AuditError", "Sealed"]
+    assert commits == [5, 3, 1, 1, 1]  # the store refused the group for one record: then one by one
+    store.close()
+    assert [r["record_id"] for r in raw_rows(db_path)] == ["r0", "r1", "r2", "r3", "r4", "good-1", "good-2"]
     assert verify(url_of(db_path)).ok
 
 

@@ -419,6 +419,18 @@ def test_text_postgresql_cannot_hold_is_an_audit_error_and_the_chain_goes_on(sto
     assert verify_store(store).ok
 
 
+def test_append_many_stores_more_rows_than_one_statement_takes_in_order_and_a_bad_one_fails_alone(
+    store: PostgresAuditStore, raw: Any
+) -> None:
+    bodies = [body(i) for i in range(2500)]  # 1,000 rows per INSERT statement, in one transaction
+    bodies[1700] = body(1700, agent="agent\x00nul")
+    results = store.append_many(bodies)
+    assert isinstance(results[1700], AuditError) and "not written" in str(results[1700])
+    stored = assert_one_chain(raw, store, 2499)
+    assert [r["action_id"] for r in stored] == [b["action_id"] for n, b in enumerate(bodies) if n != 1700]
+    assert [r.seq for n, r in enumerate(results) if n != 1700] == list(range(1, 2500))
+
+
 def test_a_closed_store_raises_audit_error(store: PostgresAuditStore) -> None:
     store.close()
     with pytest.raises(AuditError, match="closed"):

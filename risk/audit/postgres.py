@@ -70,6 +70,7 @@ _SELECT = f"SELECT {', '.join(COLUMNS)} FROM risk_audit"
 _INSERT_INTO = f"INSERT INTO risk_audit ({', '.join(COLUMNS)})"
 _ROW = f"({', '.join('%s' for _ in COLUMNS)})"
 _PAGE = 1000  # rows per round trip when reading the whole chain
+_ROWS_PER_INSERT = 1000  # a statement takes at most 65,535 parameters
 _APPEND_BUDGET = 5.0  # seconds an append may keep losing races to other writers before it fails
 _LOCK_TIMEOUT = "5s"  # as the SQLite store's default `timeout`
 _CONNECT_TIMEOUT = 10  # seconds; psycopg's own default (130 s) would hang a guard's start for minutes
@@ -104,6 +105,9 @@ class PostgresAuditStore:
     def append(self, body: dict[str, Any]) -> Sealed:
         return self._appender.append(body, self._where)
 
+    def append_many(self, bodies: list[dict[str, Any]]) -> list[Sealed | AuditError]:
+        return self._appender.append_many(bodies, self._where)
+
     def _read_head(self) -> tuple[int, str]:
         rows = self._read("SELECT seq, hash FROM risk_audit ORDER BY seq DESC LIMIT 1", ())
         return (int(rows[0][0]), str(rows[0][1])) if rows else (0, GENESIS_HASH)
@@ -112,17 +116,16 @@ class PostgresAuditStore:
         """One INSERT of every record, in a transaction when there are several; False when another writer
         already took one of their seqs (and then nothing is stored)."""
         rows = [sealed.row(body) for sealed, body in records]
-        values = ", ".join([_ROW] * len(rows))
-        sql = f"{_INSERT_INTO} VALUES {values} ON CONFLICT (seq) DO NOTHING"
-        params = [value for row in rows for value in row]
         with self._lock:
             try:
                 conn = self._connection()
                 if len(rows) == 1:
-                    return bool(conn.execute(sql, params).rowcount == 1)
+                    return bool(conn.execute(*_inserting(rows)).rowcount == 1)
                 with conn.transaction():
-                    if conn.execute(sql, params).rowcount != len(rows):
-                        raise psycopg.Rollback()
+                    for start in range(0, len(rows), _ROWS_PER_INSERT):
+                        chunk = rows[start : start + _ROWS_PER_INSERT]
+                        if conn.execute(*_inserting(chunk)).rowcount != len(chunk):
+                            raise psycopg.Rollback()
                     return True
                 return False  # rolled back
             except (psycopg.DataError, ValueError, TypeError) as exc:
@@ -202,6 +205,12 @@ class PostgresAuditStore:
             conn.close()
             raise AuditError(f"cannot configure the connection to {self._where}: {exc}") from exc
         return conn
+
+
+def _inserting(rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+    """One INSERT of `rows` that skips a row whose seq is taken (the caller compares the row count)."""
+    values = ", ".join([_ROW] * len(rows))
+    return f"{_INSERT_INTO} VALUES {values} ON CONFLICT (seq) DO NOTHING", [value for row in rows for value in row]
 
 
 def _migrate(conn: psycopg.Connection[tuple[Any, ...]], *, create: bool, where: str) -> None:

@@ -122,6 +122,9 @@ class SQLiteAuditStore:
     def append(self, body: dict[str, Any]) -> Sealed:
         return self._appender.append(body, self.url)
 
+    def append_many(self, bodies: list[dict[str, Any]]) -> list[Sealed | AuditError]:
+        return self._appender.append_many(bodies, self.url)
+
     def _insert(self, records: list[tuple[Sealed, dict[str, Any]]]) -> bool:
         """The records in one transaction (one alone: one autocommit INSERT); False when another writer
         already took one of their seqs (the primary key) or holds the write lock."""

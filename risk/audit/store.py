@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from risk.audit.chain import Verification, verify_chain
 from risk.audit.record import GENESIS_HASH, AuditRecord, Sealed, StoredRecord, seal
@@ -75,10 +75,18 @@ class ChainAppender:
         self._storing = False
 
     def append(self, body: dict[str, Any], where: str) -> Sealed:
-        mine = _Waiting(body)
+        (result,) = self.append_many([body], where)
+        if isinstance(result, AuditError):
+            raise result
+        return result
+
+    def append_many(self, bodies: list[dict[str, Any]], where: str) -> list[Sealed | AuditError]:
+        """Seal and store `bodies` in order, in one group (one transaction unless a record fails alone); each
+        one's sealed record or its error."""
+        mine = [_Waiting(body) for body in bodies]
         with self._turn:
-            self._waiting.append(mine)
-            while mine.result is None:
+            self._waiting.extend(mine)
+            while mine[-1].result is None:  # a group is answered whole, and ours went into groups in order
                 if self._storing:
                     self._turn.wait()
                     continue
@@ -94,9 +102,9 @@ class ChainAppender:
                     self._turn.acquire()
                     self._storing = False
                     self._turn.notify_all()
-        if isinstance(mine.result, AuditError):
-            raise mine.result
-        return mine.result
+        results = [waiting.result for waiting in mine]
+        assert None not in results, "a group is answered whole"
+        return cast(list[Sealed | AuditError], results)
 
     def _store(self, group: list[_Waiting], where: str) -> None:
         """Seal and store `group` in order, answering each of its appends."""
@@ -197,6 +205,11 @@ class AuditStore(Protocol):
 
     def append(self, body: dict[str, Any]) -> Sealed:
         """Seal `body` into the chain and store it before returning; raise AuditError if it can't."""
+        ...
+
+    def append_many(self, bodies: list[dict[str, Any]]) -> list[Sealed | AuditError]:
+        """Seal `bodies` into the chain in order and store them together (one commit); each one's record, or
+        the AuditError that kept it out. A record the store cannot hold fails alone."""
         ...
 
     def stored(self, after_seq: int = 0) -> Iterator[StoredRecord]:
