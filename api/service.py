@@ -36,7 +36,15 @@ class Service:
         audit = open_audit(settings.audit_url)
         state = open_state(settings.state_url)
         catalog = Catalog(settings.catalog_url)
-        tenants = Tenants(catalog, audit, state, model=settings.model, online=settings.online, home=settings.home)
+        tenants = Tenants(
+            catalog,
+            audit,
+            state,
+            model=settings.model,
+            online=settings.online,
+            home=settings.home,
+            max_agents=settings.max_agents,
+        )
         for spec in settings.policy_files:
             tenants.apply_policy_file(spec)
         metrics = Metrics()

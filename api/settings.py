@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from risk.scoring.model import DEFAULT_MODEL
+from risk.tenants import DEFAULT_MAX_AGENTS
 
 MIB = 1 << 20
 
@@ -16,7 +17,8 @@ MIB = 1 << 20
 class Settings:
     """`RISK_HOME` (default `./.risk`), `RISK_DATABASE_URL` (audit trail, keys, policies; default SQLite files
     under RISK_HOME), `RISK_REDIS_URL` (kill-switch status, limits, approvals; default in process),
-    `RISK_MAX_BODY_BYTES` (default 1 MiB), `RISK_MODEL` (a model name or path, `none` for rules only; default
+    `RISK_MAX_BODY_BYTES` (default 1 MiB), `RISK_MAX_AGENTS` (agent ids per tenant; default 10,000, 0 for no
+    limit), `RISK_MODEL` (a model name or path, `none` for rules only; default
     the shipped model), `RISK_ONLINE=1` (also the streaming model), `RISK_POLICY_FILES` (`[TENANT=]FILE`
     entries separated by the path separator, applied at start).
     """
@@ -25,6 +27,7 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     max_body_bytes: int = MIB
+    max_agents: int | None = DEFAULT_MAX_AGENTS
     model: str | None = DEFAULT_MODEL
     online: bool = False
     policy_files: tuple[str, ...] = field(default_factory=tuple)
@@ -38,6 +41,7 @@ class Settings:
             database_url=env.get("RISK_DATABASE_URL") or None,
             redis_url=env.get("RISK_REDIS_URL") or None,
             max_body_bytes=int(env.get("RISK_MAX_BODY_BYTES", MIB)),
+            max_agents=int(env.get("RISK_MAX_AGENTS", DEFAULT_MAX_AGENTS)) or None,
             model=None if model.lower() in ("", "none") else model,
             online=env.get("RISK_ONLINE", "") in ("1", "true", "yes"),
             policy_files=tuple(f for f in files.split(os.pathsep) if f),

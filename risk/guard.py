@@ -181,6 +181,31 @@ class Guard:
         Never raises for a denial. Raises ValueError for an unknown action type, a resource that is not
         a non-empty string, or a payload nested more than 64 levels deep or containing itself.
         """
+        return self._decide(action_type, resource, payload, agent_id, session_id)
+
+    def refuse(
+        self,
+        action_type: ActionType | str,
+        resource: str,
+        payload: Any = None,
+        *,
+        reason: Reason,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+    ) -> Decision:
+        """Deny one action for `reason` and record the decision, without assessing it: the agent's status,
+        profile and windows are neither read nor changed. The service refuses agents past its limit so."""
+        return self._decide(action_type, resource, payload, agent_id, session_id, refusal=reason)
+
+    def _decide(
+        self,
+        action_type: ActionType | str,
+        resource: str,
+        payload: Any,
+        agent_id: str | None,
+        session_id: str | None,
+        refusal: Reason | None = None,
+    ) -> Decision:
         atype = ActionType.parse(action_type)
         read = readings(resource, resolve_symlinks=atype.is_file)
         agent = agent_id or self.agent_id
@@ -192,7 +217,7 @@ class Guard:
         score, reasons = self._rules.score(atype, read.canonical, payload)
         assessment, stopped, fingerprint = None, None, ""
         try:
-            stopped = self.killswitch.gate(agent)
+            stopped = (Outcome.BLOCKED, refusal) if refusal is not None else self.killswitch.gate(agent)
             if stopped is not None:
                 outcome, why = stopped
                 reasons.insert(0, why)

@@ -50,6 +50,10 @@ class StateStore(Protocol):
         """True once for each grant of `fingerprint`; a second call finds nothing."""
         ...
 
+    def admit(self, group: str, member: str, limit: int) -> bool:
+        """Whether `member` is one of `group`'s members, made one if the group has fewer than `limit`."""
+        ...
+
 
 @dataclass
 class _Window:
@@ -79,6 +83,7 @@ class MemoryState:
         self._states: dict[str, AgentState] = {}
         self._windows: dict[str, _Window] = {}
         self._approvals: dict[str, list[str]] = {}
+        self._groups: dict[str, set[str]] = {}
 
     def get_state(self, agent_id: str) -> AgentState:
         return self._states.get(agent_id) or AgentState()
@@ -128,6 +133,14 @@ class MemoryState:
             if not granted or fingerprint not in granted:
                 return False
             granted.remove(fingerprint)
+            return True
+
+    def admit(self, group: str, member: str, limit: int) -> bool:
+        with self._lock:
+            members = self._groups.setdefault(group, set())
+            if member not in members and len(members) >= limit:
+                return False
+            members.add(member)
             return True
 
 

@@ -11,6 +11,7 @@ Keys (all under a prefix, `risk:` by default, set with `?prefix=` in the URL):
     {prefix}rate:{key}           zset     try_acquire's sliding-window log: member unique, score = time
     {prefix}vol:{key}            zset     add's events: member "amount:unique", score = time
     {prefix}volsum:{key}         hash     add/total's running sum ("sum") and key lifetime in ms ("ttl")
+    {prefix}members:{group}      set      admit's members of a group (the service: a tenant's agents)
     {prefix}profile:{agent_id}   string   RedisProfiles: the agent's profile but its sets, as JSON
     {prefix}profile:{agent_id}:{set}  set  RedisProfiles: its seen resources, prefixes, destinations, ...
 
@@ -116,6 +117,13 @@ return text
 # yet), and add to its sets up to the cap, in one round trip. Returns 0, changing nothing, if another worker
 # wrote the profile in between.
 # KEYS: the scalar part, then the sets; ARGV: the expected part, the new part, the cap, then per set n, members.
+# KEYS[1] the group's set; ARGV: member, limit. 1 if the member is in the set (added if there was room).
+_ADMIT = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+"""
 _REPLACE_PROFILE = """
 local current = redis.call('GET', KEYS[1]) or ''
 if current ~= ARGV[1] then return 0 end
@@ -176,6 +184,7 @@ class RedisState:
         self._acquire = client.register_script(_ACQUIRE)
         self._add = client.register_script(_ADD)
         self._total = client.register_script(_TOTAL)
+        self._admit = client.register_script(_ADMIT)
 
     @classmethod
     def from_url(cls, url: str) -> RedisState:
@@ -285,6 +294,14 @@ class RedisState:
         with self._errors("consume an approval of agent", agent_id):
             removed = self._client.lrem(self._key("approvals", agent_id), 1, fingerprint)
         return bool(removed)
+
+    # ---- bounded groups ----------------------------------------------------------------------
+
+    def admit(self, group: str, member: str, limit: int) -> bool:
+        """Whether `member` is in `group`, added if it has fewer than `limit`: atomic, so concurrent callers
+        never take the group past `limit`."""
+        with self._errors("admit a member to group", group):
+            return bool(self._admit(keys=[self._key("members", group)], args=[member, int(limit)]))
 
     # ---- plumbing ----------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from risk.actions import AgentStatus, Decision, Outcome
+from risk.actions import AgentStatus, Decision, Outcome, Reason
 from risk.audit.record import canonical_json
 from risk.audit.store import AuditQuery, AuditStore, utc_time
 from risk.catalog import Catalog
@@ -45,6 +45,9 @@ log = logging.getLogger("risk")
 
 AGENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}")
 RECENT_ACTIONS = 100_000  # action id -> agent, for outcomes, before falling back to the audit trail
+# Agent ids a tenant may use: each one costs state (a profile, windows) for as long as the state store lives,
+# so an agent key inventing ids could otherwise exhaust the service's memory or its Redis.
+DEFAULT_MAX_AGENTS = 10_000
 _STOPPED = (Outcome.PAUSED, Outcome.ROLLED_BACK)
 
 
@@ -132,6 +135,7 @@ class Tenants:
         home: str | Path | None = None,
         refresh_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
+        max_agents: int | None = DEFAULT_MAX_AGENTS,
     ) -> None:
         self.catalog = catalog
         self.idempotency = IdempotencyKeys(catalog)
@@ -145,6 +149,8 @@ class Tenants:
         self._lock = threading.RLock()
         self._guards: dict[tuple[str, str], _Cached] = {}
         self._recent: OrderedDict[str, str] = OrderedDict()
+        self.max_agents = max_agents
+        self._admitted: set[tuple[str, str]] = set()  # agents the state store has admitted, not asked again
         self._model = self._load_model()
         self.policies = TenantPolicies(catalog, self.record)
         self._generations: dict[str, int] = {}
@@ -214,9 +220,16 @@ class Tenants:
     def _decide(self, tenant: str, action: ActionRequest) -> Decision:
         agent = namespaced(tenant, action.agent_id)
         guard = self.guard(tenant, action.agent_id)
-        decision = guard.check(
-            action.action_type, action.resource, action.payload, agent_id=agent, session_id=action.session_id
-        )
+        refusal = self._admission(tenant, action.agent_id)
+        if refusal is None:
+            decision = guard.check(
+                action.action_type, action.resource, action.payload, agent_id=agent, session_id=action.session_id
+            )
+        else:
+            decision = guard.refuse(
+                action.action_type, action.resource, action.payload,
+                reason=refusal, agent_id=agent, session_id=action.session_id,
+            )  # fmt: skip
         with self._lock:
             self._recent[decision.action_id] = agent
             if len(self._recent) > RECENT_ACTIONS:
@@ -232,6 +245,26 @@ class Tenants:
             except RiskError:
                 log.exception("pending approval of %s not indexed", agent)
         return decision
+
+    def _admission(self, tenant: str, agent_id: str) -> Reason | None:
+        """Why the tenant may not have this agent (past its `max_agents`, or the state store failed), or None."""
+        if self.max_agents is None or (tenant, agent_id) in self._admitted:
+            return None
+        try:
+            admitted = self.state.admit(f"agents:{tenant}", agent_id, self.max_agents)
+        except StateError as exc:
+            return Reason("state_unavailable", f"the guard's state store failed: {exc}", 1.0, True)
+        if not admitted:
+            return Reason(
+                "agent_limit",
+                f"tenant {tenant} has its {self.max_agents} agents already (the service's RISK_MAX_AGENTS); "
+                "an agent id names an agent, a session_id each of its runs",
+                1.0,
+                True,
+            )
+        with self._lock:
+            self._admitted.add((tenant, agent_id))
+        return None
 
     def report(self, tenant: str, records: list[dict[str, Any]], actor: str) -> Report:
         """Store what a client let run while the service was unreachable (its fail-open spool), each record once.

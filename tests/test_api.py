@@ -195,6 +195,31 @@ def test_idempotency_key_reused_for_another_action_is_a_conflict(clients: Callab
     assert reused.status_code == 409 and "different action" in reused.json()["detail"]
 
 
+def test_agents_past_the_tenants_limit_are_refused_and_given_no_state(tmp_path: Path) -> None:
+    with serve(Settings(home=tmp_path, max_agents=2)) as running:
+        agent = running.client("acme", Role.AGENT)
+        with agent, running.client("acme", Role.AUDITOR) as auditor, running.client("beta", Role.AGENT) as beta:
+            assert [ok(agent.post("/v1/check", json={**ALLOWED, "agent_id": a}))["allowed"] for a in "ab"] == [True] * 2
+            refused = ok(
+                agent.post(
+                    "/v1/check/batch", json={"actions": [{**ALLOWED, "agent_id": "c"}, {**ALLOWED, "agent_id": "a"}]}
+                )
+            )
+            assert [(d["allowed"], d["outcome"]) for d in refused["decisions"]] == [
+                (False, "blocked"),
+                (True, "allowed"),
+            ]
+            reason = refused["decisions"][0]["reasons"][0]
+            assert reason["code"] == "agent_limit" and "RISK_MAX_AGENTS" in reason["message"]
+            assert ok(beta.post("/v1/check", json={**ALLOWED, "agent_id": "c"}))["allowed"] is True  # its own places
+            records = ok(auditor.get("/v1/audit", params={"agent_id": "c", "kind": "decision"}))["records"]
+            assert [(r["outcome"], r["reasons"][0]["code"]) for r in records] == [("blocked", "agent_limit")]
+        service = running.app.state.service
+        profiles = service.tenants.guard("acme", "c")._behavior.profiles._profiles
+        assert set(profiles) == {"acme/a", "acme/b"}  # the refused agent has no profile
+        assert not [key for key in service.state._windows if "acme/c" in key]  # nor a rate window
+
+
 # ---- the kill switch -------------------------------------------------------------------------------------------
 
 

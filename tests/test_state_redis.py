@@ -220,6 +220,19 @@ def test_an_approval_is_consumed_exactly_once_by_8_concurrent_threads(url: str) 
         assert results.count(True) == 1, (round_, results)
 
 
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_admit_keeps_each_group_within_its_limit_and_readmits_members(kind: str, url: str) -> None:
+    stores = [MemoryState()] * 8 if kind == "memory" else [RedisState.from_url(url) for _ in range(8)]
+    results = run_together(
+        [lambda s=s, n=n: [s.admit("agents:acme", f"a{n}-{i}", 50) for i in range(20)] for n, s in enumerate(stores)]
+    )  # 160 new members race for 50 places
+    admitted = [f"a{n}-{i}" for n, row in enumerate(results) for i, ok in enumerate(row) if ok]
+    assert len(admitted) == 50
+    assert all(stores[-1].admit("agents:acme", member, 50) for member in admitted)  # members stay members
+    assert not stores[-1].admit("agents:acme", "newcomer", 50)
+    assert stores[-1].admit("agents:other", "newcomer", 50)  # another group has its own places
+
+
 # ---- bursts from several instances ----------------------------------------------------------------
 
 
