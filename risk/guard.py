@@ -678,7 +678,8 @@ def _behavior_scorer(
 
 def _volume_of(result: Any, **measures: Callable[[Any], int] | None) -> tuple[dict[str, int | None], str | None]:
     """The rows and bytes a tool's measures give for `result`, and a note naming those that are not a valid
-    count (such as a DB-API rowcount of -1, "unknown"): those are left out rather than recorded."""
+    count (such as a DB-API rowcount of -1, "unknown") or that raised: those are left out rather than recorded,
+    since the tool ran and its outcome must be recorded all the same."""
     counts: dict[str, int | None] = {}
     refused = []
     for unit, measure in measures.items():
@@ -687,6 +688,9 @@ def _volume_of(result: Any, **measures: Callable[[Any], int] | None) -> tuple[di
         except ValueError as exc:
             counts[unit] = None
             refused.append(f"{exc} (not counted)")
+        except Exception as exc:  # the measure itself failed on this result
+            counts[unit] = None
+            refused.append(f"measuring {unit} raised {type(exc).__name__}: {exc} (not counted)")
     return counts, "; ".join(refused) or None
 
 

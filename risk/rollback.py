@@ -7,7 +7,9 @@ failed is reported, never hidden.
 
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
 import os
 import shutil
 import threading
@@ -25,6 +27,9 @@ class StepStatus(enum.StrEnum):
     IRREVERSIBLE = "irreversible"
 
 
+_started = itertools.count()
+
+
 @dataclass
 class UndoStep:
     action_id: str
@@ -34,6 +39,9 @@ class UndoStep:
     undo: Callable[[], None] | None
     status: StepStatus = StepStatus.PENDING
     error: str = ""
+    # Steps are undone in the reverse of the order their actions started, whenever each was registered: a tool
+    # registers its step once it returns, and of two that overlap, the one started first may return last.
+    started: int = field(default_factory=lambda: next(_started))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,32 +76,43 @@ class UndoLog:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._steps: dict[str, list[UndoStep]] = {}
+        self._steps: dict[str, list[UndoStep]] = {}  # per agent, in the order their actions started
+        self._undoing: set[int] = set()  # ids of the steps a rollback under way has taken
 
     def register(self, step: UndoStep) -> None:
         with self._lock:
-            self._steps.setdefault(step.agent_id, []).append(step)
+            bisect.insort(self._steps.setdefault(step.agent_id, []), step, key=lambda s: s.started)
 
     def rollback(self, agent_id: str, since: float, on_step: Callable[[UndoStep], None]) -> RollbackReport:
-        """Undo `agent_id`'s pending steps newer than `since`, newest first; `on_step` sees each result."""
+        """Undo `agent_id`'s pending steps newer than `since`, newest first; `on_step` sees each result.
+
+        A step is taken by one rollback at a time: one running alongside (a reviewer's and a ROLLBACK-mode
+        trip, say) leaves it to the first, so no undo runs twice."""
         with self._lock:
-            steps = [s for s in self._steps.get(agent_id, []) if s.ts >= since and s.status in _RETRYABLE]
+            steps = [
+                s for s in self._steps.get(agent_id, [])
+                if s.ts >= since and s.status in _RETRYABLE and id(s) not in self._undoing
+            ]  # fmt: skip
+            self._undoing.update(map(id, steps))
         results = []
-        for step in reversed(steps):
-            if step.undo is None:
-                step.status = StepStatus.IRREVERSIBLE
-                step.error = "no undo was recorded for this action"
-            else:
-                try:
-                    step.undo()
-                    step.status, step.error = StepStatus.UNDONE, ""
-                except Exception as exc:  # an undo that fails is reported, and the others still run
-                    step.status, step.error = StepStatus.FAILED, f"{type(exc).__name__}: {exc}"
-            results.append(StepResult(step.action_id, step.description, step.status, step.error))
-            on_step(step)
-        with self._lock:
-            # Undone and irreversible steps are finished; a failed one is tried again by the next rollback.
-            self._steps[agent_id] = [s for s in self._steps.get(agent_id, []) if s.status in _RETRYABLE]
+        try:
+            for step in reversed(steps):
+                if step.undo is None:
+                    step.status = StepStatus.IRREVERSIBLE
+                    step.error = "no undo was recorded for this action"
+                else:
+                    try:
+                        step.undo()
+                        step.status, step.error = StepStatus.UNDONE, ""
+                    except Exception as exc:  # an undo that fails is reported, and the others still run
+                        step.status, step.error = StepStatus.FAILED, f"{type(exc).__name__}: {exc}"
+                results.append(StepResult(step.action_id, step.description, step.status, step.error))
+                on_step(step)
+        finally:
+            with self._lock:
+                self._undoing.difference_update(map(id, steps))
+                # Undone and irreversible steps are finished; a failed one is tried again by the next rollback.
+                self._steps[agent_id] = [s for s in self._steps.get(agent_id, []) if s.status in _RETRYABLE]
         return RollbackReport(agent_id, tuple(results))
 
 

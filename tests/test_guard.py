@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
+from together import run_together
 
 from risk import (
     ActionDenied,
@@ -257,6 +260,20 @@ def test_a_tool_whose_row_measure_gives_no_valid_count_returns_its_result_and_th
     assert outcome.detail["rows"] is None and "got -1 (not counted)" in outcome.detail["error"]
 
 
+def test_a_tool_whose_row_measure_raises_returns_its_result_and_its_outcome_is_recorded(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path)
+    ran = []
+
+    @guard.tool(ActionType.DATABASE_WRITE, resource=lambda table: f"data.{table}", rows=lambda cur: cur.rowcount)
+    def insert(table: str) -> None:
+        ran.append(table)
+
+    assert insert("claims") is None and ran == ["claims"]
+    [outcome] = guard.audit.query(AuditQuery(kind="outcome"))
+    assert outcome.outcome == "success" and outcome.detail["rows"] is None
+    assert "measuring rows raised AttributeError" in outcome.detail["error"]
+
+
 # ---- guarded tools -------------------------------------------------------------------------------------
 
 
@@ -421,6 +438,49 @@ def test_rollback_only_undoes_actions_inside_the_window(tmp_path: Path) -> None:
     report = guard.rollback()
     assert len(report.steps) == 1
     assert target.read_text() == "old write"
+
+
+def test_two_rollbacks_at_once_run_each_undo_once(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path)
+    calls = []
+    both_inside = threading.Barrier(2, timeout=2)
+
+    def refund() -> None:
+        calls.append("refund")
+        with contextlib.suppress(threading.BrokenBarrierError):  # the second rollback never gets here
+            both_inside.wait()
+
+    decision = guard.check(ActionType.API_CALL, "https://api.example.com/pay")
+    guard.register_undo(decision.action_id, refund, "refund the payment")
+    reports = run_together([guard.rollback, guard.rollback])
+    assert calls == ["refund"]
+    assert sorted(len(r.steps) for r in reports) == [0, 1]
+
+
+def test_overlapping_async_tools_are_undone_in_the_reverse_of_the_order_they_started(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path)
+    target = tmp_path / "report.txt"
+    target.write_text("original")
+
+    @guard.tool(ActionType.FILE_WRITE)
+    async def slow_write(path: str, text: str) -> None:
+        Path(path).write_text(text)
+        await asyncio.sleep(0.05)  # returns after fast_write, which started after it
+
+    @guard.tool(ActionType.FILE_WRITE)
+    async def fast_write(path: str, text: str) -> None:
+        Path(path).write_text(text)
+
+    async def agent() -> None:
+        first = asyncio.create_task(slow_write(str(target), "A"))
+        await asyncio.sleep(0.01)
+        await fast_write(str(target), "B")
+        await first
+
+    asyncio.run(agent())
+    report = guard.rollback()
+    assert report.complete and len(report.steps) == 2
+    assert target.read_text() == "original"
 
 
 # ---- audit failure and files -------------------------------------------------------------------------
