@@ -217,7 +217,8 @@ class Guard:
         score, reasons = self._rules.score(atype, read.canonical, payload)
         assessment, stopped, fingerprint = None, None, ""
         try:
-            stopped = (Outcome.BLOCKED, refusal) if refusal is not None else self.killswitch.gate(agent)
+            state = self.killswitch.status(agent) if refusal is None else AgentState()
+            stopped = (Outcome.BLOCKED, refusal) if refusal is not None else self.killswitch.gate(state)
             if stopped is not None:
                 outcome, why = stopped
                 reasons.insert(0, why)
@@ -226,12 +227,13 @@ class Guard:
                     agent, now, atype, read.canonical, payload, payload_json, score, reasons
                 )
                 violations = self._violations(agent, now, atype, read, score, model_failure)
-                if violations:
+                if state.approved_fingerprint is not None:
                     fingerprint = _fingerprint(agent, atype, read.canonical, payload_json)
-                    if self._state.consume_approval(agent, fingerprint):
-                        reasons.insert(0, Reason("approved", "a reviewer approved this action once after it paused"))
-                        violations = []
-                if (not violations or policy.mode is KillSwitchMode.ALERT) and not self._within_rate(agent, now):
+                if fingerprint == state.approved_fingerprint and self.killswitch.use_approval(agent, state):
+                    # The approved action runs once, past its violations and the rate limit that may have paused it.
+                    reasons.insert(0, Reason("approved", "a reviewer approved this action once after it paused"))
+                    violations = []
+                elif (not violations or policy.mode is KillSwitchMode.ALERT) and not self._within_rate(agent, now):
                     limit = policy.max_actions_per_minute
                     violations.append(Reason("rate_limited", f"more than {limit} actions in the last minute", 1, True))
                 reasons[:0] = violations

@@ -9,6 +9,7 @@ Every transition is handed to `record` (the audit trail) with the actor who made
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from risk.actions import AgentStatus, KillSwitchMode, Outcome, Reason
@@ -37,9 +38,9 @@ class KillSwitch:
     def status(self, agent_id: str) -> AgentState:
         return self._state.get_state(agent_id)
 
-    def gate(self, agent_id: str) -> tuple[Outcome, Reason] | None:
-        """Why a stopped agent may not act, or None when it is running."""
-        state = self._state.get_state(agent_id)
+    @staticmethod
+    def gate(state: AgentState) -> tuple[Outcome, Reason] | None:
+        """Why an agent in `state` may not act, or None when it is running."""
         if state.status is AgentStatus.TERMINATED:
             return Outcome.TERMINATED, Reason("agent_terminated", f"agent is terminated: {state.reason}", 1.0, True)
         if state.status is AgentStatus.PAUSED:
@@ -63,13 +64,17 @@ class KillSwitch:
     def approve(self, agent_id: str, *, actor: str) -> str | None:
         """Resume a paused agent and let the action that paused it run once; returns that action's id.
 
-        Of two reviewers approving at once, one wins and the other gets a StateError, so the action is
-        granted once. The grant follows the move: an agent retrying in between is paused again, not let through.
+        The grant is part of the running state the move sets, so it exists exactly while that state does: of
+        two reviewers approving at once, one wins and the other gets a StateError; a later pause, resume or
+        reset replaces it, and the action's next check uses it up (`use_approval`), whatever it needs it for.
         """
         old = self._move(agent_id, _from_paused(agent_id, "approve", "approved", actor), actor, approving=True)
-        if old.pending_fingerprint is not None:
-            self._state.grant_approval(agent_id, old.pending_fingerprint)
         return old.pending_action_id
+
+    def use_approval(self, agent_id: str, state: AgentState) -> bool:
+        """Use up the approval in `state` (as just read); False if the state changed meanwhile (another worker
+        used it, or the agent was paused again)."""
+        return self._state.replace_state(agent_id, state, replace(state, approved_fingerprint=None))
 
     def resume(self, agent_id: str, *, actor: str) -> None:
         """Resume a paused agent without approving the action that paused it."""
@@ -114,6 +119,7 @@ def _from_paused(agent_id: str, verb: str, reason: str, actor: str) -> Callable[
         if old.status is not AgentStatus.PAUSED:
             hint = " use reset() to revive a terminated agent" if old.status is AgentStatus.TERMINATED else ""
             raise StateError(f"cannot {verb} agent {agent_id!r}: it is {old.status.value}, not paused;{hint}")
-        return AgentState(AgentStatus.RUNNING, reason, actor)
+        approved = old.pending_fingerprint if verb == "approve" else None
+        return AgentState(AgentStatus.RUNNING, reason, actor, approved_fingerprint=approved)
 
     return move

@@ -1,4 +1,4 @@
-"""Shared, mutable per-agent state: kill-switch status, sliding windows for limits, one-time approvals.
+"""Shared, mutable per-agent state: kill-switch status (with a one-time approval), sliding windows for limits.
 
 The store is chosen by URL. `memory://` serves one process; a Redis store for several workers implements
 the same small protocol.
@@ -21,6 +21,9 @@ class AgentState:
     actor: str = ""
     pending_action_id: str | None = None
     pending_fingerprint: str | None = None
+    # An approval: the action (by fingerprint) that may run once despite its violations. Kept in the state, so
+    # the move that grants it and any later move (a pause, resume, reset) that drops it are each one step.
+    approved_fingerprint: str | None = None
 
 
 class StateStore(Protocol):
@@ -42,12 +45,6 @@ class StateStore(Protocol):
 
     def total(self, key: str, now: float, window: float) -> float:
         """The sum of amounts added to `key` within the last `window` seconds."""
-        ...
-
-    def grant_approval(self, agent_id: str, fingerprint: str) -> None: ...
-
-    def consume_approval(self, agent_id: str, fingerprint: str) -> bool:
-        """True once for each grant of `fingerprint`; a second call finds nothing."""
         ...
 
     def admit(self, group: str, member: str, limit: int) -> bool:
@@ -82,7 +79,6 @@ class MemoryState:
         self._lock = threading.Lock()
         self._states: dict[str, AgentState] = {}
         self._windows: dict[str, _Window] = {}
-        self._approvals: dict[str, list[str]] = {}
         self._groups: dict[str, set[str]] = {}
 
     def get_state(self, agent_id: str) -> AgentState:
@@ -122,18 +118,6 @@ class MemoryState:
                 return 0.0
             w.expire(now - window)
             return w.sum
-
-    def grant_approval(self, agent_id: str, fingerprint: str) -> None:
-        with self._lock:
-            self._approvals.setdefault(agent_id, []).append(fingerprint)
-
-    def consume_approval(self, agent_id: str, fingerprint: str) -> bool:
-        with self._lock:
-            granted = self._approvals.get(agent_id)
-            if not granted or fingerprint not in granted:
-                return False
-            granted.remove(fingerprint)
-            return True
 
     def admit(self, group: str, member: str, limit: int) -> bool:
         with self._lock:

@@ -1,13 +1,13 @@
 """A StateStore in Redis, so several processes or workers share kill-switch status, limits and approvals.
 
 Every read-modify-write runs in Redis as one Lua script or one atomic command, so a burst from many workers
-never admits more than a rate limit allows and a one-time approval is consumed exactly once. Windows are
+never admits more than a rate limit allows and a one-time approval (part of the agent's state, replaced by
+compare-and-set) is used exactly once. Windows are
 measured on the caller's clock (the Guard's `now`), not on Redis time; Redis only expires idle keys.
 
 Keys (all under a prefix, `risk:` by default, set with `?prefix=` in the URL):
 
     {prefix}state:{agent_id}     string   the AgentState as JSON
-    {prefix}approvals:{agent_id} list     granted approval fingerprints, one entry per grant
     {prefix}rate:{key}           zset     try_acquire's sliding-window log: member unique, score = time
     {prefix}vol:{key}            zset     add's events: member "amount:unique", score = time
     {prefix}volsum:{key}         hash     add/total's running sum ("sum") and key lifetime in ms ("ttl")
@@ -171,7 +171,7 @@ class RedisState:
     than the window.
 
     If a reply is lost (a timeout after Redis ran the command), the call raises StateError, and if the client
-    retries, a counted event may count twice and a consumed approval is gone: both err on the side of denying.
+    retries, a counted event may count twice: that errs on the side of denying.
     """
 
     def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, *, where: str = "redis") -> None:
@@ -246,6 +246,7 @@ class RedisState:
                 actor=str(fields.get("actor", "")),
                 pending_action_id=fields.get("pending_action_id"),
                 pending_fingerprint=fields.get("pending_fingerprint"),
+                approved_fingerprint=fields.get("approved_fingerprint"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StateError(
@@ -282,18 +283,6 @@ class RedisState:
         with self._errors("sum window", key):
             text = self._total(keys=[self._key("vol", key), self._key("volsum", key)], args=args)
         return float(text)
-
-    # ---- one-time approvals ------------------------------------------------------------------
-
-    def grant_approval(self, agent_id: str, fingerprint: str) -> None:
-        with self._errors("grant an approval to agent", agent_id):
-            self._client.rpush(self._key("approvals", agent_id), fingerprint)
-
-    def consume_approval(self, agent_id: str, fingerprint: str) -> bool:
-        """True once for each grant of `fingerprint`, however many workers ask at once."""
-        with self._errors("consume an approval of agent", agent_id):
-            removed = self._client.lrem(self._key("approvals", agent_id), 1, fingerprint)
-        return bool(removed)
 
     # ---- bounded groups ----------------------------------------------------------------------
 
@@ -456,6 +445,7 @@ def _encode(state: AgentState) -> str:
             "actor": state.actor,
             "pending_action_id": state.pending_action_id,
             "pending_fingerprint": state.pending_fingerprint,
+            "approved_fingerprint": state.approved_fingerprint,
         },
         separators=(",", ":"),
     )

@@ -141,6 +141,46 @@ def test_approve_lets_the_pausing_action_run_exactly_once(tmp_path: Path) -> Non
     assert guard.check(ActionType.DATABASE_QUERY, "data.phi.patients", {"q": 1}).outcome is Outcome.PAUSED
 
 
+def test_an_approval_is_used_by_the_actions_next_check_even_when_it_needs_none(tmp_path: Path) -> None:
+    """An approval of a rate-limit pause: the retry after the window runs on the approval, which is then gone,
+    so it cannot later waive a violation nobody reviewed (here the data-volume limit)."""
+    clock = Clock()
+    guard = make_guard(tmp_path, mode=KillSwitchMode.PAUSE, max_actions_per_minute=1, max_rows_per_window=10,
+                       model=None, clock=clock)  # fmt: skip
+    query = (ActionType.DATABASE_QUERY, "data.claims", {"q": 1})
+    assert guard.check(*query).allowed
+    clock.now += 1
+    assert guard.check(*query).reason_codes[0] == "rate_limited"
+    guard.approve(actor="bob")
+    clock.now += 61
+    retried = guard.check(*query)
+    assert retried.allowed and retried.reason_codes[0] == "approved"
+    guard.record_outcome(retried.action_id, rows=10)
+    clock.now += 61
+    later = guard.check(*query)
+    assert later.outcome is Outcome.PAUSED and later.reason_codes[0] == "data_volume_exceeded"
+
+
+def test_an_approved_action_runs_past_the_rate_limit_that_paused_it(tmp_path: Path) -> None:
+    clock = Clock()
+    guard = make_guard(tmp_path, mode=KillSwitchMode.PAUSE, max_actions_per_minute=1, model=None, clock=clock)
+    assert guard.check(ActionType.API_CALL, "svc.a").allowed
+    assert guard.check(ActionType.API_CALL, "svc.a").reason_codes[0] == "rate_limited"
+    guard.approve(actor="bob")
+    assert guard.check(ActionType.API_CALL, "svc.a").reason_codes[0] == "approved"  # within the same minute
+    assert guard.check(ActionType.API_CALL, "svc.a").reason_codes[0] == "rate_limited"
+
+
+def test_a_pause_after_an_approval_drops_it_so_a_resume_does_not_let_the_approved_action_run(tmp_path: Path) -> None:
+    guard = violating_guard(tmp_path, KillSwitchMode.PAUSE)
+    guard.check(ActionType.DATABASE_QUERY, "data.phi.patients", {"q": 1})
+    guard.approve(actor="bob")
+    assert guard.check(ActionType.DATABASE_QUERY, "data.phi.other").outcome is Outcome.PAUSED  # before the retry
+    guard.resume(actor="bob")  # declines the new pause
+    assert guard.check(ActionType.DATABASE_QUERY, "data.phi.patients", {"q": 1}).outcome is Outcome.PAUSED
+    assert guard.status().approved_fingerprint is None
+
+
 def test_approve_or_resume_of_a_running_agent_is_refused(tmp_path: Path) -> None:
     guard = violating_guard(tmp_path, KillSwitchMode.PAUSE)
     with pytest.raises(StateError, match="running"):

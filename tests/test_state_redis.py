@@ -26,6 +26,7 @@ from together import run_together
 
 from risk import ActionType, AgentStatus, Guard, KillSwitchMode, Outcome, StateError
 from risk.audit.store import AuditQuery
+from risk.killswitch import KillSwitch
 from risk.profiles import ActionSeen, MemoryProfiles, Probe
 from risk.scoring.behavior import BehaviorScorer
 from risk.state import AgentState, MemoryState, open_state
@@ -168,10 +169,10 @@ def test_keys_live_under_the_prefix_and_expire_with_the_window(server: Any, stor
     store.try_acquire("rate:a", now, 60.0, 5)
     store.add("rows:a", now, 5.0)
     store.set_state("a", AgentState(AgentStatus.PAUSED, "why", "me"))
-    store.grant_approval("a", "f")
+    store.admit("agents:t", "a", 10)
     keys = {k.decode() for k in server.scan_iter(match=f"{store.prefix}*")}
     p = store.prefix
-    assert keys == {f"{p}rate:rate:a", f"{p}vol:rows:a", f"{p}volsum:rows:a", f"{p}state:a", f"{p}approvals:a"}
+    assert keys == {f"{p}rate:rate:a", f"{p}vol:rows:a", f"{p}volsum:rows:a", f"{p}state:a", f"{p}members:agents:t"}
     assert 0 < server.pttl(f"{p}rate:rate:a") <= 60_000
     assert server.pttl(f"{p}vol:rows:a") == -1  # no window known before the first total
     store.total("rows:a", now, 3600.0)
@@ -201,23 +202,17 @@ def test_corrupt_state_raises_state_error(server: Any, store: RedisState) -> Non
         store.get_state("a")
 
 
-def test_an_approval_is_consumed_once_per_grant(url: str) -> None:
-    a, b = RedisState.from_url(url), RedisState.from_url(url)
-    assert not b.consume_approval("agent", "fp")
-    a.grant_approval("agent", "fp")
-    a.grant_approval("agent", "fp")
-    assert not b.consume_approval("agent", "other")
-    assert not b.consume_approval("someone-else", "fp")
-    assert [b.consume_approval("agent", "fp") for _ in range(3)] == [True, True, False]
-
-
-def test_an_approval_is_consumed_exactly_once_by_8_concurrent_threads(url: str) -> None:
+def test_state_with_an_approval_round_trips_and_the_approval_is_used_by_exactly_one_of_8_workers(url: str) -> None:
     stores = [RedisState.from_url(url) for _ in range(8)]
+    approved = AgentState(AgentStatus.RUNNING, "approved", "reviewer", approved_fingerprint="fp")
+    stores[0].set_state("agent", approved)
+    assert stores[1].get_state("agent") == approved
     for round_ in range(25):
-        fp = f"fp-{round_}"
-        stores[0].grant_approval("agent", fp)
-        results = run_together([functools.partial(s.consume_approval, "agent", fp) for s in stores])
+        stores[0].set_state("agent", approved)
+        switches = [KillSwitch(s, lambda agent, fields: None) for s in stores]
+        results = run_together([functools.partial(k.use_approval, "agent", approved) for k in switches])
         assert results.count(True) == 1, (round_, results)
+        assert stores[0].get_state("agent") == AgentState(AgentStatus.RUNNING, "approved", "reviewer")
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])
@@ -390,8 +385,7 @@ def test_an_unreachable_redis_raises_state_error() -> None:
         lambda: s.try_acquire("k", 0.0, 60.0, 1),
         lambda: s.add("k", 0.0, 1.0),
         lambda: s.total("k", 0.0, 60.0),
-        lambda: s.grant_approval("a", "fp"),
-        lambda: s.consume_approval("a", "fp"),
+        lambda: s.admit("agents:t", "a", 10),
         s.ping,
     ]
     for call in calls:
