@@ -16,13 +16,14 @@ import os
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from risk.actions import (
     ActionType,
+    AgentStatus,
     Decision,
     KillSwitchMode,
     Outcome,
@@ -136,6 +137,7 @@ class Guard:
         self._undo = UndoLog()
         self.killswitch = KillSwitch(self._state, self._record_event)
         self.audit_failures = 0
+        self._unsaved_stops: dict[str, _Stop] = {}  # agent -> a stop the state store refused (see _trip)
         self._record_event(
             agent_id,
             {
@@ -218,7 +220,10 @@ class Guard:
         assessment, stopped, fingerprint = None, None, ""
         try:
             state = self.killswitch.status(agent) if refusal is None else AgentState()
-            stopped = (Outcome.BLOCKED, refusal) if refusal is not None else self.killswitch.gate(state)
+            if refusal is not None:
+                stopped = (Outcome.BLOCKED, refusal)
+            else:
+                stopped = self.killswitch.gate(state) or self._held_stop(agent)
             if stopped is not None:
                 outcome, why = stopped
                 reasons.insert(0, why)
@@ -274,10 +279,7 @@ class Guard:
 
         if outcome in (Outcome.PAUSED, Outcome.ROLLED_BACK, Outcome.TERMINATED) and stopped is None:
             fingerprint = fingerprint or _fingerprint(agent, atype, read.canonical, payload_json)
-            try:
-                self._trip(agent, outcome, action_id, fingerprint, reasons[0].message)
-            except StateError:  # the action is denied already; the pause could not be recorded
-                log.exception("kill switch for %s could not be set", agent)
+            self._trip(agent, outcome, action_id, fingerprint, reasons[0].message)
         if assessment is not None and self._behavior is not None:
             # Every action that runs shapes the baseline, alerted ones too: not learning them (tried) kept every
             # legitimate novelty alerting forever in ALERT mode, a third of benign actions on the sample data.
@@ -359,13 +361,39 @@ class Guard:
         return found
 
     def _trip(self, agent: str, outcome: Outcome, action_id: str, fingerprint: str, why: str) -> None:
-        actor = "guard"
-        if outcome is Outcome.TERMINATED:
-            self.killswitch.terminate(agent, actor=actor, reason=why)
-            return
+        """Stop the agent as `outcome` says. If the state store refuses the stop, this guard holds it and
+        denies the agent's actions itself, saving it again on each of them, and the trail says so."""
         if outcome is Outcome.ROLLED_BACK:
-            self._rollback(agent, actor=actor)
-        self.killswitch.pause(agent, actor=actor, reason=why, action_id=action_id, fingerprint=fingerprint)
+            self._rollback(agent, actor="guard")
+        stop = _Stop(AgentStatus.TERMINATED if outcome is Outcome.TERMINATED else AgentStatus.PAUSED,
+                     why, action_id, fingerprint)  # fmt: skip
+        try:
+            self._save_stop(agent, stop)
+        except StateError as exc:
+            log.error("kill switch for %s not saved, held by this guard: %s", agent, exc)
+            self._unsaved_stops[agent] = stop
+            detail = {"to": stop.status.value, "reason": why, "error": str(exc)}
+            self._record_event(agent, {"kind": "killswitch", "actor": "guard", "outcome": "unsaved",
+                                       "action_id": action_id, "detail": detail})  # fmt: skip
+
+    def _save_stop(self, agent: str, stop: _Stop) -> None:
+        if stop.status is AgentStatus.TERMINATED:
+            self.killswitch.terminate(agent, actor="guard", reason=stop.why)
+        else:
+            self.killswitch.pause(agent, actor="guard", reason=stop.why, action_id=stop.action_id,
+                                  fingerprint=stop.fingerprint)  # fmt: skip
+
+    def _held_stop(self, agent: str) -> tuple[Outcome, Reason] | None:
+        """The stop this guard holds for `agent` because the state store refused it, saved again if it can be."""
+        stop = self._unsaved_stops.get(agent)
+        if stop is None:
+            return None
+        try:
+            self._save_stop(agent, stop)
+            self._unsaved_stops.pop(agent, None)
+        except StateError as exc:
+            log.error("kill switch for %s still not saved: %s", agent, exc)
+        return self.killswitch.gate(AgentState(stop.status, f"{stop.why} (held by this guard)"))
 
     # ---- outcomes -----------------------------------------------------------------------------
 
@@ -429,8 +457,10 @@ class Guard:
         self.killswitch.terminate(agent_id or self.agent_id, actor=actor, reason=reason)
 
     def reset(self, agent_id: str | None = None, *, actor: str = "reviewer") -> None:
-        """Revive a terminated agent."""
-        self.killswitch.reset(agent_id or self.agent_id, actor=actor)
+        """Revive a terminated agent (or one this guard holds stopped because the state store refused the stop)."""
+        agent = agent_id or self.agent_id
+        self.killswitch.reset(agent, actor=actor)
+        self._unsaved_stops.pop(agent, None)
 
     def rollback(self, agent_id: str | None = None, *, actor: str = "reviewer") -> RollbackReport:
         """Undo the agent's actions inside the rollback window, newest first; the report says what was not undone."""
@@ -608,6 +638,14 @@ class Guard:
         from risk.integrations.watch import watch  # the audit hook is added on first use only
 
         return watch(self, agent_id, session_id=session_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    status: AgentStatus  # PAUSED or TERMINATED
+    why: str
+    action_id: str
+    fingerprint: str
 
 
 def decided_together(decide: Callable[[], list[Decision]]) -> list[Decision]:

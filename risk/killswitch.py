@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from risk.actions import AgentStatus, KillSwitchMode, Outcome, Reason
-from risk.errors import StateError
+from risk.errors import AuditError, StateError
 from risk.state import AgentState, StateStore
 
 MODE_OUTCOME: dict[KillSwitchMode, Outcome] = {
@@ -24,7 +24,12 @@ MODE_OUTCOME: dict[KillSwitchMode, Outcome] = {
     KillSwitchMode.TERMINATE: Outcome.TERMINATED,
 }
 
-Recorder = Callable[[str, dict[str, Any]], None]
+
+class Recorder(Protocol):
+    def __call__(self, agent_id: str, fields: dict[str, Any], *, strict: bool = False) -> None:
+        """Record a move; with `strict`, raise AuditError if it cannot be recorded."""
+
+
 MOVE_ATTEMPTS = 100  # compare-and-set retries; each loses only to another worker's completed move
 
 
@@ -68,7 +73,7 @@ class KillSwitch:
         two reviewers approving at once, one wins and the other gets a StateError; a later pause, resume or
         reset replaces it, and the action's next check uses it up (`use_approval`), whatever it needs it for.
         """
-        old = self._move(agent_id, _from_paused(agent_id, "approve", "approved", actor), actor, approving=True)
+        old = self._move(agent_id, _from_paused(agent_id, "approve", "approved", actor), actor, releasing=True)
         return old.pending_action_id
 
     def use_approval(self, agent_id: str, state: AgentState) -> bool:
@@ -78,17 +83,21 @@ class KillSwitch:
 
     def resume(self, agent_id: str, *, actor: str) -> None:
         """Resume a paused agent without approving the action that paused it."""
-        self._move(agent_id, _from_paused(agent_id, "resume", "resumed", actor), actor)
+        self._move(agent_id, _from_paused(agent_id, "resume", "resumed", actor), actor, releasing=True)
 
     def reset(self, agent_id: str, *, actor: str) -> None:
         """Revive a terminated (or paused) agent: the only way back from TERMINATE."""
-        self._move(agent_id, lambda old: AgentState(AgentStatus.RUNNING, "reset", actor), actor)
+        self._move(agent_id, lambda old: AgentState(AgentStatus.RUNNING, "reset", actor), actor, releasing=True)
 
     def _move(
-        self, agent_id: str, step: Callable[[AgentState], AgentState | None], actor: str, *, approving: bool = False
+        self, agent_id: str, step: Callable[[AgentState], AgentState | None], actor: str, *, releasing: bool = False
     ) -> AgentState:
         """Apply `step` to the agent's current state as one compare-and-set, retried while other workers move
-        the same agent, and record the move. Returns the state moved from (`step` returning None: no move)."""
+        the same agent, and record the move. Returns the state moved from (`step` returning None: no move).
+
+        A move that stops an agent stands even if it cannot be recorded (stopping is the safe side). One that
+        `releases` it (approve, resume, reset) is undone if it cannot be recorded, and raises AuditError: an
+        agent must not be let act again by a decision the trail does not show."""
         for _ in range(MOVE_ATTEMPTS):
             old = self._state.get_state(agent_id)
             new = step(old)
@@ -96,18 +105,21 @@ class KillSwitch:
                 return old
             if self._state.replace_state(agent_id, old, new):
                 detail: dict[str, str | None] = {"from": old.status.value, "to": new.status.value, "reason": new.reason}
-                if approving:
+                if new.approved_fingerprint is not None:
                     detail["approved"] = old.pending_action_id
-                self._record(
-                    agent_id,
-                    {
-                        "kind": "killswitch",
-                        "actor": actor,
-                        "outcome": new.status.value,
-                        "action_id": new.pending_action_id,
-                        "detail": detail,
-                    },
-                )
+                fields = {
+                    "kind": "killswitch",
+                    "actor": actor,
+                    "outcome": new.status.value,
+                    "action_id": new.pending_action_id,
+                    "detail": detail,
+                }
+                try:
+                    self._record(agent_id, fields, strict=releasing)
+                except AuditError as exc:
+                    if not self._state.replace_state(agent_id, new, old):
+                        raise AuditError(f"{exc}; the agent was moved by someone else since") from exc
+                    raise AuditError(f"{exc}; so agent {agent_id!r} was not {new.reason}") from exc
                 return old
         raise StateError(f"the state of agent {agent_id!r} kept changing under {MOVE_ATTEMPTS} attempts to move it")
 

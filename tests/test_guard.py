@@ -17,6 +17,7 @@ from risk import (
     AgentPaused,
     AgentStatus,
     AgentTerminated,
+    AuditError,
     Guard,
     KillSwitchMode,
     Outcome,
@@ -93,8 +94,8 @@ def test_action_type_accepts_member_or_string_and_rejects_unknown(tmp_path: Path
 # ---- every row of the mode table ---------------------------------------------------------------------
 
 
-def violating_guard(tmp_path: Path, mode: KillSwitchMode) -> Guard:
-    return make_guard(tmp_path, blocked_resources=["data.phi.*"], mode=mode)
+def violating_guard(tmp_path: Path, mode: KillSwitchMode, **kwargs: object) -> Guard:
+    return make_guard(tmp_path, blocked_resources=["data.phi.*"], mode=mode, **kwargs)
 
 
 def test_alert_mode_lets_the_violation_run_and_records_an_alert(tmp_path: Path) -> None:
@@ -179,6 +180,22 @@ def test_a_pause_after_an_approval_drops_it_so_a_resume_does_not_let_the_approve
     guard.resume(actor="bob")  # declines the new pause
     assert guard.check(ActionType.DATABASE_QUERY, "data.phi.patients", {"q": 1}).outcome is Outcome.PAUSED
     assert guard.status().approved_fingerprint is None
+
+
+@pytest.mark.parametrize("release", ["approve", "resume", "reset"])
+def test_a_release_the_trail_cannot_record_is_not_made(tmp_path: Path, release: str) -> None:
+    path = tmp_path / "audit.db"
+    guard = violating_guard(tmp_path, KillSwitchMode.PAUSE, audit=f"sqlite:///{path}?timeout=0.05")
+    assert guard.check(ActionType.DATABASE_QUERY, "data.phi.patients").outcome is Outcome.PAUSED
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    with pytest.raises(AuditError, match=f"was not {release}"):
+        getattr(guard, release)(actor="mallory")
+    locker.execute("ROLLBACK")
+    assert guard.status().status is AgentStatus.PAUSED
+    assert guard.check(ActionType.DATABASE_QUERY, "data.phi.patients").reason_codes[0] == "agent_paused"
+    getattr(guard, release)(actor="bob")  # recorded now, so made
+    assert [r.actor for r in records(guard, kind="killswitch")] == ["guard", "bob"]
 
 
 def test_approve_or_resume_of_a_running_agent_is_refused(tmp_path: Path) -> None:

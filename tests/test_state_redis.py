@@ -458,6 +458,25 @@ def test_a_profile_that_cannot_be_updated_leaves_the_recorded_decision_standing(
     guard.close()
 
 
+@pytest.mark.parametrize(("mode", "status"), [(KillSwitchMode.PAUSE, AgentStatus.PAUSED),
+                                              (KillSwitchMode.TERMINATE, AgentStatus.TERMINATED)])  # fmt: skip
+def test_a_stop_the_state_store_refuses_is_held_by_the_guard_until_the_store_takes_it(
+    tmp_path: Path, server: Any, url: str, mode: KillSwitchMode, status: AgentStatus
+) -> None:
+    guard = _guard(tmp_path, url, "held", Clock(), mode=mode, model=None)
+    with redis_refusing_writes(server):
+        tripped = guard.check(ActionType.DATABASE_QUERY, "data.phi.patients")
+        later = guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims")
+        assert guard.status().status is AgentStatus.RUNNING  # the store never took the stop
+    assert tripped.outcome.value == mode.value.replace("pause", "paused").replace("terminate", "terminated")
+    assert not later.allowed and "held by this guard" in later.reasons[0].message
+    [unsaved] = guard.audit.query(AuditQuery(kind="killswitch", outcome="unsaved"))
+    assert unsaved.action_id == tripped.action_id and unsaved.detail["to"] == status.value
+    again = guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims")  # writes work again
+    assert not again.allowed and guard.status().status is status
+    guard.close()
+
+
 # ---- behavioral profiles in Redis ------------------------------------------------------------------------------
 
 
