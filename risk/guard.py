@@ -219,10 +219,10 @@ class Guard:
         score, reasons = self._rules.score(atype, read.canonical, payload)
         assessment, stopped, fingerprint = None, None, ""
         try:
-            state = self.killswitch.status(agent) if refusal is None else AgentState()
             if refusal is not None:
-                stopped = (Outcome.BLOCKED, refusal)
+                state, stopped = AgentState(), (Outcome.BLOCKED, refusal)
             else:
+                state = self.killswitch.status(agent)
                 stopped = self.killswitch.gate(state) or self._held_stop(agent)
             if stopped is not None:
                 outcome, why = stopped
