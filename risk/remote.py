@@ -43,7 +43,8 @@ SPOOL_BATCH = 500  # records per request when the spool is sent
 
 
 class ServiceError(RiskError):
-    """The service refused a request (a wrong key, a role that may not do this, a bad request)."""
+    """The service refused a request (a wrong key, a role that may not do this, a bad request), or the request
+    could not be made on this side (`status` 0); never a reason to fail open."""
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
@@ -77,11 +78,19 @@ class RemoteGuard(Guard):
             )
         if not api_key:
             raise PolicyError("remote mode needs api_key= (create one with `risk keys create`)")
+        # A key or endpoint httpx cannot send is refused here: from _call it would look like an outage, and
+        # on_error="allow" would let every action through while the service is up.
+        if not isinstance(api_key, str) or not api_key.isascii() or not api_key.isprintable() or " " in api_key:
+            raise PolicyError(
+                "api_key must be printable ASCII without spaces, tabs or line breaks (check for a trailing newline)"
+            )
+        _check_endpoint(endpoint)
         if on_error not in ("deny", "allow"):
             raise PolicyError(f"on_error must be 'deny' (the default) or 'allow', got {on_error!r}")
         if not isinstance(agent_id, str) or not agent_id:
             raise PolicyError("agent_id must be a non-empty string")
         self.api_key = api_key
+        self._key: str = api_key  # the base class types api_key as optional; here it is always given
         self.agent_id = agent_id
         self.endpoint = endpoint.rstrip("/")
         self.on_error = on_error
@@ -253,25 +262,42 @@ class RemoteGuard(Guard):
     # ---- transport -------------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, *, json: Any = None) -> dict[str, Any]:
-        """The JSON answer; _Unreachable when the service is down or failing, ServiceError when it refuses."""
+        """The JSON answer; _Unreachable when the service is down or failing, ServiceError when it refuses or
+        the request could not be made here (only a failure on the way to the service may fail open)."""
         try:
             # canonical_json, as the embedded guard records a payload: values JSON lacks go as their text.
             response = self._client.request(method, path, content=None if json is None else canonical_json(json),
                                             headers={"Content-Type": "application/json"})  # fmt: skip
-        except httpx.HTTPError as exc:
-            raise _Unreachable(f"{type(exc).__name__}: {exc}") from None
+        except _TRANSPORT_FAILURES as exc:
+            raise _Unreachable(self._redacted(f"{type(exc).__name__}: {exc}")) from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            why = self._redacted(f"{type(exc).__name__}: {exc}")
+            raise ServiceError(f"{method} {path}: the request could not be sent: {why}", 0) from None
         if response.status_code >= 500:
             raise _Unreachable(f"HTTP {response.status_code} from {path}")
+        if response.is_redirect:  # an endpoint that moved (http to https, say) is wrong until it is changed
+            where = self._redacted(response.headers.get("Location", "?"))
+            raise ServiceError(f"{method} {path}: HTTP {response.status_code}: the endpoint redirects to {where}",
+                               response.status_code)  # fmt: skip
         try:
             answer = response.json()
         except ValueError:
             raise _Unreachable(f"HTTP {response.status_code} from {path} with a body that is not JSON") from None
         if response.status_code >= 400:
             detail = answer.get("detail", answer) if isinstance(answer, dict) else answer
-            raise ServiceError(f"{method} {path}: HTTP {response.status_code}: {detail}", response.status_code)
+            why = self._redacted(f"{method} {path}: HTTP {response.status_code}: {detail}")
+            raise ServiceError(why, response.status_code)
         if not isinstance(answer, dict):
             raise _Unreachable(f"HTTP {response.status_code} from {path} with an unexpected body")
         return answer
+
+    def _redacted(self, text: str) -> str:
+        """`text` without the key's secret (an httpx error may quote the Authorization header)."""
+        key = self._key
+        key_id, _, secret = key.removeprefix("rk_").partition("_")
+        if key.startswith("rk_") and secret:
+            return text.replace(key, f"rk_{key_id}_<redacted>").replace(secret, "<redacted>")
+        return text.replace(key, "<redacted key>")
 
     def _send_spool(self) -> None:
         """Send what the spool holds, now that the service answers; keep what it could not take yet, and set
@@ -312,6 +338,21 @@ ROLLBACK_WINDOW: float = Policy.model_fields["rollback_window"].default
 
 class _Unreachable(Exception):
     """The service did not answer, or answered with a server error."""
+
+
+# Failures on the way to the service, which may be an outage. Every other httpx error (a header it cannot send,
+# a URL it cannot use) is a mistake on this side that no retry fixes.
+_TRANSPORT_FAILURES = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """ValueError unless `endpoint` is an http(s) URL with a host."""
+    try:
+        url = httpx.URL(endpoint)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise PolicyError(f"endpoint {endpoint!r} is not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise PolicyError(f"endpoint must look like 'http(s)://host:port', got {endpoint!r}")
 
 
 class Spool:

@@ -9,16 +9,20 @@ answers again, with nothing lost and nothing stored twice.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from api_server import Running, serve
 from services import free_port
@@ -230,6 +234,33 @@ def test_bad_input_raises_value_error_before_anything_is_sent(deployment: Deploy
         pair.agent.check(ActionType.FILE_READ, "")
 
 
+@contextmanager
+def _answering(status: int, body: bytes, headers: dict[str, str] | None = None) -> Iterator[str]:
+    """A stand-in HTTP server that answers every request with `status`, `headers` and `body`; yields its URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # the name http.server calls
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # ---- only remote --------------------------------------------------------------------------------------------------
 
 
@@ -350,3 +381,63 @@ def test_denials_made_while_the_service_was_down_reach_its_audit_trail(tmp_path:
     )
     assert record["actor"].startswith("client:") and record["detail"]["fail_open"] is False
     guard.close()
+
+
+@pytest.mark.parametrize(
+    ("key", "endpoint", "says"),
+    [
+        ("KEY\n", "URL", "api_key"),  # a key read from a file with its newline: httpx refuses to send it
+        ("rk_0123456789abcdef_s\tcret", "URL", "api_key"),
+        ("KEY", "127.0.0.1:PORT", "endpoint"),  # no scheme: httpx refuses to send it
+        ("KEY", "ftp://127.0.0.1:PORT", "endpoint"),
+        ("KEY", "http://", "endpoint"),
+    ],
+)
+def test_a_key_or_endpoint_that_cannot_be_sent_is_refused_up_front_not_failed_open(
+    service: Running, tmp_path: Path, key: str, endpoint: str, says: str
+) -> None:
+    real_key = service.app.state.service.keys.create(f"t-{uuid.uuid4().hex[:10]}", Role.AGENT)[1]
+    port = service.url.rsplit(":", 1)[1]
+    with pytest.raises(ValueError, match=says):
+        Guard(endpoint=endpoint.replace("URL", service.url).replace("PORT", port),
+              api_key=key.replace("KEY", real_key), agent_id="bot", on_error="allow", home=tmp_path)  # fmt: skip
+
+
+def test_a_request_that_cannot_be_made_here_raises_and_never_fails_open(tmp_path: Path) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.LocalProtocolError(f"Illegal header value {request.headers['Authorization']!r}")
+
+    key = "rk_0123456789abcdef_" + "s" * 43
+    guard = Guard(endpoint="http://127.0.0.1:1", api_key=key, agent_id="bot", on_error="allow", home=tmp_path,
+                  transport=httpx.MockTransport(refuse))  # fmt: skip
+    with pytest.raises(ServiceError, match="could not be sent") as raised:
+        guard.check(ActionType.DATABASE_WRITE, "prod.users")
+    assert "s" * 43 not in str(raised.value) and "rk_0123456789abcdef_<redacted>" in str(raised.value)
+    assert guard.fail_open_count == 0 and guard.spool.pending() == 0
+    guard.close()
+
+
+def test_an_endpoint_that_redirects_raises_and_never_fails_open(tmp_path: Path) -> None:
+    with _answering(308, b"", {"Location": "https://127.0.0.1/v1/check"}) as url:
+        guard = Guard(endpoint=url, api_key="k", agent_id="bot", on_error="allow", home=tmp_path)
+        with pytest.raises(ServiceError, match="redirects to https://"):
+            guard.check(ActionType.DATABASE_WRITE, "prod.users")
+        guard.close()
+    assert guard.fail_open_count == 0
+
+
+def test_the_secret_of_the_key_is_in_no_reason_log_or_spool_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def cut_off(request: httpx.Request) -> httpx.Response:  # a failure whose message quotes the request's headers
+        raise httpx.ReadError(f"connection reset sending {dict(request.headers)}")
+
+    secret = "S" * 43
+    guard = Guard(endpoint="http://127.0.0.1:1", api_key=f"rk_0123456789abcdef_{secret}", agent_id="bot",
+                  on_error="allow", home=tmp_path, transport=httpx.MockTransport(cut_off))  # fmt: skip
+    decision = guard.check(ActionType.API_CALL, "svc.call")
+    guard.record_outcome(decision.action_id, success=True)
+    guard.close()
+    assert decision.allowed and "rk_0123456789abcdef_<redacted>" in decision.reasons[0].message
+    assert secret not in decision.reasons[0].message
+    assert secret not in guard.spool.path.read_text() and secret not in caplog.text
