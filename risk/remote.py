@@ -95,7 +95,11 @@ class RemoteGuard(Guard):
         self.endpoint = endpoint.rstrip("/")
         self.on_error = on_error
         self.home = Path(home) if home is not None else default_home()
-        self.spool = Spool(Path(spool) if spool is not None else self.home / "spool.jsonl")
+        self.spool = Spool(Path(spool) if spool is not None else self.home / default_spool_name(self.endpoint, api_key))
+        shared = self.home / "spool.jsonl"  # where every guard spooled before: whose records it holds is unknown
+        if spool is None and shared.exists() and shared.stat().st_size:
+            log.warning("%s holds records spooled by an older version; send them with Guard(spool=...) and "
+                        "the key that spooled them", shared)  # fmt: skip
         self.fail_open_count = 0
         self.audit_failures = 0
         self._clock = clock
@@ -330,6 +334,19 @@ class RemoteGuard(Guard):
 
     def close(self) -> None:
         self._client.close()
+
+
+def default_spool_name(endpoint: str, api_key: str) -> str:
+    """The spool file of one (endpoint, key): a spool is sent with the key of the guard that sends it, so guards
+    of other keys or services on this machine must never share one. Named by a short hash of the endpoint and
+    the key's public id (`rk_<key id>_<secret>`), never its secret.
+
+    >>> default_spool_name("http://risk:8000", "rk_0123456789abcdef_secret")
+    'spool-c59e5af416682cb5.jsonl'
+    """
+    key_id = api_key.split("_")[1] if api_key.startswith("rk_") and api_key.count("_") >= 2 else ""
+    digest = hashlib.sha256(f"{endpoint} {key_id}".encode()).hexdigest()
+    return f"spool-{digest[:16]}.jsonl"
 
 
 # Seconds of local undo steps a remote rollback runs: the policy's default (the service's policy holds its own).

@@ -441,3 +441,32 @@ def test_the_secret_of_the_key_is_in_no_reason_log_or_spool_record(
     assert decision.allowed and "rk_0123456789abcdef_<redacted>" in decision.reasons[0].message
     assert secret not in decision.reasons[0].message
     assert secret not in guard.spool.path.read_text() and secret not in caplog.text
+
+
+def test_guards_of_different_keys_or_services_never_share_a_spool(tmp_path: Path) -> None:
+    port, a, b = free_port(), f"t-{uuid.uuid4().hex[:10]}", f"t-{uuid.uuid4().hex[:10]}"
+    settings = Settings(home=tmp_path / "service", model=None)
+    with serve(settings) as first:
+        keys = first.app.state.service.keys
+        key_a, key_b = keys.create(a, Role.AGENT)[1], keys.create(b, Role.AGENT)[1]
+    home = tmp_path / "agents"  # one machine, one RISK_HOME, two tenants' agents
+    endpoint = f"http://127.0.0.1:{port}"
+    guard_a = Guard(endpoint=endpoint, api_key=key_a, agent_id="bot", on_error="allow", home=home)
+    guard_b = Guard(endpoint=endpoint, api_key=key_b, agent_id="bot", on_error="allow", home=home)
+    elsewhere = Guard(endpoint=f"http://127.0.0.1:{free_port()}", api_key=key_a, on_error="allow", home=home)
+    given = Guard(endpoint=endpoint, api_key=key_a, on_error="allow", home=home, spool=tmp_path / "mine.jsonl")
+    assert len({guard_a.spool.path, guard_b.spool.path, elsewhere.spool.path}) == 3
+    assert all(g.spool.path.parent == home for g in (guard_a, guard_b, elsewhere))
+    assert given.spool.path == tmp_path / "mine.jsonl"
+    assert key_a.rsplit("_", 1)[1] not in guard_a.spool.path.name  # named by the key's id, never its secret
+    ran = guard_a.check(ActionType.DATABASE_QUERY, "data.a.secret_table")
+    assert ran.allowed and guard_b.spool.pending() == 0
+    with serve(settings, port=port) as running:
+        assert guard_b.check(ActionType.API_CALL, "svc.ping").allowed  # sends B's spool only
+        audit = running.app.state.service.audit
+        assert ran.action_id not in [r.action_id for r in audit.query(AuditQuery(agent_prefix=f"{b}/"))]
+        assert guard_a.spool.pending() == 1
+        assert guard_a.flush() == 0  # A's record goes under A's key
+        assert ran.action_id in [r.action_id for r in audit.query(AuditQuery(kind="decision", agent_prefix=f"{a}/"))]
+    for guard in (guard_a, guard_b, elsewhere, given):
+        guard.close()
