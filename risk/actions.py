@@ -251,12 +251,26 @@ class Decision:
 
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> Decision:
-        """The decision `to_dict` gave; raises ValueError or KeyError on anything else."""
+        """The decision `to_dict` gave; raises ValueError or KeyError on anything else.
+
+        `allowed` must be a JSON boolean that agrees with `outcome`: "false" or [0] would be true as Python
+        sees them, and an answer read as an allow must be one.
+
+        >>> Decision.from_dict({"action_id": "a1", "agent_id": "bot", "allowed": "false", "outcome": "blocked",
+        ...                     "risk_score": 1.0})
+        Traceback (most recent call last):
+        ValueError: allowed must be true or false, got 'false'
+        """
+        allowed, outcome = fields["allowed"], Outcome(fields["outcome"])
+        if not isinstance(allowed, bool):
+            raise ValueError(f"allowed must be true or false, got {allowed!r}")
+        if allowed != outcome.allows:
+            raise ValueError(f"allowed={allowed} contradicts outcome {outcome.value!r}")
         return cls(
             action_id=str(fields["action_id"]),
             agent_id=str(fields["agent_id"]),
-            allowed=bool(fields["allowed"]),
-            outcome=Outcome(fields["outcome"]),
+            allowed=allowed,
+            outcome=outcome,
             risk_score=float(fields["risk_score"]),
             reasons=tuple(
                 Reason(str(r["code"]), str(r["message"]), float(r.get("weight", 0.0)), bool(r.get("violation", False)))

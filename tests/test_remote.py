@@ -470,3 +470,23 @@ def test_guards_of_different_keys_or_services_never_share_a_spool(tmp_path: Path
         assert ran.action_id in [r.action_id for r in audit.query(AuditQuery(kind="decision", agent_prefix=f"{a}/"))]
     for guard in (guard_a, guard_b, elsewhere, given):
         guard.close()
+
+
+@pytest.mark.parametrize(
+    ("allowed", "outcome"),
+    [("false", "blocked"), ([0], "blocked"), (1, "allowed"), (None, "allowed"), (True, "paused")],
+)
+@pytest.mark.parametrize("on_error", ["deny", "allow"])
+def test_an_answer_whose_allowed_is_not_a_boolean_agreeing_with_its_outcome_is_no_decision(
+    tmp_path: Path, allowed: Any, outcome: str, on_error: str
+) -> None:
+    """A proxy or a broken service answering "allowed": "false" must not be read as an allow."""
+    answer = {"action_id": "a" * 32, "agent_id": "bot", "allowed": allowed, "outcome": outcome, "risk_score": 1.0,
+              "reasons": [{"code": "resource_blocked", "message": "no", "weight": 1.0, "violation": True}]}  # fmt: skip
+    with _answering(200, json.dumps(answer).encode()) as url:
+        guard = Guard(endpoint=url, api_key="k", agent_id="bot", on_error=on_error, home=tmp_path)
+        decision = guard.check(ActionType.DATABASE_WRITE, "prod.users")
+        guard.close()
+    code = "fail_open" if on_error == "allow" else "service_unavailable"  # as any answer that is not a decision
+    assert (decision.allowed, decision.reasons[0].code) == (on_error == "allow", code)
+    assert "not a decision" in decision.reasons[0].message and decision.action_id != "a" * 32
