@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from risk.state import AgentState
 log = logging.getLogger("risk")
 
 SPOOL_BATCH = 500  # records per request when the spool is sent
+LET_THROUGH_KEPT = 100_000  # fail-open action ids remembered, to spool an outcome the service cannot place yet
 
 
 class ServiceError(RiskError):
@@ -101,6 +103,8 @@ class RemoteGuard(Guard):
             log.warning("%s holds records spooled by an older version; send them with Guard(spool=...) and "
                         "the key that spooled them", shared)  # fmt: skip
         self.fail_open_count = 0
+        self._let_through: OrderedDict[str, None] = OrderedDict()  # action ids let through fail-open, newest last
+        self._lock = threading.Lock()
         self.audit_failures = 0
         self._clock = clock
         self._undo = UndoLog()
@@ -179,6 +183,10 @@ class RemoteGuard(Guard):
             allowed, why = False, Reason("service_unavailable", unkept, 1.0, True)
         if allowed:
             self.fail_open_count += 1
+            with self._lock:
+                self._let_through[action_id] = None
+                if len(self._let_through) > LET_THROUGH_KEPT:
+                    self._let_through.popitem(last=False)
             log.warning("FAIL-OPEN: allowing %s on %r: the service did not answer: %s", atype.value, resource, error)
         else:
             log.error("denying %s on %r: %s", atype.value, resource, why.message)
@@ -197,11 +205,20 @@ class RemoteGuard(Guard):
     ) -> None:
         rows, bytes = outcome_amount("rows", rows), outcome_amount("bytes", bytes)  # noqa: A001 - as Guard refuses them
         body = {"action_id": action_id, "success": success, "error": error, "rows": rows, "bytes": bytes}
+        spooled = {"idempotency_key": f"outcome:{action_id}", "kind": "outcome", "ts": self._now(), **body}
         try:
             self._call("POST", "/v1/outcome", json=body)
         except _Unreachable as exc:  # the action ran already: keep its outcome for later
             log.warning("outcome of %s spooled: the service did not answer: %s", action_id, exc)
-            self.spool.add({"idempotency_key": f"outcome:{action_id}", "kind": "outcome", "ts": self._now(), **body})
+            self.spool.add(spooled)
+        except ServiceError as exc:
+            # An action let through while the service was down is unknown to it until the spool holding its
+            # decision is sent: the outcome goes after that decision, and the spool is sent now.
+            if exc.status != 404 or not (action_id in self._let_through or self.spool.holds(action_id)):
+                raise
+            log.warning("outcome of %s spooled after its fail-open decision", action_id)
+            self.spool.add(spooled)
+            self._send_spool()
 
     # ---- the human side of the kill switch -------------------------------------------------------
 
@@ -419,6 +436,13 @@ class Spool:
                 with self.path.with_suffix(".bad").open("ab") as bad:
                     bad.write(line + b"\n")
         return records
+
+    def holds(self, action_id: str) -> bool:
+        """Whether a record of the action waits here."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return False
+        with self._locked():
+            return any(r.get("action_id") == action_id for r in self.read())
 
     def pending(self) -> int:
         if not self.path.exists() or self.path.stat().st_size == 0:

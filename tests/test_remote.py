@@ -15,7 +15,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -490,3 +490,34 @@ def test_an_answer_whose_allowed_is_not_a_boolean_agreeing_with_its_outcome_is_n
     code = "fail_open" if on_error == "allow" else "service_unavailable"  # as any answer that is not a decision
     assert (decision.allowed, decision.reasons[0].code) == (on_error == "allow", code)
     assert "not a decision" in decision.reasons[0].message and decision.action_id != "a" * 32
+
+
+def test_the_outcome_of_a_fail_open_action_reported_once_the_service_is_back_follows_its_decision(
+    tmp_path: Path,
+) -> None:
+    port, tenant = free_port(), f"t-{uuid.uuid4().hex[:10]}"
+    settings = Settings(home=tmp_path / "service", model=None)
+    with serve(settings) as first:
+        key = first.app.state.service.keys.create(tenant, Role.AGENT)[1]
+    guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=key, agent_id="bot", on_error="allow",
+                  home=tmp_path / "agent")  # fmt: skip
+    back = ExitStack()
+    started: list[Running] = []
+
+    @guard.tool(ActionType.API_CALL, resource="name")
+    def call(name: str) -> str:
+        started.append(back.enter_context(serve(settings, port=port)))  # the service comes back while it runs
+        return f"called {name}"
+
+    with back:
+        assert call("svc.call") == "called svc.call"  # checked fail-open; its outcome posted to the running service
+        assert guard.fail_open_count == 1 and guard.flush() == 0
+        audit = started[0].app.state.service.audit
+        trail = [(r.kind, r.action_id) for r in audit.query(AuditQuery(agent_prefix=f"{tenant}/"))
+                 if r.kind in ("decision", "outcome")]  # fmt: skip
+        [decided] = [action_id for kind, action_id in trail if kind == "decision"]
+        assert trail == [("decision", decided), ("outcome", decided)]  # in order, once
+        with pytest.raises(ServiceError, match="404"):  # an action it never let through is still not found
+            guard.record_outcome("0" * 32, success=True)
+    assert not guard.spool.rejected.exists()
+    guard.close()
