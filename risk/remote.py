@@ -327,22 +327,37 @@ class RemoteGuard(Guard):
             return
         with self.spool.batches(SPOOL_BATCH) as batches:
             for batch in batches:
-                try:
-                    answer = self._call("POST", "/v1/reports", json={"records": batch})
-                    refused = {r.get("idempotency_key"): r.get("reason") for r in answer.get("rejected") or ()}
-                except ServiceError as exc:
-                    if exc.status not in (413, 422):  # a key or role problem: keep the records until it is fixed
-                        log.error("spooled records not sent: %s", exc)
-                        return
-                    refused = {r.get("idempotency_key"): str(exc) for r in batch}
-                except _Unreachable as exc:
-                    log.warning("spooled records not sent yet: %s", exc)
+                refused = self._report(batch)
+                if refused is None:
                     return
                 if refused:
                     log.error("the service refused %d spooled records; kept in %s", len(refused), self.spool.rejected)
                     self.spool.set_aside([{**r, "refused": refused[r.get("idempotency_key")]} for r in batch
                                           if r.get("idempotency_key") in refused])  # fmt: skip
                 batches.sent(len(batch))
+
+    def _report(self, batch: list[dict[str, Any]]) -> dict[Any, Any] | None:
+        """Send `batch` to /v1/reports: what the service refused to store (idempotency key -> why), or None when
+        it could not take the batch now (unreachable, or a key or role problem: kept until that is fixed)."""
+        try:
+            answer = self._call("POST", "/v1/reports", json={"records": batch})
+        except ServiceError as exc:
+            if exc.status not in (413, 422):
+                log.error("spooled records not sent: %s", exc)
+                return None
+            if len(batch) == 1:
+                return {batch[0].get("idempotency_key"): str(exc)}
+            # The request as a whole was refused (too large, or one record invalid): send it in halves, so only
+            # a record refused on its own is set aside. Halves the service stored already are duplicates if
+            # the batch is sent again.
+            half = len(batch) // 2
+            first = self._report(batch[:half])
+            second = self._report(batch[half:]) if first is not None else None
+            return None if first is None or second is None else first | second
+        except _Unreachable as exc:
+            log.warning("spooled records not sent yet: %s", exc)
+            return None
+        return {r.get("idempotency_key"): r.get("reason") for r in answer.get("rejected") or ()}
 
     def flush(self) -> int:
         """Send the spool now; returns how many records are still waiting."""

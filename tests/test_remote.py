@@ -521,3 +521,40 @@ def test_the_outcome_of_a_fail_open_action_reported_once_the_service_is_back_fol
             guard.record_outcome("0" * 32, success=True)
     assert not guard.spool.rejected.exists()
     guard.close()
+
+
+def test_a_spool_larger_than_a_request_may_be_is_sent_in_parts(tmp_path: Path) -> None:
+    port, tenant = free_port(), f"t-{uuid.uuid4().hex[:10]}"
+    settings = Settings(home=tmp_path / "service", model=None, max_body_bytes=64 * 1024)
+    with serve(settings) as first:
+        key = first.app.state.service.keys.create(tenant, Role.AGENT)[1]
+    guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=key, agent_id="bot", on_error="allow",
+                  home=tmp_path / "agent")  # fmt: skip
+    ran = [guard.check(ActionType.API_CALL, f"svc.{i}." + "r" * 4000) for i in range(20)]  # ~80 KB in all: 413
+    assert all(d.allowed for d in ran)
+    with serve(settings, port=port) as running:
+        assert guard.flush() == 0
+        stored = running.app.state.service.audit.query(AuditQuery(kind="decision", agent_prefix=f"{tenant}/"))
+    guard.close()
+    assert not guard.spool.rejected.exists()
+    assert [r.action_id for r in stored] == [d.action_id for d in ran]  # every one, in order
+
+
+def test_only_the_spooled_records_the_service_refuses_on_their_own_are_set_aside(tmp_path: Path) -> None:
+    port, tenant = free_port(), f"t-{uuid.uuid4().hex[:10]}"
+    settings = Settings(home=tmp_path / "service", model=None)
+    with serve(settings) as first:
+        key = first.app.state.service.keys.create(tenant, Role.AGENT)[1]
+    guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=key, agent_id="bot", on_error="allow",
+                  home=tmp_path / "agent")  # fmt: skip
+    good = [guard.check(ActionType.API_CALL, f"svc.{i}") for i in range(5)]
+    too_long = guard.check(ActionType.API_CALL, "svc." + "r" * 5000)  # longer than the service takes: 422
+    good += [guard.check(ActionType.API_CALL, f"svc.{i}") for i in range(5, 9)]
+    with serve(settings, port=port) as running:
+        assert guard.flush() == 0
+        stored = running.app.state.service.audit.query(AuditQuery(kind="decision", agent_prefix=f"{tenant}/"))
+    guard.close()
+    assert [r.action_id for r in stored] == [d.action_id for d in good]
+    refused = [json.loads(line) for line in guard.spool.rejected.read_text().splitlines()]
+    assert [r["action_id"] for r in refused] == [too_long.action_id]
+    assert "422" in refused[0]["refused"] and "resource" in refused[0]["refused"]
