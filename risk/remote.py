@@ -420,12 +420,16 @@ class Spool:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rejected = path.with_suffix(".rejected.jsonl")
+        self.bad = path.with_suffix(".bad")
         self._lock = threading.Lock()
 
     def add(self, record: dict[str, Any]) -> None:
         """Append one record and fsync it: a fail-open action is not lost if the process dies next."""
         line = orjson.dumps(record) + b"\n"
-        with self._locked(), self.path.open("ab") as handle:
+        with self._locked(), self.path.open("a+b") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            if end and (handle.seek(end - 1), handle.read(1))[1] != b"\n":
+                line = b"\n" + line  # after a torn last line (a crash mid-append), not glued to it
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
@@ -438,19 +442,21 @@ class Spool:
             os.fsync(handle.fileno())
 
     def read(self) -> list[dict[str, Any]]:
+        return self._parsed()[0]
+
+    def _parsed(self) -> tuple[list[dict[str, Any]], list[bytes]]:
+        """The records, and the lines that are not JSON (a torn line from a crash mid-write)."""
         if not self.path.exists():
-            return []
-        records = []
-        for number, line in enumerate(self.path.read_bytes().splitlines(), 1):
+            return [], []
+        records, torn = [], []
+        for line in self.path.read_bytes().splitlines():
             if not line.strip():
                 continue
             try:
                 records.append(orjson.loads(line))
-            except orjson.JSONDecodeError:  # a torn last line from a crash mid-write: keep it for a human
-                log.error("spool %s line %d is not JSON; left in %s.bad", self.path, number, self.path)
-                with self.path.with_suffix(".bad").open("ab") as bad:
-                    bad.write(line + b"\n")
-        return records
+            except orjson.JSONDecodeError:
+                torn.append(line)
+        return records, torn
 
     def holds(self, action_id: str) -> bool:
         """Whether a record of the action waits here."""
@@ -469,7 +475,12 @@ class Spool:
     def batches(self, size: int) -> Iterator[_Batches]:
         """Batches of the spooled records; those marked `sent` are removed when the block ends."""
         with self._locked():
-            batches = _Batches(self.read(), size)
+            records, torn = self._parsed()
+            if torn:  # kept for a human, once: the spool is rewritten without them below
+                log.error("spool %s has %d lines that are not JSON; moved to %s", self.path, len(torn), self.bad)
+                with self.bad.open("ab") as bad:
+                    bad.write(b"".join(line + b"\n" for line in torn))
+            batches = _Batches(records, size)
             try:
                 yield batches
             finally:

@@ -558,3 +558,22 @@ def test_only_the_spooled_records_the_service_refuses_on_their_own_are_set_aside
     refused = [json.loads(line) for line in guard.spool.rejected.read_text().splitlines()]
     assert [r["action_id"] for r in refused] == [too_long.action_id]
     assert "422" in refused[0]["refused"] and "resource" in refused[0]["refused"]
+
+
+def test_a_record_spooled_after_a_torn_line_is_sent_and_the_torn_line_kept_once(tmp_path: Path) -> None:
+    port, tenant = free_port(), f"t-{uuid.uuid4().hex[:10]}"
+    settings = Settings(home=tmp_path / "service", model=None)
+    with serve(settings) as first:
+        key = first.app.state.service.keys.create(tenant, Role.AGENT)[1]
+    guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=key, agent_id="bot", on_error="allow",
+                  home=tmp_path / "agent")  # fmt: skip
+    guard.spool.path.parent.mkdir(parents=True)
+    guard.spool.path.write_bytes(b'{"idempotency_key": "dead", "kind": "deci')  # the process died mid-append
+    ran = guard.check(ActionType.API_CALL, "svc.call")
+    assert ran.allowed and guard.spool.pending() == 1
+    with serve(settings, port=port) as running:
+        assert guard.flush() == 0
+        stored = running.app.state.service.audit.query(AuditQuery(kind="decision", agent_prefix=f"{tenant}/"))
+    guard.close()
+    assert [r.action_id for r in stored] == [ran.action_id]
+    assert guard.spool.bad.read_bytes() == b'{"idempotency_key": "dead", "kind": "deci\n'
