@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -131,6 +132,9 @@ class RemoteGuard(Guard):
             raise ValueError(f"resource must be a non-empty string, got {resource!r}")
         payload_json = encoded_payload(payload)  # refused here as the embedded guard refuses it, before sending
         agent = agent_id or self.agent_id
+        if _SURROGATE.search(resource):  # not UTF-8, so no request carries it: denied here, as any policy denies it
+            why = Reason("resource_control_characters", "resource has an unpaired surrogate character", 1.0, True)
+            return self._decide_locally(atype, resource, payload_json, agent, session_id, why.message, refusal=why)
         body = {"agent_id": agent, "action_type": atype.value, "resource": resource, "payload": payload,
                 "session_id": session_id}  # fmt: skip
         try:
@@ -147,15 +151,26 @@ class RemoteGuard(Guard):
         return decision
 
     def _decide_locally(
-        self, atype: ActionType, resource: str, payload_json: bytes, agent: str, session_id: str | None, error: str
+        self,
+        atype: ActionType,
+        resource: str,
+        payload_json: bytes,
+        agent: str,
+        session_id: str | None,
+        error: str,
+        *,
+        refusal: Reason | None = None,
     ) -> Decision:
         """The service did not answer: deny, or with on_error="allow" let the action run and spool its record.
+        With `refusal` the action is denied for that reason whatever on_error says.
 
         An action is let through only once its record is in the spool: if the spool cannot be written, it is
         denied."""
         action_id = os.urandom(16).hex()
-        allowed = self.on_error == "allow"
-        if allowed:
+        allowed = self.on_error == "allow" and refusal is None
+        if refusal is not None:
+            why = refusal
+        elif allowed:
             why = Reason("fail_open", f"allowed by on_error='allow': the risk service did not answer: {error}", 0.0)
         else:
             why = Reason("service_unavailable", f"the risk service did not answer: {error}", 1.0, True)
@@ -166,11 +181,11 @@ class RemoteGuard(Guard):
                     "kind": "decision",
                     "allowed": allowed,
                     "ts": self._now(),
-                    "agent_id": agent,
-                    "session_id": session_id,
+                    "agent_id": _as_utf8(agent),
+                    "session_id": _as_utf8(session_id) if session_id is not None else None,
                     "action_id": action_id,
                     "action_type": atype.value,
-                    "resource": resource,
+                    "resource": _as_utf8(resource),
                     "payload_digest": hashlib.sha256(payload_json).hexdigest(),
                     "reasons": [why.to_dict()],
                     "error": error,
@@ -392,6 +407,14 @@ class _Unreachable(Exception):
 # Failures on the way to the service, which may be an outage. Every other httpx error (a header it cannot send,
 # a URL it cannot use) is a mistake on this side that no retry fixes.
 _TRANSPORT_FAILURES = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _as_utf8(text: str) -> str:
+    """`text` with any unpaired surrogate as its backslash escape: a spool line and a request must be UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _check_endpoint(endpoint: str) -> None:

@@ -577,3 +577,27 @@ def test_a_record_spooled_after_a_torn_line_is_sent_and_the_torn_line_kept_once(
     guard.close()
     assert [r.action_id for r in stored] == [ran.action_id]
     assert guard.spool.bad.read_bytes() == b'{"idempotency_key": "dead", "kind": "deci\n'
+
+
+@pytest.mark.parametrize("on_error", ["deny", "allow"])
+@pytest.mark.parametrize("up", [True, False])
+def test_a_resource_with_an_unpaired_surrogate_is_denied_not_raised(tmp_path: Path, on_error: str, up: bool) -> None:
+    """No request can carry it (it is not UTF-8), so the guard denies it as the embedded policy does, and the
+    service's audit trail gets the denial with the character escaped."""
+    port, tenant = free_port(), f"t-{uuid.uuid4().hex[:10]}"
+    settings = Settings(home=tmp_path / "service", model=None)
+    with serve(settings) as first:
+        key = first.app.state.service.keys.create(tenant, Role.AGENT)[1]
+    guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=key, agent_id="bot", on_error=on_error,
+                  home=tmp_path / "agent")  # fmt: skip
+    with ExitStack() as stack:
+        if up:
+            stack.enter_context(serve(settings, port=port))
+        decision = guard.check(ActionType.FILE_READ, "/reports/\ud800.csv", session_id="run-\udc00")
+        assert (decision.allowed, decision.reasons[0].code) == (False, "resource_control_characters")
+        assert guard.fail_open_count == 0
+    with serve(settings, port=port) as running:
+        assert guard.flush() == 0
+        [stored] = running.app.state.service.audit.query(AuditQuery(kind="decision", agent_prefix=f"{tenant}/"))
+    guard.close()
+    assert (stored.action_id, stored.resource, stored.decision) == (decision.action_id, "/reports/\\ud800.csv", "deny")
