@@ -288,11 +288,12 @@ class Tenants:
             try:
                 if record["kind"] in ("decision", "rollback"):
                     self._reported(tenant, record, actor)
+                    first = True
                 else:
-                    self.record_outcome(
+                    first = self._outcome_once(
                         tenant, record["action_id"], success=bool(record.get("success", True)),
                         error=record.get("error"), rows=record.get("rows"), bytes=record.get("bytes"),
-                    )  # fmt: skip
+                    )[1]  # fmt: skip
             except (NotFoundError, ValueError) as exc:
                 self.idempotency.release(tenant, key)
                 result.rejected.append({"idempotency_key": record["idempotency_key"], "reason": str(exc)})
@@ -301,6 +302,9 @@ class Tenants:
                 self.idempotency.release(tenant, key)
                 raise
             self.idempotency.settle(tenant, key, {"stored": True})
+            if not first:  # an outcome the client also sent directly, stored before it gave up waiting
+                result.duplicates += 1
+                continue
             result.accepted += 1
             result.fail_open += record["kind"] == "decision" and record.get("allowed", True)
         return result
@@ -342,13 +346,39 @@ class Tenants:
         rows: int | None,
         bytes: int | None,  # noqa: A002 - the unit's name
     ) -> str:
-        """Record what an action of `tenant` did; returns its agent id (local). NotFoundError for another's."""
+        """Record what an action of `tenant` did; returns its agent id (local). NotFoundError for another's.
+
+        The same outcome of one action is recorded once: a client that gave up waiting for the answer spools
+        the outcome and sends it again later, and its rows must not count twice toward the volume limit."""
+        return self._outcome_once(tenant, action_id, success=success, error=error, rows=rows, bytes=bytes)[0]
+
+    def _outcome_once(
+        self,
+        tenant: str,
+        action_id: str,
+        *,
+        success: bool,
+        error: str | None,
+        rows: int | None,
+        bytes: int | None,  # noqa: A002 - the unit's name
+    ) -> tuple[str, bool]:
+        """(the action's local agent id, whether this call recorded the outcome: False for a repeat)."""
         agent = self._agent_of(tenant, action_id)
         local = agent.split("/", 1)[1]
-        self.guard(tenant, local).record_outcome(
-            action_id, success=success, error=error, rows=rows, bytes=bytes, agent_id=agent
-        )
-        return local
+        outcome = {"action_id": action_id, "success": success, "error": error, "rows": rows, "bytes": bytes}
+        digest = hashlib.sha256(canonical_json(outcome)).hexdigest()
+        key = f"outcome:{action_id}:{digest[:32]}"  # another outcome of the action is another record
+        if self.idempotency.claim(tenant, key, digest) is not None:
+            return local, False
+        try:
+            self.guard(tenant, local).record_outcome(
+                action_id, success=success, error=error, rows=rows, bytes=bytes, agent_id=agent
+            )
+        except BaseException:
+            self.idempotency.release(tenant, key)
+            raise
+        self.idempotency.settle(tenant, key, {"agent_id": local})
+        return local, True
 
     def _agent_of(self, tenant: str, action_id: str) -> str:
         agent = self._recent.get(action_id)

@@ -445,6 +445,25 @@ def test_reported_fail_open_records_are_stored_once_and_marked_as_reported(
     assert bad.status_code == 422
 
 
+def test_the_same_outcome_of_an_action_is_recorded_once_however_often_it_is_sent(
+    clients: Callable[..., httpx.Client], tenant: str, service: Running
+) -> None:
+    """A client that gave up waiting for /v1/outcome spools the outcome and sends it again with /v1/reports; the
+    service stored the first one meanwhile, and must not store (or count toward the volume limit) the copy."""
+    agent = clients(Role.AGENT)
+    action_id = ok(agent.post("/v1/check", json=ALLOWED))["action_id"]
+    body = {"action_id": action_id, "success": True, "rows": 7}
+    ok(agent.post("/v1/outcome", json=body))
+    ok(agent.post("/v1/outcome", json=body))  # a retry
+    spooled = {"idempotency_key": f"outcome:{action_id}", "kind": "outcome", **body}
+    assert ok(agent.post("/v1/reports", json={"records": [spooled]})) == {"accepted": 0, "duplicates": 1,
+                                                                          "rejected": []}  # fmt: skip
+    ok(agent.post("/v1/outcome", json={**body, "rows": 8}))  # another outcome is another record
+    audit = service.app.state.service.audit
+    outcomes = audit.query(AuditQuery(kind="outcome", agent_prefix=f"{tenant}/"))
+    assert [(r.action_id, r.detail["rows"]) for r in outcomes] == [(action_id, 7), (action_id, 8)]
+
+
 # ---- keys, roles and tenants ------------------------------------------------------------------------------------
 
 # Every route with a body that passes its schema, and the roles allowed to call it.

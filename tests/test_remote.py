@@ -12,7 +12,9 @@ import hashlib
 import http.server
 import json
 import shutil
+import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -601,3 +603,30 @@ def test_a_resource_with_an_unpaired_surrogate_is_denied_not_raised(tmp_path: Pa
         [stored] = running.app.state.service.audit.query(AuditQuery(kind="decision", agent_prefix=f"{tenant}/"))
     guard.close()
     assert (stored.action_id, stored.resource, stored.decision) == (decision.action_id, "/reports/\\ud800.csv", "deny")
+
+
+def test_an_outcome_stored_after_the_client_gave_up_waiting_is_not_stored_again_from_the_spool(
+    tmp_path: Path,
+) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:10]}"
+    with serve(Settings(home=tmp_path / "service", model=None)) as running:
+        key = running.app.state.service.keys.create(tenant, Role.AGENT)[1]
+        guard = Guard(endpoint=running.url, api_key=key, agent_id="bot", timeout=0.5, home=tmp_path / "agent")
+        ran = guard.check(ActionType.DATABASE_QUERY, "data.claims")
+        holder = sqlite3.connect(tmp_path / "service" / "audit.db", isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the trail for a moment: the service is slow
+        released = threading.Timer(1.5, holder.execute, ("COMMIT",))
+        released.start()
+        guard.record_outcome(ran.action_id, success=True, rows=10)  # the client gives up at 0.5 s: spooled
+        released.join()
+        holder.close()
+        assert guard.spool.pending() == 1
+        audit = running.app.state.service.audit
+        mine = AuditQuery(kind="outcome", agent_prefix=f"{tenant}/")
+        deadline = time.monotonic() + 30
+        while not audit.query(mine) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the service stores the outcome once the trail is free: nothing to wait on
+        assert guard.flush() == 0
+        outcomes = audit.query(mine)
+        guard.close()
+    assert [r.action_id for r in outcomes] == [ran.action_id]
