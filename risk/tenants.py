@@ -148,7 +148,8 @@ class Tenants:
         self._clock = clock
         self._lock = threading.RLock()
         self._guards: dict[tuple[str, str], _Cached] = {}
-        self._recent: OrderedDict[str, str] = OrderedDict()
+        # (tenant, action id) -> agent: per tenant, so another tenant reporting an action id cannot take it away
+        self._recent: OrderedDict[tuple[str, str], str] = OrderedDict()
         self.max_agents = max_agents
         self._admitted: set[tuple[str, str]] = set()  # agents the state store has admitted, not asked again
         self._model = self._load_model()
@@ -230,10 +231,7 @@ class Tenants:
                 action.action_type, action.resource, action.payload,
                 reason=refusal, agent_id=agent, session_id=action.session_id,
             )  # fmt: skip
-        with self._lock:
-            self._recent[decision.action_id] = agent
-            if len(self._recent) > RECENT_ACTIONS:
-                self._recent.popitem(last=False)
+        self._remember(tenant, decision.action_id, agent)
         decision = replace(decision, agent_id=action.agent_id)
         if decision.outcome in _STOPPED and decision.reasons[0].code != "agent_paused":
             try:  # the index of pending approvals; the pause itself is in the state store already
@@ -333,8 +331,7 @@ class Tenants:
         self.record(agent, {"ts": ts, "kind": record["kind"], "action_id": record["action_id"], "actor": actor,
                             **fields})  # fmt: skip
         if record["kind"] == "decision":
-            with self._lock:
-                self._recent[record["action_id"]] = agent
+            self._remember(tenant, record["action_id"], agent)
 
     def record_outcome(
         self,
@@ -380,10 +377,18 @@ class Tenants:
         self.idempotency.settle(tenant, key, {"agent_id": local})
         return local, True
 
+    def _remember(self, tenant: str, action_id: str, agent: str) -> None:
+        with self._lock:
+            self._recent[(tenant, action_id)] = agent
+            if len(self._recent) > RECENT_ACTIONS:
+                self._recent.popitem(last=False)
+
     def _agent_of(self, tenant: str, action_id: str) -> str:
-        agent = self._recent.get(action_id)
+        """The agent of `tenant` whose action this is; only the tenant's own decisions are looked at."""
+        agent = self._recent.get((tenant, action_id))
         if agent is None:
-            found = self.audit.query(AuditQuery(action_id=action_id, kind="decision", newest_first=True, limit=1))
+            found = self.audit.query(AuditQuery(action_id=action_id, kind="decision", agent_prefix=f"{tenant}/",
+                                                newest_first=True, limit=1))  # fmt: skip
             agent = found[0].agent_id if found else None
         if agent is None or not agent.startswith(f"{tenant}/"):
             raise NotFoundError(f"no action {action_id!r} was decided for this tenant")

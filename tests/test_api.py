@@ -170,6 +170,20 @@ def test_outcome_of_an_action_decided_before_a_restart_is_found_in_the_audit_tra
     assert ok(agent.post("/v1/outcome", json={"action_id": action_id, "success": False, "error": "boom"}))["recorded"]
 
 
+@pytest.mark.parametrize("restarted", [False, True])
+def test_another_tenants_report_never_takes_an_action_id_away(
+    clients: Callable[..., httpx.Client], service: Running, tenant: str, restarted: bool
+) -> None:
+    agent = clients(Role.AGENT)
+    action_id = ok(agent.post("/v1/check", json=ALLOWED))["action_id"]
+    intruder = {**reported_decision("k1", agent="intruder"), "action_id": action_id}
+    assert ok(clients(Role.AGENT, of=f"{tenant}-a").post("/v1/reports", json={"records": [intruder]}))["accepted"] == 1
+    if restarted:
+        service.app.state.service.tenants._recent.clear()  # as a fresh worker: found in the audit trail
+    answer = ok(agent.post("/v1/outcome", json={"action_id": action_id, "success": True}))
+    assert (answer["agent_id"], answer["recorded"]) == ("bot", True)
+
+
 def _decision_records(auditor: httpx.Client) -> list[dict[str, Any]]:
     return ok(auditor.get("/v1/audit", params={"kind": "decision", "limit": 1000}))["records"]  # type: ignore[no-any-return]
 
