@@ -42,7 +42,9 @@ def _strip_invisible(text: str) -> str:
 
 
 def _normalize_path(text: str) -> str:
-    """Lexical path normalization: `.` and `..` segments and duplicate slashes; backslashes count as slashes.
+    """Lexical path normalization: `.` and `..` segments, duplicate and trailing slashes; backslashes count as
+    slashes. The trailing slash goes because the OS ignores it on a file (`x.pii/` opens `x.pii`), and a pattern
+    such as `*.pii` must see the name that is opened.
 
     >>> _normalize_path("/reports/readonly/../../etc//passwd")
     '/etc/passwd'
@@ -67,8 +69,6 @@ def _normalize_path(text: str) -> str:
     joined = "/".join(parts)
     if absolute:
         joined = "/" + joined
-    if slashed.endswith("/") and joined not in ("", "/"):
-        joined += "/"
     return joined or "."
 
 

@@ -232,6 +232,19 @@ def test_new_nested_path_under_a_symlinked_directory_out_of_the_tree_is_denied(t
     assert "resource_not_allowed" in decision.reason_codes
 
 
+@pytest.mark.parametrize("suffix", ["/", "//", "/./"])
+def test_trailing_slash_does_not_hide_a_blocked_suffix(tmp_path: Path, tree: Path, suffix: str) -> None:
+    # The OS ignores a trailing slash on a file name: `members.pii/` opens members.pii.
+    (tree / "readonly" / "members.pii").write_text("pii")
+    resource = f"{tree}/readonly/members.pii{suffix}"
+    assert os.path.realpath(resource) == str(tree / "readonly" / "members.pii")
+    guard = make_guard(tmp_path, allowed_resources=[f"{tree}/readonly/*"], blocked_resources=["*.pii"])
+    decision = guard.check(ActionType.FILE_READ, resource)
+    assert not decision.allowed, decision.explain()
+    assert "resource_blocked" in decision.reason_codes
+    guard.close()
+
+
 # ---- allow-lists, blocks and globs -------------------------------------------------------------------------
 
 
