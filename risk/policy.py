@@ -190,6 +190,10 @@ class CompiledPolicy:
             found.append(_violation("resource_control_characters", "resource has NUL, control or surrogate characters"))
         if readings.over_encoded:
             found.append(_violation("resource_over_encoded", "resource is still percent-encoded after four decodings"))
+        if readings.too_many_readings:
+            found.append(
+                _violation("resource_too_many_readings", "resource has too many readings (encodings within encodings)")
+            )
         blocked = next((r for r in readings.all if self._blocked.matches(r)), None)
         if blocked is not None:
             pattern = self._blocked.first_match(blocked)

@@ -17,19 +17,24 @@ from urllib.parse import unquote
 MAX_RESOURCE_LENGTH = 4096
 # %252e%252e decodes in two rounds. A resource still decoding after this many rounds is flagged, not read.
 MAX_DECODE_ROUNDS = 4
+# An honest resource has a handful of lexical readings. One built so that each step exposes work for another,
+# round after round, could multiply them: past this many it is flagged, not read further.
+MAX_READINGS = 64
 
 
 @dataclass(frozen=True, slots=True)
 class Readings:
     """The distinct readings of one resource; `canonical` is the one shown to people and stored.
 
-    `has_control_characters` and `over_encoded` mark resources no honest caller sends; the policy denies them.
+    `has_control_characters`, `over_encoded` and `too_many_readings` mark resources no honest caller sends; the
+    policy denies them.
     """
 
     canonical: str
     all: tuple[str, ...]
     has_control_characters: bool
     over_encoded: bool = False
+    too_many_readings: bool = False
 
 
 # Unicode category Cc is exactly C0, DEL and C1; unpaired surrogates (Cs) are no honest resource either.
@@ -72,11 +77,25 @@ def _normalize_path(text: str) -> str:
     return joined or "."
 
 
-def _canonical(text: str) -> str:
-    if text.isascii():  # NFKC and format characters only concern non-ASCII text: skip them on the hot path
-        text = _CONTROL.sub("", text)
-    else:
-        text = _strip_invisible(unicodedata.normalize("NFKC", _strip_invisible(text)))
+def _fold(text: str) -> str:
+    return text if text.isascii() else unicodedata.normalize("NFKC", text)
+
+
+def _visible(text: str) -> str:
+    # NFKC and format characters only concern non-ASCII text: skip them on the hot path
+    return _CONTROL.sub("", text) if text.isascii() else _strip_invisible(text)
+
+
+def _forward_slashes(text: str) -> str:
+    return text.replace("\\", "/")
+
+
+# The lexical steps besides percent-decoding. Each can expose work for another (a zero-width space splits
+# `%2e`, NFKC makes `％` a `%`), so every form goes through every step, in every order, until nothing new comes.
+_STEPS = (_fold, _visible, _forward_slashes)
+
+
+def _collapse(text: str) -> str:
     # Normalizing can bring spaces to an end ("./ a") and stripping can expose segments ("a/. "): repeat.
     while (normalized := _normalize_path(text.strip())) != text:
         text = normalized
@@ -84,8 +103,9 @@ def _canonical(text: str) -> str:
 
 
 def readings(resource: str, *, resolve_symlinks: bool = False) -> Readings:
-    """Every reading of `resource`: as given, percent-decoded and NFKC-folded (repeatedly, in either order),
-    invisible characters removed, path-normalized and, for file actions, with symlinks resolved.
+    """Every reading of `resource`: as given and through every combination of the lexical steps (percent-
+    decoding, up to four rounds; NFKC; invisible characters removed; `\\` as `/`), each of those also
+    path-normalized and, for file actions, each with symlinks resolved (before its `..` are collapsed).
 
     >>> r = readings("/reports/readonly/%2e%2e/secret.pii")
     >>> r.canonical
@@ -112,31 +132,69 @@ def readings(resource: str, *, resolve_symlinks: bool = False) -> Readings:
         resolved = _resolved_path(form)
         if resolved is not None:
             found[resolved] = None
-    return Readings(lexical.canonical, tuple(found), lexical.has_control_characters, lexical.over_encoded)
+    return Readings(
+        lexical.canonical,
+        tuple(found),
+        lexical.has_control_characters,
+        lexical.over_encoded,
+        lexical.too_many_readings,
+    )
+
+
+def _variants(forms: dict[str, None], new: list[str]) -> list[str]:
+    """Add to `forms` what the steps make of the `new` forms and of theirs; return every form added."""
+    added, pending = [], list(new)
+    while pending and len(forms) <= MAX_READINGS:
+        form = pending.pop()
+        for step in _STEPS:
+            if (stepped := step(form)) not in forms:
+                forms[stepped] = None
+                added.append(stepped)
+                pending.append(stepped)
+    return added
 
 
 # Agents touch the same resources again and again; the lexical readings depend on the string alone.
 @functools.lru_cache(maxsize=16384)
 def _lexical_readings(resource: str) -> Readings:
     forms: dict[str, None] = {resource: None}
-    current, over_encoded = resource, False
+    level = [resource, *_variants(forms, [resource])]
+    over_encoded = False
+    # Each round decodes every form the previous round made, then puts what it decoded through the steps.
     for round_ in range(MAX_DECODE_ROUNDS + 1):
-        # NFKC first: fullwidth ％２ｅ folds to %2e, which the decode then reads as "."
-        folded = current if current.isascii() else unicodedata.normalize("NFKC", current)
-        decoded = unquote(folded, errors="replace") if "%" in folded else folded
-        forms[folded] = None
-        forms[decoded] = None
-        if decoded == current:
+        decoded = [d for form in level if "%" in form and (d := unquote(form, errors="replace")) not in forms]
+        if not decoded or len(forms) > MAX_READINGS:
             break
         if round_ == MAX_DECODE_ROUNDS:
             over_encoded = True
-        current = decoded
+        forms.update(dict.fromkeys(decoded))
+        level = [*dict.fromkeys(decoded), *_variants(forms, decoded)]
     control = any(_CONTROL.search(form) for form in forms)
-    canonical = _canonical(current)
+    canonical = _collapse(_cleaned(resource))
     found = dict(forms)
     for form in forms:
-        found[_canonical(form)] = None
-    return Readings(canonical=canonical, all=tuple(found), has_control_characters=control, over_encoded=over_encoded)
+        found[_collapse(form)] = None
+    found[canonical] = None
+    return Readings(
+        canonical=canonical,
+        all=tuple(found),
+        has_control_characters=control,
+        over_encoded=over_encoded,
+        too_many_readings=len(forms) > MAX_READINGS,
+    )
+
+
+def _cleaned(resource: str) -> str:
+    """`resource` through every step and decoded until it no longer changes: the reading shown to people."""
+    current = resource
+    for _ in range(MAX_DECODE_ROUNDS + 1):
+        for step in _STEPS:
+            current = step(current)
+        decoded = unquote(current, errors="replace") if "%" in current else current
+        if decoded == current:
+            break
+        current = decoded
+    return _visible(_fold(current))
 
 
 def _resolved_path(path: str) -> str | None:

@@ -11,6 +11,7 @@ import os
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -232,6 +233,22 @@ def test_new_nested_path_under_a_symlinked_directory_out_of_the_tree_is_denied(t
     assert "resource_not_allowed" in decision.reason_codes
 
 
+@pytest.mark.parametrize(
+    "link_then_up",
+    ["out\u200bdir/../", "outdir\\..\\", "outdir/%2\u200be%2\u200be/", "outdir%2\u200bf..%2\u200bf", "ｏutdir／..／"],
+)
+def test_dotdot_after_a_symlink_is_denied_however_it_is_spelled(
+    tree_guard: Guard, tree: Path, link_then_up: str
+) -> None:
+    # Each spelling reads, once cleaned, as outdir/../secret.txt: the OS follows outdir (-> <base>/outside/dir)
+    # before `..` and opens <base>/outside/secret.txt. Symlinks must be resolved on the cleaned form too.
+    resource = f"{tree}/readonly/{link_then_up}secret.txt"
+    decision = tree_guard.check(ActionType.FILE_READ, resource)
+    assert not decision.allowed, decision.explain()
+    assert "resource_not_allowed" in decision.reason_codes
+    assert str(tree / "outside" / "secret.txt") in readings(resource, resolve_symlinks=True).all
+
+
 @pytest.mark.parametrize("suffix", ["/", "//", "/./"])
 def test_trailing_slash_does_not_hide_a_blocked_suffix(tmp_path: Path, tree: Path, suffix: str) -> None:
     # The OS ignores a trailing slash on a file name: `members.pii/` opens members.pii.
@@ -379,6 +396,14 @@ def test_control_characters_are_a_violation_even_without_patterns() -> None:
     for resource in ("x\x00", "x%00", "x%2500", "\x1bx", "x\x7f", "x%C2%85"):
         assert codes(policy, ActionType.DATABASE_QUERY, resource) == {"resource_control_characters"}, resource
     assert codes(policy, ActionType.DATABASE_QUERY, "x%2541") == set()
+
+
+def test_resource_with_too_many_readings_is_a_violation() -> None:
+    layer = text = "\u200b\\％"
+    for _ in range(4):  # a zero-width space, a backslash and a fullwidth percent hidden in each layer of encoding
+        layer = quote(layer, safe="")
+        text += layer
+    assert "resource_too_many_readings" in codes(Policy.build(), ActionType.DATABASE_QUERY, f"data.x{text}")
 
 
 def test_all_violations_are_reported_together() -> None:

@@ -6,12 +6,13 @@ import os
 import string
 import unicodedata
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from risk.resources import MAX_RESOURCE_LENGTH, readings
+from risk.resources import MAX_READINGS, MAX_RESOURCE_LENGTH, _collapse, readings
 
 
 def canonical(resource: str) -> str:
@@ -204,6 +205,16 @@ def test_symlinks_are_resolved_before_dotdot(base: Path) -> None:
     assert f"{base}/secret.txt" in r.all, r.all
 
 
+@pytest.mark.parametrize(
+    "spelling", ["dir\u200blink/../", "dirlink\\..\\", "dirlink/%2\u200be%2\u200be/", "ｄirlink/../"]
+)
+def test_symlinks_are_resolved_on_every_cleaned_form(base: Path, spelling: str) -> None:
+    # Cleaned, each is inside/dirlink/../top.txt, which the OS opens as <base>/top.txt (dirlink -> outside).
+    (base / "top.txt").write_text("top")
+    r = readings(f"{base}/inside/{spelling}top.txt", resolve_symlinks=True)
+    assert f"{base}/top.txt" in r.all, r.all
+
+
 # ---- inputs that are not resources ----------------------------------------------------------------------------------
 
 
@@ -255,6 +266,69 @@ def test_readings_hold_the_raw_form_and_a_clean_canonical_form(resource: str) ->
     assert r.canonical == unicodedata.normalize("NFKC", r.canonical)
     if any(unicodedata.category(ch) == "Cc" for ch in resource):
         assert r.has_control_characters
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected"),
+    [
+        ("/a/b/%2\u200be%2\u200be/c", "/a/c"),  # a zero-width space splitting an escape
+        ("/a/b/%\u200b2e%2e/c", "/a/c"),
+        ("/a/b/%25\u200b2e%2e/c", "/a/c"),  # ... or a double escape
+        ("/a/b/％2e％2e/c", "/a/c"),  # fullwidth percent signs
+        ("/a/b/..%5c..%5cc", "/c"),  # an encoded backslash
+    ],
+)
+def test_every_step_runs_after_every_other(resource: str, expected: str) -> None:
+    r = readings(resource)
+    assert r.canonical == expected
+    assert expected in r.all
+
+
+composable = (
+    st.lists(
+        st.sampled_from(["a", "/", ".", "..", "%", "2", "e", "5", "c", "\\", "\u200b", "％", "ｅ", " "]), max_size=16
+    )
+    .map("".join)
+    .filter(lambda s: s.strip() != "")
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(composable)
+@example("%2\u200be")
+@example("a\\%\u200b2e")
+def test_readings_are_closed_under_every_step(resource: str) -> None:
+    # Whatever step a consumer applies to whichever reading, the result (path-normalized) is a reading too.
+    r = readings(resource)
+    if r.over_encoded or r.too_many_readings:
+        return
+    steps = [
+        lambda t: unicodedata.normalize("NFKC", t),
+        lambda t: "".join(c for c in t if unicodedata.category(c) not in ("Cf", "Cc")),
+        lambda t: t.replace("\\", "/"),
+        lambda t: unquote(t, errors="replace"),
+    ]
+    for reading in r.all:
+        for step in steps:
+            if stepped := step(reading).strip():
+                assert _collapse(stepped) in r.all, (reading, stepped)
+
+
+def layered(n: int) -> str:
+    """A zero-width space, a backslash and a fullwidth percent, then the same percent-encoded n times over:
+    every step can run or not before every decoding, so the readings multiply."""
+    text = layer = "\u200b\\％"
+    for _ in range(n):
+        layer = quote(layer, safe="")
+        text += layer
+    return text
+
+
+def test_readings_stay_bounded() -> None:
+    assert not readings(f"/a/{layered(1)}").too_many_readings
+    r = readings(f"/a/{layered(4)}")
+    assert r.too_many_readings
+    assert len(r.all) <= 2 * MAX_READINGS + 10
 
 
 def test_resource_still_encoded_after_the_decode_rounds_is_flagged() -> None:
