@@ -90,9 +90,20 @@ def _forward_slashes(text: str) -> str:
     return text.replace("\\", "/")
 
 
-# The lexical steps besides percent-decoding. Each can expose work for another (a zero-width space splits
-# `%2e`, NFKC makes `％` a `%`), so every form goes through every step, in every order, until nothing new comes.
-_STEPS = (_fold, _visible, _forward_slashes)
+_IDENTIFIER_QUOTES = str.maketrans("", "", '"`[]')
+
+
+def _unquoted_identifiers(text: str) -> str:
+    """SQL identifier quoting removed: `"data"."phi".x`, `[data].[phi].x` and `` `data`.`phi`.x `` all name
+    data.phi.x, and `x."members.pii"` names a table called members.pii."""
+    return text.translate(_IDENTIFIER_QUOTES)
+
+
+# The steps that clean a resource, besides percent-decoding. Each can expose work for another (a zero-width
+# space splits `%2e`, NFKC makes `％` a `%`), so every form goes through every step, in every order, until
+# nothing new comes. Unquoting identifiers is a step too, but the reading shown to people keeps the quotes.
+_CLEANING = (_fold, _visible, _forward_slashes)
+_STEPS = (*_CLEANING, _unquoted_identifiers)
 
 
 def _collapse(text: str) -> str:
@@ -104,7 +115,8 @@ def _collapse(text: str) -> str:
 
 def readings(resource: str, *, resolve_symlinks: bool = False) -> Readings:
     """Every reading of `resource`: as given and through every combination of the lexical steps (percent-
-    decoding, up to four rounds; NFKC; invisible characters removed; `\\` as `/`), each of those also
+    decoding, up to four rounds; NFKC; invisible characters removed; `\\` as `/`; SQL identifier quotes
+    removed), each of those also
     path-normalized and, for file actions, each with symlinks resolved (before its `..` are collapsed).
 
     >>> r = readings("/reports/readonly/%2e%2e/secret.pii")
@@ -188,7 +200,7 @@ def _cleaned(resource: str) -> str:
     """`resource` through every step and decoded until it no longer changes: the reading shown to people."""
     current = resource
     for _ in range(MAX_DECODE_ROUNDS + 1):
-        for step in _STEPS:
+        for step in _CLEANING:
             current = step(current)
         decoded = unquote(current, errors="replace") if "%" in current else current
         if decoded == current:

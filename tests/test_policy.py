@@ -143,6 +143,35 @@ def test_seed_policy_allows_what_it_lists(seed_guard: Guard, action_type: Action
     assert not [reason for reason in decision.reasons if reason.violation]
 
 
+@pytest.mark.parametrize(
+    "resource",
+    [
+        'data.deidentified."members.pii"',
+        "data.deidentified.[members.pii]",
+        "data.deidentified.`members.pii`",
+        '"data"."phi"."patients"',
+        "[data].[phi].[patients]",
+        "`data`.`phi`.`patients`",
+        "data.%22phi%22.patients",
+        '"prod".claims',
+    ],
+)
+def test_quoted_identifiers_are_read_unquoted(tmp_path: Path, resource: str) -> None:
+    # A database reads "members.pii" as a table named members.pii, and "data"."phi" as data.phi.
+    for policy in (SEED, {"blocked_resources": SEED["blocked_resources"]}):
+        guard = make_guard(tmp_path, **policy)
+        decision = guard.check(ActionType.DATABASE_QUERY, resource)
+        assert not decision.allowed, decision.explain()
+        assert "resource_blocked" in decision.reason_codes
+        guard.close()
+
+
+def test_quoted_identifiers_of_an_allowed_table_are_allowed(seed_guard: Guard) -> None:
+    assert seed_guard.check(ActionType.DATABASE_QUERY, 'data.deidentified."claims"').allowed
+    # Every reading must be allowed, the form as given too: a fully quoted name matches no allowed pattern.
+    assert not seed_guard.check(ActionType.DATABASE_QUERY, '"data"."deidentified"."claims"').allowed
+
+
 def test_traversal_decision_shows_the_normalized_resource(seed_guard: Guard) -> None:
     decision = seed_guard.check(ActionType.FILE_READ, "/reports/readonly/%2e%2e/%2e%2e/etc/passwd")
     assert decision.resource == "/reports/readonly/%2e%2e/%2e%2e/etc/passwd"

@@ -156,6 +156,19 @@ def test_path_normalization(resource: str, expected: str) -> None:
     assert expected in r.all
 
 
+@pytest.mark.parametrize(
+    "resource", ['"data"."phi".x', "[data].[phi].x", "`data`.`phi`.x", 'data."phi".x', "data.%5Bphi%5D.x"]
+)
+def test_identifier_quotes_are_removed_in_a_reading(resource: str) -> None:
+    r = readings(resource)
+    assert "data.phi.x" in r.all
+    assert resource in r.all
+
+
+def test_the_canonical_reading_keeps_identifier_quotes() -> None:
+    assert readings('data."Claims 2024"').canonical == 'data."Claims 2024"'
+
+
 # ---- symlinks ------------------------------------------------------------------------------------------------------
 
 
@@ -286,7 +299,8 @@ def test_every_step_runs_after_every_other(resource: str, expected: str) -> None
 
 composable = (
     st.lists(
-        st.sampled_from(["a", "/", ".", "..", "%", "2", "e", "5", "c", "\\", "\u200b", "％", "ｅ", " "]), max_size=16
+        st.sampled_from(["a", "/", ".", "..", "%", "2", "e", "5", "c", "\\", "\u200b", "％", "ｅ", " ", '"', "["]),
+        max_size=16,
     )
     .map("".join)
     .filter(lambda s: s.strip() != "")
@@ -307,6 +321,7 @@ def test_readings_are_closed_under_every_step(resource: str) -> None:
         lambda t: "".join(c for c in t if unicodedata.category(c) not in ("Cf", "Cc")),
         lambda t: t.replace("\\", "/"),
         lambda t: unquote(t, errors="replace"),
+        lambda t: t.translate(str.maketrans("", "", '"`[]')),
     ]
     for reading in r.all:
         for step in steps:
