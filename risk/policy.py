@@ -194,6 +194,12 @@ class CompiledPolicy:
             found.append(
                 _violation("resource_too_many_readings", "resource has too many readings (encodings within encodings)")
             )
+        if action_type.is_file and any(_GLOB_CHARACTERS.search(r) for r in readings.all):
+            found.append(
+                _violation(
+                    "resource_glob_characters", "file resource has glob characters (*, ?, [ or ]) a tool may expand"
+                )
+            )
         blocked = next((r for r in readings.all if self._blocked.matches(r)), None)
         if blocked is not None:
             pattern = self._blocked.first_match(blocked)
@@ -203,6 +209,13 @@ class CompiledPolicy:
             if outside is not None:
                 found.append(_violation("resource_not_allowed", f"resource {outside!r} matches no allowed pattern"))
         return found
+
+
+# A tool that expands globs opens whatever `members.pi[i]` or `dirlin[k]/x` matches (members.pii, a symlink's
+# target), which no reading of the string shows. Expanding them here would judge what the file system holds at
+# check time, by our expansion rules rather than the tool's (shells add `{a,b}`, `**`, `~`); denying file
+# resources that carry glob characters fails closed instead. File names with them are rare.
+_GLOB_CHARACTERS = re.compile(r"[*?\[\]]")
 
 
 def _violation(code: str, message: str) -> Reason:

@@ -7,6 +7,7 @@ compiled policy against a slow reference written with `fnmatch` one pattern and 
 from __future__ import annotations
 
 import fnmatch
+import glob
 import os
 import unicodedata
 from collections.abc import Iterator
@@ -276,6 +277,29 @@ def test_dotdot_after_a_symlink_is_denied_however_it_is_spelled(
     assert not decision.allowed, decision.explain()
     assert "resource_not_allowed" in decision.reason_codes
     assert str(tree / "outside" / "secret.txt") in readings(resource, resolve_symlinks=True).all
+
+
+@pytest.mark.parametrize(
+    ("pattern", "opens"),
+    [("readonly/report.cs[v]", "readonly/report.csv"), ("readonly/outdi[r]/*", "outside/dir/secret.txt")],
+)
+def test_glob_characters_in_a_file_resource_are_a_violation(
+    tree_guard: Guard, tree: Path, pattern: str, opens: str
+) -> None:
+    (tree / "outside" / "dir" / "secret.txt").write_text("secret")
+    # A tool that expands globs opens what the pattern matches, which may be outside the allowed folder.
+    assert [os.path.realpath(p) for p in glob.glob(f"{tree}/{pattern}")] == [str(tree / opens)]
+    decision = tree_guard.check(ActionType.FILE_READ, f"{tree}/{pattern}")
+    assert not decision.allowed, decision.explain()
+    assert "resource_glob_characters" in decision.reason_codes
+
+
+@pytest.mark.parametrize("resource", ["/r/x?.csv", "/r/*", "/r/x%5Ba%5D.csv", "/r/x％5b1].csv"])
+def test_glob_characters_are_a_violation_for_file_actions_only(resource: str) -> None:
+    policy = Policy.build()
+    assert codes(policy, ActionType.FILE_READ, resource) == {"resource_glob_characters"}
+    assert codes(policy, ActionType.FILE_DELETE, resource) == {"resource_glob_characters"}
+    assert codes(policy, ActionType.DATABASE_QUERY, resource) == set()
 
 
 @pytest.mark.parametrize("suffix", ["/", "//", "/./"])
