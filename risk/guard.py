@@ -233,7 +233,7 @@ class Guard:
                 )
                 violations = self._violations(agent, now, atype, read, score, model_failure)
                 if state.approved_fingerprint is not None:
-                    fingerprint = _fingerprint(agent, atype, read.canonical, payload_json)
+                    fingerprint = _fingerprint(agent, atype, read, payload_json)
                 if fingerprint == state.approved_fingerprint and self.killswitch.use_approval(agent, state):
                     # The approved action runs once, past its violations and the rate limit that may have paused it.
                     reasons.insert(0, Reason("approved", "a reviewer approved this action once after it paused"))
@@ -278,7 +278,7 @@ class Guard:
                 outcome = Outcome.BLOCKED
 
         if outcome in (Outcome.PAUSED, Outcome.ROLLED_BACK, Outcome.TERMINATED) and stopped is None:
-            fingerprint = fingerprint or _fingerprint(agent, atype, read.canonical, payload_json)
+            fingerprint = fingerprint or _fingerprint(agent, atype, read, payload_json)
             self._trip(agent, outcome, action_id, fingerprint, reasons[0].message)
         if assessment is not None and self._behavior is not None:
             # Every action that runs shapes the baseline, alerted ones too: not learning them (tried) kept every
@@ -734,11 +734,11 @@ def _volume_of(result: Any, **measures: Callable[[Any], int] | None) -> tuple[di
     return counts, "; ".join(refused) or None
 
 
-def _fingerprint(agent: str, atype: ActionType, resource: str, payload_json: bytes) -> str:
-    """What identifies 'the same action' for a one-time approval."""
-    return hashlib.sha256(
-        b"\x1f".join((agent.encode(), atype.value.encode(), resource.encode(), payload_json))
-    ).hexdigest()
+def _fingerprint(agent: str, atype: ActionType, read: Readings, payload_json: bytes) -> str:
+    """What identifies 'the same action' for a one-time approval. The resource counts by all its readings,
+    symlinks resolved: `/r/x.csv` and `/r/link/../x.csv` have one canonical form but open different files."""
+    resource = json.dumps(sorted(read.all)).encode()  # ASCII escapes: a lone surrogate cannot break the hash
+    return hashlib.sha256(b"\x1f".join((agent.encode(), atype.value.encode(), resource, payload_json))).hexdigest()
 
 
 def _kept_payload(payload: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -140,6 +141,27 @@ def test_approve_lets_the_pausing_action_run_exactly_once(tmp_path: Path) -> Non
     retried = guard.check(ActionType.DATABASE_QUERY, "data.phi.patients", {"q": 1})
     assert retried.allowed and retried.reason_codes[0] == "approved"
     assert guard.check(ActionType.DATABASE_QUERY, "data.phi.patients", {"q": 1}).outcome is Outcome.PAUSED
+
+
+def test_an_approval_does_not_carry_over_to_another_file_with_the_same_normalized_path(tmp_path: Path) -> None:
+    """`<r>/dirlink/../summary.csv` normalizes to `<r>/summary.csv`, the approved file, but the OS follows
+    dirlink first and opens `<o>/summary.csv`, outside the allowed folder: that needs its own review."""
+    base = Path(os.path.realpath(tmp_path))
+    (base / "r").mkdir()
+    (base / "o" / "dir").mkdir(parents=True)
+    (base / "r" / "patient_summary.csv").write_text("in")
+    (base / "o" / "patient_summary.csv").write_text("out")
+    (base / "r" / "dirlink").symlink_to(base / "o" / "dir", target_is_directory=True)
+    guard = make_guard(tmp_path, mode=KillSwitchMode.PAUSE, allowed_resources=[f"{base}/r/*"], max_risk_score=0.5,
+                       model=None)  # fmt: skip
+    assert guard.check(ActionType.FILE_READ, f"{base}/r/patient_summary.csv").outcome is Outcome.PAUSED
+    guard.approve(actor="bob")
+    elsewhere = f"{base}/r/dirlink/../patient_summary.csv"
+    assert Path(elsewhere).read_text() == "out"
+    decision = guard.check(ActionType.FILE_READ, elsewhere)
+    assert decision.outcome is Outcome.PAUSED, decision.explain()
+    assert "approved" not in decision.reason_codes
+    assert "resource_not_allowed" in decision.reason_codes
 
 
 def test_an_approval_is_used_by_the_actions_next_check_even_when_it_needs_none(tmp_path: Path) -> None:
