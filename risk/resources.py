@@ -141,7 +141,7 @@ def readings(resource: str, *, resolve_symlinks: bool = False) -> Readings:
     found = dict.fromkeys(lexical.all)
     # realpath resolves each link before the ".." after it, as the OS does; every form gets resolved.
     for form in lexical.all:
-        resolved = _resolved_path(form)
+        resolved = resolved_path(form)
         if resolved is not None:
             found[resolved] = None
     return Readings(
@@ -209,7 +209,7 @@ def _cleaned(resource: str) -> str:
     return _visible(_fold(current))
 
 
-def _resolved_path(path: str) -> str | None:
+def resolved_path(path: str) -> str | None:
     """The real path when symlinks change where `path` points (realpath resolves the part that exists)."""
     if _CONTROL.search(path):
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -70,6 +71,41 @@ def test_ordinary_sql_on_a_plain_resource_scores_low(sql: str) -> None:
 )
 def test_sensitive_resources_are_named_in_the_reasons(resource: str, code: str) -> None:
     assert code in codes(ActionType.FILE_READ, resource, None)
+
+
+@pytest.mark.parametrize(
+    ("resource", "code"),
+    [
+        ("data.deidentified.phi_claims", "resource_phi"),
+        ("data.deidentified.mrn_lookup", "resource_phi"),
+        ("warehouse.ehr_2024", "resource_phi"),
+        ("exports/pii_members.csv", "resource_pii"),
+        ("hr.ssn_index", "resource_pii"),
+        ("people.dob2", "resource_pii"),
+        ("/app/.env_local", "resource_secrets"),
+        ("/keys/server.pem_old", "resource_secrets"),
+    ],
+)
+def test_short_words_are_found_in_snake_case(resource: str, code: str) -> None:
+    assert code in codes(ActionType.DATABASE_QUERY, resource, None)
+
+
+@pytest.mark.parametrize("resource", ["data.graphic", "data.philosophy", "sales.ssnap", "docs.dobbin", "x.hemrn"])
+def test_short_words_inside_longer_words_do_not_fire(resource: str) -> None:
+    assert codes(ActionType.DATABASE_QUERY, resource, None) == ["action_type"]
+
+
+def test_a_symlink_scores_as_what_it_points_to(tmp_path: Path) -> None:
+    (tmp_path / "patient_records.csv").write_text("phi")
+    (tmp_path / "summary.csv").symlink_to(tmp_path / "patient_records.csv")
+    link = str(tmp_path / "summary.csv")
+    assert "resource_phi" in codes(ActionType.FILE_READ, link, None)
+    assert (
+        rules.score(ActionType.FILE_READ, link, None)[0]
+        == rules.score(ActionType.FILE_READ, str(tmp_path / "patient_records.csv"), None)[0]
+    )
+    # A database table is not a path on this machine: the link is not followed.
+    assert "resource_phi" not in codes(ActionType.DATABASE_QUERY, link, None)
 
 
 def test_product_is_not_production() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from risk.actions import ActionType, Reason, heaviest_first
 from risk.redaction import EMAIL_PATTERN, contains_identifiers
+from risk.resources import resolved_path
 
 ACTION_TYPE_SEVERITY: dict[ActionType, float] = {
     ActionType.FILE_READ: 0.05,
@@ -29,21 +30,27 @@ ACTION_TYPE_SEVERITY: dict[ActionType, float] = {
     ActionType.PERMISSION_CHANGE: 0.45,
 }
 
-# (code, severity, pattern over the normalized resource, lower-cased)
+# (code, severity, pattern over the normalized resource, lower-cased). Short words are bounded by non-letters,
+# not `\b`: `_` is a word character, so `\bphi\b` missed `phi_claims`; digits count as bounds too (`mrn2`).
 RESOURCE_RULES: tuple[tuple[str, float, re.Pattern[str]], ...] = (
     (
         "resource_secrets",
         0.60,
         re.compile(
-            r"secret|passw|credential|token|api[_-]?key|private[_-]?key|\.env\b|id_rsa|id_ed25519|\.ssh/|\.aws/|\.pem\b|vault"
+            r"secret|passw|credential|token|api[_-]?key|private[_-]?key|\.env(?![a-z])|id_rsa|id_ed25519|\.ssh/|\.aws/"
+            r"|\.pem(?![a-z])|vault"
         ),
     ),
     (
         "resource_phi",
         0.50,
-        re.compile(r"\bphi\b|patient|medical|diagnos|\behr\b|\bemr\b|\bmrn\b|clinical|prescription"),
+        re.compile(r"(?<![a-z])(?:phi|ehr|emr|mrn)(?![a-z])|patient|medical|diagnos|clinical|prescription"),
     ),
-    ("resource_pii", 0.45, re.compile(r"\bpii\b|\bssn\b|social[_-]?security|\bdob\b|birth[_-]?date|passport")),
+    (
+        "resource_pii",
+        0.45,
+        re.compile(r"(?<![a-z])(?:pii|ssn|dob)(?![a-z])|social[_-]?security|birth[_-]?date|passport"),
+    ),
     (
         "resource_system",
         0.45,
@@ -208,7 +215,12 @@ class RuleScorer:
     """
 
     def score(self, action_type: ActionType, normalized_resource: str, payload: Any) -> tuple[float, list[Reason]]:
-        reasons = [_REASONS[c] for c in resource_signals(normalized_resource)]
+        codes = resource_signals(normalized_resource)
+        if action_type.is_file and (real := resolved_path(normalized_resource)) is not None:
+            # A symlink `summary.csv` to patient_records.csv reads patient records: each rule fires if it fires
+            # on either path, so the score is the higher of the two.
+            codes = tuple(dict.fromkeys((*codes, *resource_signals(real))))
+        reasons = [_REASONS[c] for c in codes]
         reasons += [_REASONS[c] for c in payload_signals(payload, action_type)]
         reasons.append(_ACTION_REASONS[action_type])
         reasons.sort(key=heaviest_first)
