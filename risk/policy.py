@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from risk.actions import ActionType, KillSwitchMode, Reason
 from risk.errors import PolicyError
-from risk.resources import Readings
+from risk.resources import Readings, normalized_path
 
 
 class PatternSet:
@@ -39,7 +39,11 @@ class PatternSet:
     def __init__(self, patterns: Iterable[str], *, ignore_case: bool) -> None:
         self.ignore_case = ignore_case
         self.patterns = tuple(_fold(p, ignore_case) for p in patterns)
-        self._regex = re.compile("|".join(fnmatch.translate(p) for p in self.patterns)) if self.patterns else None
+        # Each pattern also matches as normalized the way resources are (`C:\\Secrets\\*` as `C:/Secrets/*`,
+        # `https://x/*` as `https:/x/*`), or the normalized readings of the very resources it names would escape
+        # it. Maps each form to the pattern as written, which is what a message names.
+        self._forms = {form: p for p in self.patterns for form in (p, _normalized_pattern(p))}
+        self._regex = re.compile("|".join(fnmatch.translate(f) for f in self._forms)) if self._forms else None
 
     def matches(self, text: str) -> bool:
         if self._regex is None:
@@ -49,11 +53,17 @@ class PatternSet:
     def first_match(self, text: str) -> str | None:
         """The first pattern that matches; only called on the deny path, to say which pattern fired."""
         folded = _fold(text, self.ignore_case)
-        return next((p for p in self.patterns if fnmatch.fnmatchcase(folded, p)), None)
+        return next((p for form, p in self._forms.items() if fnmatch.fnmatchcase(folded, form)), None)
 
 
 def _fold(text: str, ignore_case: bool) -> str:
     return text.lower() if ignore_case else text
+
+
+def _normalized_pattern(pattern: str) -> str:
+    """The lexical steps resources go through that keep a glob a glob: backslashes as slashes, `.`/`..`/`//`
+    and trailing slashes, identifier quotes `"` and `` ` `` (brackets are glob syntax and stay)."""
+    return normalized_path(pattern.replace('"', "").replace("`", ""))
 
 
 class Policy(BaseModel):

@@ -106,7 +106,8 @@ _CLEANING = (_fold, _visible, _forward_slashes)
 _STEPS = (*_CLEANING, _unquoted_identifiers)
 
 
-def _collapse(text: str) -> str:
+def normalized_path(text: str) -> str:
+    """`text` stripped and path-normalized (`_normalize_path`) until it no longer changes."""
     # Normalizing can bring spaces to an end ("./ a") and stripping can expose segments ("a/. "): repeat.
     while (normalized := _normalize_path(text.strip())) != text:
         text = normalized
@@ -182,10 +183,10 @@ def _lexical_readings(resource: str) -> Readings:
         forms.update(dict.fromkeys(decoded))
         level = [*dict.fromkeys(decoded), *_variants(forms, decoded)]
     control = any(_CONTROL.search(form) for form in forms)
-    canonical = _collapse(_cleaned(resource))
+    canonical = normalized_path(_cleaned(resource))
     found = dict(forms)
     for form in forms:
-        found[_collapse(form)] = None
+        found[normalized_path(form)] = None
     found[canonical] = None
     return Readings(
         canonical=canonical,

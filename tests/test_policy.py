@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from risk import ActionType, Guard, KillSwitchMode, Outcome, PolicyError
 from risk.policy import CompiledPolicy, Policy, load_policy_file
-from risk.resources import readings
+from risk.resources import normalized_path, readings
 
 SEED = {
     "allowed_action_types": [ActionType.DATABASE_QUERY, ActionType.FILE_READ],
@@ -459,6 +459,33 @@ def test_resource_with_too_many_readings_is_a_violation() -> None:
     assert "resource_too_many_readings" in codes(Policy.build(), ActionType.DATABASE_QUERY, f"data.x{text}")
 
 
+@pytest.mark.parametrize(
+    ("pattern", "resource"),
+    [
+        (r"C:\Secrets\*", "C:/Secrets/key.txt"),
+        (r"C:\Secrets\*", r"C:\Secrets\key.txt"),
+        ("/srv/secrets/", "/srv/secrets"),
+        ("/srv/./secrets//*", "/srv/secrets/key"),
+        ('"data"."phi".*', "data.phi.patients"),
+    ],
+)
+def test_patterns_are_normalized_like_resources(pattern: str, resource: str) -> None:
+    assert "resource_blocked" in codes(Policy.build(blocked_resources=[pattern]), ActionType.FILE_READ, resource)
+    assert not codes(Policy.build(allowed_resources=[pattern]), ActionType.FILE_READ, resource)
+
+
+def test_blocked_message_names_the_pattern_as_written() -> None:
+    policy = CompiledPolicy(Policy.build(blocked_resources=[r"C:\Secrets\*"]))
+    (reason,) = policy.violations(ActionType.FILE_READ, readings("C:/Secrets/key.txt"))
+    assert "'c:\\\\secrets\\\\*'" in reason.message, reason.message
+
+
+def test_url_allowed_pattern_allows_its_urls() -> None:
+    # Resource readings collapse `//`, so an allowed `https://host/*` must match `https:/host/...` as well.
+    assert not codes(Policy.build(allowed_resources=["https://api.example.com/*"]), ActionType.API_CALL,
+                     "https://api.example.com/v1")  # fmt: skip
+
+
 def test_all_violations_are_reported_together() -> None:
     policy = Policy.build(allowed_action_types=["file_read"], allowed_resources=["ok.*"], blocked_resources=["*.pii"])
     assert codes(policy, ActionType.DATABASE_WRITE, "x.pii\x00") == {
@@ -687,6 +714,11 @@ resources = (
 action_type_lists = st.none() | st.lists(st.sampled_from(list(ActionType)), min_size=1, max_size=3)
 
 
+def pattern_forms(pattern: str) -> tuple[str, str]:
+    """A pattern as written and normalized like a resource's path (identifier quotes other than brackets gone)."""
+    return pattern, normalized_path(pattern.replace('"', "").replace("`", ""))
+
+
 def reference_violations(policy: Policy, action_type: ActionType, resource: str) -> set[str]:
     """The contract, one pattern and one reading at a time."""
     read = readings(resource)
@@ -695,12 +727,15 @@ def reference_violations(policy: Policy, action_type: ActionType, resource: str)
         found.add("action_type_not_allowed")
     if any(unicodedata.category(ch) == "Cc" for reading in read.all for ch in reading):
         found.add("resource_control_characters")
-    blocked = policy.blocked_resources
+    if any(glob_character in r for r in read.all for glob_character in "*?[]") and action_type.is_file:
+        found.add("resource_glob_characters")
+    blocked = [form for p in policy.blocked_resources for form in pattern_forms(p)]
     if any(fnmatch.fnmatchcase(r.lower(), p.lower()) for r in read.all for p in blocked):
         found.add("resource_blocked")
-    allowed = policy.allowed_resources
-    if allowed is not None and not all(any(fnmatch.fnmatchcase(r, p) for p in allowed) for r in read.all):
-        found.add("resource_not_allowed")
+    if policy.allowed_resources is not None:
+        allowed = [form for p in policy.allowed_resources for form in pattern_forms(p)]
+        if not all(any(fnmatch.fnmatchcase(r, p) for p in allowed) for r in read.all):
+            found.add("resource_not_allowed")
     return found
 
 

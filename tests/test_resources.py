@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from risk.resources import MAX_READINGS, MAX_RESOURCE_LENGTH, _collapse, readings
+from risk.resources import MAX_READINGS, MAX_RESOURCE_LENGTH, normalized_path, readings
 
 
 def canonical(resource: str) -> str:
@@ -326,7 +326,7 @@ def test_readings_are_closed_under_every_step(resource: str) -> None:
     for reading in r.all:
         for step in steps:
             if stepped := step(reading).strip():
-                assert _collapse(stepped) in r.all, (reading, stepped)
+                assert normalized_path(stepped) in r.all, (reading, stepped)
 
 
 def layered(n: int) -> str:
