@@ -126,7 +126,8 @@ def readings(resource: str, *, resolve_symlinks: bool = False) -> Readings:
     >>> sorted(r.all)
     ['/reports/readonly/%2e%2e/secret.pii', '/reports/readonly/../secret.pii', '/reports/secret.pii']
 
-    Raises ValueError for something that is not a resource at all (not a string, empty, too long).
+    Raises ValueError for something that is not a resource at all (not a string, empty, too long as given or
+    once normalized).
     Control characters are not an error: they are reported in `has_control_characters` so the policy
     can deny the action and the audit trail can keep the attempt.
     """
@@ -182,6 +183,11 @@ def _lexical_readings(resource: str) -> Readings:
             over_encoded = True
         forms.update(dict.fromkeys(decoded))
         level = [*dict.fromkeys(decoded), *_variants(forms, decoded)]
+    # NFKC can lengthen text eighteen-fold (U+FDFA): the limit holds for every reading, not only the raw one.
+    if (longest := max(map(len, forms))) > MAX_RESOURCE_LENGTH:
+        raise ValueError(
+            f"resource is {longest} characters long once normalized (NFKC); the limit is {MAX_RESOURCE_LENGTH}"
+        )
     control = any(_CONTROL.search(form) for form in forms)
     canonical = normalized_path(_cleaned(resource))
     found = dict(forms)

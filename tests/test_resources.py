@@ -237,6 +237,14 @@ def test_not_a_resource_is_a_value_error(resource: object) -> None:
         readings(resource)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("expanding", ["\ufdfa", "%EF%B7%BA", "\u3300"])
+def test_length_limit_holds_after_nfkc_expansion(expanding: str) -> None:
+    # U+FDFA is one character that NFKC makes eighteen; U+3300 (a squared katakana word) makes four.
+    with pytest.raises(ValueError, match=f"once normalized.*{MAX_RESOURCE_LENGTH}"):
+        readings("/reports/readonly/" + expanding * (MAX_RESOURCE_LENGTH // len(expanding) // 2))
+    assert readings("/r/" + expanding).canonical != "/r/" + expanding
+
+
 def test_length_limit() -> None:
     assert readings("a" * MAX_RESOURCE_LENGTH).canonical == "a" * MAX_RESOURCE_LENGTH
     with pytest.raises(ValueError, match=str(MAX_RESOURCE_LENGTH)):
