@@ -78,11 +78,12 @@ def _normalize_path(text: str) -> str:
 
 
 def _fold(text: str) -> str:
+    # NFKC leaves ASCII as it is: skip it on the hot path
     return text if text.isascii() else unicodedata.normalize("NFKC", text)
 
 
 def _visible(text: str) -> str:
-    # NFKC and format characters only concern non-ASCII text: skip them on the hot path
+    # Format characters only concern non-ASCII text: ASCII takes the cheaper path
     return _CONTROL.sub("", text) if text.isascii() else _strip_invisible(text)
 
 
@@ -117,8 +118,8 @@ def normalized_path(text: str) -> str:
 def readings(resource: str, *, resolve_symlinks: bool = False) -> Readings:
     """Every reading of `resource`: as given and through every combination of the lexical steps (percent-
     decoding, up to four rounds; NFKC; invisible characters removed; `\\` as `/`; SQL identifier quotes
-    removed), each of those also
-    path-normalized and, for file actions, each with symlinks resolved (before its `..` are collapsed).
+    removed), each of those also path-normalized and, for file actions, with symlinks resolved (before its
+    `..` are collapsed, as the OS does, and after).
 
     >>> r = readings("/reports/readonly/%2e%2e/secret.pii")
     >>> r.canonical
