@@ -216,7 +216,7 @@ class Guard:
         payload_json = encoded_payload(payload)
         policy = self.policy
 
-        score, reasons = self._rules.score(atype, read.canonical, payload)
+        score, reasons = self._rules.score(atype, read.canonical, payload, real_resource=read.real)
         assessment, stopped, fingerprint = None, None, ""
         try:
             if refusal is not None:

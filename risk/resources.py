@@ -35,6 +35,7 @@ class Readings:
     has_control_characters: bool
     over_encoded: bool = False
     too_many_readings: bool = False
+    real: str | None = None  # where `canonical` points when symlinks change it (file actions only)
 
 
 # Unicode category Cc is exactly C0, DEL and C1; unpaired surrogates (Cs) are no honest resource either.
@@ -143,16 +144,15 @@ def readings(resource: str, *, resolve_symlinks: bool = False) -> Readings:
         return lexical
     found = dict.fromkeys(lexical.all)
     # realpath resolves each link before the ".." after it, as the OS does; every form gets resolved.
-    for form in lexical.all:
-        resolved = resolved_path(form)
-        if resolved is not None:
-            found[resolved] = None
+    resolved = {form: _resolved_path(form) for form in lexical.all}
+    found.update(dict.fromkeys(r for r in resolved.values() if r is not None))
     return Readings(
         lexical.canonical,
         tuple(found),
         lexical.has_control_characters,
         lexical.over_encoded,
         lexical.too_many_readings,
+        real=resolved.get(lexical.canonical),
     )
 
 
@@ -217,7 +217,7 @@ def _cleaned(resource: str) -> str:
     return _visible(_fold(current))
 
 
-def resolved_path(path: str) -> str | None:
+def _resolved_path(path: str) -> str | None:
     """The real path when symlinks change where `path` points (realpath resolves the part that exists)."""
     if _CONTROL.search(path):
         return None

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from risk import ActionType
+from risk import ActionType, Guard
 from risk.redaction import EMAIL_PATTERN, emails, mask, mask_text
+from risk.resources import readings
 from risk.scoring.rules import (
     _SHELL_DESTRUCTIVE,
     CACHED_TEXT_CHARS,
@@ -98,14 +99,19 @@ def test_short_words_inside_longer_words_do_not_fire(resource: str) -> None:
 def test_a_symlink_scores_as_what_it_points_to(tmp_path: Path) -> None:
     (tmp_path / "patient_records.csv").write_text("phi")
     (tmp_path / "summary.csv").symlink_to(tmp_path / "patient_records.csv")
-    link = str(tmp_path / "summary.csv")
-    assert "resource_phi" in codes(ActionType.FILE_READ, link, None)
-    assert (
-        rules.score(ActionType.FILE_READ, link, None)[0]
-        == rules.score(ActionType.FILE_READ, str(tmp_path / "patient_records.csv"), None)[0]
-    )
+    link = readings(str(tmp_path / "summary.csv"), resolve_symlinks=True)
+    assert link.real == str(tmp_path / "patient_records.csv")
+    scored = rules.score(ActionType.FILE_READ, link.canonical, None, real_resource=link.real)
+    assert "resource_phi" in [r.code for r in scored[1]]
+    assert scored[0] == rules.score(ActionType.FILE_READ, link.real, None)[0]
     # A database table is not a path on this machine: the link is not followed.
-    assert "resource_phi" not in codes(ActionType.DATABASE_QUERY, link, None)
+    assert readings(link.canonical).real is None
+    assert (
+        Guard(model=None, home=tmp_path, audit=f"sqlite:///{tmp_path}/a.db")
+        .check(ActionType.FILE_READ, link.canonical)
+        .risk_score
+        == scored[0]
+    )
 
 
 def test_product_is_not_production() -> None:

@@ -14,7 +14,6 @@ from typing import Any
 
 from risk.actions import ActionType, Reason, heaviest_first
 from risk.redaction import EMAIL_PATTERN, contains_identifiers
-from risk.resources import resolved_path
 
 ACTION_TYPE_SEVERITY: dict[ActionType, float] = {
     ActionType.FILE_READ: 0.05,
@@ -214,12 +213,14 @@ class RuleScorer:
     (True, ['payload_destructive_sql', 'action_type'])
     """
 
-    def score(self, action_type: ActionType, normalized_resource: str, payload: Any) -> tuple[float, list[Reason]]:
+    def score(
+        self, action_type: ActionType, normalized_resource: str, payload: Any, *, real_resource: str | None = None
+    ) -> tuple[float, list[Reason]]:
+        """`real_resource` is where a file resource's symlinks lead (`Readings.real`): a link `summary.csv` to
+        patient_records.csv reads patient records, so each rule fires if it fires on either path."""
         codes = resource_signals(normalized_resource)
-        if action_type.is_file and (real := resolved_path(normalized_resource)) is not None:
-            # A symlink `summary.csv` to patient_records.csv reads patient records: each rule fires if it fires
-            # on either path, so the score is the higher of the two.
-            codes = tuple(dict.fromkeys((*codes, *resource_signals(real))))
+        if real_resource is not None:
+            codes = tuple(dict.fromkeys((*codes, *resource_signals(real_resource))))
         reasons = [_REASONS[c] for c in codes]
         reasons += [_REASONS[c] for c in payload_signals(payload, action_type)]
         reasons.append(_ACTION_REASONS[action_type])
