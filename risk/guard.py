@@ -13,7 +13,9 @@ import inspect
 import json
 import logging
 import os
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -132,12 +134,13 @@ class Guard:
         self._state: StateStore = open_state(state) if state is None or isinstance(state, str) else state
         self._clock = clock
         self._rules = RuleScorer()
-        self._behavior = _behavior_scorer(model, online, _profiles_beside(self._state))
+        beside = _beside(self._state)
+        self._behavior = _behavior_scorer(model, online, beside.profiles)
         self.model_version = "+".join(v for v in (RULES_VERSION, self._behavior.version if self._behavior else "") if v)
         self._undo = UndoLog()
         self.killswitch = KillSwitch(self._state, self._record_event)
         self.audit_failures = 0
-        self._unsaved_stops: dict[str, _Stop] = {}  # agent -> a stop the state store refused (see _trip)
+        self._unsaved_stops = beside.unsaved_stops  # agent -> a stop the state store refused (see _trip)
         self._record_event(
             agent_id,
             {
@@ -692,9 +695,26 @@ def _denied_unaudited(decision: Decision, exc: AuditError) -> Decision:
     return replace(decision, allowed=False, outcome=outcome, reasons=(_unaudited(exc), *decision.reasons))
 
 
-def _profiles_beside(state: StateStore) -> ProfileStore:
-    """Profiles live where the kill-switch state lives: in Redis when workers share it, else in this process."""
-    return RedisProfiles(state) if isinstance(state, RedisState) else MemoryProfiles()
+@dataclass(frozen=True, slots=True)
+class _Beside:
+    """What guards keep per state store, not per guard: guards rebuilt over one store (the service's, after a
+    policy change or a model reload) keep each agent's baseline and the stops the store refused."""
+
+    profiles: ProfileStore  # in Redis when workers share the state, else in this process
+    unsaved_stops: dict[str, _Stop]
+
+
+_BESIDE_STATE: weakref.WeakKeyDictionary[StateStore, _Beside] = weakref.WeakKeyDictionary()
+_BESIDE_LOCK = threading.Lock()
+
+
+def _beside(state: StateStore) -> _Beside:
+    with _BESIDE_LOCK:
+        beside = _BESIDE_STATE.get(state)
+        if beside is None:
+            profiles = RedisProfiles(state) if isinstance(state, RedisState) else MemoryProfiles()
+            beside = _BESIDE_STATE[state] = _Beside(profiles, {})
+        return beside
 
 
 def _behavior_scorer(

