@@ -59,6 +59,10 @@ class NotFoundError(RiskError):
     """No such thing in this tenant (another tenant's things are not found either)."""
 
 
+class AgentLimitError(ConflictError):
+    """The tenant has its `max_agents` agents already and this is not one of them: nothing of it is kept."""
+
+
 def check_agent(agent_id: str) -> str:
     """`agent_id` if it is a valid agent id: 1-128 of letters, digits and . _ : @ + = -, starting alphanumeric.
 
@@ -246,23 +250,36 @@ class Tenants:
 
     def _admission(self, tenant: str, agent_id: str) -> Reason | None:
         """Why the tenant may not have this agent (past its `max_agents`, or the state store failed), or None."""
-        if self.max_agents is None or (tenant, agent_id) in self._admitted:
-            return None
         try:
-            admitted = self.state.admit(f"agents:{tenant}", agent_id, self.max_agents)
+            if self._admit(tenant, agent_id):
+                return None
         except StateError as exc:
             return Reason("state_unavailable", f"the guard's state store failed: {exc}", 1.0, True)
-        if not admitted:
-            return Reason(
-                "agent_limit",
-                f"tenant {tenant} has its {self.max_agents} agents already (the service's RISK_MAX_AGENTS); "
-                "an agent id names an agent, a session_id each of its runs",
-                1.0,
-                True,
-            )
+        return Reason("agent_limit", self._limit_message(tenant), 1.0, True)
+
+    def _admit(self, tenant: str, agent_id: str) -> bool:
+        """Whether `agent_id` is one of the tenant's agents, made one if the tenant has room (StateError if the
+        state store fails)."""
+        if self.max_agents is None or (tenant, agent_id) in self._admitted:
+            return True
+        if not self.state.admit(f"agents:{tenant}", agent_id, self.max_agents):
+            return False
         with self._lock:
             self._admitted.add((tenant, agent_id))
-        return None
+        return True
+
+    def _admitted_for(self, tenant: str, agent_id: str, doing: str) -> None:
+        """Admit the agent as a check would before `doing` something that keeps state of it (an outcome feeds
+        its profile and volume windows, a terminate or reset sets its kill-switch state); AgentLimitError past
+        the tenant's limit, so an agent refused with `agent_limit` gets no state by another way."""
+        if not self._admit(tenant, agent_id):
+            raise AgentLimitError(f"cannot {doing} agent {agent_id!r}: {self._limit_message(tenant)}")
+
+    def _limit_message(self, tenant: str) -> str:
+        return (
+            f"tenant {tenant} has its {self.max_agents} agents already (the service's RISK_MAX_AGENTS); "
+            "an agent id names an agent, a session_id each of its runs"
+        )
 
     def report(self, tenant: str, records: list[dict[str, Any]], actor: str) -> Report:
         """Store what a client let run while the service was unreachable (its fail-open spool), each record once.
@@ -292,7 +309,7 @@ class Tenants:
                         tenant, record["action_id"], success=bool(record.get("success", True)),
                         error=record.get("error"), rows=record.get("rows"), bytes=record.get("bytes"),
                     )[1]  # fmt: skip
-            except (NotFoundError, ValueError) as exc:
+            except (NotFoundError, AgentLimitError, ValueError) as exc:
                 self.idempotency.release(tenant, key)
                 result.rejected.append({"idempotency_key": record["idempotency_key"], "reason": str(exc)})
                 continue
@@ -362,6 +379,7 @@ class Tenants:
         """(the action's local agent id, whether this call recorded the outcome: False for a repeat)."""
         agent = self._agent_of(tenant, action_id)
         local = agent.split("/", 1)[1]
+        self._admitted_for(tenant, local, "record an outcome of")
         outcome = {"action_id": action_id, "success": success, "error": error, "rows": rows, "bytes": bytes}
         digest = hashlib.sha256(canonical_json(outcome)).hexdigest()
         key = f"outcome:{action_id}:{digest[:32]}"  # another outcome of the action is another record
@@ -415,11 +433,13 @@ class Tenants:
 
     def terminate(self, tenant: str, agent_id: str, actor: str, reason: str) -> None:
         agent = namespaced(tenant, check_agent(agent_id))
+        self._admitted_for(tenant, agent_id, "terminate")
         self.guard(tenant, agent_id).terminate(agent, actor=actor, reason=reason)
         self._settled(agent)
 
     def reset(self, tenant: str, agent_id: str, actor: str) -> None:
         agent = namespaced(tenant, check_agent(agent_id))
+        self._admitted_for(tenant, agent_id, "reset")
         self.guard(tenant, agent_id).reset(agent, actor=actor)
         self._settled(agent)
 

@@ -234,6 +234,46 @@ def test_agents_past_the_tenants_limit_are_refused_and_given_no_state(tmp_path: 
         assert not [key for key in service.state._windows if "acme/c" in key]  # nor a rate window
 
 
+def test_outcomes_reports_and_reviewers_give_no_state_to_agents_past_the_limit(tmp_path: Path) -> None:
+    """An agent the tenant has not admitted is admitted by its outcome (counting toward the limit) or refused:
+    past the limit, an outcome is 409, a reported outcome is rejected, and terminate or reset is 409."""
+    with serve(Settings(home=tmp_path, max_agents=2)) as running:
+        with (
+            running.client("acme", Role.ADMIN) as admin,
+            running.client("acme", Role.AGENT) as agent,
+            running.client("acme", Role.REVIEWER) as reviewer,
+        ):
+            put_policy(admin, {"max_rows_per_window": 1000})  # outcomes keep volume windows
+            assert ok(agent.post("/v1/check", json=ALLOWED))["allowed"] is True  # "bot" takes the first place
+            # A reported decision of a new agent, and its outcome: the outcome admits it (the second place).
+            fresh = reported_decision("d1", agent="fresh")
+            spool = [fresh, {"idempotency_key": "o1", "kind": "outcome", "action_id": fresh["action_id"],
+                             "success": True, "rows": 5}]  # fmt: skip
+            assert ok(agent.post("/v1/reports", json={"records": spool}))["accepted"] == 2
+            refused = ok(agent.post("/v1/check", json={**ALLOWED, "agent_id": "intruder"}))
+            assert refused["reasons"][0]["code"] == "agent_limit"
+            sent = agent.post("/v1/outcome", json={"action_id": refused["action_id"], "success": True, "rows": 5})
+            assert sent.status_code == 409 and "RISK_MAX_AGENTS" in sent.json()["detail"], sent.text
+            invented = reported_decision("d2", agent="invented")
+            spool = [invented, {"idempotency_key": "o2", "kind": "outcome", "action_id": invented["action_id"],
+                                "success": True, "rows": 5}]  # fmt: skip
+            report = ok(agent.post("/v1/reports", json={"records": spool}))
+            assert (report["accepted"], [r["idempotency_key"] for r in report["rejected"]]) == (1, ["o2"])
+            assert "RISK_MAX_AGENTS" in report["rejected"][0]["reason"]
+            for verb in ("terminate", "reset", "approve", "resume"):
+                assert reviewer.post(f"/v1/agents/stranger/{verb}").status_code == 409, verb
+            assert ok(reviewer.post("/v1/agents/stranger/rollback"))["steps"] == []
+            assert ok(reviewer.post("/v1/agents/fresh/terminate"))["status"] == "terminated"  # an admitted agent
+            assert ok(reviewer.get("/v1/agents/stranger"))["status"] == "running"
+        service = running.app.state.service
+        profiles = service.tenants.guard("acme", "bot")._behavior.profiles._profiles
+        assert set(profiles) == {"acme/bot", "acme/fresh"}
+        state = service.state
+        kept = {*state._states, *state._windows}
+        assert not [key for key in kept if any(a in key for a in ("intruder", "invented", "stranger"))], kept
+        assert [key for key in state._windows if "acme/fresh" in key]  # its outcome was counted
+
+
 # ---- the kill switch -------------------------------------------------------------------------------------------
 
 
