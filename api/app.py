@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api.auth import check_key
 from api.limits import BodyLimit
 from api.routes import agents, audit, decisions, health, keys, models, policies
 from api.schemas import ErrorOut
@@ -73,7 +75,11 @@ def _handle_errors(app: FastAPI, service: Service) -> None:
         return JSONResponse({"detail": detail}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> Any:
+        try:  # the key first: a body that is not JSON is refused before the route's key check runs
+            await check_key(request)
+        except HTTPException as refused:
+            return await http_exception_handler(request, refused)
         # The offending input is left out: it may be a megabyte long.
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return reply(422, errors)

@@ -15,6 +15,7 @@ from risk.keys import ApiKey, Role
 log = logging.getLogger("risk.api")
 
 bearer = HTTPBearer(auto_error=False, description="an API key made by `risk keys create`")
+_CHECKS: set[Callable[..., Awaitable[ApiKey]]] = set()  # every route's key check, made by `allow`
 
 
 def allow(*roles: Role) -> Callable[..., Awaitable[ApiKey]]:
@@ -40,7 +41,24 @@ def allow(*roles: Role) -> Callable[..., Awaitable[ApiKey]]:
             raise await run_in_threadpool(_refusal, request, 403, why, key)
         return key
 
+    _CHECKS.add(caller)
     return caller
+
+
+async def check_key(request: Request) -> None:
+    """Run the key check of the route `request` reached, if it has one: its 401 or 403 (audited) is raised.
+
+    FastAPI decodes a JSON body before it runs a route's dependencies, so a body that is not JSON at all is
+    refused (422) before the key is looked at; the 422 handler calls this first, so that a request without a
+    valid key, or of the wrong role, is 401 or 403 and audited whatever its body is."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    pending = list(dependant.dependencies) if dependant is not None else []
+    while pending:
+        dependency = pending.pop()
+        if dependency.call in _CHECKS:
+            await dependency.call(request, await bearer(request))
+            return
+        pending.extend(dependency.dependencies)
 
 
 def _refusal(request: Request, status: int, why: str, key: ApiKey | None) -> HTTPException:

@@ -595,6 +595,39 @@ def test_every_route_admits_its_roles_only_and_audits_each_refusal(
     assert {path for _, path, _, _ in ROUTES} <= set(anonymous_paths)
 
 
+def test_a_body_that_is_not_json_is_refused_after_the_key_is_checked(
+    clients: Callable[..., httpx.Client], service: Running, tenant: str
+) -> None:
+    """401 without a key and 403 with a key of another role, both audited, whatever the body; 422 (naming the
+    broken JSON) only for a key that may call the route."""
+
+    def anonymous_refusals() -> list[str]:
+        denied = service.app.state.service.audit.query(AuditQuery(kind="access_denied", agent_id="*", limit=100_000))
+        return [r.detail["path"] for r in denied if r.detail["status"] == 401]
+
+    before = anonymous_refusals()
+    by_role = {role: clients(role) for role in Role}
+    anonymous = clients(None)
+    raw = {"content": b"{", "headers": {"content-type": "application/json"}}
+    with_body = [(method, path, roles) for method, path, body, roles in ROUTES if body is not None and method != "GET"]
+    assert len(with_body) == 8
+    for method, path, roles in with_body:
+        refused = anonymous.request(method, path, **raw)
+        assert (refused.status_code, refused.headers.get("www-authenticate")) == (401, "Bearer"), (path, refused.text)
+        for role, client in by_role.items():
+            response = client.request(method, path, **raw)
+            if role in roles:
+                assert response.status_code == 422, (method, path, response.text)
+                assert response.json()["detail"][0]["type"] == "json_invalid"
+            else:
+                assert response.status_code == 403, (method, path, role, response.text)
+    denied = service.app.state.service.audit.query(AuditQuery(kind="access_denied", limit=100_000))
+    mine = [r for r in denied if r.agent_id == f"{tenant}/*"]
+    assert len(mine) == sum(len(set(Role) - roles) for _, _, roles in with_body)
+    assert {r.detail["status"] for r in mine} == {403}
+    assert sorted(anonymous_refusals()[len(before) :]) == sorted(path for _, path, _ in with_body)
+
+
 def test_a_tenant_never_sees_or_changes_another_tenants_things(
     clients: Callable[..., httpx.Client], tenant: str
 ) -> None:
