@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from risk.actions import MAX_AMOUNT, MAX_PAYLOAD_DEPTH, ActionType, Outcome, nesting
 from risk.tenants import AGENT_PATTERN
@@ -13,6 +13,19 @@ AGENT_REGEX = f"^{AGENT_PATTERN.pattern}$"
 AGENT_RULE = "1-128 letters, digits or . _ : @ + = -, starting with a letter or digit; unique per tenant"
 
 AgentId = Annotated[str, Field(pattern=AGENT_REGEX, description=AGENT_RULE, examples=["claims-analyst"])]
+
+
+def no_nul(value: str) -> str:
+    """`value` if it has no NUL character: PostgreSQL cannot hold one in a text column, and a key, an id, a
+    filter or a note with one is a client's mistake (422), not a store outage (503)."""
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (\\x00)")
+    return value
+
+
+# Names, keys, ids, filters and notes: text without NUL. What an action is about (its resource, payload) and
+# error messages may hold any character; the audit trail stores them escaped.
+Text = Annotated[str, AfterValidator(no_nul)]
 
 
 class Strict(BaseModel):
@@ -24,8 +37,8 @@ class CheckRequest(Strict):
     action_type: ActionType
     resource: str = Field(min_length=1, max_length=4096, examples=["data.deidentified.claims"])
     payload: Any = Field(default=None, description=f"any JSON, nested at most {MAX_PAYLOAD_DEPTH} levels")
-    session_id: str | None = Field(default=None, max_length=256)
-    idempotency_key: str | None = Field(
+    session_id: Text | None = Field(default=None, max_length=256)
+    idempotency_key: Text | None = Field(
         default=None, min_length=1, max_length=128, description="a repeated key returns the first decision"
     )
 
@@ -65,7 +78,7 @@ class BatchOut(BaseModel):
 
 
 class OutcomeRequest(Strict):
-    action_id: str = Field(min_length=1, max_length=64)
+    action_id: Text = Field(min_length=1, max_length=64)
     success: bool
     error: str | None = Field(default=None, max_length=4096)
     rows: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
@@ -76,13 +89,13 @@ class ReportedRecord(Strict):
     """One record of a client's spool: a decision it made itself (fail-open), an outcome it could not send, or a
     rollback step it ran (undo steps live in the client's process)."""
 
-    idempotency_key: str = Field(min_length=1, max_length=128)
+    idempotency_key: Text = Field(min_length=1, max_length=128)
     kind: Literal["decision", "outcome", "rollback"]
     allowed: bool | None = Field(default=None, description="a decision's verdict: true for fail-open (the default)")
-    ts: str | None = Field(default=None, max_length=64)
+    ts: Text | None = Field(default=None, max_length=64)
     action_id: str = Field(pattern="^[0-9a-f]{1,64}$")
     agent_id: AgentId | None = None
-    session_id: str | None = Field(default=None, max_length=256)
+    session_id: Text | None = Field(default=None, max_length=256)
     action_type: ActionType | None = None
     resource: str | None = Field(default=None, min_length=1, max_length=4096)
     payload_digest: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
@@ -132,7 +145,7 @@ class AgentOut(BaseModel):
 
 
 class TerminateRequest(Strict):
-    reason: str = Field(default="terminated by a reviewer", min_length=1, max_length=1000)
+    reason: Text = Field(default="terminated by a reviewer", min_length=1, max_length=1000)
 
 
 class ApproveOut(BaseModel):
@@ -209,7 +222,7 @@ class ReloadOut(BaseModel):
 
 class KeyCreateRequest(Strict):
     role: str = Field(pattern="^(agent|reviewer|auditor|admin)$")
-    note: str = Field(default="", max_length=200)
+    note: Text = Field(default="", max_length=200)
 
 
 class KeyOut(BaseModel):

@@ -698,6 +698,8 @@ def nested(depth: int) -> Any:
         ({**ALLOWED, "resource": None}, "resource"),
         ({**ALLOWED, "session_id": "s" * 300}, "session_id"),
         ({**ALLOWED, "idempotency_key": "k" * 129}, "idempotency_key"),
+        ({**ALLOWED, "idempotency_key": "k\x00"}, "idempotency_key"),
+        ({**ALLOWED, "session_id": "s\x00"}, "session_id"),
         ({**ALLOWED, "payload": nested(65)}, "payload"),
         ({**ALLOWED, "extra": 1}, "extra"),
     ],

@@ -164,3 +164,54 @@ def test_reviewers_approving_at_once_on_both_services_approve_once(pair: tuple[R
         assert ok(agent.post("/v1/check", json=BLOCKED))["reasons"][0]["code"] == "approved"
         assert ok(agent.post("/v1/check", json=BLOCKED))["outcome"] == "paused"
     assert paused["outcome"] == "paused"
+
+
+def _report(**fields: Any) -> dict[str, Any]:
+    record = {"idempotency_key": uuid.uuid4().hex, "kind": "decision", "action_id": "ab12", "agent_id": "bot",
+              "action_type": "file_read", "resource": "/x"}  # fmt: skip
+    return {"records": [{**record, **fields}]}
+
+
+NUL = "k\x00"
+
+
+def test_a_nul_byte_in_a_request_field_is_422_naming_it_not_a_store_outage(
+    pair: tuple[Running, Running], tenant: str
+) -> None:
+    """PostgreSQL cannot hold NUL in a text column: a key, id, filter or note with one is the client's mistake."""
+    one, _ = pair
+    refused = {
+        ("agent", "post", "/v1/check", "idempotency_key"): {"json": {**ALLOWED, "idempotency_key": NUL}},
+        ("agent", "post", "/v1/check", "session_id"): {"json": {**ALLOWED, "session_id": NUL}},
+        ("agent", "post", "/v1/check/batch", "idempotency_key"): {
+            "json": {"actions": [ALLOWED, {**ALLOWED, "idempotency_key": NUL}]}
+        },
+        ("agent", "post", "/v1/outcome", "action_id"): {"json": {"action_id": NUL, "success": True}},
+        ("agent", "post", "/v1/reports", "idempotency_key"): {"json": _report(idempotency_key=NUL)},
+        ("agent", "post", "/v1/reports", "session_id"): {"json": _report(session_id=NUL)},
+        ("agent", "post", "/v1/reports", "ts"): {"json": _report(ts=NUL)},
+        ("admin", "post", "/v1/keys", "note"): {"json": {"role": "agent", "note": NUL}},
+        ("reviewer", "post", "/v1/agents/bot/terminate", "reason"): {"json": {"reason": NUL}},
+        ("auditor", "get", "/v1/audit", "kind"): {"params": {"kind": NUL}},
+        ("auditor", "get", "/v1/audit", "outcome"): {"params": {"outcome": NUL}},
+        ("auditor", "get", "/v1/audit", "agent_id"): {"params": {"agent_id": NUL}},
+    }
+    clients = {role: client(one, tenant, Role(role)) for role in ("agent", "admin", "reviewer", "auditor")}
+    errors_before = _store_errors(one)
+    try:
+        for (role, method, path, field), request in refused.items():
+            response = getattr(clients[role], method)(path, **request)
+            assert response.status_code == 422, (path, field, response.text)
+            assert any(error["loc"][-1] == field for error in response.json()["detail"]), (path, field, response.text)
+        assert ok(clients["agent"].post("/v1/check", json={**ALLOWED, "idempotency_key": "k"}))["allowed"] is True
+        assert ok(clients["auditor"].get("/v1/audit", params={"kind": "decision"}))["records"]
+    finally:
+        for c in clients.values():
+            c.close()
+    assert _store_errors(one) == errors_before
+
+
+def _store_errors(running: Running) -> float:
+    with running.client() as anonymous:
+        lines = anonymous.get("/metrics").text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("risk_store_errors_total{"))

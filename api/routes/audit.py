@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from api.auth import allow
 from api.limits import OrjsonRoute
-from api.schemas import AGENT_REGEX, AuditPage, HeadOut, VerifyOut
+from api.schemas import AGENT_REGEX, AuditPage, HeadOut, Text, VerifyOut
 from risk.audit.store import AuditQuery, utc_time, verify_store
 from risk.keys import ApiKey, Role
 
@@ -30,8 +30,8 @@ def query(
     request: Request,
     key: Auditor,
     agent_id: Annotated[str | None, Query(pattern=AGENT_REGEX)] = None,
-    kind: Annotated[str | None, Query(max_length=64)] = None,
-    outcome: Annotated[str | None, Query(max_length=64)] = None,
+    kind: Annotated[Text | None, Query(max_length=64)] = None,
+    outcome: Annotated[Text | None, Query(max_length=64)] = None,
     since: Annotated[str | None, Query(description="ISO date or time, inclusive", max_length=64)] = None,
     until: Annotated[str | None, Query(description="ISO date or time, exclusive", max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
