@@ -342,6 +342,35 @@ def serve(
 DatabaseUrl = Annotated[
     str | None, typer.Option("--database", help="Catalog URL (default: $RISK_DATABASE_URL or sqlite under $RISK_HOME).")
 ]
+KeysAuditUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--audit",
+        help="The service's audit trail, where the change is recorded (default: the --database if PostgreSQL, "
+        "audit.db beside a SQLite catalog, else $RISK_DATABASE_URL or sqlite under $RISK_HOME).",
+    ),
+]
+
+
+def _key_event(database: str | None, audit_url: str | None, tenant: str, fields: dict[str, Any]) -> None:
+    """Record a key made or revoked here in the service's audit trail, as the service records its own (actor
+    `cli`); raises RiskError or ValueError if it cannot be written."""
+    import os
+
+    from risk.audit.store import default_audit_url
+    from risk.tenants import record_event
+
+    if audit_url is None and database is not None:
+        audit_url = (
+            f"sqlite:///{Path(database.removeprefix('sqlite:///')).with_name('audit.db')}"
+            if database.startswith("sqlite:///")
+            else database
+        )
+    audit = open_audit(audit_url or os.environ.get("RISK_DATABASE_URL") or default_audit_url())
+    try:
+        record_event(audit, f"{tenant}/*", {"actor": "cli", **fields})
+    finally:
+        audit.close()
 
 
 @keys_app.command("create")
@@ -350,17 +379,25 @@ def keys_create(
     role: Annotated[str, typer.Option(help="agent, reviewer, auditor or admin.")],
     note: Annotated[str, typer.Option(help="What the key is for.")] = "",
     database: DatabaseUrl = None,
+    audit: KeysAuditUrl = None,
 ) -> None:
-    """Make an API key and print it once; only its salted hash is stored."""
+    """Make an API key and print it once; only its salted hash is stored. The audit trail records it."""
     from risk.catalog import Catalog, default_catalog_url
     from risk.keys import KeyStore, Role
 
     if role not in Role.__members__.values():
         raise _fail(f"--role must be one of {', '.join(r.value for r in Role)}, not {role!r}")
     try:
-        key, token = KeyStore(Catalog(database or default_catalog_url())).create(tenant, role, note)
+        keys = KeyStore(Catalog(database or default_catalog_url()))
+        key, token = keys.create(tenant, role, note)
     except (RiskError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    try:
+        _key_event(database, audit, key.tenant, {"kind": "key_created", "detail": {"key_id": key.key_id,
+                                                                                "role": key.role.value}})  # fmt: skip
+    except (RiskError, ValueError) as exc:  # no key without a trace: it is revoked, never shown
+        keys.revoke(key.tenant, key.key_id)
+        raise _fail(f"the key was not made: its creation could not be audited ({exc})", code=1) from None
     err.print(f"key {key.key_id} for tenant {key.tenant}, role {key.role.value}; it is shown only now:")
     print(token)
 
@@ -381,13 +418,18 @@ def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key id (the part after rk_).")],
     tenant: Annotated[str, typer.Option(help="Tenant name.")],
     database: DatabaseUrl = None,
+    audit: KeysAuditUrl = None,
 ) -> None:
-    """Revoke a key; every worker refuses it within a few seconds."""
+    """Revoke a key; every worker refuses it within a few seconds. The audit trail records it."""
     from risk.catalog import Catalog, default_catalog_url
     from risk.keys import KeyStore
 
     if not KeyStore(Catalog(database or default_catalog_url())).revoke(tenant, key_id):
         raise _fail(f"tenant {tenant} has no live key {key_id}", code=1)
+    try:
+        _key_event(database, audit, tenant, {"kind": "key_revoked", "detail": {"key_id": key_id}})
+    except (RiskError, ValueError) as exc:  # the revocation stands: refusing is the safe side
+        raise _fail(f"revoked {key_id}, but the revocation could not be audited: {exc}", code=1) from None
     console.print(f"revoked {key_id}")
 
 

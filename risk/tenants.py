@@ -606,9 +606,7 @@ class Tenants:
 
     def record(self, agent_id: str, fields: dict[str, Any]) -> None:
         """Append one event to the audit trail; raises AuditError if it cannot be written."""
-        self.audit.append(
-            {"record_id": os.urandom(16).hex(), "ts": _now(self._clock()), "agent_id": agent_id, **fields}
-        )
+        record_event(self.audit, agent_id, fields, self._clock())
 
     def ready(self) -> dict[str, str]:
         """Each store's answer to a cheap read: "ok" or the error."""
@@ -625,6 +623,13 @@ class Tenants:
             except Exception as exc:  # any failure means not ready; the message says which store and why
                 answers[name] = f"{type(exc).__name__}: {exc}"
         return answers
+
+
+def record_event(audit: AuditStore, agent_id: str, fields: dict[str, Any], ts: float | None = None) -> None:
+    """Append one event of the service (a refusal, a policy change, a key made) to `audit`, as the service
+    records it; raises AuditError if it cannot be written."""
+    audit.append({"record_id": os.urandom(16).hex(), "ts": _now(time.time() if ts is None else ts),
+                  "agent_id": agent_id, **fields})  # fmt: skip
 
 
 def _now(ts: float) -> str:

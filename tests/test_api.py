@@ -15,10 +15,13 @@ from api_server import Running, serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from services import free_port
+from typer.testing import CliRunner
 
 from api.settings import Settings
 from risk.audit.store import AuditQuery, verify_store
-from risk.keys import Role
+from risk.catalog import Catalog
+from risk.cli import app as cli
+from risk.keys import KeyStore, Role
 
 BLOCKING = {
     "allowed_resources": ["data.deidentified.*", "/reports/*"],
@@ -461,6 +464,33 @@ def test_admin_makes_lists_and_revokes_keys_of_its_tenant(
         assert agent.post("/v1/check", json=ALLOWED).status_code == 401
     assert admin.delete(f"/v1/keys/{made['key_id']}").status_code == 404
     assert admin.post("/v1/keys", json={"role": "root"}).status_code == 422
+
+
+def test_keys_made_and_revoked_on_the_command_line_are_in_the_services_audit_trail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RISK_HOME", str(tmp_path))
+    monkeypatch.delenv("RISK_DATABASE_URL", raising=False)
+    runner = CliRunner()
+    made = runner.invoke(cli, ["keys", "create", "--tenant", "acme", "--role", "admin"])
+    assert made.exit_code == 0, made.output
+    key_id = made.stdout.strip().splitlines()[-1].split("_")[1]
+    other = runner.invoke(cli, ["keys", "create", "--tenant", "acme", "--role", "agent",
+                                "--database", f"sqlite:///{tmp_path}/catalog.db"])  # fmt: skip
+    other_id = other.stdout.strip().splitlines()[-1].split("_")[1]
+    assert runner.invoke(cli, ["keys", "revoke", other_id, "--tenant", "acme"]).exit_code == 0
+    unaudited = runner.invoke(cli, ["keys", "create", "--tenant", "acme", "--role", "admin", "--audit", "mysql://x"])
+    assert unaudited.exit_code == 1 and "rk_" not in unaudited.stdout  # a key with no trace is not made
+    live = [k for k in KeyStore(Catalog(f"sqlite:///{tmp_path}/catalog.db")).list("acme") if k.revoked_at is None]
+    assert [k.key_id for k in live] == [key_id]
+    with serve(Settings(home=tmp_path, model=None)) as running, running.client("acme", Role.AUDITOR) as auditor:
+        records = ok(auditor.get("/v1/audit", params={"limit": 1000}))["records"]
+        assert verify_store(running.app.state.service.audit).ok
+    assert [(r["kind"], r["agent_id"], r["actor"], r["detail"]) for r in records] == [
+        ("key_created", "acme/*", "cli", {"key_id": key_id, "role": "admin"}),
+        ("key_created", "acme/*", "cli", {"key_id": other_id, "role": "agent"}),
+        ("key_revoked", "acme/*", "cli", {"key_id": other_id}),
+    ]
 
 
 def test_health_ready_and_metrics(clients: Callable[..., httpx.Client], service: Running) -> None:
