@@ -233,7 +233,7 @@ def test_agents_past_the_tenants_limit_are_refused_and_given_no_state(tmp_path: 
             assert [(r["outcome"], r["reasons"][0]["code"]) for r in records] == [("blocked", "agent_limit")]
         service = running.app.state.service
         profiles = service.tenants.guard("acme", "c")._behavior.profiles._profiles
-        assert set(profiles) == {"acme/a", "acme/b"}  # the refused agent has no profile
+        assert {"acme/a", "acme/b"} <= set(profiles) and "acme/c" not in profiles  # the refused agent has none
         assert not [key for key in service.state._windows if "acme/c" in key]  # nor a rate window
 
 
