@@ -961,6 +961,79 @@ def test_deleting_the_retention_record_after_a_purge_is_detected(
     assert (result.ok, result.first_bad_seq) == (False, 1)
 
 
+def _young(n: int) -> dict[str, Any]:
+    """A record's fields, written now (inside any retention period)."""
+    return {"record_id": f"r{n}", "ts": datetime.now(UTC).isoformat(timespec="microseconds"), "kind": "decision",
+            "agent_id": "a", "resource": f"/srv/{n}.csv"}  # fmt: skip
+
+
+def _insert_row(conn: sqlite3.Connection, seq: int, fields: dict[str, Any], hash_: str | None = None) -> None:
+    """Add a row the way an attacker with the file would: its text hashed (or `hash_`) and its columns filled."""
+    text = canonical_json({**fields, "seq": seq}).decode()
+    conn.execute(
+        "INSERT INTO audit (seq, ts, agent_id, kind, outcome, action_id, body, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (seq, fields.get("ts"), fields.get("agent_id"), fields.get("kind"), fields.get("outcome"),
+         fields.get("action_id"), text, hash_ or spec_hash(GENESIS_HASH, text.encode())),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seq", [0, -5])
+def test_a_row_added_before_the_chains_start_fails_verification_though_queries_show_it(db_path: Path, seq: int) -> None:
+    store = SQLiteAuditStore(url_of(db_path))
+    for n in range(1, 4):
+        store.append(_young(n))
+    kept = store.head().hash
+    with raw(db_path) as conn:
+        _insert_row(conn, seq, {**_young(9), "resource": "/etc/shadow", "prev_hash": GENESIS_HASH})
+    assert "/etc/shadow" in [r.resource for r in store.query(AuditQuery(agent_id="a"))]
+    for head in (None, kept):
+        result = verify_store(store, expected_head=head)
+        assert (result.ok, result.first_bad_seq) == (False, seq), result
+        assert "precedes the chain's start" in result.problem
+    store.close()
+
+
+@pytest.mark.parametrize("forged_seq", [0, -1])
+def test_young_records_deleted_behind_a_forged_retention_row_outside_the_chain_fail_verification(
+    db_path: Path, forged_seq: int
+) -> None:
+    store = SQLiteAuditStore(url_of(db_path))
+    for n in range(1, 6):
+        store.append(_young(n))
+    kept = store.head().hash
+    hashes = {s.seq: s.hash for s in store.stored()}
+    forged = {"record_id": "x", "ts": _young(0)["ts"], "kind": "retention", "agent_id": "*", "actor": "cli",
+              "detail": {"purged_through_seq": 3, "anchor_hash": hashes[3]}, "prev_hash": GENESIS_HASH}  # fmt: skip
+    with raw(db_path) as conn:
+        conn.execute("DELETE FROM audit WHERE seq <= 3")
+        _insert_row(conn, forged_seq, forged)
+    for head in (None, kept):
+        result = verify_store(store, expected_head=head)
+        assert (result.ok, result.first_bad_seq) == (False, forged_seq), result
+    # Without the forged row, records 1..3 are missing with no purge in the chain to account for them.
+    with raw(db_path) as conn:
+        conn.execute("DELETE FROM audit WHERE seq <= 0")
+    result = verify_store(store, expected_head=kept)
+    assert (result.ok, result.first_bad_seq) == (False, 1), result
+    assert "missing with no purge" in result.problem
+    store.close()
+
+
+def test_a_retention_record_anchors_the_chain_only_if_it_names_the_hash_the_chain_starts_from(db_path: Path) -> None:
+    store = SQLiteAuditStore(url_of(db_path))
+    for n in range(1, 4):
+        store.append({**_young(n), "ts": "2010-01-01T00:00:00.000000+00:00"})
+    store.append(_young(4))
+    # A retention record in the chain, naming seq 2 but the hash of another record: it vouches for nothing.
+    store.append({"record_id": "x", "ts": _young(0)["ts"], "kind": "retention", "agent_id": "*",
+                  "detail": {"purged_through_seq": 2, "anchor_hash": "f" * 64}})  # fmt: skip
+    with raw(db_path) as conn:
+        conn.execute("DELETE FROM audit WHERE seq <= 2")
+    result = verify_store(store)
+    assert (result.ok, result.first_bad_seq) == (False, 1), result
+    store.close()
+
+
 def test_the_wal_is_checkpointed_in_the_background_not_inside_appends(tmp_path: Path) -> None:
     """Appends never run SQLite's automatic checkpoint; a background thread copies the log into the database."""
     db = tmp_path / "a.db"

@@ -528,3 +528,42 @@ def test_purge_keeps_what_the_retention_period_protects(store: PostgresAuditStor
     assert purge(store, now - timedelta(days=5), retention=timedelta(days=3)) == 1
     assert [r.kind for r in store.query(AuditQuery())] == ["decision", "retention"]
     assert verify_store(store).ok
+
+
+def _insert_row(raw: Any, seq: int, fields: dict[str, Any]) -> None:
+    """Add a row as an attacker with database access would: its text hashed from the genesis, columns filled."""
+    from risk.audit.record import canonical_json, chain_hash
+
+    text = canonical_json({**fields, "seq": seq, "prev_hash": GENESIS_HASH}).decode()
+    raw.execute(
+        "INSERT INTO risk_audit (seq, ts, agent_id, kind, outcome, action_id, body, hash) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (seq, fields.get("ts"), fields.get("agent_id"), fields.get("kind"), fields.get("outcome"),
+         fields.get("action_id"), text, chain_hash(GENESIS_HASH, text.encode())),
+    )  # fmt: skip
+
+
+def test_a_row_before_the_chains_start_or_a_forged_retention_row_there_fails_verification(
+    store: PostgresAuditStore, raw: Any
+) -> None:
+    for n in range(1, 6):
+        store.append(body(n))
+    kept = store.head().hash
+    _insert_row(raw, 0, body(9, outcome="allowed", resource="/etc/shadow"))
+    assert "/etc/shadow" in [r.resource for r in store.query(AuditQuery())]
+    result = verify_store(store, expected_head=kept)
+    assert (result.ok, result.first_bad_seq) == (False, 0), result
+    assert "precedes the chain's start" in result.problem
+    # Young records 1..3 deleted, and a retention row naming record 3's hash put at seq 0, outside the chain.
+    anchor = rows(raw)[3]["hash"]  # seq 0 is rows[0]: this is seq 3
+    raw.execute("DELETE FROM risk_audit WHERE seq <= 3")
+    forged = {"record_id": "x", "ts": datetime.now(UTC).isoformat(), "kind": "retention", "agent_id": "*",
+              "detail": {"purged_through_seq": 3, "anchor_hash": anchor}}  # fmt: skip
+    _insert_row(raw, 0, forged)
+    for head in (None, kept):
+        result = verify_store(store, expected_head=head)
+        assert (result.ok, result.first_bad_seq) == (False, 0), result
+    raw.execute("DELETE FROM risk_audit WHERE seq = 0")
+    result = verify_store(store, expected_head=kept)
+    assert (result.ok, result.first_bad_seq) == (False, 1), result
+    assert "missing with no purge" in result.problem

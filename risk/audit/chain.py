@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from risk.audit.record import GENESIS_HASH, INDEXED, StoredRecord, chain_hash
+
+_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,23 +32,32 @@ def verify_chain(
     """Recompute the chain over `records` (in storage order) and report the first record that does not fit.
 
     `anchor_hash` and `first_seq` say where the chain starts: the genesis, or the last record a retention
-    purge removed. `expected_head` is a head hash kept elsewhere; if given, the chain must contain it, which
-    catches records cut off the end.
+    purge removed. A chain that starts after seq 1 must itself hold, after the start, the `retention` record of
+    that purge (naming `first_seq - 1` and `anchor_hash`): an anchor only a record outside the verified chain
+    vouches for is no anchor. `expected_head` is a head hash kept elsewhere; if given, the chain must contain
+    it, which catches records cut off the end.
     """
+    if not _HASH.fullmatch(anchor_hash):
+        return Verification(False, 0, GENESIS_HASH, 1, f"records 1..{first_seq - 1} are missing with no purge")
     expected_prev, expected_seq, count = anchor_hash, first_seq, 0
     head_seen = expected_head is None or expected_head == anchor_hash
+    purges: list[dict[str, Any]] = []  # the retention records in the verified chain, in order
 
     def bad(seq: int, problem: str) -> Verification:
         return Verification(False, count, expected_prev, seq, problem)
 
     for stored in records:
         if stored.seq != expected_seq:
+            if stored.seq < 1:
+                return bad(stored.seq, f"a record at seq {stored.seq} precedes the chain's start (seq 1): it was added")
             missing = "missing or reordered" if stored.seq > expected_seq else "reordered or duplicated"
             return bad(stored.seq, f"expected seq {expected_seq}: {missing}")
         try:
             body = json.loads(stored.text)
         except ValueError:
             return bad(stored.seq, "record text is not JSON: it was edited")
+        if not isinstance(body, dict):
+            return bad(stored.seq, "record text is not a JSON object: it was edited")
         if body.get("seq") != stored.seq or body.get("prev_hash") != expected_prev:
             return bad(stored.seq, "record does not follow the one before: a record was removed or reordered")
         recomputed = chain_hash(expected_prev, stored.text.encode())
@@ -53,8 +66,27 @@ def verify_chain(
         edited = [c for c in INDEXED if stored.columns.get(c) != body.get(c)]
         if edited:
             return bad(stored.seq, f"column(s) {', '.join(edited)} were edited: they differ from the hashed record")
+        if body.get("kind") == "retention":
+            purges.append(body)
         expected_prev, expected_seq, count = recomputed, expected_seq + 1, count + 1
         head_seen = head_seen or recomputed == expected_head
+    if first_seq > 1:
+        vouching = [
+            p
+            for p in purges
+            if isinstance(p.get("detail"), dict)
+            and p["detail"].get("purged_through_seq") == first_seq - 1
+            and p["detail"].get("anchor_hash") == anchor_hash
+        ]
+        if not vouching:
+            return Verification(
+                False,
+                count,
+                expected_prev,
+                1,
+                f"records 1..{first_seq - 1} are missing with no purge: no retention record in the chain after "
+                f"them names seq {first_seq - 1} and the hash the chain starts from",
+            )
     if not head_seen:
         return bad(expected_seq, f"head {expected_head} not found: records were cut off the end")
     return Verification(True, count, expected_prev)

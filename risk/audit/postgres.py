@@ -134,13 +134,15 @@ class PostgresAuditStore:
             except psycopg.Error as exc:
                 raise AuditError(f"audit record not written to {self._where}: {exc}") from exc
 
-    def stored(self, after_seq: int = 0) -> Iterator[StoredRecord]:
+    def stored(self, after_seq: int | None = None) -> Iterator[StoredRecord]:
         # Keyset pagination: each page starts after the last seq seen, so a page costs the same however deep.
         sql = f"{_SELECT} WHERE seq > %s ORDER BY seq LIMIT %s"
-        while page := self._read(sql, (after_seq, _PAGE)):
+        first = (f"{_SELECT} ORDER BY seq LIMIT %s", (_PAGE,)) if after_seq is None else (sql, (after_seq, _PAGE))
+        page = self._read(*first)
+        while page:
             for row in page:
                 yield StoredRecord.from_row(row)
-            after_seq = page[-1][0]
+            page = self._read(sql, (page[-1][0], _PAGE))
 
     def query(self, query: AuditQuery) -> list[AuditRecord]:
         where, params = where_clause(query, "%s")

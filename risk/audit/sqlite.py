@@ -158,12 +158,15 @@ class SQLiteAuditStore:
         row = self._read("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", ())
         return (row[0][0], row[0][1]) if row else (0, GENESIS_HASH)
 
-    def stored(self, after_seq: int = 0) -> Iterator[StoredRecord]:
+    def stored(self, after_seq: int | None = None) -> Iterator[StoredRecord]:
         sql = f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT 1000"
-        while page := self._read(sql, (after_seq,)):
+        page = (
+            self._read(f"{_SELECT} ORDER BY seq LIMIT 1000", ()) if after_seq is None else self._read(sql, (after_seq,))
+        )
+        while page:
             for row in page:
                 yield StoredRecord.from_row(row)
-            after_seq = page[-1][0]
+            page = self._read(sql, (page[-1][0],))
 
     def query(self, query: AuditQuery) -> list[AuditRecord]:
         where, params = where_clause(query, "?")

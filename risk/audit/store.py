@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -212,8 +213,9 @@ class AuditStore(Protocol):
         the AuditError that kept it out. A record the store cannot hold fails alone."""
         ...
 
-    def stored(self, after_seq: int = 0) -> Iterator[StoredRecord]:
-        """Every record as stored, in sequence order, starting after `after_seq`."""
+    def stored(self, after_seq: int | None = None) -> Iterator[StoredRecord]:
+        """Every row as stored, in sequence order, starting after `after_seq` (None: every row, whatever its seq,
+        so that verification sees a row someone put before the chain's start)."""
         ...
 
     def query(self, query: AuditQuery) -> list[AuditRecord]: ...
@@ -271,22 +273,32 @@ def utc_time(value: str) -> str:
     return parsed.isoformat(timespec="microseconds")
 
 
-def records(store: AuditStore, after_seq: int = 0) -> Iterator[AuditRecord]:
+def records(store: AuditStore, after_seq: int | None = None) -> Iterator[AuditRecord]:
     """Every record in `store`, decoded, in sequence order."""
     return (stored.record() for stored in store.stored(after_seq))
 
 
 def verify_store(store: AuditStore, expected_head: str | None = None) -> Verification:
-    """Verify the whole chain in `store`, starting after the last retention purge if there was one."""
+    """Verify every row in `store`: the chain from seq 1, or from just after the last retention purge.
+
+    Every stored row is read, whatever its seq: a row before the chain's start fails verification, as queries
+    would show it. A chain that starts after seq 1 starts from the hash its first record claims to follow, and
+    passes only if the retention record of the purge that removed the records before it (naming that seq and
+    that hash) is itself one of the verified records after them.
+    """
     first = next(store.stored(), None)
-    anchor, first_seq = GENESIS_HASH, 1
-    if first is not None and first.seq != 1:
-        purges = store.query(AuditQuery(kind="retention", limit=1_000_000))
-        match = next((p for p in purges if p.detail.get("purged_through_seq") == first.seq - 1), None)
-        if match is None:
-            return Verification(False, 0, GENESIS_HASH, 1, f"records 1..{first.seq - 1} are missing with no purge")
-        anchor, first_seq = str(match.detail["anchor_hash"]), first.seq
-    return verify_chain(store.stored(), anchor_hash=anchor, first_seq=first_seq, expected_head=expected_head)
+    if first is None or first.seq <= 1:
+        return verify_chain(store.stored(), expected_head=expected_head)
+    try:
+        claimed = json.loads(first.text).get("prev_hash")
+    except (ValueError, AttributeError):
+        claimed = None
+    anchor = claimed if isinstance(claimed, str) else ""
+    # Where no retention record at all names the gap, say so at once rather than at the chain's first fault.
+    purges = store.query(AuditQuery(kind="retention", limit=1_000_000))
+    if not any(p.seq >= first.seq and p.detail.get("purged_through_seq") == first.seq - 1 for p in purges):
+        return Verification(False, 0, GENESIS_HASH, 1, f"records 1..{first.seq - 1} are missing with no purge")
+    return verify_chain(store.stored(), anchor_hash=anchor, first_seq=first.seq, expected_head=expected_head)
 
 
 def purge(store: AuditStore, before: datetime, *, retention: timedelta = DEFAULT_RETENTION, actor: str = "cli") -> int:
