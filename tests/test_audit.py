@@ -1034,6 +1034,25 @@ def test_a_retention_record_anchors_the_chain_only_if_it_names_the_hash_the_chai
     store.close()
 
 
+@pytest.mark.parametrize("group", [1, 3])
+def test_a_writer_whose_cached_head_another_process_purged_reseals_onto_the_real_head(
+    db_path: Path, group: int
+) -> None:
+    idle, other = SQLiteAuditStore(url_of(db_path)), SQLiteAuditStore(url_of(db_path))
+    idle.append({**_young(1), "ts": "2010-01-01T00:00:00.000000+00:00"})  # idle caches head 1
+    for n in range(2, 6):
+        other.append({**_young(n), "ts": "2010-01-01T00:00:00.000000+00:00"})
+    assert purge(other, datetime(2015, 1, 1, tzinfo=UTC)) == 5  # seqs 1..5 are free again; 6 is the retention
+    sealed = idle.append_many([_young(n) for n in range(10, 10 + group)])
+    assert [s.seq for s in sealed if isinstance(s, Sealed)] == list(range(7, 7 + group))
+    with raw(db_path) as conn:
+        assert [r[0] for r in conn.execute("SELECT seq FROM audit ORDER BY seq")] == list(range(6, 7 + group))
+    result = verify_store(other)
+    assert (result.ok, result.count) == (True, 1 + group), result
+    idle.close()
+    other.close()
+
+
 def test_the_wal_is_checkpointed_in_the_background_not_inside_appends(tmp_path: Path) -> None:
     """Appends never run SQLite's automatic checkpoint; a background thread copies the log into the database."""
     db = tmp_path / "a.db"

@@ -567,3 +567,20 @@ def test_a_row_before_the_chains_start_or_a_forged_retention_row_there_fails_ver
     result = verify_store(store, expected_head=kept)
     assert (result.ok, result.first_bad_seq) == (False, 1), result
     assert "missing with no purge" in result.problem
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_a_writer_whose_cached_head_another_process_purged_reseals_onto_the_real_head(
+    open_store: Callable[..., PostgresAuditStore], raw: Any, group: int
+) -> None:
+    idle, other = open_store(), open_store()
+    old = datetime(2010, 1, 1, tzinfo=UTC).isoformat(timespec="microseconds")
+    idle.append(body(1, ts=old))  # idle caches head 1
+    for n in range(2, 6):
+        other.append(body(n, ts=old))
+    assert purge(other, datetime(2015, 1, 1, tzinfo=UTC)) == 5  # seqs 1..5 are free again; 6 is the retention
+    sealed = idle.append_many([body(n) for n in range(10, 10 + group)])
+    assert [s.seq for s in sealed if not isinstance(s, AuditError)] == list(range(7, 7 + group))
+    assert [r["seq"] for r in rows(raw)] == list(range(6, 7 + group))
+    result = verify_store(other)
+    assert (result.ok, result.count) == (True, 1 + group), result

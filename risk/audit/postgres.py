@@ -68,7 +68,8 @@ _SELECT = f"SELECT {', '.join(COLUMNS)} FROM risk_audit"
 # ON CONFLICT DO NOTHING rather than catching the unique violation: the lost race is reported by the row
 # count, and the server does not log an ERROR for every collision between writers.
 _INSERT_INTO = f"INSERT INTO risk_audit ({', '.join(COLUMNS)})"
-_ROW = f"({', '.join('%s' for _ in COLUMNS)})"
+# Typed, as a VALUES list in a subquery takes its column types from its values, not from the table.
+_ROW = "(" + ", ".join("%s::bigint" if c == "seq" else "%s::text" for c in COLUMNS) + ")"
 _PAGE = 1000  # rows per round trip when reading the whole chain
 _ROWS_PER_INSERT = 1000  # a statement takes at most 65,535 parameters
 _APPEND_BUDGET = 5.0  # seconds an append may keep losing races to other writers before it fails
@@ -210,9 +211,19 @@ class PostgresAuditStore:
 
 
 def _inserting(rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
-    """One INSERT of `rows` that skips a row whose seq is taken (the caller compares the row count)."""
+    """One INSERT of `rows` (in seq order) that skips a row whose seq is taken, and every row if any row has the
+    first one's seq or a later one (the caller compares the row count).
+
+    The second condition refuses a writer whose cached head is stale because another process purged the seqs
+    it would take: it rereads the head and reseals instead of forking the chain there. The probe is one lookup
+    in the primary key.
+    """
     values = ", ".join([_ROW] * len(rows))
-    return f"{_INSERT_INTO} VALUES {values} ON CONFLICT (seq) DO NOTHING", [value for row in rows for value in row]
+    sql = (
+        f"{_INSERT_INTO} SELECT * FROM (VALUES {values}) AS new ({', '.join(COLUMNS)}) "
+        "WHERE NOT EXISTS (SELECT 1 FROM risk_audit WHERE seq >= %s) ON CONFLICT (seq) DO NOTHING"
+    )
+    return sql, [*(value for row in rows for value in row), rows[0][0]]
 
 
 def _migrate(conn: psycopg.Connection[tuple[Any, ...]], *, create: bool, where: str) -> None:

@@ -39,7 +39,13 @@ CHECKPOINT_SECONDS = 0.5
 WAL_LIMIT_BYTES = 16 * 1024 * 1024
 RESTART_WAIT_MS = 100  # a held-off append retries meanwhile (see ChainAppender), within its own timeout
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM audit"
-_INSERT = f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+# A record goes in only if no row has its seq or a later one: a writer whose cached head is stale (another process
+# appended, or purged the seqs it would take) is refused and reseals onto the real head, instead of forking the
+# chain at a seq a purge freed. The probe is one lookup in the primary key.
+_INSERT = (
+    f"INSERT INTO audit ({', '.join(COLUMNS)}) SELECT {', '.join('?' for _ in COLUMNS)} "
+    "WHERE NOT EXISTS (SELECT 1 FROM audit WHERE seq >= ?)"
+)
 # One index only: each one costs about a third more per append on the hot path. Queries without an
 # agent scan in sequence order, which is time order.
 _SCHEMA = f"""
@@ -127,16 +133,17 @@ class SQLiteAuditStore:
 
     def _insert(self, records: list[tuple[Sealed, dict[str, Any]]]) -> bool:
         """The records in one transaction (one alone: one autocommit INSERT); False when another writer
-        already took one of their seqs (the primary key) or holds the write lock."""
-        rows = [sealed.row(body) for sealed, body in records]
+        already took one of their seqs or a later one, or holds the write lock."""
+        rows = [(*sealed.row(body), sealed.seq) for sealed, body in records]
         with self._lock:
             try:
                 if len(rows) == 1:
-                    self._conn.execute(_INSERT, rows[0])
-                    return True
+                    return bool(self._conn.execute(_INSERT, rows[0]).rowcount == 1)
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    self._conn.executemany(_INSERT, rows)
+                    if self._conn.executemany(_INSERT, rows).rowcount != len(rows):
+                        self._conn.execute("ROLLBACK")
+                        return False
                     self._conn.execute("COMMIT")
                 except BaseException:
                     if self._conn.in_transaction:
