@@ -1053,6 +1053,40 @@ def test_a_writer_whose_cached_head_another_process_purged_reseals_onto_the_real
     other.close()
 
 
+@pytest.mark.parametrize("between", ["head", "first_seq_at_or_after"])
+def test_purge_never_deletes_a_young_record_appended_while_it_reads_the_boundary_and_head(
+    db_path: Path, between: str
+) -> None:
+    young: list[int] = []
+
+    class Busy(SQLiteAuditStore):
+        """A store another writer appends a young record to right after `between` returns."""
+
+        def _then_append(self, result: Any) -> Any:
+            young.append(writer.append(_young(100 + len(young))).seq)
+            return result
+
+        def head(self) -> Any:
+            result = super().head()
+            return self._then_append(result) if between == "head" else result
+
+        def first_seq_at_or_after(self, ts: str) -> int | None:
+            result = super().first_seq_at_or_after(ts)
+            return self._then_append(result) if between == "first_seq_at_or_after" else result
+
+    operator = Busy(url_of(db_path))
+    writer = SQLiteAuditStore(url_of(db_path))
+    for n in range(1, 4):
+        operator.append({**_young(n), "ts": "2010-01-01T00:00:00.000000+00:00"})
+    assert purge(operator, datetime(2015, 1, 1, tzinfo=UTC)) == 3
+    with raw(db_path) as conn:
+        left = [r[0] for r in conn.execute("SELECT seq FROM audit ORDER BY seq")]
+    assert young == [4] and 4 in left, left
+    assert verify_store(writer).ok
+    operator.close()
+    writer.close()
+
+
 def test_the_wal_is_checkpointed_in_the_background_not_inside_appends(tmp_path: Path) -> None:
     """Appends never run SQLite's automatic checkpoint; a background thread copies the log into the database."""
     db = tmp_path / "a.db"

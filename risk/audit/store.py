@@ -315,9 +315,10 @@ def purge(store: AuditStore, before: datetime, *, retention: timedelta = DEFAULT
             f"refusing to purge records younger than the retention period ({retention.days} days): "
             f"choose a date on or before {keep_until}"
         )
-    boundary = store.first_seq_at_or_after(before.isoformat(timespec="microseconds"))
+    # The head first: a record appended after it is read is never deleted, whether or not the boundary sees it.
     head = store.head()
-    last = (boundary - 1) if boundary is not None else head.seq
+    boundary = store.first_seq_at_or_after(before.isoformat(timespec="microseconds"))
+    last = head.seq if boundary is None else min(boundary - 1, head.seq)
     first = next(store.stored(), None)
     if first is None or last < first.seq:
         return 0
