@@ -1087,6 +1087,28 @@ def test_purge_never_deletes_a_young_record_appended_while_it_reads_the_boundary
     writer.close()
 
 
+def test_a_head_kept_before_a_purge_deleted_its_record_names_both_causes_and_the_purges(db_path: Path) -> None:
+    store = SQLiteAuditStore(url_of(db_path))
+    for n in range(1, 3):
+        store.append({**_young(n), "ts": "2010-01-01T00:00:00.000000+00:00"})
+    kept = store.head().hash
+    store.append({**_young(3), "ts": "2010-01-01T00:00:00.000000+00:00"})
+    store.append(_young(4))
+    assert purge(store, datetime(2015, 1, 1, tzinfo=UTC), actor="ops@example") == 3
+    result = verify_store(store, expected_head=kept)
+    assert not result.ok
+    today = datetime.now(UTC).date().isoformat()
+    assert "records were cut off the end, or the head's record was deleted by a purge" in result.problem
+    assert f"the purge through seq 3 on {today} by ops@example (retention record seq 5)" in result.problem
+    # Without a purge, only the first cause is possible.
+    truncated = SQLiteAuditStore(url_of(db_path.with_name("other.db")))
+    truncated.append(_young(1))
+    result = verify_store(truncated, expected_head="a" * 64)
+    assert result.problem.endswith("not found: records were cut off the end"), result
+    store.close()
+    truncated.close()
+
+
 def test_the_wal_is_checkpointed_in_the_background_not_inside_appends(tmp_path: Path) -> None:
     """Appends never run SQLite's automatic checkpoint; a background thread copies the log into the database."""
     db = tmp_path / "a.db"

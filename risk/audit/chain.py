@@ -22,6 +22,16 @@ class Verification:
     problem: str = ""
 
 
+def _purge_text(body: dict[str, Any]) -> str:
+    """A retention record, as a message names it: what it purged, when and by whom."""
+    detail = body.get("detail")
+    detail = detail if isinstance(detail, dict) else {}
+    return (
+        f"the purge through seq {detail.get('purged_through_seq')} on {str(body.get('ts'))[:10]} "
+        f"by {body.get('actor')} (retention record seq {body.get('seq')})"
+    )
+
+
 def verify_chain(
     records: Iterable[StoredRecord],
     *,
@@ -88,5 +98,13 @@ def verify_chain(
                 f"them names seq {first_seq - 1} and the hash the chain starts from",
             )
     if not head_seen:
-        return bad(expected_seq, f"head {expected_head} not found: records were cut off the end")
+        if purges:
+            relied = "; ".join(_purge_text(p) for p in purges)
+            cause = (
+                "records were cut off the end, or the head's record was deleted by a purge since the head was "
+                f"kept (purges in this chain: {relied})"
+            )
+        else:
+            cause = "records were cut off the end"
+        return bad(expected_seq, f"head {expected_head} not found: {cause}")
     return Verification(True, count, expected_prev)
