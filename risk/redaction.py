@@ -3,12 +3,18 @@ payment card numbers (Luhn-checked), medical record numbers."""
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-_CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
+# Where card numbers are looked for: a run of digits with single spaces or hyphens between them, never touching
+# another digit. A card number is the whole run or a stretch of its groups (the digits between separators), so
+# "order-4111111111111111" and "4111111111111111-12/29" both hold one; see `card_spans`.
+_DIGIT_RUN = re.compile(r"\d(?:[ -]?\d)*")
+_GROUP = re.compile(r"\d+")
 _SSN = re.compile(r"(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)")
 # An email address. Searched for plainly, a long run of its local-part characters with no address in it (a
 # token, base64) is scanned again from each of its characters, in time quadratic in the run's length (a
@@ -66,14 +72,72 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _mask_card(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group())
-    return "[CARD]" if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group()
+_PLAIN = bytes(range(256)).translate(bytes.maketrans(b"0123456789", bytes(range(10))))
+_DOUBLED = bytes.maketrans(b"0123456789", bytes([0, 2, 4, 6, 8, 1, 3, 5, 7, 9]))  # Luhn: 2d, less 9 past 9
+_ASCII_DIGITS = frozenset("0123456789")
+
+
+def card_spans(text: str) -> Iterator[tuple[int, int]]:
+    """Where `text` holds a Luhn-valid card number (13 to 19 digits, single spaces or hyphens between them):
+    a run of digits and separators that touches no other digit, or a stretch of whole groups of such a run. From
+    each group on, left to right, the longest stretch that is a card number is taken.
+
+    Linear in the text: each group starts at most 7 candidate stretches (13 to 19 digits, and every group adds
+    one at least), and each Luhn sum is a difference of two prefix sums.
+
+    >>> [("4111111111111111-12/29"[a:b]) for a, b in card_spans("4111111111111111-12/29")]
+    ['4111111111111111']
+    """
+    for run in _DIGIT_RUN.finditer(text):
+        value = run.group()
+        if len(value) < 13:
+            continue
+        if value.isdigit():  # no separators: the whole run or nothing
+            if len(value) <= 19 and luhn_valid(value):
+                yield run.span()
+            continue
+        groups = [g.span() for g in _GROUP.finditer(value)]
+        digits = "".join(value[a:b] for a, b in groups)
+        if len(digits) < 13 or not _ASCII_DIGITS.issuperset(digits):
+            if 13 <= len(digits) <= 19 and luhn_valid(digits):  # other scripts' digits: the whole run only
+                yield run.span()
+            continue
+        # Luhn doubles every second digit counted from the right end, so a stretch ending at an even index uses
+        # `odd` (odd indexes doubled), one ending at an odd index uses `even`.
+        plain = digits.encode().translate(_PLAIN)
+        doubled = digits.encode().translate(_DOUBLED)
+        odd, even = bytearray(plain), bytearray(plain)
+        odd[1::2], even[0::2] = doubled[1::2], doubled[0::2]
+        sums = {0: [0, *itertools.accumulate(odd)], 1: [0, *itertools.accumulate(even)]}
+        starts = list(itertools.accumulate((b - a for a, b in groups), initial=0))  # digits before each group
+        i, n, base = 0, len(groups), run.start()
+        while i < n:
+            first = starts[i]
+            k = bisect.bisect_right(starts, first + 19, i + 1) - 1  # stretches i..k-1 have at most 19 digits
+            while k > i and starts[k] - first >= 13:  # the longest stretch first
+                last = starts[k]
+                prefix = sums[(last - 1) & 1]
+                if (prefix[last] - prefix[first]) % 10 == 0:
+                    break
+                k -= 1
+            else:
+                i += 1
+                continue
+            yield base + groups[i][0], base + groups[k - 1][1]
+            i = k
+
+
+def _mask_cards(text: str) -> str:
+    parts, last = [], 0
+    for start, end in card_spans(text):
+        parts += [text[last:start], "[CARD]"]
+        last = end
+    return "".join([*parts, text[last:]]) if parts else text
 
 
 _MASKS: tuple[Callable[[str], str], ...] = (
     functools.partial(_MRN.sub, "[MRN]"),
-    functools.partial(_CARD.sub, _mask_card),
+    _mask_cards,
     functools.partial(_SSN.sub, "[SSN]"),
     _mask_emails,
     functools.partial(_PHONE.sub, "[PHONE]"),
@@ -92,7 +156,8 @@ def mask_text(text: str) -> str:
 
 
 def mask(value: Any) -> Any:
-    """`value` with every string, key and integer in it masked; dicts and lists are walked."""
+    """`value` with every string, key and integer in it masked, and a float whose integral value is a card number;
+    dicts and lists are walked."""
     if isinstance(value, str):
         return mask_text(value)
     if isinstance(value, dict):
@@ -102,6 +167,9 @@ def mask(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         masked = mask_text(str(value))  # a card number or MRN sent as a JSON number
         return masked if masked != str(value) else value
+    if isinstance(value, float) and value.is_integer() and 1e12 <= abs(value) < 1e19:
+        digits = str(int(abs(value)))  # a card number sent as a JSON number with a fraction, 4111111111111111.0
+        return "[CARD]" if next(card_spans(digits), None) is not None else value
     return value
 
 
@@ -110,7 +178,7 @@ def contains_identifiers(text: str) -> list[str]:
     found = []
     if _MRN.search(text):
         found.append("mrn")
-    if any(luhn_valid(re.sub(r"\D", "", m.group())) for m in _CARD.finditer(text)):
+    if next(card_spans(text), None) is not None:
         found.append("card")
     if _SSN.search(text):
         found.append("ssn")

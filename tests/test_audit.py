@@ -307,6 +307,40 @@ def test_keep_payloads_masks_card_numbers_given_as_json_numbers(
     assert row["payload"]["amount"] == 12
 
 
+def test_keep_payloads_masks_card_numbers_next_to_a_hyphen_or_letter_or_given_as_an_integral_float(
+    make_guard: Callable[..., Guard], db_path: Path
+) -> None:
+    guard = make_guard(keep_payloads=True)
+    payload = {"ref": "order-4111111111111111", "card": "4111111111111111-12/29", "pan": 4111111111111111.0,
+               "spaced": "555 4111 1111 1111 1111", "amount": 12.0, "rate": 0.5, "ts": 1700000000.0}  # fmt: skip
+    guard.check(ActionType.API_CALL, "payments.charge", payload)
+    row = raw_rows(db_path)[-1]
+    assert row["payload"] == {"ref": "order-[CARD]", "card": "[CARD]-12/29", "pan": "[CARD]",
+                              "spaced": "555 [CARD]", "amount": 12.0, "rate": 0.5, "ts": 1700000000.0}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("4111-1111-1111-1111-12", "[CARD]-12"),
+        ("2024-4111111111111111", "2024-[CARD]"),
+        ("x4111111111111111y", "x[CARD]y"),
+        ("4111111111111111 4012888888881881", "[CARD] [CARD]"),
+        ("94111111111111111", "94111111111111111"),  # digits touching the number make another number
+        ("order-4111111111111112", "order-4111111111111112"),  # not Luhn-valid
+        ("1234-5678-9012-3456-7890", "1234-5678-9012-3456-7890"),  # no stretch of its groups is Luhn-valid
+    ],
+)
+def test_card_numbers_are_masked_where_no_digit_touches_them_and_only_if_luhn_valid(text: str, masked: str) -> None:
+    assert mask(text) == masked
+
+
+def test_integral_floats_are_masked_only_when_their_digits_are_a_card_number() -> None:
+    assert mask([4111111111111111.0, -4111111111111111.0, 4111111111111112.0, 4111111111111111.5]) == [
+        "[CARD]", "[CARD]", 4111111111111112.0, 4111111111111111.5
+    ]  # fmt: skip
+
+
 def test_keep_payloads_keeps_integers_beyond_64_bits_exactly(make_guard: Callable[..., Guard], db_path: Path) -> None:
     guard = make_guard(keep_payloads=True)
     big = 2**64 + 1
