@@ -341,6 +341,19 @@ def test_integral_floats_are_masked_only_when_their_digits_are_a_card_number() -
     ]  # fmt: skip
 
 
+def test_non_finite_floats_are_written_as_strings_not_as_null(make_guard: Callable[..., Guard], db_path: Path) -> None:
+    assert canonical_json({"x": float("nan")}) == canonical_json({"x": "NaN"}) != canonical_json({"x": None})
+    assert canonical_json([float("inf"), -float("inf"), None, 1.5]) == b'["Infinity","-Infinity",null,1.5]'
+    assert canonical_json({"big": 2**70, "x": float("nan")}) == b'{"big":1180591620717411303424,"x":"NaN"}'
+    assert canonical_json({"a": None, "b": 0.5}) == b'{"a":null,"b":0.5}'  # finite values: as before
+    guard = make_guard(keep_payloads=True)
+    guard.check(ActionType.API_CALL, "metrics.push", {"value": float("nan"), "none": None})
+    guard.check(ActionType.API_CALL, "metrics.push", {"value": None, "none": None})
+    nan_row, none_row = raw_rows(db_path)[-2:]
+    assert nan_row["payload"] == {"value": "NaN", "none": None}
+    assert nan_row["payload_digest"] != none_row["payload_digest"]
+
+
 def test_keep_payloads_keeps_integers_beyond_64_bits_exactly(make_guard: Callable[..., Guard], db_path: Path) -> None:
     guard = make_guard(keep_payloads=True)
     big = 2**64 + 1
