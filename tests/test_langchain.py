@@ -202,6 +202,49 @@ def test_a_list_argument_is_one_check_per_element_and_one_denial_refuses_the_cal
     assert outcome.outcome == "error" and outcome.detail["error"].startswith("not run: send_email: denied")
 
 
+def test_an_unmapped_list_argument_with_a_blank_element_is_refused_not_checked_as_the_tool(
+    guards: Callable[..., Guard], tmp_path: Path
+) -> None:
+    (tmp_path / "secrets").mkdir()
+    key = tmp_path / "secrets" / "key.txt"
+    key.write_text("k")
+    deleted: list[list[str]] = []
+
+    def delete_files(path: list[str]) -> str:
+        """Delete each file."""
+        deleted.append(path)
+        return "deleted"
+
+    guard = make_guard(guards, tmp_path)
+    (governed,) = govern_tools([delete_files], guard)
+
+    answer = governed.invoke({"type": "tool_call", "id": "1", "name": "delete_files", "args": {"path": [str(key), ""]}})
+
+    assert answer.status == "error" and "blank" in answer.content
+    assert deleted == [] and key.exists()
+    assert guard.audit.query(AuditQuery(kind="decision", limit=10)) == []  # never checked as tool/delete_files
+
+
+def test_an_omitted_argument_is_checked_with_its_default(guards: Callable[..., Guard], tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    target = tmp_path / "secrets" / "key.txt"
+    written: list[str] = []
+
+    def save_file(text: str, path: str = str(target)) -> str:
+        """Save text."""
+        written.append(path)
+        return "saved"
+
+    guard = make_guard(guards, tmp_path)
+    (governed,) = govern_tools([save_file], guard)
+
+    answer = governed.invoke({"type": "tool_call", "id": "1", "name": "save_file", "args": {"text": "x"}})
+
+    assert answer.status == "error" and written == []
+    (decision,) = guard.audit.query(AuditQuery(kind="decision", limit=10))
+    assert (decision.action_type, decision.resource, decision.decision) == ("file_write", str(target), "deny")
+
+
 def test_callable_and_template_resources(guards: Callable[..., Guard], tmp_path: Path) -> None:
     guard = make_guard(guards, tmp_path, blocked_resources=["mail/eve", "/srv/*"])
     mapping = {

@@ -291,7 +291,27 @@ def test_default_resource_is_the_first_resource_like_argument_else_the_tool() ->
         "b@x.example",
     )
     assert tools.resolve("get_balance", {}).resources == ("tool/get_balance",)
-    assert tools.resolve("get_balance", {"path": ""}).resources == ("tool/get_balance",)
+    assert tools.resolve("get_balance", {"path": None}).resources == ("tool/get_balance",)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"path": ""}, "blank"),
+        ({"path": ["/tmp/secret", ""]}, "blank"),
+        ({"path": ["/tmp/secret", "  "]}, "blank"),
+        ({"path": ["/tmp/secret", None]}, "must be text, a number or a list"),
+        ({"path": ["/tmp/secret", ["nested"]]}, "must be text, a number or a list"),
+        ({"to": {"address": "eve@evil.example"}}, "must be text, a number or a list"),
+        ({"recipients": []}, "empty list"),
+    ],
+)
+def test_a_resource_argument_that_names_nothing_refuses_the_call_instead_of_checking_the_tool(
+    arguments: dict[str, Any], message: str
+) -> None:
+    # Falling back to `tool/<name>` here would check a harmless name while the tool acts on the value.
+    with pytest.raises(ValueError, match=message):
+        ToolMap().resolve("delete_files", arguments)
 
 
 def test_templates_fill_from_arguments_and_alternatives_take_the_first_that_fits() -> None:

@@ -163,6 +163,27 @@ def test_unmapped_tool_is_read_from_its_name_and_arguments_as_the_gateway_reads_
     assert not blocked.exists()
 
 
+def test_an_omitted_argument_is_checked_with_its_default(guards: Callable[..., Guard], tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    target = tmp_path / "secrets" / "key.txt"
+
+    @function_tool(strict_mode=False)  # a non-strict tool: the model may leave `path` out
+    def save_file(text: str, path: str = str(target)) -> str:
+        """Save text."""
+        Path(path).write_text(text)
+        return "saved"
+
+    model = ScriptedModel([[function_call("save_file", {"text": "x"}, call_id="c")], [assistant_message("ok")]])
+    guard = make_guard(guards, tmp_path)
+    agent = govern(Agent(name="saver", instructions="Save.", model=model, tools=[save_file]), guard)
+
+    run(agent, "go")
+
+    (decision,) = guard.audit.query(AuditQuery(kind="decision", limit=10))
+    assert (decision.action_type, decision.resource, decision.decision) == ("file_write", str(target), "deny")
+    assert not target.exists()
+
+
 def test_govern_copies_tools_so_an_agent_sharing_them_stays_ungoverned(
     guards: Callable[..., Guard], tmp_path: Path
 ) -> None:

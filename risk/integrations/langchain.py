@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from risk.guard import Guard
-from risk.integrations.tool_map import ToolMap, ToolSpec
+from risk.integrations.tool_map import ToolMap, ToolSpec, schema_defaults
 from risk.integrations.toolcalls import GovernedCall, ToolGovernor
 
 try:
@@ -23,6 +23,7 @@ try:
     from langchain_core.tools import tool as as_tool
     from langchain_core.utils.pydantic import get_fields
     from pydantic import PrivateAttr
+    from pydantic_core import PydanticUndefined
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("risk.integrations.langchain needs langchain-core: pip install 'agent-risk[langchain]'") from exc
 
@@ -103,11 +104,14 @@ class GovernedTool(BaseTool):
         raise NotImplementedError("a GovernedTool runs through run() or arun(), which check the call first")
 
     def _arguments(self, tool_input: str | dict[str, Any]) -> dict[str, Any]:
-        """The arguments the model gave: injected ones (state, runtime, call id) are not the model's."""
+        """The arguments the model gave, with the defaults of those it left out (the tool acts on them too);
+        injected ones (state, runtime, call id) are not the model's."""
         visible = _model_arguments(self.tool)
         if isinstance(tool_input, str):
-            return {visible[0]: tool_input} if visible else {"input": tool_input}
-        return {key: value for key, value in tool_input.items() if key in visible}
+            given = {visible[0]: tool_input} if visible else {"input": tool_input}
+        else:
+            given = {key: value for key, value in tool_input.items() if key in visible}
+        return {**_model_defaults(self.tool), **given}
 
 
 def _model_arguments(tool: BaseTool) -> list[str]:
@@ -116,6 +120,18 @@ def _model_arguments(tool: BaseTool) -> list[str]:
     if isinstance(schema, dict):
         return list(schema.get("properties", {}))
     return list(get_fields(schema))
+
+
+def _model_defaults(tool: BaseTool) -> dict[str, Any]:
+    """The defaults of the arguments a model fills in for `tool` (a default factory is not called)."""
+    schema = tool.tool_call_schema
+    if isinstance(schema, dict):
+        return schema_defaults(schema)
+    return {
+        name: field.default
+        for name, field in get_fields(schema).items()
+        if field.default is not PydanticUndefined and field.default is not None
+    }
 
 
 def _refusal(call: GovernedCall, tool_call_id: str | None) -> Any:

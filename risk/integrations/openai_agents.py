@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from risk.guard import Guard
-from risk.integrations.tool_map import ToolMap, ToolSpec
+from risk.integrations.tool_map import ToolMap, ToolSpec, schema_defaults
 from risk.integrations.toolcalls import GovernedCall, ToolGovernor
 
 try:
@@ -90,7 +90,8 @@ def _governed(tool: FunctionTool, governor: ToolGovernor, pending: dict[str, Gov
             args = None
         if not isinstance(args, dict):
             return ToolGuardrailFunctionOutput.reject_content(f"denied: {tool.name} needs a JSON object of arguments")
-        call = governor.check(tool.name, args)
+        # An argument left out still acts with its default (a non-strict tool may omit it): check that too.
+        call = governor.check(tool.name, {**schema_defaults(tool.params_json_schema), **args})
         if call.stops_run:
             return ToolGuardrailFunctionOutput.raise_exception(output_info=call.decision)
         if not call.allowed:

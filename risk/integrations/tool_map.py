@@ -16,8 +16,10 @@ name (`"path"`, the same as the template `"{path}"`), a template, or a callable 
 
 A tool that is not mapped, or is mapped without a resource or an action type, gets these defaults: the action
 type its name suggests (`action_type_for`), and the resource in the first argument named like one
-(`RESOURCE_ARGUMENTS`), else `tool/<name>`. An argument holding a list stands for one resource per element,
-and every one of them is checked.
+(`RESOURCE_ARGUMENTS`) that the call gives, else `tool/<name>`. An argument holding a list stands for one
+resource per element, and every one of them is checked; an element that names nothing (blank, not text or a
+number) refuses the call rather than being skipped. The integrations fill in the defaults of arguments a
+call leaves out, from the tool's signature or schema, before a call is resolved.
 """
 
 from __future__ import annotations
@@ -243,6 +245,8 @@ class ToolMap:
         if not resources:
             needed = " or ".join(repr(str(t)) for t in templates)
             raise ValueError(f"tool {tool!r}: the arguments do not fill its resource {needed}")
+        if any(not r.strip() for r in resources):  # names nothing the guard could check: the call may not run
+            raise ValueError(f"tool {tool!r}: a resource in its arguments is blank")
         return ToolCall(tool, action_type, tuple(resources), payload)
 
 
@@ -285,10 +289,31 @@ def _templates(value: Any) -> tuple[ResourceTemplate, ...]:
 
 
 def _default_templates(arguments: Mapping[str, Any]) -> tuple[ResourceTemplate, ...]:
-    """The first argument named like a resource that holds text (or a list of text), if any."""
+    """The first argument named like a resource that the call gives, if any.
+
+    Whatever it holds is what is checked: skipping one whose value looks odd (a blank element, a nested
+    list) would check the harmless `tool/<name>` while the tool still acts on the value, so such a value
+    refuses the call when it is expanded instead.
+    """
     for name in RESOURCE_ARGUMENTS:
-        value = arguments.get(name)
-        items = value if isinstance(value, list | tuple) else [value]
-        if items and all(isinstance(v, str) and v.strip() for v in items):
+        if arguments.get(name) is not None:
             return (ResourceTemplate(f"{{{name}}}"),)
     return ()
+
+
+def schema_defaults(schema: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The defaults a JSON schema of a tool's arguments declares (`properties.<name>.default`).
+
+    A call that leaves out `path` still acts on its default: filled in, it is checked like a given one.
+
+    >>> schema_defaults({"properties": {"path": {"type": "string", "default": "/etc/x"}, "text": {}}})
+    {'path': '/etc/x'}
+    """
+    properties = schema.get("properties") if isinstance(schema, Mapping) else None
+    if not isinstance(properties, Mapping):
+        return {}
+    return {
+        name: spec["default"]
+        for name, spec in properties.items()
+        if isinstance(spec, Mapping) and "default" in spec and spec["default"] is not None
+    }
