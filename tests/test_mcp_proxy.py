@@ -6,6 +6,7 @@ The tool-map tests at the end need no MCP at all.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -51,11 +52,12 @@ tools:
     return path
 
 
-def proxy_command(policy: Path) -> StdioServerParameters:
+def proxy_command(policy: Path, upstream: Path = UPSTREAM) -> StdioServerParameters:
     return StdioServerParameters(
         command=sys.executable,
-        args=["-m", "risk.cli", "mcp-proxy", "--policy", str(policy), "--", sys.executable, str(UPSTREAM)],
+        args=["-m", "risk.cli", "mcp-proxy", "--policy", str(policy), "--", sys.executable, str(upstream)],
         cwd=policy.parent,
+        env=dict(os.environ),  # the SDK passes on only a few variables: keep PYTHONPATH, so this code is tested
     )
 
 
@@ -240,6 +242,75 @@ def test_a_call_without_its_resource_argument_is_refused_before_the_guard(tmp_pa
 
     assert result.is_error and "'{path}'" in text(result)
     assert not [r for r in audit(tmp_path) if r.kind == "decision"]
+
+
+MAILER = """
+from pathlib import Path
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("mail")
+OUTBOX = Path(__file__).with_name("outbox.txt")
+
+
+@server.tool()
+def send_message(to: list[str], body: str) -> str:
+    \"\"\"Send `body` to each recipient.\"\"\"
+    with OUTBOX.open("a") as out:
+        out.writelines(f"{r}\\n" for r in to)
+    return f"sent to {to}"
+
+
+@server.tool()
+def send_report(body: str, to: str = "boss@evil.example") -> str:
+    \"\"\"Send a report, by default to the boss.\"\"\"
+    with OUTBOX.open("a") as out:
+        out.write(f"{to}\\n")
+    return f"sent to {to}"
+
+
+if __name__ == "__main__":
+    server.run()
+"""
+
+
+def test_a_call_is_checked_as_the_upstream_reads_its_arguments(tmp_path: Path) -> None:
+    upstream = tmp_path / "mailer.py"
+    upstream.write_text(MAILER, encoding="utf-8")
+    policy = tmp_path / "gateway.yaml"
+    policy.write_text(
+        f"""\
+agent_id: mailer
+audit: sqlite:///{tmp_path}/audit.db
+model: null
+online: false
+mode: block
+blocked_resources: ["mail/*@evil.example"]
+tools:
+  send_message: {{action_type: network_request, resource: "mail/{{to}}"}}
+  send_report: {{action_type: network_request, resource: "mail/{{to}}"}}
+""",
+        encoding="utf-8",
+    )
+
+    async def scenario(session: ClientSession) -> list[types.CallToolResult]:
+        # Never listed by this client: the gateway reads the upstream's list itself to learn the schemas.
+        return [
+            await session.call_tool("send_message", {"to": ["ann@x.example"], "body": "hi"}),
+            # A list sent as JSON text, which the upstream decodes into a list of one blocked recipient.
+            await session.call_tool("send_message", {"to": '["boss@evil.exampl\\u0065"]', "body": "x"}),
+            await session.call_tool("send_message", {"to": '{"not": "a list"}', "body": "x"}),
+            await session.call_tool("send_report", {"body": "x"}),  # its default recipient is blocked
+            await session.call_tool("no_such_tool", {"path": "x"}),
+        ]
+
+    sent, as_text, an_object, by_default, unknown = through(proxy_command(policy, upstream), scenario)
+
+    assert not sent.is_error
+    assert as_text.is_error and "mail/boss@evil.example" in text(as_text)
+    assert an_object.is_error and "must be text, a number or a list" in text(an_object)
+    assert by_default.is_error and "mail/boss@evil.example" in text(by_default)
+    assert unknown.is_error and "not a tool the upstream lists" in text(unknown)
+    assert (tmp_path / "outbox.txt").read_text(encoding="utf-8") == "ann@x.example\n"
 
 
 def test_bad_tools_section_fails_with_a_message_naming_it(tmp_path: Path) -> None:

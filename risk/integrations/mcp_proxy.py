@@ -11,14 +11,19 @@ whose text says why, so the model can read it; the upstream's answer to an allow
 unchanged and its success or error is recorded as the action's outcome. Only tools are
 proxied: the upstream's resources and prompts are not offered to the client.
 
+A call is checked as the upstream will read its arguments, from the tool's input schema in `tools/list`:
+an argument left out has its default, and one sent as JSON text where the tool does not take plain text is
+decoded, as the MCP SDK's servers decode it. A call to a tool the upstream does not list is refused.
+
 Needs the `mcp` extra: `pip install 'agent-risk[mcp]'`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +38,12 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from risk.guard import Guard
-from risk.integrations.tool_map import ToolMap
+from risk.integrations.tool_map import ToolMap, schema_defaults
 from risk.integrations.toolcalls import ToolGovernor
 from risk.policy import load_policy_file
 
 MAX_ERROR_CHARS = 500
+MAX_LIST_PAGES = 100  # tools/list pages read to find a tool the client never listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +66,23 @@ class GovernedTools:
     def __init__(self, guard: Guard, tools: ToolMap, upstream: ClientSession, *, session_id: str | None = None):
         self.governor = ToolGovernor(guard, tools, session_id=session_id)
         self.upstream = upstream
+        self.schemas: dict[str, dict[str, Any]] = {}  # tool name -> its input schema, from the last tools/list
 
     async def list_tools(
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return await self.upstream.list_tools(params=params)
+        result = await self.upstream.list_tools(params=params)
+        self.schemas.update({tool.name: tool.input_schema for tool in result.tools})
+        return result
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         arguments = params.arguments or {}
-        call = self.governor.check(params.name, arguments)
+        schema = await self._input_schema(params.name)
+        if schema is None:  # nothing says how the upstream reads the arguments: they cannot be checked
+            return _error_result(f"denied: {params.name} is not a tool the upstream lists")
+        call = self.governor.check(params.name, as_the_tool_reads(arguments, schema))
         if not call.allowed:
             return _error_result(call.message)
         try:
@@ -86,6 +98,47 @@ class GovernedTools:
         else:
             self.governor.finish(call, error=None, size=len(result.model_dump_json(by_alias=True)))
         return result
+
+    async def _input_schema(self, name: str) -> dict[str, Any] | None:
+        if name not in self.schemas:  # a client may call a tool it never listed: read the upstream's list
+            cursor: str | None = None
+            for _ in range(MAX_LIST_PAGES):
+                page = await self.upstream.list_tools(
+                    params=types.PaginatedRequestParams(cursor=cursor) if cursor else None
+                )
+                self.schemas.update({tool.name: tool.input_schema for tool in page.tools})
+                cursor = page.next_cursor
+                if not cursor or name in self.schemas:
+                    break
+        return self.schemas.get(name)
+
+
+def as_the_tool_reads(arguments: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments as an upstream with this input schema reads them, for the guard to check.
+
+    An argument left out has its default. The MCP SDK's servers decode an argument sent as JSON text into
+    the list or object it spells unless the tool takes plain text (some clients send lists that way), so
+    checking the text would miss what the tool acts on: it is decoded here the same way. The upstream still
+    gets the arguments as the client sent them.
+
+    >>> schema = {"properties": {"to": {"type": "array"}, "body": {"type": "string"}, "cc": {"default": "a@x"}}}
+    >>> as_the_tool_reads({"to": '["b@y"]', "body": '["text"]'}, schema)
+    {'cc': 'a@x', 'to': ['b@y'], 'body': '["text"]'}
+    """
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, Mapping) else {}
+    read = {**schema_defaults(schema), **arguments}
+    for name, value in arguments.items():
+        spec = properties.get(name)
+        if not isinstance(value, str) or (isinstance(spec, Mapping) and spec.get("type") == "string"):
+            continue
+        try:
+            decoded = json.loads(value)
+        except (ValueError, RecursionError):  # not JSON: the tool gets the text, and so does the check
+            continue
+        if not isinstance(decoded, str | int | float):  # as the SDK: text and numbers stay text
+            read[name] = decoded
+    return read
 
 
 def _error_result(message: str) -> types.CallToolResult:
