@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.exceptions import NotFittedError
 
 from risk.scoring.forest import CompiledForest
+from risk.scoring.model import SHIPPED_MODELS, BehaviorModel, ModelError, load_model
 
 TOLERANCE = 1e-9
 # Values beyond float32's range overflow to ±inf when cast, in sklearn and in CompiledForest alike.
@@ -260,3 +263,51 @@ def test_loading_the_models_loads_their_compiled_loops_before_any_decision() -> 
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1", "1", "1", "1"]
+
+
+class _RunsCode:
+    """A pickle that creates the file `marker` when it is unpickled."""
+
+    marker = ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.marker, "w"))
+
+
+# An audit hook cannot be removed: it acts only while `path` is set.
+_swap: dict[str, Any] = {"path": None, "opens": 0, "with": None}
+
+
+def _replace_after_the_first_open(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and _swap["path"] and args and str(args[0]) == _swap["path"]:
+        _swap["opens"] += 1
+        if _swap["opens"] == 2:  # another process replaces the artifact after it was read and hashed
+            os.replace(_swap["with"], _swap["path"])
+            _swap["path"] = None
+
+
+def test_load_model_unpickles_the_bytes_it_hashed_not_a_second_read(tmp_path: Path) -> None:
+    artifact = tmp_path / "m-1.joblib"
+    shutil.copy(SHIPPED_MODELS / "default-1.joblib", artifact)
+    shutil.copy(SHIPPED_MODELS / "default-1.json", tmp_path / "m-1.json")
+    payload = _RunsCode()
+    payload.marker = str(tmp_path / "code-ran")
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(payload))
+    sys.addaudithook(_replace_after_the_first_open)
+    _swap.update(path=str(artifact), opens=0, **{"with": str(tmp_path / "evil.pkl")})
+    try:
+        model = load_model(artifact)
+    finally:
+        _swap["path"] = None
+
+    assert isinstance(model, BehaviorModel)
+    assert _swap["opens"] == 1  # read once
+    assert not (tmp_path / "code-ran").exists()
+
+
+@pytest.mark.parametrize("card", ["[]", '"text"', "3", "null"])
+def test_a_card_that_is_not_a_json_object_is_a_model_error(tmp_path: Path, card: str) -> None:
+    shutil.copy(SHIPPED_MODELS / "default-1.joblib", tmp_path / "m-1.joblib")
+    (tmp_path / "m-1.json").write_text(card)
+    with pytest.raises(ModelError, match="not a JSON object"):
+        load_model(tmp_path / "m-1.joblib")

@@ -5,6 +5,7 @@ and stored as a joblib artifact with a model card whose SHA-256 is checked befor
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
@@ -152,15 +153,22 @@ def load_model(spec: str | Path) -> BehaviorModel:
         card = json.loads(card_path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read the model card {card_path}: {exc}") from None
-    if not artifact.is_file():
-        raise ModelError(f"model artifact {artifact} is missing")
-    actual = _sha256(artifact)
+    if not isinstance(card, dict):
+        raise ModelError(f"the model card {card_path} is not a JSON object")
+    # Read once: the bytes hashed are the bytes unpickled, so a file replaced after the check is never loaded.
+    try:
+        data = artifact.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"model artifact {artifact} is missing") from None
+    except OSError as exc:
+        raise ModelError(f"cannot read the model artifact {artifact}: {exc}") from None
+    actual = hashlib.sha256(data).hexdigest()
     if actual != card.get("sha256"):
         raise ModelError(
             f"refusing to load {artifact}: its SHA-256 {actual} does not match the card's {card.get('sha256')}; "
             "the file was altered or the card belongs to another artifact. Retrain or restore both files."
         )
-    model = joblib.load(artifact)
+    model = joblib.load(io.BytesIO(data))
     if not isinstance(model, BehaviorModel):
         raise ModelError(f"{artifact} holds a {type(model).__name__}, not a BehaviorModel")
     return model
