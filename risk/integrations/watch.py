@@ -117,7 +117,32 @@ def install() -> None:
     with _install_lock:
         if not _installed:
             sys.addaudithook(_audit_hook)
+            _check_multiprocessing_spawns()
             _installed = True
+
+
+def _check_multiprocessing_spawns() -> None:
+    """Make multiprocessing's new interpreters (the spawn and forkserver start methods, its resource tracker)
+    a checked process spawn.
+
+    They start through `_posixsubprocess.fork_exec`, which raises no audit event, from
+    `multiprocessing.util.spawnv_passfds`, which multiprocessing calls through its module: wrapping that
+    function is the one place a watch can see them start.
+    """
+    import multiprocessing.util as util
+
+    spawn = util.spawnv_passfds
+    if getattr(spawn, "_risk_checked", False):
+        return
+
+    def spawnv_passfds(path: Any, args: Any, passfds: Any) -> Any:
+        active = _current.get()
+        if active is not None:
+            active.intercept("multiprocessing.spawnv_passfds", (path, args), sys._getframe(1))
+        return spawn(path, args, passfds)
+
+    spawnv_passfds._risk_checked = True  # type: ignore[attr-defined]
+    util.spawnv_passfds = spawnv_passfds
 
 
 class Watch:
@@ -271,6 +296,9 @@ class Watch:
     def _on_posix_spawn(self, args: tuple[Any, ...], caller: FrameType) -> None:
         self._spawn(event="os.posix_spawn", program=args[0], argv=args[1])
 
+    def _on_multiprocessing_spawn(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        self._spawn(event="multiprocessing.spawnv_passfds", program=args[0], argv=args[1])
+
     # ---- network -------------------------------------------------------------------------------
 
     def _on_connect(self, args: tuple[Any, ...], caller: FrameType) -> None:
@@ -283,6 +311,31 @@ class Watch:
         resource, payload = self._destination(sock, address)
         self._irreversible(self._check(ActionType.NETWORK_REQUEST, resource, {"event": "socket.sendto", **payload}))
 
+    def _on_sendmsg(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        sock, address = args
+        if address is None:  # to the connected peer, checked when the socket connected
+            return
+        resource, payload = self._destination(sock, address)
+        self._irreversible(self._check(ActionType.NETWORK_REQUEST, resource, {"event": "socket.sendmsg", **payload}))
+
+    def _on_gethostbyname(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        # gethostbyname and gethostbyname_ex: the name itself goes out to DNS, a channel of its own.
+        name = _text(args[0])
+        self._check(ActionType.NETWORK_REQUEST, name, {"event": "socket.gethostbyname"})
+        if not _is_address(name):
+            self._remember(name, None)
+
+    def _on_gethostbyaddr(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        # A reverse lookup, but it takes a host name too, which is looked up first.
+        self._check(ActionType.NETWORK_REQUEST, _text(args[0]), {"event": "socket.gethostbyaddr"})
+
+    def _on_getnameinfo(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        sockaddr = args[0]
+        host, port = (
+            (sockaddr[0], sockaddr[1]) if isinstance(sockaddr, tuple) and len(sockaddr) >= 2 else (sockaddr, None)
+        )
+        self._check(ActionType.NETWORK_REQUEST, _host_port(_text(host), port), {"event": "socket.getnameinfo"})
+
     def _on_getaddrinfo(self, args: tuple[Any, ...], caller: FrameType) -> None:
         host, port, family, kind, proto = args
         if host is None:  # the local wildcard or loopback address: no lookup leaves the machine
@@ -291,7 +344,10 @@ class Watch:
         self._check(ActionType.NETWORK_REQUEST, _host_port(name, port), {"event": "socket.getaddrinfo"})
         if _is_address(name):
             return
-        # Resolve it here too (the watch is off), so connections to its addresses are checked under the name.
+        self._remember(name, port, family, kind, proto)
+
+    def _remember(self, name: str, port: Any, family: int = 0, kind: int = 0, proto: int = 0) -> None:
+        """Resolve `name` here too (the watch is off), so connections to its addresses are checked under it."""
         try:
             found = socket.getaddrinfo(name, port, family, kind, proto)
         except OSError:
@@ -350,7 +406,12 @@ _HANDLERS: dict[str, Callable[[Watch, tuple[Any, ...], FrameType], None]] = {
     "os.posix_spawn": Watch._on_posix_spawn,  # os.posix_spawnp raises it too
     "socket.connect": Watch._on_connect,  # connect_ex too
     "socket.sendto": Watch._on_sendto,
+    "socket.sendmsg": Watch._on_sendmsg,
     "socket.getaddrinfo": Watch._on_getaddrinfo,
+    "socket.gethostbyname": Watch._on_gethostbyname,  # gethostbyname_ex too
+    "socket.gethostbyaddr": Watch._on_gethostbyaddr,
+    "socket.getnameinfo": Watch._on_getnameinfo,
+    "multiprocessing.spawnv_passfds": Watch._on_multiprocessing_spawn,  # called by the wrapper install() puts in place
     "sqlite3.connect": Watch._on_sqlite_connect,
     "sqlite3.load_extension": Watch._on_sqlite_extension,
 }
