@@ -206,6 +206,8 @@ def train_command(
         model, artifact = train(source, out, name=name, version=version, seed=seed)
     except (RiskError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:  # --out names a file, or a folder that cannot be written
+        raise _fail(f"cannot write the model to {out}: {exc.strerror or exc}") from None
     console.print(f"wrote {artifact} and {artifact.with_suffix('.json')} ({model.model_version})")
 
 
@@ -223,9 +225,12 @@ def evaluate_command(
     from risk.traces import read_trace
 
     try:
+        history = list(read_trace(train)) if train else []
+        if train and not history:  # an empty file would silently leave the shipped model in charge
+            raise _fail(f"{train} holds no actions to train on; give a benign trace, or leave out --train")
         result = evaluate(
             list(read_trace(test)),
-            list(read_trace(train)) if train else (),
+            history,
             policy=load_policy_file(policy) if policy else None,
             online=online,
         )

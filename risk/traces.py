@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from risk.actions import ActionType
+from risk.resources import MAX_RESOURCE_LENGTH
+
+MAX_COUNT = 2**63 - 1  # the most rows or bytes an outcome may report: larger ones overflow the features' floats
 
 
 class TraceError(ValueError):
@@ -56,11 +59,16 @@ def read_trace(path: str | Path) -> Iterator[TraceAction]:
     """The actions of a trace file, in file order. Raises TraceError naming the first bad line."""
     path = Path(path)
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")
     except OSError as exc:
         raise TraceError(f"cannot read trace {path}: {exc.strerror}") from None
     with handle:
-        for number, line in enumerate(handle, 1):
+        for number, data in enumerate(handle, 1):
+            # Decoded line by line, so a line that is not UTF-8 is named like any other bad line.
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TraceError(f"{path}:{number}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
             if line.strip():
                 yield parse_line(line, f"{path}:{number}")
 
@@ -70,6 +78,8 @@ def parse_line(line: str, where: str = "trace") -> TraceAction:
         raw = json.loads(line)
     except json.JSONDecodeError as exc:
         raise TraceError(f"{where}: not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise TraceError(f"{where}: JSON nested too deeply to read") from None
     if not isinstance(raw, dict):
         raise TraceError(f"{where}: a trace line is a JSON object")
     missing = [k for k in ("ts", "agent_id", "action_type", "resource") if k not in raw]
@@ -78,14 +88,23 @@ def parse_line(line: str, where: str = "trace") -> TraceAction:
     try:
         moment = datetime.fromisoformat(str(raw["ts"]))
         ts = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()  # naive times are UTC
+        datetime.fromtimestamp(ts, UTC)  # a time every tool can turn back into a date (not year 0 or 10000)
         action_type = ActionType.parse(raw["action_type"])
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise TraceError(f"{where}: {exc}") from None
     label = raw.get("label")
     if label is not None and (type(label) is not int or label not in (0, 1)):
         raise TraceError(f"{where}: label must be 0, 1 or absent, not {label!r}")
     if not isinstance(raw["resource"], str) or not isinstance(raw["agent_id"], str):
         raise TraceError(f"{where}: resource and agent_id must be strings")
+    if not raw["resource"].strip() or len(raw["resource"]) > MAX_RESOURCE_LENGTH:
+        raise TraceError(f"{where}: resource must be non-empty and at most {MAX_RESOURCE_LENGTH} characters")
+    outcome = raw.get("outcome")
+    if isinstance(outcome, dict):
+        for key in ("rows", "bytes"):
+            count = outcome.get(key)
+            if isinstance(count, int) and not 0 <= count <= MAX_COUNT:
+                raise TraceError(f"{where}: outcome {key} must be between 0 and {MAX_COUNT}")
     session = raw.get("session_id")
     return TraceAction(
         ts=ts,

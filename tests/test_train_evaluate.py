@@ -243,3 +243,59 @@ def test_cli_train_on_a_missing_trace_fails_with_a_message(tmp_path: Path) -> No
     assert result.exit_code == 2
     assert "cannot read trace" in result.output
     assert not (tmp_path / "m").exists()
+
+
+def _good_lines(n: int) -> bytes:
+    line = {"agent_id": "a", "action_type": "file_read", "resource": "/r/q.csv"}
+    return "".join(
+        json.dumps({"ts": (START + timedelta(seconds=i)).isoformat(), **line}) + "\n" for i in range(n)
+    ).encode()
+
+
+def _bad(**fields: Any) -> bytes:
+    return json.dumps(
+        {"ts": "2026-03-02T10:00:00", "agent_id": "a", "action_type": "file_read", "resource": "x", **fields}
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [
+        (b'{"ts": "2026-03-02T10:00:00", "payload": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (_bad(outcome={"rows": 10**400}), "outcome rows must be between 0 and"),
+        (_bad(outcome={"bytes": -1}), "outcome bytes must be between 0 and"),
+        (_bad(agent_id="caf\xe9").replace(b"\\u00e9", b"\xe9"), "not UTF-8"),
+        (_bad(ts="0001-01-01T00:00:00+01:00"), "out of range"),
+        (_bad(ts="9999-12-31T23:59:59-01:00"), "out of range"),
+        (_bad(resource=""), "resource must be non-empty and at most"),
+        (_bad(resource=" "), "resource must be non-empty and at most"),
+        (_bad(resource="x" * 5000), "resource must be non-empty and at most"),
+    ],
+    ids=["deep-nesting", "huge-rows", "negative-bytes", "not-utf8", "year-0", "year-10000", "empty", "blank", "long"],
+)
+def test_cli_train_and_evaluate_name_the_file_and_line_of_a_bad_trace(
+    tmp_path: Path, bad_line: bytes, message: str
+) -> None:
+    trace = tmp_path / "bad.jsonl"
+    trace.write_bytes(_good_lines(4) + bad_line + b"\n")
+    for args in (["train", str(trace), "--out", str(tmp_path / "m")], ["evaluate", str(trace), "--json"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (args, repr(result.exception))
+        shown = " ".join(result.output.split())
+        assert f"{trace}:5" in result.output.replace("\n", "") and message in shown, (args, result.output)
+
+
+def test_cli_train_into_a_file_instead_of_a_folder_fails_with_a_message(tmp_path: Path, train_trace: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    result = CliRunner().invoke(app, ["train", str(train_trace), "--out", str(tmp_path / "afile")])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "cannot write the model to" in " ".join(result.output.split())
+
+
+def test_cli_evaluate_refuses_an_empty_train_file(tmp_path: Path, labelled_trace: Path) -> None:
+    empty = tmp_path / "train.jsonl"
+    empty.write_text("\n")
+    result = CliRunner().invoke(app, ["evaluate", str(labelled_trace), "--train", str(empty), "--json"])
+    assert result.exit_code == 2
+    assert "holds no actions to train on" in " ".join(result.output.split())
+    assert result.stdout.strip() == ""
