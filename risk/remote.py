@@ -42,6 +42,7 @@ from risk.state import AgentState
 log = logging.getLogger("risk")
 
 SPOOL_BATCH = 500  # records per request when the spool is sent
+KEEPALIVE_SECONDS = 2.0  # below the service's keep-alive timeout (uvicorn's default 5 s)
 LET_THROUGH_KEPT = 100_000  # fail-open action ids remembered, to spool an outcome the service cannot place yet
 
 
@@ -114,6 +115,9 @@ class RemoteGuard(Guard):
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=timeout,
             transport=transport,
+            # Idle connections are dropped before the server drops them (uvicorn after 5 s): a request sent on a
+            # connection the server is closing fails, and would be taken for an outage and denied.
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS),
         )
 
     # ---- deciding -------------------------------------------------------------------------------

@@ -109,7 +109,9 @@ def test_10000_concurrent_checks_leave_10000_records_and_a_chain_that_verifies(
         for i in range(total):
             queue.put_nowait(i)
         statuses: list[int] = []
-        limits = httpx.Limits(max_connections=concurrency)
+        # Idle connections dropped before the services drop theirs (5 s): on a loaded machine a worker can
+        # wait that long, and a request on a connection being closed fails without reaching the service.
+        limits = httpx.Limits(max_connections=concurrency, keepalive_expiry=2.0)
         async with httpx.AsyncClient(headers=headers(agent), timeout=60, limits=limits) as client:
 
             async def worker() -> None:

@@ -461,5 +461,8 @@ def test_multiprocessing_starting_a_new_interpreter_is_a_checked_process_spawn(
     with guard.watch(agent_id="a"), pytest.raises(ActionDenied) as denied:
         child.start()
     assert not marker.exists()
-    assert denied.value.decision.action_type is ActionType.PROCESS_SPAWN
-    assert denied.value.decision.resource.startswith(sys.executable)
+    decision = denied.value.decision
+    if method == "forkserver" and decision.action_type is ActionType.PERMISSION_CHANGE:
+        return  # a forkserver not yet running is stopped earlier, at the chmod of its listening socket
+    assert decision.action_type is ActionType.PROCESS_SPAWN
+    assert decision.resource.startswith(sys.executable)
