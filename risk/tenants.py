@@ -305,7 +305,7 @@ class Tenants:
                     self._reported(tenant, record, actor)
                     first = True
                 else:
-                    first = self._outcome_once(
+                    first = self.record_outcome(
                         tenant, record["action_id"], success=bool(record.get("success", True)),
                         error=record.get("error"), rows=record.get("rows"), bytes=record.get("bytes"),
                     )[1]  # fmt: skip
@@ -359,24 +359,13 @@ class Tenants:
         error: str | None,
         rows: int | None,
         bytes: int | None,  # noqa: A002 - the unit's name
-    ) -> str:
-        """Record what an action of `tenant` did; returns its agent id (local). NotFoundError for another's.
-
-        The same outcome of one action is recorded once: a client that gave up waiting for the answer spools
-        the outcome and sends it again later, and its rows must not count twice toward the volume limit."""
-        return self._outcome_once(tenant, action_id, success=success, error=error, rows=rows, bytes=bytes)[0]
-
-    def _outcome_once(
-        self,
-        tenant: str,
-        action_id: str,
-        *,
-        success: bool,
-        error: str | None,
-        rows: int | None,
-        bytes: int | None,  # noqa: A002 - the unit's name
     ) -> tuple[str, bool]:
-        """(the action's local agent id, whether this call recorded the outcome: False for a repeat)."""
+        """Record what an action of `tenant` did: (its agent id, local; whether this call recorded it).
+        NotFoundError for another tenant's action.
+
+        The same outcome of one action is recorded once (False for a repeat): a client that gave up waiting for
+        the answer spools the outcome and sends it again later, and its rows must not count twice toward the
+        volume limit."""
         agent = self._agent_of(tenant, action_id)
         local = agent.split("/", 1)[1]
         self._admitted_for(tenant, local, "record an outcome of")

@@ -494,15 +494,22 @@ def test_an_answer_whose_allowed_is_not_a_boolean_agreeing_with_its_outcome_is_n
     assert "not a decision" in decision.reasons[0].message and decision.action_id != "a" * 32
 
 
+def guard_of_a_service_down(tmp_path: Path, *, on_error: str, **settings: Any) -> tuple[Guard, Settings, int, str]:
+    """A remote guard of a fresh tenant's agent key, pointed at a port where the service is not running yet;
+    with the settings and port to start it on, and the tenant."""
+    port, tenant = free_port(), f"t-{uuid.uuid4().hex[:10]}"
+    service = Settings(home=tmp_path / "service", model=None, **settings)
+    with serve(service) as first:
+        key = first.app.state.service.keys.create(tenant, Role.AGENT)[1]
+    guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=key, agent_id="bot", on_error=on_error,
+                  home=tmp_path / "agent")  # fmt: skip
+    return guard, service, port, tenant
+
+
 def test_the_outcome_of_a_fail_open_action_reported_once_the_service_is_back_follows_its_decision(
     tmp_path: Path,
 ) -> None:
-    port, tenant = free_port(), f"t-{uuid.uuid4().hex[:10]}"
-    settings = Settings(home=tmp_path / "service", model=None)
-    with serve(settings) as first:
-        key = first.app.state.service.keys.create(tenant, Role.AGENT)[1]
-    guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=key, agent_id="bot", on_error="allow",
-                  home=tmp_path / "agent")  # fmt: skip
+    guard, settings, port, tenant = guard_of_a_service_down(tmp_path, on_error="allow")
     back = ExitStack()
     started: list[Running] = []
 
@@ -526,12 +533,7 @@ def test_the_outcome_of_a_fail_open_action_reported_once_the_service_is_back_fol
 
 
 def test_a_spool_larger_than_a_request_may_be_is_sent_in_parts(tmp_path: Path) -> None:
-    port, tenant = free_port(), f"t-{uuid.uuid4().hex[:10]}"
-    settings = Settings(home=tmp_path / "service", model=None, max_body_bytes=64 * 1024)
-    with serve(settings) as first:
-        key = first.app.state.service.keys.create(tenant, Role.AGENT)[1]
-    guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=key, agent_id="bot", on_error="allow",
-                  home=tmp_path / "agent")  # fmt: skip
+    guard, settings, port, tenant = guard_of_a_service_down(tmp_path, on_error="allow", max_body_bytes=64 * 1024)
     ran = [guard.check(ActionType.API_CALL, f"svc.{i}." + "r" * 4000) for i in range(20)]  # ~80 KB in all: 413
     assert all(d.allowed for d in ran)
     with serve(settings, port=port) as running:
@@ -543,12 +545,7 @@ def test_a_spool_larger_than_a_request_may_be_is_sent_in_parts(tmp_path: Path) -
 
 
 def test_only_the_spooled_records_the_service_refuses_on_their_own_are_set_aside(tmp_path: Path) -> None:
-    port, tenant = free_port(), f"t-{uuid.uuid4().hex[:10]}"
-    settings = Settings(home=tmp_path / "service", model=None)
-    with serve(settings) as first:
-        key = first.app.state.service.keys.create(tenant, Role.AGENT)[1]
-    guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=key, agent_id="bot", on_error="allow",
-                  home=tmp_path / "agent")  # fmt: skip
+    guard, settings, port, tenant = guard_of_a_service_down(tmp_path, on_error="allow")
     good = [guard.check(ActionType.API_CALL, f"svc.{i}") for i in range(5)]
     too_long = guard.check(ActionType.API_CALL, "svc." + "r" * 5000)  # longer than the service takes: 422
     good += [guard.check(ActionType.API_CALL, f"svc.{i}") for i in range(5, 9)]
@@ -563,12 +560,7 @@ def test_only_the_spooled_records_the_service_refuses_on_their_own_are_set_aside
 
 
 def test_a_record_spooled_after_a_torn_line_is_sent_and_the_torn_line_kept_once(tmp_path: Path) -> None:
-    port, tenant = free_port(), f"t-{uuid.uuid4().hex[:10]}"
-    settings = Settings(home=tmp_path / "service", model=None)
-    with serve(settings) as first:
-        key = first.app.state.service.keys.create(tenant, Role.AGENT)[1]
-    guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=key, agent_id="bot", on_error="allow",
-                  home=tmp_path / "agent")  # fmt: skip
+    guard, settings, port, tenant = guard_of_a_service_down(tmp_path, on_error="allow")
     guard.spool.path.parent.mkdir(parents=True)
     guard.spool.path.write_bytes(b'{"idempotency_key": "dead", "kind": "deci')  # the process died mid-append
     ran = guard.check(ActionType.API_CALL, "svc.call")
@@ -586,12 +578,7 @@ def test_a_record_spooled_after_a_torn_line_is_sent_and_the_torn_line_kept_once(
 def test_a_resource_with_an_unpaired_surrogate_is_denied_not_raised(tmp_path: Path, on_error: str, up: bool) -> None:
     """No request can carry it (it is not UTF-8), so the guard denies it as the embedded policy does, and the
     service's audit trail gets the denial with the character escaped."""
-    port, tenant = free_port(), f"t-{uuid.uuid4().hex[:10]}"
-    settings = Settings(home=tmp_path / "service", model=None)
-    with serve(settings) as first:
-        key = first.app.state.service.keys.create(tenant, Role.AGENT)[1]
-    guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=key, agent_id="bot", on_error=on_error,
-                  home=tmp_path / "agent")  # fmt: skip
+    guard, settings, port, tenant = guard_of_a_service_down(tmp_path, on_error=on_error)
     with ExitStack() as stack:
         if up:
             stack.enter_context(serve(settings, port=port))

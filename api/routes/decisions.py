@@ -64,7 +64,7 @@ async def check_batch(body: BatchRequest, request: Request, key: Agent) -> dict[
 
 @router.post("/outcome", response_model=OutcomeOut, summary="Report what an allowed action did")
 def outcome(body: OutcomeRequest, request: Request, key: Agent) -> OutcomeOut:
-    agent = request.app.state.service.tenants.record_outcome(
+    agent, _ = request.app.state.service.tenants.record_outcome(
         key.tenant, body.action_id, success=body.success, error=body.error, rows=body.rows, bytes=body.bytes
     )
     return OutcomeOut(action_id=body.action_id, agent_id=agent)
