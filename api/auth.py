@@ -29,16 +29,16 @@ def allow(*roles: Role) -> Callable[..., Awaitable[ApiKey]]:
         # for it. The catalog and the audit trail are asked from a thread.
         service = request.app.state.service
         if credentials is None:
-            raise await run_in_threadpool(_refusal, request, 401, "missing Authorization: Bearer <key>", None)
+            raise await run_in_threadpool(refusal, request, 401, "missing Authorization: Bearer <key>", None)
         key: ApiKey | None
         known, key = service.keys.cached(credentials.credentials)
         if not known:
             key = await run_in_threadpool(service.keys.authenticate, credentials.credentials)
         if key is None:
-            raise await run_in_threadpool(_refusal, request, 401, "unknown, malformed or revoked API key", None)
+            raise await run_in_threadpool(refusal, request, 401, "unknown, malformed or revoked API key", None)
         if key.role not in roles:
             why = f"a key with role {key.role.value} may not do this; it needs role {names}"
-            raise await run_in_threadpool(_refusal, request, 403, why, key)
+            raise await run_in_threadpool(refusal, request, 403, why, key)
         return key
 
     _CHECKS.add(caller)
@@ -61,7 +61,7 @@ async def check_key(request: Request) -> None:
         pending.extend(dependency.dependencies)
 
 
-def _refusal(request: Request, status: int, why: str, key: ApiKey | None) -> HTTPException:
+def refusal(request: Request, status: int, why: str, key: ApiKey | None) -> HTTPException:
     """Record the refusal in the audit trail (under the key's tenant when there is one); the error to raise."""
     service = request.app.state.service
     try:

@@ -223,6 +223,10 @@ class ReloadOut(BaseModel):
 class KeyCreateRequest(Strict):
     role: str = Field(pattern="^(agent|reviewer|auditor|admin)$")
     note: Text = Field(default="", max_length=200)
+    agents: list[Annotated[Text, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, min_length=1, max_length=100,
+        description="agent ids (fnmatch patterns, case-sensitive) an agent key may act as; none: any of the tenant",
+    )  # fmt: skip
 
 
 class KeyOut(BaseModel):
@@ -232,6 +236,7 @@ class KeyOut(BaseModel):
     created_at: str
     revoked_at: str | None
     note: str
+    agents: list[str] | None = Field(default=None, description="the agent ids it is bound to; null: any")
 
 
 class KeyCreatedOut(KeyOut):

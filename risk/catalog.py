@@ -39,6 +39,8 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE risk_pending (agent_id TEXT PRIMARY KEY, action_id TEXT NOT NULL, decision TEXT NOT NULL);
     """,
+    # The agent ids an agent key is bound to, a JSON list of patterns; NULL: any agent of its tenant.
+    "ALTER TABLE risk_keys ADD COLUMN agents TEXT",
 )
 _VERSION_TABLE = "risk_catalog_version"
 _MIGRATION_LOCK = 0x7269736B63617461  # "riskcata" in ASCII; the audit table uses another

@@ -383,6 +383,10 @@ def keys_create(
     tenant: Annotated[str, typer.Option(help="Tenant name: a-z, 0-9, _ and -.")],
     role: Annotated[str, typer.Option(help="agent, reviewer, auditor or admin.")],
     note: Annotated[str, typer.Option(help="What the key is for.")] = "",
+    agent: Annotated[
+        list[str] | None,
+        typer.Option(help="Bind an agent key to this agent id or fnmatch pattern (repeatable); default: any agent."),
+    ] = None,
     database: DatabaseUrl = None,
     audit: KeysAuditUrl = None,
 ) -> None:
@@ -392,18 +396,23 @@ def keys_create(
 
     if role not in Role.__members__.values():
         raise _fail(f"--role must be one of {', '.join(r.value for r in Role)}, not {role!r}")
+    if agent and role != Role.AGENT:
+        raise _fail(f"--agent binds agent keys only; a {role} key acts for no agent")
     try:
         keys = KeyStore(Catalog(database or default_catalog_url()))
-        key, token = keys.create(tenant, role, note)
+        key, token = keys.create(tenant, role, note, agents=agent or None)
     except (RiskError, ValueError) as exc:
         raise _fail(str(exc)) from None
     try:
-        _key_event(database, audit, key.tenant, {"kind": "key_created", "detail": {"key_id": key.key_id,
-                                                                                "role": key.role.value}})  # fmt: skip
+        detail: dict[str, object] = {"key_id": key.key_id, "role": key.role.value}
+        if key.agents is not None:
+            detail["agents"] = list(key.agents)
+        _key_event(database, audit, key.tenant, {"kind": "key_created", "detail": detail})
     except (RiskError, ValueError) as exc:  # no key without a trace: it is revoked, never shown
         keys.revoke(key.tenant, key.key_id)
         raise _fail(f"the key was not made: its creation could not be audited ({exc})", code=1) from None
-    err.print(f"key {key.key_id} for tenant {key.tenant}, role {key.role.value}; it is shown only now:")
+    bound = f", bound to agents {', '.join(key.agents)}" if key.agents is not None else ""
+    err.print(f"key {key.key_id} for tenant {key.tenant}, role {key.role.value}{bound}; it is shown only now:")
     print(token)
 
 
@@ -415,7 +424,8 @@ def keys_list(tenant: Annotated[str, typer.Option(help="Tenant name.")], databas
 
     for key in KeyStore(Catalog(database or default_catalog_url())).list(tenant):
         print(json.dumps({"key_id": key.key_id, "role": key.role.value, "created_at": key.created_at,
-                          "revoked_at": key.revoked_at, "note": key.note}))  # fmt: skip
+                          "revoked_at": key.revoked_at, "note": key.note,
+                          "agents": key.agents}))  # fmt: skip
 
 
 @keys_app.command("revoke")

@@ -8,8 +8,10 @@ the secret is random and long, a salted fast hash is as strong as a slow one and
 from __future__ import annotations
 
 import enum
+import fnmatch
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import threading
@@ -44,6 +46,21 @@ def check_tenant(name: str) -> str:
     return name
 
 
+def check_agents(agents: list[str] | None, role: Role) -> tuple[str, ...] | None:
+    """`agents` as a key stores them, if an agent key may be bound to them, else ValueError.
+
+    >>> check_agents(["bot-1", "billing-*"], Role.AGENT)
+    ('bot-1', 'billing-*')
+    """
+    if agents is None:
+        return None
+    if role is not Role.AGENT:
+        raise ValueError(f"only agent keys are bound to agents; a {role.value} key acts for no agent")
+    if not agents or not all(isinstance(p, str) and 0 < len(p) <= 128 for p in agents):
+        raise ValueError("agents must be one or more agent ids or patterns of 1-128 characters")
+    return tuple(agents)
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     key_id: str
@@ -52,6 +69,18 @@ class ApiKey:
     created_at: str
     revoked_at: str | None = None
     note: str = ""
+    # Agent ids an agent key may act as (fnmatch patterns, case-sensitive); None: any agent of its tenant.
+    # Bound, a paused or terminated agent cannot go on under another agent id.
+    agents: tuple[str, ...] | None = None
+
+    def may_act_as(self, agent_id: str) -> bool:
+        """Whether this key may send actions of `agent_id`.
+
+        >>> key = ApiKey("0" * 16, "team-a", Role.AGENT, "", agents=("bot-1", "billing-*"))
+        >>> key.may_act_as("billing-eu"), key.may_act_as("bot-2"), key.may_act_as("Billing-eu")
+        (True, False, False)
+        """
+        return self.agents is None or any(fnmatch.fnmatchcase(agent_id, p) for p in self.agents)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,15 +107,21 @@ class KeyStore:
         self._cache: dict[str, _Entry] = {}
         self._lock = threading.Lock()
 
-    def create(self, tenant: str, role: Role | str, note: str = "") -> tuple[ApiKey, str]:
-        """A new key for `tenant` with `role`, and its token: shown once, never stored."""
-        key = ApiKey(secrets.token_hex(8), check_tenant(tenant), Role(role), _now(), None, note)
+    def create(
+        self, tenant: str, role: Role | str, note: str = "", agents: list[str] | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key for `tenant` with `role`, and its token: shown once, never stored. `agents` binds an agent key
+        to those agent ids (patterns); ValueError for another role or an empty list."""
+        bound = check_agents(agents, Role(role))
+        key = ApiKey(secrets.token_hex(8), check_tenant(tenant), Role(role), _now(), None, note, bound)
         secret = secrets.token_urlsafe(32)
         salt = secrets.token_bytes(16)
         self._catalog.run(
-            "INSERT INTO risk_keys (key_id, tenant, role, salt, digest, created_at, note) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key.key_id, key.tenant, key.role.value, salt.hex(), _digest(salt, secret).hex(), key.created_at, note),
-        )
+            "INSERT INTO risk_keys (key_id, tenant, role, salt, digest, created_at, note, agents) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (key.key_id, key.tenant, key.role.value, salt.hex(), _digest(salt, secret).hex(), key.created_at, note,
+             None if bound is None else json.dumps(bound)),
+        )  # fmt: skip
         return key, f"rk_{key.key_id}_{secret}"
 
     def authenticate(self, token: str) -> ApiKey | None:
@@ -135,7 +170,7 @@ class KeyStore:
         return entry
 
 
-_FIELDS = "key_id, tenant, role, created_at, revoked_at, note"
+_FIELDS = "key_id, tenant, role, created_at, revoked_at, note, agents"
 
 
 def _split(token: str) -> tuple[str, str]:
@@ -155,9 +190,10 @@ def _verified(entry: _Entry, secret: str) -> ApiKey | None:
 
 
 def _key(row: tuple[object, ...]) -> ApiKey:
-    key_id, tenant, role, created_at, revoked_at, note = row[:6]
+    key_id, tenant, role, created_at, revoked_at, note, agents = row[:7]
     revoked = str(revoked_at) if revoked_at is not None else None
-    return ApiKey(str(key_id), str(tenant), Role(str(role)), str(created_at), revoked, str(note))
+    bound = tuple(json.loads(str(agents))) if agents is not None else None
+    return ApiKey(str(key_id), str(tenant), Role(str(role)), str(created_at), revoked, str(note), bound)
 
 
 def _digest(salt: bytes, secret: str) -> bytes:

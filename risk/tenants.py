@@ -34,7 +34,7 @@ from risk.catalog import Catalog
 from risk.errors import RiskError, StateError
 from risk.guard import Guard, decided_together
 from risk.idempotency import IdempotencyConflict, IdempotencyKeys
-from risk.keys import check_tenant
+from risk.keys import ApiKey, check_tenant
 from risk.policy import Policy
 from risk.rollback import RollbackReport
 from risk.scoring.model import DEFAULT_MODEL, SHIPPED_MODELS, BehaviorModel, ModelError, load_model
@@ -57,6 +57,10 @@ class ConflictError(RiskError):
 
 class NotFoundError(RiskError):
     """No such thing in this tenant (another tenant's things are not found either)."""
+
+
+class NotBoundError(RiskError):
+    """The caller's key is bound to other agents than the one this names (see `ApiKey.agents`)."""
 
 
 class AgentLimitError(ConflictError):
@@ -164,24 +168,30 @@ class Tenants:
 
     # ---- decisions ---------------------------------------------------------------------------
 
-    def check(self, tenant: str, action: ActionRequest, idempotency_key: str | None = None) -> Decision:
-        """Decide `action` for `tenant`; a repeated `idempotency_key` gets the first decision and records nothing."""
+    def check(
+        self, tenant: str, action: ActionRequest, idempotency_key: str | None = None, caller: ApiKey | None = None
+    ) -> Decision:
+        """Decide `action` for `tenant`; a repeated `idempotency_key` gets the first decision and records nothing.
+        An action of an agent the `caller` key is not bound to is denied (`agent_not_bound`)."""
         check_agent(action.agent_id)
-        if idempotency_key is None:
-            return self._decide(tenant, action)
+        # Not bound: denied afresh, never given the decision another key got under the same idempotency key.
+        if idempotency_key is None or _binding(caller, action.agent_id) is not None:
+            return self._decide(tenant, action, caller)
         fingerprint = hashlib.sha256(canonical_json(asdict(action))).hexdigest()
         first = self.idempotency.claim(tenant, idempotency_key, fingerprint)
         if first is not None:
             return Decision.from_dict(first)
         try:
-            decision = self._decide(tenant, action)
+            decision = self._decide(tenant, action, caller)
         except BaseException:
             self.idempotency.release(tenant, idempotency_key)
             raise
         self.idempotency.settle(tenant, idempotency_key, decision.to_dict())
         return decision
 
-    def check_many(self, tenant: str, actions: list[tuple[ActionRequest, str | None]]) -> list[Decision]:
+    def check_many(
+        self, tenant: str, actions: list[tuple[ActionRequest, str | None]], caller: ApiKey | None = None
+    ) -> list[Decision]:
         """Decide (action, idempotency key) pairs in order, as `check` would one by one, with their audit records
         committed together: one commit for the batch. A key repeated in the batch gets its first decision."""
         for action, _ in actions:
@@ -191,7 +201,7 @@ class Tenants:
         claimed: dict[str, tuple[int, str]] = {}  # key -> (index it answers, the action's fingerprint)
         try:
             for index, (action, key) in enumerate(actions):
-                if key is None:
+                if key is None or _binding(caller, action.agent_id) is not None:  # denied afresh, as in `check`
                     continue
                 fingerprint = hashlib.sha256(canonical_json(asdict(action))).hexdigest()
                 if key in claimed:
@@ -209,7 +219,7 @@ class Tenants:
             decided = dict(
                 zip(
                     to_decide,
-                    decided_together(lambda: [self._decide(tenant, actions[i][0]) for i in to_decide]),
+                    decided_together(lambda: [self._decide(tenant, actions[i][0], caller) for i in to_decide]),
                     strict=True,
                 )
             )
@@ -222,10 +232,11 @@ class Tenants:
         answers = decided | given
         return [answers[repeats.get(i, i)] for i in range(len(actions))]
 
-    def _decide(self, tenant: str, action: ActionRequest) -> Decision:
+    def _decide(self, tenant: str, action: ActionRequest, caller: ApiKey | None = None) -> Decision:
         agent = namespaced(tenant, action.agent_id)
         guard = self.guard(tenant, action.agent_id)
-        refusal = self._admission(tenant, action.agent_id)
+        # Not bound: refused before admission, so an agent id the key may not use gets no state and no place.
+        refusal = _binding(caller, action.agent_id) or self._admission(tenant, action.agent_id)
         if refusal is None:
             decision = guard.check(
                 action.action_type, action.resource, action.payload, agent_id=agent, session_id=action.session_id
@@ -281,14 +292,15 @@ class Tenants:
             "an agent id names an agent, a session_id each of its runs"
         )
 
-    def report(self, tenant: str, records: list[dict[str, Any]], actor: str) -> Report:
+    def report(self, tenant: str, records: list[dict[str, Any]], actor: str, caller: ApiKey | None = None) -> Report:
         """Store what a client let run while the service was unreachable (its fail-open spool), each record once.
 
         A `decision` record (one the client let run with on_error="allow", or denied because the service was
         unreachable) becomes an audit record marked as reported (actor, `detail.reported_at`), never as decided
         here, and so does a `rollback` step the client ran; an `outcome` record is recorded as
         `record_outcome` would. Each record's
-        `idempotency_key` makes a resent record a duplicate; a record that cannot be stored is rejected.
+        `idempotency_key` makes a resent record a duplicate; a record that cannot be stored, or one of an agent
+        the `caller` key is not bound to, is rejected.
         """
         result = Report()
         for record in records:
@@ -302,14 +314,14 @@ class Tenants:
                 continue
             try:
                 if record["kind"] in ("decision", "rollback"):
-                    self._reported(tenant, record, actor)
+                    self._reported(tenant, record, actor, caller)
                     first = True
                 else:
                     first = self.record_outcome(
                         tenant, record["action_id"], success=bool(record.get("success", True)),
-                        error=record.get("error"), rows=record.get("rows"), bytes=record.get("bytes"),
+                        error=record.get("error"), rows=record.get("rows"), bytes=record.get("bytes"), caller=caller,
                     )[1]  # fmt: skip
-            except (NotFoundError, AgentLimitError, ValueError) as exc:
+            except (NotFoundError, AgentLimitError, NotBoundError, ValueError) as exc:
                 self.idempotency.release(tenant, key)
                 result.rejected.append({"idempotency_key": record["idempotency_key"], "reason": str(exc)})
                 continue
@@ -324,8 +336,9 @@ class Tenants:
             result.fail_open += record["kind"] == "decision" and record.get("allowed", True)
         return result
 
-    def _reported(self, tenant: str, record: dict[str, Any], actor: str) -> None:
+    def _reported(self, tenant: str, record: dict[str, Any], actor: str, caller: ApiKey | None) -> None:
         agent = namespaced(tenant, check_agent(record["agent_id"]))
+        _bound(caller, record["agent_id"], "report a record of")
         now = _now(self._clock())
         try:
             ts = utc_time(record["ts"]) if record.get("ts") else now
@@ -359,15 +372,17 @@ class Tenants:
         error: str | None,
         rows: int | None,
         bytes: int | None,  # noqa: A002 - the unit's name
+        caller: ApiKey | None = None,
     ) -> tuple[str, bool]:
         """Record what an action of `tenant` did: (its agent id, local; whether this call recorded it).
-        NotFoundError for another tenant's action.
+        NotFoundError for another tenant's action, NotBoundError for an agent the `caller` key is not bound to.
 
         The same outcome of one action is recorded once (False for a repeat): a client that gave up waiting for
         the answer spools the outcome and sends it again later, and its rows must not count twice toward the
         volume limit."""
         agent = self._agent_of(tenant, action_id)
         local = agent.split("/", 1)[1]
+        _bound(caller, local, "record an outcome of")
         self._admitted_for(tenant, local, "record an outcome of")
         outcome = {"action_id": action_id, "success": success, "error": error, "rows": rows, "bytes": bytes}
         digest = hashlib.sha256(canonical_json(outcome)).hexdigest()
@@ -619,6 +634,23 @@ def record_event(audit: AuditStore, agent_id: str, fields: dict[str, Any], ts: f
     records it; raises AuditError if it cannot be written."""
     audit.append({"record_id": os.urandom(16).hex(), "ts": _now(time.time() if ts is None else ts),
                   "agent_id": agent_id, **fields})  # fmt: skip
+
+
+def _binding(caller: ApiKey | None, agent_id: str) -> Reason | None:
+    """Why `caller` may not send actions of `agent_id` (its key is bound to other agents), or None."""
+    if caller is None or caller.may_act_as(agent_id):
+        return None
+    return Reason("agent_not_bound", _not_bound(caller, agent_id), 1.0, True)
+
+
+def _bound(caller: ApiKey | None, agent_id: str, doing: str) -> None:
+    """NotBoundError unless `caller` may act as `agent_id`."""
+    if caller is not None and not caller.may_act_as(agent_id):
+        raise NotBoundError(f"cannot {doing} agent {agent_id!r}: {_not_bound(caller, agent_id)}")
+
+
+def _not_bound(caller: ApiKey, agent_id: str) -> str:
+    return f"key {caller.key_id} is bound to agents {', '.join(caller.agents or ())}, not to {agent_id!r}"
 
 
 def _now(ts: float) -> str:

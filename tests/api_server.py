@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -15,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
 from services import free_port
 
 from api.app import create_app
 from api.settings import Settings
+from risk import catalog
 from risk.keys import Role
 
 
@@ -117,3 +120,19 @@ def make_key(home: Path, tenant: str, role: str, env: dict[str, str] | None = No
         check=True,
     )
     return result.stdout.strip()
+
+
+def catalog_before_bound_keys(url: str) -> str:
+    """A catalog at schema version 1 (before agent keys could be bound to agents) holding one agent key of tenant
+    `acme`, made as that version made it; the key's token."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(catalog, "_MIGRATIONS", catalog._MIGRATIONS[:1])
+        old = catalog.Catalog(url)
+    key_id, secret, salt = "0123456789abcdef", "s" * 43, bytes(16)
+    old.run(
+        "INSERT INTO risk_keys (key_id, tenant, role, salt, digest, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (key_id, "acme", "agent", salt.hex(), hashlib.sha256(salt + secret.encode()).hexdigest(), "2026-01-01"),
+    )
+    assert old.run("SELECT max(version) FROM risk_catalog_version").rows == [(1,)]
+    old.close()
+    return f"rk_{key_id}_{secret}"

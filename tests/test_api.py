@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_server import Running, serve
+from api_server import Running, catalog_before_bound_keys, serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from services import free_port
@@ -464,6 +464,76 @@ def test_admin_makes_lists_and_revokes_keys_of_its_tenant(
         assert agent.post("/v1/check", json=ALLOWED).status_code == 401
     assert admin.delete(f"/v1/keys/{made['key_id']}").status_code == 404
     assert admin.post("/v1/keys", json={"role": "root"}).status_code == 422
+
+
+def test_a_key_bound_to_agents_acts_as_those_agents_only(
+    clients: Callable[..., httpx.Client], service: Running, tenant: str
+) -> None:
+    """A paused or terminated agent whose key is bound to it cannot go on under another agent id: that id's checks
+    are denied and audited, and give it no state; its outcomes are 403, its reported records rejected."""
+    admin, auditor, unbound = clients(Role.ADMIN), clients(Role.AUDITOR), clients(Role.AGENT)
+    made = ok(admin.post("/v1/keys", json={"role": "agent", "agents": ["bot", "billing-*"]}), 201)
+    listed = {k["key_id"]: k["agents"] for k in ok(admin.get("/v1/keys"))["keys"]}
+    assert made["agents"] == listed[made["key_id"]] == ["bot", "billing-*"] and None in listed.values()
+    others = {**ALLOWED, "agent_id": "other", "idempotency_key": "k1"}
+    other = ok(unbound.post("/v1/check", json=others))  # an unbound key: any agent
+    assert other["allowed"] is True
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {made['key']}"}) as bound:
+        own = ok(bound.post("/v1/check", json=ALLOWED))
+        assert own["allowed"] is True
+        denied = ok(bound.post("/v1/check", json={**ALLOWED, "agent_id": "bot2"}))
+        assert (denied["allowed"], denied["outcome"]) == (False, "blocked")
+        reason = denied["reasons"][0]
+        assert reason["code"] == "agent_not_bound"
+        assert made["key_id"] in reason["message"] and "billing-*" in reason["message"]
+        replayed = ok(bound.post("/v1/check", json=others))  # not the decision another key got under this key
+        assert replayed["reasons"][0]["code"] == "agent_not_bound"
+        names = ["billing-eu", "Billing-eu", "bot"]  # patterns match case-sensitively
+        batch = ok(bound.post("/v1/check/batch", json={"actions": [{**ALLOWED, "agent_id": a} for a in names]}))
+        assert [d["allowed"] for d in batch["decisions"]] == [True, False, True]
+        assert batch["decisions"][1]["reasons"][0]["code"] == "agent_not_bound"
+        for agent in ("bot2", "Billing-eu"):
+            records = ok(auditor.get("/v1/audit", params={"agent_id": agent, "kind": "decision"}))["records"]
+            assert [(r["outcome"], r["reasons"][0]["code"]) for r in records] == [("blocked", "agent_not_bound")]
+
+        assert ok(bound.post("/v1/outcome", json={"action_id": own["action_id"], "success": True}))["recorded"]
+        sent = bound.post("/v1/outcome", json={"action_id": other["action_id"], "success": True})
+        assert sent.status_code == 403 and "bound to agents bot, billing-*" in sent.json()["detail"], sent.text
+        refused = ok(auditor.get("/v1/audit", params={"kind": "access_denied"}))["records"]
+        assert [r["detail"]["path"] for r in refused] == ["/v1/outcome"]
+        outcome = {"idempotency_key": "o1", "kind": "outcome", "action_id": other["action_id"], "success": True}
+        spool = [reported_decision("d1"), reported_decision("d2", agent="bot2"), outcome]
+        report = ok(bound.post("/v1/reports", json={"records": spool}))
+        assert (report["accepted"], [r["idempotency_key"] for r in report["rejected"]]) == (1, ["d2", "o1"])
+        assert all("not to 'bot2'" in r["reason"] or "not to 'other'" in r["reason"] for r in report["rejected"])
+    stores = service.app.state.service
+    kept = {*stores.state._states, *stores.state._windows, *stores.tenants._admitted}
+    assert not [k for k in kept if any(f"{tenant}/{a}" in str(k) or (tenant, a) == k for a in ("bot2", "Billing-eu"))]
+    profiles = stores.tenants.guard(tenant, "bot")._behavior.profiles._profiles
+    assert f"{tenant}/bot" in profiles and not {f"{tenant}/bot2", f"{tenant}/Billing-eu"} & set(profiles)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"role": "reviewer", "agents": ["bot"]}, {"role": "admin", "agents": ["*"]}, {"role": "agent", "agents": []}],
+)
+def test_only_agent_keys_are_bound_and_to_at_least_one_agent(
+    clients: Callable[..., httpx.Client], body: dict[str, Any]
+) -> None:
+    refused = clients(Role.ADMIN).post("/v1/keys", json=body)
+    assert refused.status_code == 422, refused.text
+
+
+def test_a_catalog_of_the_previous_version_upgrades_and_its_keys_act_for_any_agent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/catalog.db"
+    token = catalog_before_bound_keys(url)
+    upgraded = Catalog(url)
+    assert upgraded.run("SELECT version FROM risk_catalog_version ORDER BY version").rows == [(1,), (2,)]
+    keys = KeyStore(upgraded)
+    old = keys.authenticate(token)
+    assert old is not None and old.agents is None and old.may_act_as("anyone")
+    bound, _ = keys.create("acme", Role.AGENT, agents=["bot"])
+    assert [k.agents for k in keys.list("acme")] == [None, ("bot",)] and bound.agents == ("bot",)
 
 
 def test_keys_made_and_revoked_on_the_command_line_are_in_the_services_audit_trail(

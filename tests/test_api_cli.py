@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -40,6 +41,24 @@ def test_keys_create_prints_a_working_key_once_and_list_and_revoke_manage_it(tmp
     )
     assert runner.invoke(app, ["keys", "revoke", key.key_id, "--tenant", "acme", "--database", database]).exit_code == 0
     assert KeyStore(Catalog(database)).authenticate(token) is None
+
+
+def test_keys_create_binds_an_agent_key_to_agents_and_list_shows_them(tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path}/catalog.db"
+    runner = CliRunner()
+    args = ["keys", "create", "--tenant", "acme", "--role", "agent", "--database", database]
+    made = runner.invoke(app, [*args, "--agent", "bot-1", "--agent", "billing-*"])
+    assert made.exit_code == 0 and "bound to agents bot-1, billing-*" in " ".join(made.stderr.split()), made.output
+    key = KeyStore(Catalog(database)).authenticate(made.stdout.strip().splitlines()[-1])
+    assert key is not None and key.agents == ("bot-1", "billing-*")
+    assert key.may_act_as("billing-eu") and not key.may_act_as("bot-2")
+    assert runner.invoke(app, args).exit_code == 0  # unbound: any agent of the tenant
+    listed = runner.invoke(app, ["keys", "list", "--tenant", "acme", "--database", database])
+    assert [json.loads(line)["agents"] for line in listed.stdout.splitlines()] == [["bot-1", "billing-*"], None]
+    reviewer = runner.invoke(app, ["keys", "create", "--tenant", "acme", "--role", "reviewer", "--agent", "bot-1",
+                                   "--database", database])  # fmt: skip
+    assert reviewer.exit_code == 2 and "--agent binds agent keys only" in " ".join(reviewer.output.split())
+    assert len(KeyStore(Catalog(database)).list("acme")) == 2
 
 
 @pytest.mark.parametrize(

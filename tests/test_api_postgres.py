@@ -13,13 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
-from api_server import Running, serve
+from api_server import Running, catalog_before_bound_keys, serve
 from together import run_together
 
 from api.settings import Settings
 from risk.audit.store import AuditQuery, verify_store
 from risk.catalog import Catalog
-from risk.keys import Role
+from risk.keys import KeyStore, Role
 
 ALLOWED = {"agent_id": "bot", "action_type": "database_query", "resource": "data.deidentified.claims"}
 BLOCKED = {"agent_id": "bot", "action_type": "database_query", "resource": "data.phi.patients"}
@@ -133,7 +133,7 @@ def test_catalogs_opened_at_once_migrate_once(database: str) -> None:
     for t in threads:
         t.join()
     assert errors == [] and len(catalogs) == 4
-    assert catalogs[0].run("SELECT count(*) FROM risk_catalog_version").rows == [(1,)]
+    assert catalogs[0].run("SELECT count(*) FROM risk_catalog_version").rows == [(2,)]
     for catalog in catalogs:
         catalog.close()
 
@@ -215,3 +215,24 @@ def _store_errors(running: Running) -> float:
     with running.client() as anonymous:
         lines = anonymous.get("/metrics").text.splitlines()
     return sum(float(line.split()[-1]) for line in lines if line.startswith("risk_store_errors_total{"))
+
+
+def test_a_catalog_of_the_previous_version_upgrades_on_postgres(database: str) -> None:
+    """As on SQLite (tests/test_api.py), in a schema of its own: this module's is at the newest version."""
+    admin = Catalog(database)
+    schema = f"risk_old_{uuid.uuid4().hex[:12]}"
+    admin.run(f"CREATE SCHEMA {schema}")
+    try:
+        url = database.replace(admin.run("SELECT current_schema()").rows[0][0], schema)
+        token = catalog_before_bound_keys(url)
+        upgraded = Catalog(url)
+        assert upgraded.run("SELECT version FROM risk_catalog_version ORDER BY version").rows == [(1,), (2,)]
+        keys = KeyStore(upgraded)
+        old = keys.authenticate(token)
+        assert old is not None and old.agents is None
+        keys.create("acme", Role.AGENT, agents=["bot", "billing-*"])
+        assert [k.agents for k in keys.list("acme")] == [None, ("bot", "billing-*")]
+        upgraded.close()
+    finally:
+        admin.run(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()

@@ -17,7 +17,8 @@ Admin = Annotated[ApiKey, Depends(allow(Role.ADMIN))]
 
 def _out(key: ApiKey) -> KeyOut:
     return KeyOut(key_id=key.key_id, tenant=key.tenant, role=key.role.value, created_at=key.created_at,
-                  revoked_at=key.revoked_at, note=key.note)  # fmt: skip
+                  revoked_at=key.revoked_at, note=key.note,
+                  agents=list(key.agents) if key.agents is not None else None)  # fmt: skip
 
 
 @router.get("", response_model=KeysOut, summary="The tenant's keys (never the keys themselves)")
@@ -27,10 +28,11 @@ def list_keys(request: Request, key: Admin) -> KeysOut:
 
 @router.post("", response_model=KeyCreatedOut, status_code=201, summary="Make a key; it is shown once")
 def create_key(body: KeyCreateRequest, request: Request, key: Admin) -> KeyCreatedOut:
-    made, token = request.app.state.service.keys.create(key.tenant, body.role, note=body.note)
+    made, token = request.app.state.service.keys.create(key.tenant, body.role, note=body.note, agents=body.agents)
+    bound_to = {"agents": list(made.agents)} if made.agents is not None else {}
     request.app.state.service.tenants.record(
         f"{key.tenant}/*", {"kind": "key_created", "actor": key.key_id, "detail": {"key_id": made.key_id,
-                                                                                  "role": made.role.value}}
+                                                                                  "role": made.role.value, **bound_to}}
     )  # fmt: skip
     return KeyCreatedOut(**_out(made).model_dump(), key=token)
 
