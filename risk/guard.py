@@ -333,7 +333,7 @@ class Guard:
         if model_failure is not None:
             violations.append(model_failure)
         limit = self.policy.max_risk_score
-        if score > limit:
+        if not score <= limit:  # a score that is not a number (NaN) counts as above: it denies
             violations.append(
                 Reason("risk_above_threshold", f"risk {score:.2f} exceeds max_risk_score {limit}", 1, True)
             )

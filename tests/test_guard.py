@@ -27,6 +27,7 @@ from risk import (
     StepStatus,
 )
 from risk.audit.store import AuditQuery, verify_store
+from risk.resources import readings
 from risk.state import AgentState, MemoryState
 
 
@@ -623,3 +624,10 @@ def test_bad_policy_files_fail_with_a_message_naming_the_problem(tmp_path: Path,
     path.write_text(text)
     with pytest.raises(PolicyError, match=message):
         Guard.from_file(path, audit=f"sqlite:///{tmp_path}/a.db")
+
+
+def test_a_risk_score_that_is_not_a_number_counts_as_above_the_threshold(tmp_path: Path) -> None:
+    """NaN compares false with everything: a threshold written as `score > limit` would let it through."""
+    guard = make_guard(tmp_path, max_risk_score=0.5, model=None)
+    violations = guard._violations("a", 0.0, ActionType.FILE_READ, readings("/reports/x.csv"), float("nan"), None)
+    assert [v.code for v in violations] == ["risk_above_threshold"]
