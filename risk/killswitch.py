@@ -73,7 +73,7 @@ class KillSwitch:
         two reviewers approving at once, one wins and the other gets a StateError; a later pause, resume or
         reset replaces it, and the action's next check uses it up (`use_approval`), whatever it needs it for.
         """
-        old = self._move(agent_id, _from_paused(agent_id, "approve", "approved", actor), actor, releasing=True)
+        old = self._move(agent_id, _from_paused(agent_id, "approve", actor, grant=True), actor, releasing=True)
         return old.pending_action_id
 
     def use_approval(self, agent_id: str, state: AgentState) -> bool:
@@ -83,7 +83,7 @@ class KillSwitch:
 
     def resume(self, agent_id: str, *, actor: str) -> None:
         """Resume a paused agent without approving the action that paused it."""
-        self._move(agent_id, _from_paused(agent_id, "resume", "resumed", actor), actor, releasing=True)
+        self._move(agent_id, _from_paused(agent_id, "resume", actor, grant=False), actor, releasing=True)
 
     def reset(self, agent_id: str, *, actor: str) -> None:
         """Revive a terminated (or paused) agent: the only way back from TERMINATE."""
@@ -124,14 +124,15 @@ class KillSwitch:
         raise StateError(f"the state of agent {agent_id!r} kept changing under {MOVE_ATTEMPTS} attempts to move it")
 
 
-def _from_paused(agent_id: str, verb: str, reason: str, actor: str) -> Callable[[AgentState], AgentState]:
-    """The move of a reviewer's `verb` (approve, resume): only a paused agent may make it."""
+def _from_paused(agent_id: str, verb: str, actor: str, *, grant: bool) -> Callable[[AgentState], AgentState]:
+    """The move of a reviewer's `verb` (approve, resume): only a paused agent may make it; with `grant`, the
+    action that paused it may run once."""
 
     def move(old: AgentState) -> AgentState:
         if old.status is not AgentStatus.PAUSED:
             hint = " use reset() to revive a terminated agent" if old.status is AgentStatus.TERMINATED else ""
             raise StateError(f"cannot {verb} agent {agent_id!r}: it is {old.status.value}, not paused;{hint}")
-        approved = old.pending_fingerprint if verb == "approve" else None
-        return AgentState(AgentStatus.RUNNING, reason, actor, approved_fingerprint=approved)
+        approved = old.pending_fingerprint if grant else None
+        return AgentState(AgentStatus.RUNNING, f"{verb}d", actor, approved_fingerprint=approved)
 
     return move

@@ -94,7 +94,6 @@ class RemoteGuard(Guard):
         if not isinstance(agent_id, str) or not agent_id:
             raise PolicyError("agent_id must be a non-empty string")
         self.api_key = api_key
-        self._key: str = api_key  # the base class types api_key as optional; here it is always given
         self.agent_id = agent_id
         self.endpoint = endpoint.rstrip("/")
         self.on_error = on_error
@@ -333,7 +332,7 @@ class RemoteGuard(Guard):
 
     def _redacted(self, text: str) -> str:
         """`text` without the key's secret (an httpx error may quote the Authorization header)."""
-        key = self._key
+        key = self.api_key or ""
         key_id, _, secret = key.removeprefix("rk_").partition("_")
         if key.startswith("rk_") and secret:
             return text.replace(key, f"rk_{key_id}_<redacted>").replace(secret, "<redacted>")

@@ -18,10 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from risk.actions import ActionType
+from risk.actions import MAX_AMOUNT, ActionType, outcome_amount
 from risk.resources import MAX_RESOURCE_LENGTH
-
-MAX_COUNT = 2**63 - 1  # the most rows or bytes an outcome may report: larger ones overflow the features' floats
 
 
 class TraceError(ValueError):
@@ -103,8 +101,11 @@ def parse_line(line: str, where: str = "trace") -> TraceAction:
     if isinstance(outcome, dict):
         for key in ("rows", "bytes"):
             count = outcome.get(key)
-            if isinstance(count, int) and not 0 <= count <= MAX_COUNT:
-                raise TraceError(f"{where}: outcome {key} must be between 0 and {MAX_COUNT}")
+            if isinstance(count, int):  # as a guard takes an outcome's counts: replays report them to one
+                try:
+                    outcome_amount(key, count)
+                except ValueError:
+                    raise TraceError(f"{where}: outcome {key} must be between 0 and {MAX_AMOUNT}") from None
     session = raw.get("session_id")
     return TraceAction(
         ts=ts,
