@@ -61,6 +61,7 @@ _EXEC = frozenset({ActionType.CODE_EXECUTION, ActionType.PROCESS_SPAWN})
 _DESTRUCTIVE = frozenset({"payload_destructive_sql", "payload_destructive_shell"})
 _N_TYPES = len(ActionType)
 _DAY = 86_400.0
+_RATE_WINDOWS = (60.0, 600.0, 3600.0)  # seconds: rate_1m, rate_10m, rate_60m
 
 _HOST = re.compile(r"https?://([^\s\"'/?#:]+)", re.I)
 # Hosts written without a scheme: a www. name, or a name under a common top-level domain.
@@ -194,9 +195,7 @@ def feature_vector(
     usual_per_active_minute = n / profile.active_minutes if profile.active_minutes else 1.0
     span_minutes = (max(ts - profile.first_ts, 0.0) / 60.0 + 1.0) if profile.first_ts is not None else 1.0
     long_run_per_minute = n / span_minutes if n else 0.0
-    c1 = profile.count_since(ts, 60) + 1
-    c10 = profile.count_since(ts, 600) + 1
-    c60 = profile.count_since(ts, 3600) + 1
+    c1, c10, c60 = (count + 1 for count in profile.counts_since(ts, _RATE_WINDOWS))
 
     hours = profile.hour_counts
     total_hours = n + 24

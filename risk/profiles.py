@@ -88,10 +88,26 @@ class AgentProfile:
         while self.volume and self.volume[0][0] <= ts - 3600:
             self.volume.popleft()
 
-    def count_since(self, ts: float, seconds: float) -> int:
-        """Allowed actions in the last `seconds` (whole minutes, up to an hour)."""
-        first = int((ts - seconds) // 60) + 1
-        return sum(count for minute, count in self.minutes if minute >= first)
+    def counts_since(self, ts: float, windows: tuple[float, ...]) -> list[int]:
+        """Allowed actions in each of the last `windows` seconds (whole minutes, up to an hour), shortest first,
+        counted in one pass from the newest minute back.
+
+        >>> p = AgentProfile("a"); p.minutes.extend([[0, 2], [9, 1], [10, 4]])
+        >>> p.counts_since(650.0, (60.0, 600.0, 3600.0))
+        [4, 5, 7]
+        """
+        firsts = [int((ts - seconds) // 60) + 1 for seconds in windows]
+        counts = [0] * len(windows)
+        total, w = 0, 0
+        for minute, count in reversed(self.minutes):
+            while minute < firsts[w]:
+                counts[w] = total
+                w += 1
+                if w == len(windows):
+                    return counts
+            total += count
+        counts[w:] = [total] * (len(windows) - w)
+        return counts
 
 
 def _remember(seen: set[str], value: str) -> None:

@@ -346,6 +346,10 @@ def test_non_finite_floats_are_written_as_strings_not_as_null(make_guard: Callab
     assert canonical_json([float("inf"), -float("inf"), None, 1.5]) == b'["Infinity","-Infinity",null,1.5]'
     assert canonical_json({"big": 2**70, "x": float("nan")}) == b'{"big":1180591620717411303424,"x":"NaN"}'
     assert canonical_json({"a": None, "b": 0.5}) == b'{"a":null,"b":0.5}'  # finite values: as before
+    # Beside a record's unset (None) fields, a nested NaN is still found.
+    record = {"session_id": None, "detail": {"x": float("nan"), "y": None}, "reasons": [{"weight": float("inf")}]}
+    expected = b'{"detail":{"x":"NaN","y":null},"reasons":[{"weight":"Infinity"}],"session_id":null}'
+    assert canonical_json(record) == expected
     guard = make_guard(keep_payloads=True)
     guard.check(ActionType.API_CALL, "metrics.push", {"value": float("nan"), "none": None})
     guard.check(ActionType.API_CALL, "metrics.push", {"value": None, "none": None})

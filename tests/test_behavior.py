@@ -330,6 +330,26 @@ def test_rate_1m_rises_through_a_burst() -> None:
     assert rates[-1] > usual + 1.5  # 12 in a minute against 1 a minute is far from normal
 
 
+@given(
+    st.lists(st.tuples(st.integers(1, 5), st.integers(1, 9)), max_size=80),
+    st.integers(-3, 70),
+    st.floats(0, 59.999),
+)
+def test_counts_since_equal_a_sum_over_each_window(steps: list[tuple[int, int]], later: int, second: float) -> None:
+    profile, minute = AgentProfile("a"), 1000
+    for gap, count in steps:
+        minute += gap
+        profile.minutes.append([minute, count])
+    ts = (minute + later) * 60 + second  # up to 3 minutes before the last one: a clock that ran backwards
+    windows = (60.0, 600.0, 3600.0)
+
+    def by_sum(seconds: float) -> int:
+        first = int((ts - seconds) // 60) + 1
+        return sum(count for m, count in profile.minutes if m >= first)
+
+    assert profile.counts_since(ts, windows) == [by_sum(seconds) for seconds in windows]
+
+
 def test_denied_destination_is_set_only_for_blamed_destinations() -> None:
     profile = AgentProfile("a")
     profile.record_decision(True)  # a denial that blames nothing

@@ -114,11 +114,22 @@ def canonical_json(value: Any) -> bytes:
         out = orjson.dumps(value, default=str, option=_ORJSON_OPTIONS)
         # orjson writes NaN and ±Infinity as null, which would give them None's digest: they are written as the
         # strings "NaN", "Infinity" and "-Infinity" instead. Only a text with a null can hold one.
-        return orjson.dumps(_finite(value), default=str, option=_ORJSON_OPTIONS) if b"null" in out else out
+        if b"null" in out and _may_hold_non_finite(value):
+            return orjson.dumps(_finite(value), default=str, option=_ORJSON_OPTIONS)
+        return out
     except TypeError:
         text = json.dumps(_finite(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
         # An unpaired surrogate cannot be UTF-8; its backslash escape is the same JSON string, and valid.
         return text.encode("utf-8", "backslashreplace")
+
+
+def _may_hold_non_finite(value: Any) -> bool:
+    """Whether a null in `value`'s JSON may stand for a NaN or infinity. An audit record's nulls are nearly all
+    its unset fields: one more dump without them is a few µs, where walking every value is tens."""
+    if not isinstance(value, dict):
+        return True
+    rest = {k: v for k, v in value.items() if v is not None}
+    return b"null" in orjson.dumps(rest, default=str, option=_ORJSON_OPTIONS)
 
 
 def _finite(value: Any) -> Any:
