@@ -18,9 +18,11 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from risk.actions import AgentStatus, Decision
+from risk.audit.store import open_audit
 from risk.features import MODEL_FEATURES
 from risk.guard import Guard
 from risk.scoring.model import BehaviorModel, fit_model
+from risk.state import open_state
 from risk.traces import TraceAction
 from risk.train import training_rows
 
@@ -86,13 +88,23 @@ def replay(
     model = _model_for(train, model, seed)
     fields = {**DEFAULT_EVALUATION_POLICY, **(policy or {})}
     fields.pop("audit", None)
+    fields.pop("state", None)
     clock = _ReplayClock()
+    # Guards over one state store share the agents' profiles and the streaming model: the history is learned by a
+    # guard that flags nothing, since the policy's guard would not learn the benign actions it flags.
+    state = open_state("memory://")
     with tempfile.TemporaryDirectory() as home:
-        trail = audit or f"sqlite:///{home}/audit.db"
-        guard = Guard(**fields, audit=trail, home=home, model=model, online=online, clock=clock)
-        _warm_up(guard, [a for a in train if a.label != 1], clock)
-        replayed = _replay(guard, test, clock)
-        guard.close()
+        trail = open_audit(audit or f"sqlite:///{home}/audit.db")
+
+        def guard_of(policy: dict[str, Any]) -> Guard:
+            return Guard(**policy, audit=trail, home=home, model=model, online=online, clock=clock, state=state)
+
+        try:
+            _warm_up(guard_of({"mode": "alert"}), [a for a in train if a.label != 1], clock)
+            guard = guard_of(fields)
+            replayed = _replay(guard, test, clock)
+        finally:
+            trail.close()
     return replayed, guard.model_version
 
 
@@ -109,11 +121,10 @@ def _model_for(
 
 
 def _warm_up(guard: Guard, actions: Sequence[TraceAction], clock: _ReplayClock) -> None:
-    """Let profiles and the online model learn the benign history, whatever the policy says of it."""
+    """Let profiles and the online model learn the benign history through `guard`, which flags nothing."""
     for a in sorted(actions, key=lambda a: a.ts):
         clock.now = a.ts
         _check_and_report(guard, a)
-        _revive(guard, a.agent_id)
 
 
 def _replay(guard: Guard, actions: Sequence[TraceAction], clock: _ReplayClock) -> list[Replayed]:

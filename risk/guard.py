@@ -135,7 +135,7 @@ class Guard:
         self._clock = clock
         self._rules = RuleScorer()
         beside = _beside(self._state)
-        self._behavior = _behavior_scorer(model, online, beside.profiles)
+        self._behavior = _behavior_scorer(model, online, beside)
         self.model_version = "+".join(v for v in (RULES_VERSION, self._behavior.version if self._behavior else "") if v)
         self._undo = UndoLog()
         self.killswitch = KillSwitch(self._state, self._record_event)
@@ -284,10 +284,12 @@ class Guard:
             fingerprint = fingerprint or _fingerprint(agent, atype, read, payload_json)
             self._trip(agent, outcome, action_id, fingerprint, reasons[0].message)
         if assessment is not None and self._behavior is not None:
-            # Every action that runs shapes the baseline, alerted ones too: not learning them (tried) kept every
-            # legitimate novelty alerting forever in ALERT mode, a third of benign actions on the sample data.
-            normal = outcome.allows
-            # Denying what the action is (not a pause, a rate limit or a broken audit) blames its destinations.
+            # Only an action allowed unflagged (or approved) shapes the baseline. An alerted one runs, but learning
+            # it would let an attacker normalize a destination with one unreviewed alert (the slow-drip exfiltration
+            # of the synthetic data was alerted once, then scored benign), and ALERT mode would stop previewing
+            # what the enforcing modes decide: they do not learn what they flag either.
+            normal = outcome is Outcome.ALLOWED
+            # Flagging what the action is (not a pause, a rate limit or a broken audit) blames its destinations.
             blame = stopped is None and not normal and reasons[0].code not in _NOT_THE_ACTIONS_FAULT
             try:
                 self._behavior.observe(agent, action_id, now, atype, read.canonical, assessment, normal, blame=blame)
@@ -695,13 +697,21 @@ def _denied_unaudited(decision: Decision, exc: AuditError) -> Decision:
     return replace(decision, allowed=False, outcome=outcome, reasons=(_unaudited(exc), *decision.reasons))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Beside:
     """What guards keep per state store, not per guard: guards rebuilt over one store (the service's, after a
-    policy change or a model reload) keep each agent's baseline and the stops the store refused."""
+    policy change or a model reload) keep each agent's baseline, the streaming model and the stops the store
+    refused."""
 
     profiles: ProfileStore  # in Redis when workers share the state, else in this process
     unsaved_stops: dict[str, _Stop]
+    online: OnlineScorer | None = None  # made by the first guard over the store that scores with one
+
+    def streaming_model(self) -> OnlineScorer:
+        with _BESIDE_LOCK:
+            if self.online is None:
+                self.online = OnlineScorer(MODEL_FEATURES)
+            return self.online
 
 
 _BESIDE_STATE: weakref.WeakKeyDictionary[StateStore, _Beside] = weakref.WeakKeyDictionary()
@@ -717,9 +727,7 @@ def _beside(state: StateStore) -> _Beside:
         return beside
 
 
-def _behavior_scorer(
-    model: str | Path | BehaviorModel | None, online: bool, profiles: ProfileStore
-) -> BehaviorScorer | None:
+def _behavior_scorer(model: str | Path | BehaviorModel | None, online: bool, beside: _Beside) -> BehaviorScorer | None:
     """The behavioral scorer a Guard was configured with; the shipped default model is optional."""
     if isinstance(model, BehaviorModel) or model is None:
         loaded = model
@@ -733,7 +741,7 @@ def _behavior_scorer(
             loaded = None
     if loaded is None and not online:
         return None
-    return BehaviorScorer(loaded, OnlineScorer(MODEL_FEATURES) if online else None, profiles)
+    return BehaviorScorer(loaded, beside.streaming_model() if online else None, beside.profiles)
 
 
 def _volume_of(result: Any, **measures: Callable[[Any], int] | None) -> tuple[dict[str, int | None], str | None]:

@@ -32,6 +32,7 @@ from risk.scoring.behavior import BehaviorScorer, novelty
 from risk.scoring.calibration import StreamingTailCalibrator, TailCalibrator, severity_from_tail
 from risk.scoring.model import BehaviorModel, ModelError, fit_model, load_model, resolve_model, save_model
 from risk.scoring.rules import RuleScorer
+from risk.state import MemoryState
 from risk.traces import TraceError, read_trace
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z, a whole hour
@@ -764,6 +765,52 @@ def test_guard_scores_with_the_shipped_model_and_online_learning_by_default(tmp_
     assert guard.model_version == "rules-1+default-1+online-hst10x6"
     novel = run_payments(guard, clock)[-1]
     assert not novel.allowed and "new_destination" in novel.reason_codes
+
+
+def test_an_alerted_action_does_not_teach_the_baseline(tmp_path: Path) -> None:
+    """ALERT mode lets a flagged transfer run, but learns from it what BLOCK mode would: nothing. Each repeat to the
+    new IBAN is still new, and now also a destination a flagged action tried to reach."""
+    clock = Clock()
+    guard = make_guard(tmp_path, model=payments_model(), online=False, max_risk_score=0.5, mode="alert", clock=clock)
+    first = run_payments(guard, clock)[-1]
+    assert first.allowed and first.outcome.value == "alerted" and "new_destination" in first.reason_codes
+    guard.record_outcome(first.action_id)
+    repeats = []
+    for k in range(1, 4):
+        clock.now = T0 + 300 * (16 + k)
+        repeats.append(guard.check("api_call", "bank.transfer", transfer(NEW_IBAN)))
+        guard.record_outcome(repeats[-1].action_id)
+    for repeat in repeats:
+        assert repeat.outcome.value == "alerted"
+        assert {"new_destination", "denied_destination"} <= set(repeat.reason_codes)
+        assert repeat.risk_score > first.risk_score
+
+
+def test_an_unflagged_action_teaches_the_baseline(tmp_path: Path) -> None:
+    """The same transfers under a threshold that flags nothing: the new IBAN is learned on first use."""
+    clock = Clock()
+    guard = make_guard(tmp_path, model=payments_model(), online=False, mode="alert", clock=clock)
+    first = run_payments(guard, clock)[-1]
+    assert first.outcome.value == "allowed" and "new_destination" in first.reason_codes
+    guard.record_outcome(first.action_id)
+    clock.now = T0 + 300 * 17
+    again = guard.check("api_call", "bank.transfer", transfer(NEW_IBAN))
+    assert not {"new_destination", "denied_destination"} & set(again.reason_codes)
+
+
+def test_guards_over_one_state_store_share_profiles_and_the_streaming_model(tmp_path: Path) -> None:
+    """A guard rebuilt over the same state (a new policy, say) keeps what the last one learned."""
+    state = MemoryState()
+    clock = Clock()
+    first = make_guard(tmp_path, model=None, online=True, state=state, clock=clock)
+    run_payments(first, clock)
+    second = make_guard(tmp_path, model=None, online=True, state=state, clock=clock, max_risk_score=0.5)
+    assert second._behavior is not None and first._behavior is not None
+    assert second._behavior.online is first._behavior.online
+    clock.now = T0 + 300 * 17
+    assert "new_destination" not in second.check("api_call", "bank.transfer", transfer(NEW_IBAN)).reason_codes
+    other = make_guard(tmp_path, model=None, online=True, clock=clock)  # its own state: a new agent's baseline
+    assert other._behavior is not None and other._behavior.online is not first._behavior.online
 
 
 def test_guard_with_model_none_decides_by_rules_alone(tmp_path: Path) -> None:

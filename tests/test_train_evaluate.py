@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from risk import Guard
 from risk.cli import app
-from risk.evaluate import evaluate
+from risk.evaluate import evaluate, replay
 from risk.features import BASELINE_ACTIONS, MODEL_FEATURES
 from risk.scoring.model import DEFAULT_MODEL, load_model, resolve_model
 from risk.traces import read_trace
@@ -195,6 +195,38 @@ def test_evaluate_of_a_trace_without_harm_leaves_detection_rates_empty(train_tra
     assert result["auroc"] is None and result["tpr_at_fpr_1pct"] is None and result["tpr_at_fpr_3pct"] is None
     assert result["attack_sessions"] == 0 and result["attack_sessions_stopped"] is None
     assert result["by_attack"] == {}
+
+
+def send_to_partner(at: datetime, session: str) -> dict[str, Any]:
+    return {
+        "ts": at.isoformat(),
+        "agent_id": "analyst",
+        "session_id": session,
+        "action_type": "network_request",
+        "resource": "mail.send/reports@partner.example",
+        "payload": {"tool": "send_email", "args": {"recipients": ["reports@partner.example"]}},
+        "label": 0,
+    }
+
+
+def test_replay_learns_the_whole_benign_history_even_what_its_policy_would_flag(tmp_path: Path) -> None:
+    """A mature agent's first email to a partner would be paused under the policy (a new destination). As
+    history it is benign, so it is learned, and the same email in the test trace passes."""
+    lines = benign_lines({"analyst": 30})
+    last = datetime.fromisoformat(lines[-1]["ts"])
+    history = [*lines, send_to_partner(last + timedelta(minutes=3), "s-analyst-3")]
+    test = [send_to_partner(last + timedelta(days=1), "s-later")]
+    policy = {"max_risk_score": 0.5, "mode": "pause"}
+    fresh = {**send_to_partner(last + timedelta(minutes=6), "s-analyst-3"), "resource": "mail.send/x@new.example"}
+    fresh["payload"] = {"tool": "send_email", "args": {"recipients": ["x@new.example"]}}
+
+    (again,), _ = replay(list(read_trace(write_trace(tmp_path / "test.jsonl", test))),
+                         list(read_trace(write_trace(tmp_path / "train.jsonl", history))), policy=policy)  # fmt: skip
+    (novel,), _ = replay(list(read_trace(write_trace(tmp_path / "novel.jsonl", [fresh]))),
+                         list(read_trace(tmp_path / "train.jsonl")), policy=policy)  # fmt: skip
+
+    assert again.allowed and again.risk_score < 0.5
+    assert not novel.allowed and novel.risk_score > 0.5  # what the policy flags, when it is new
 
 
 # ---- the CLI ---------------------------------------------------------------------------------------------------
