@@ -40,11 +40,14 @@ FEATURES: tuple[str, ...] = (
     "recent_denial_rate",  # share of the agent's last 20 decisions that were denials
     "recent_error_rate",  # share of the agent's last 20 reported outcomes that were errors
     "volume_ratio",  # log ratio of rows and bytes reported in the last hour to the agent's usual
+    "amount_deviation",  # decades an amount argument lies outside the agent's range for it, halved, capped at 1
 )
 N_FEATURES = len(FEATURES)
-# What the models see: all but the guard's own past decisions. A model that learned only denial-free history
-# would read every denial as an anomaly and feed on its own output; novelty rules use those two instead.
-MODEL_FEATURES = tuple(f for f in FEATURES if f not in ("denied_destination", "recent_denial_rate"))
+# What the models see: all but the guard's own past decisions, and the amounts. A model that learned only
+# denial-free history would read every denial as an anomaly and feed on its own output; novelty rules use those
+# two instead. amount_deviation is read by its novelty rule only: the shipped forest was trained without it, and
+# a model that sees it needs retraining under a new version.
+MODEL_FEATURES = tuple(f for f in FEATURES if f not in ("denied_destination", "recent_denial_rate", "amount_deviation"))
 _MODEL_INDEX = tuple(FEATURES.index(f) for f in MODEL_FEATURES)
 
 
@@ -72,6 +75,11 @@ _BARE_HOST = re.compile(rf"(?<![\w@.-])((?:www\.)?(?:[a-z0-9-]+\.)+(?:{_TLDS}))\
 _ENDS_IN_TLD = re.compile(rf"\.(?:{_TLDS})\b", re.I)
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}[A-Z0-9]{11,30}\b")
 _RECIPIENT_KEYS = frozenset({"recipient", "recipients", "to", "cc", "bcc", "user", "channel", "url", "iban"})
+# Arguments that carry a quantity (money, items). An amount far outside what the agent ever used is how payment
+# fraud looks, whatever the payee: a penny transfer whose memo carries data out, or a transfer of everything.
+_AMOUNT_KEYS = frozenset({"amount", "price", "total", "value", "quantity", "qty", "sum"})
+MIN_AMOUNTS = 3  # uses of an amount argument before its range counts
+AMOUNT_DECADES_TO_FULL = 2.0  # a hundredfold outside the range gives amount_deviation 1
 
 
 def resource_prefix(resource: str) -> str:
@@ -152,6 +160,52 @@ def _recipients(payload: dict[str, Any], found: dict[str, None]) -> None:
             stack.extend(value)
 
 
+def amounts(action_type: ActionType, payload: Any) -> tuple[tuple[str, float], ...]:
+    """The quantity arguments of a payload (any depth), as (name, log10 of the magnitude): the name is the
+    action type and the key, so a transfer's amounts are not judged by an invoice query's. Zero, booleans,
+    non-finite numbers and numbers written as strings are left out.
+
+    >>> amounts(ActionType.API_CALL, {"tool": "pay", "args": {"iban": "X", "amount": 1000, "items": [{"qty": 0.1}]}})
+    (('api_call/amount', 3.0), ('api_call/qty', -1.0))
+    """
+    found: list[tuple[str, float]] = []
+    if not isinstance(payload, dict):
+        return ()
+    stack: list[Any] = [payload]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, dict | list | tuple):
+                    stack.append(item)
+                elif (
+                    isinstance(item, int | float)
+                    and not isinstance(item, bool)
+                    and item
+                    and math.isfinite(item)
+                    and str(key).lower() in _AMOUNT_KEYS
+                ):
+                    found.append((f"{action_type.value}/{str(key).lower()}", math.log10(abs(item))))
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+    return tuple(sorted(found))
+
+
+def amount_deviation(profile: AgentProfile, found: tuple[tuple[str, float], ...]) -> float:
+    """How far the action's amounts lie outside the agent's range for each, in [0, 1] (see AMOUNT_DECADES_TO_FULL).
+
+    >>> p = AgentProfile("a"); p.amounts["api_call/amount"] = [3, 1.0, 3.0]  # three uses, from 10 to 1,000
+    >>> [amount_deviation(p, (("api_call/amount", x),)) for x in (2.0, 4.0, -2.0)]
+    [0.0, 0.5, 1.0]
+    """
+    worst = 0.0
+    for name, x in found:
+        seen = profile.amounts.get(name)
+        if seen is not None and seen[0] >= MIN_AMOUNTS:
+            worst = max(worst, seen[1] - x, x - seen[2])
+    return min(1.0, worst / AMOUNT_DECADES_TO_FULL)
+
+
 def rule_parts(reasons: Sequence[Reason]) -> tuple[float, float, float]:
     """(action type, resource, payload) severities from the rule scorer's reasons."""
     action = resource = 0.0
@@ -181,6 +235,7 @@ def feature_vector(
     dests: tuple[str, ...],
     rule_reasons: Sequence[Reason],
     payload_bytes: int,
+    action_amounts: tuple[tuple[str, float], ...] = (),
 ) -> list[float]:
     """The FEATURES of one action, in order, measured against `profile` as it was before the action."""
     action_sev, resource_sev, payload_sev = rule_parts(rule_reasons)
@@ -241,4 +296,5 @@ def feature_vector(
         sum(denied) / len(denied) if denied else 0.0,
         sum(errors) / len(errors) if errors else 0.0,
         math.log((volume_hour + 1.0) / (volume_usual + 1.0)),
+        amount_deviation(profile, action_amounts),
     ]

@@ -44,6 +44,7 @@ class AgentProfile:
     recent_errors: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT))
     volume: deque[tuple[float, float]] = field(default_factory=deque)  # (ts, rows + bytes/1000) last hour
     volume_baseline: float = 0.0  # long-run mean volume per reported outcome
+    amounts: dict[str, list[float]] = field(default_factory=dict)  # amount name -> [uses, min, max] of log10
 
     def record_decision(self, denied: bool, blamed_destinations: tuple[str, ...] = ()) -> None:
         """Count a decision; a denial for what the action itself did marks its destinations as suspect."""
@@ -52,9 +53,21 @@ class AgentProfile:
             _remember(self.denied_destinations, d)
 
     def record_action(
-        self, ts: float, action_type: str, resource: str, prefix: str, destinations: tuple[str, ...]
+        self,
+        ts: float,
+        action_type: str,
+        resource: str,
+        prefix: str,
+        destinations: tuple[str, ...],
+        amounts: tuple[tuple[str, float], ...] = (),
     ) -> None:
         """Fold one allowed action into the profile."""
+        for name, x in amounts:
+            seen = self.amounts.get(name)
+            if seen is None:
+                self.amounts[name] = [1, x, x]
+            else:
+                seen[:] = [seen[0] + 1, min(seen[1], x), max(seen[2], x)]
         self.actions += 1
         self.type_counts[action_type] = self.type_counts.get(action_type, 0) + 1
         _remember(self.resources, resource)
@@ -141,6 +154,7 @@ def profile_core(profile: AgentProfile) -> dict[str, Any]:
         "recent_errors": list(profile.recent_errors),
         "volume": list(profile.volume),
         "volume_baseline": profile.volume_baseline,
+        "amounts": profile.amounts,
     }
 
 
@@ -168,6 +182,10 @@ def profile_from_core(
     profile.recent_errors.extend(bool(e) for e in core["recent_errors"])
     profile.volume.extend((float(t), float(v)) for t, v in core["volume"])
     profile.volume_baseline = float(core["volume_baseline"])
+    # A profile stored before amounts were kept has none: its amounts' ranges start from now.
+    profile.amounts = {
+        str(name): [int(n), float(lo), float(hi)] for name, (n, lo, hi) in core.get("amounts", {}).items()
+    }
     return profile
 
 
@@ -207,9 +225,10 @@ class ActionSeen:
     resource: str
     prefix: str
     destinations: tuple[str, ...]
+    amounts: tuple[tuple[str, float], ...] = ()
 
     def fold_into(self, profile: AgentProfile) -> None:
-        profile.record_action(self.ts, self.action_type, self.resource, self.prefix, self.destinations)
+        profile.record_action(self.ts, self.action_type, self.resource, self.prefix, self.destinations, self.amounts)
 
 
 class MemoryProfiles:

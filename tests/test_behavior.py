@@ -21,13 +21,15 @@ from risk.features import (
     _BARE_HOST,
     _ENDS_IN_TLD,
     FEATURES,
+    MIN_AMOUNTS,
     MODEL_FEATURES,
     N_FEATURES,
+    amounts,
     destinations,
     feature_vector,
     resource_prefix,
 )
-from risk.profiles import AgentProfile, Probe
+from risk.profiles import AgentProfile, Probe, profile_core, profile_from_core
 from risk.scoring.behavior import BehaviorScorer, novelty
 from risk.scoring.calibration import StreamingTailCalibrator, TailCalibrator, severity_from_tail
 from risk.scoring.model import BehaviorModel, ModelError, fit_model, load_model, resolve_model, save_model
@@ -712,6 +714,53 @@ def test_a_blamed_payee_is_recognised_however_the_retry_names_its_iban() -> None
     pay(scorer, T0 + 3600, "bank.transfer", transfer(NEW_IBAN), allowed=False, blame=True)
     retry = pay(scorer, T0 + 3700, f"bank.transfer/{NEW_IBAN}", {"amount": 100}, allowed=None)
     assert "denied_destination" in codes(retry)
+
+
+def test_an_amount_far_outside_the_agents_range_is_flagged_whoever_the_payee() -> None:
+    scorer = BehaviorScorer(None, None)
+    for i in range(12):
+        pay(scorer, T0 + 60 * i, "bank.transfer", transfer(KNOWN_IBANS[i % 2], 50 + 20 * i), allowed=True)
+    usual = pay(scorer, T0 + 3600, "bank.transfer", transfer(KNOWN_IBANS[0], 120), allowed=None)
+    penny = pay(scorer, T0 + 3600, "bank.transfer", transfer(KNOWN_IBANS[0], 0.01), allowed=None)
+    everything = pay(scorer, T0 + 3600, "bank.transfer", transfer(KNOWN_IBANS[1], 1_000_000), allowed=None)
+    tenfold = pay(scorer, T0 + 3600, "bank.transfer", transfer(KNOWN_IBANS[1], 2_700), allowed=None)
+    assert "amount_deviation" not in codes(usual) and not any(usual.severities)
+    for odd in (penny, everything):
+        assert {r.code: r.weight for r in odd.reasons} == {"amount_deviation": pytest.approx(0.6)}
+    # 2,700 is ten times the largest so far (270): half-way to the full severity.
+    assert {r.code: r.weight for r in tenfold.reasons} == {"amount_deviation": pytest.approx(0.3)}
+
+
+def test_an_amount_counts_only_after_a_few_uses_and_a_flagged_one_does_not_widen_the_range() -> None:
+    scorer = BehaviorScorer(None, None)
+    for i in range(12):  # a mature agent that never sent an amount
+        send_email(scorer, T0 + 60 * i, "alice@corp.example")
+    for i in range(MIN_AMOUNTS):
+        first_uses = pay(
+            scorer, T0 + 900 + 60 * i, "bank.transfer", transfer(KNOWN_IBANS[0], 10 ** (i + 1)), allowed=True
+        )
+        assert first_uses.features[FEATURES.index("amount_deviation")] == 0.0  # no range yet
+    pay(scorer, T0 + 1800, "bank.transfer", transfer(KNOWN_IBANS[0], 0.01), allowed=False)  # flagged: not learned
+    again = pay(scorer, T0 + 1900, "bank.transfer", transfer(KNOWN_IBANS[0], 0.01), allowed=None)
+    assert again.features[FEATURES.index("amount_deviation")] == 1.0  # 10 was the least; 0.01 is 3 decades below
+
+
+def test_amounts_are_read_from_quantity_arguments_only() -> None:
+    payload = {"tool": "order", "args": {"id": 7, "amount": 12.5, "flag": True, "price": "9.99", "lines": [{"qty": 3}]}}
+    assert amounts(ActionType.API_CALL, payload) == (("api_call/amount", pytest.approx(1.0969, abs=1e-4)),
+                                                     ("api_call/qty", pytest.approx(0.4771, abs=1e-4)))  # fmt: skip
+    assert amounts(ActionType.API_CALL, {"amount": 0}) == ()
+    assert amounts(ActionType.API_CALL, {"amount": float("nan")}) == ()
+    assert amounts(ActionType.API_CALL, "amount 100") == ()
+
+
+def test_a_profile_stored_before_amounts_were_kept_loads_with_none() -> None:
+    profile = AgentProfile("a")
+    profile.record_action(T0, "api_call", "bank.transfer", "bank", (), (("api_call/amount", 2.0),))
+    core = profile_core(profile)
+    assert profile_from_core("a", core).amounts == {"api_call/amount": [1, 2.0, 2.0]}
+    del core["amounts"]
+    assert profile_from_core("a", core).amounts == {}
 
 
 def test_behavior_scorer_refuses_a_model_trained_on_other_features() -> None:

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from risk.actions import ActionType, Reason
-from risk.features import FEATURES, MODEL_FEATURES, destinations, feature_vector, maturity, model_input, resource_prefix
+from risk.features import (
+    FEATURES,
+    MODEL_FEATURES,
+    amounts,
+    destinations,
+    feature_vector,
+    maturity,
+    model_input,
+    resource_prefix,
+)
 from risk.profiles import ActionSeen, AgentProfile, MemoryProfiles, Probe, ProfileStore
 from risk.scoring.model import BehaviorModel
 from risk.scoring.online import OnlineScorer
@@ -29,6 +38,7 @@ NOVELTY_RULES: tuple[tuple[str, float, str], ...] = (
     ("denied_destination", 0.70, "sends to a destination of an action the guard denied before"),
     ("new_action_type", 0.30, "first time this agent takes this kind of action"),
     ("new_prefix", 0.20, "first time this agent touches this folder, schema or service"),
+    ("amount_deviation", 0.60, "an amount far outside the range this agent has used"),
 )
 _NOVELTY_INDEX = tuple((FEATURES.index(name), severity, message) for name, severity, message in NOVELTY_RULES)
 READ_ONLY = frozenset({ActionType.FILE_READ, ActionType.DATABASE_QUERY})
@@ -67,6 +77,7 @@ class Assessment:
     prefix: str
     unseen_primary: tuple[str, ...]  # where the action itself goes that the agent never went before
     destinations: tuple[str, ...]
+    amounts: tuple[tuple[str, float], ...] = ()  # its quantity arguments (see risk.features.amounts)
 
 
 class BehaviorScorer:
@@ -105,6 +116,7 @@ class BehaviorScorer:
     ) -> Assessment:
         prefix = resource_prefix(resource)
         primary, dests = destinations(resource, payload)
+        quantities = amounts(action_type, payload)
 
         def measure(profile: AgentProfile) -> tuple[list[float], float, tuple[str, ...]]:
             x = feature_vector(
@@ -116,6 +128,7 @@ class BehaviorScorer:
                 dests=dests,
                 rule_reasons=rule_reasons,
                 payload_bytes=payload_bytes,
+                action_amounts=quantities,
             )
             return x, maturity(profile), tuple(d for d in primary if d not in profile.destinations)
 
@@ -137,7 +150,9 @@ class BehaviorScorer:
             severities.append(s)
             if s >= REASON_FLOOR:
                 reasons.append(Reason("behavior_online", f"the streaming model finds this unusual ({s:.2f})", s))
-        return Assessment(tuple(severities), tuple(reasons), tuple(x), weight, prefix, unseen_primary, dests)
+        return Assessment(
+            tuple(severities), tuple(reasons), tuple(x), weight, prefix, unseen_primary, dests, quantities
+        )
 
     def observe(
         self, agent_id: str, action_id: str, ts: float, action_type: ActionType, resource: str,
@@ -151,7 +166,9 @@ class BehaviorScorer:
             agent_id,
             denied=not allowed,
             blamed=assessment.unseen_primary if blame else (),
-            action=ActionSeen(ts, action_type.value, resource, assessment.prefix, assessment.destinations)
+            action=ActionSeen(
+                ts, action_type.value, resource, assessment.prefix, assessment.destinations, assessment.amounts
+            )
             if allowed
             else None,
         )
