@@ -139,6 +139,24 @@ def test_outbound_destination_only_counts_for_outbound_actions() -> None:
     assert "payload_outbound_destination" not in codes(ActionType.FILE_READ, "/inbox", payload)
 
 
+@pytest.mark.parametrize(
+    "text", ["Secret key is 1a7b3d.", "the password is hunter2", "My API key is sk_live_4f2a", "access token is t0k"]
+)
+def test_a_secret_written_in_prose_is_a_credential(text: str) -> None:
+    assert "payload_credentials" in codes(ActionType.NETWORK_REQUEST, "web.post/x.example", {"content": text})
+
+
+@pytest.mark.parametrize("text", ["the password is wrong", "the secret is to start early", "password reset link sent"])
+def test_prose_about_a_secret_without_one_is_not_a_credential(text: str) -> None:
+    assert "payload_credentials" not in codes(ActionType.NETWORK_REQUEST, "slack.dm/bob", {"body": text})
+
+
+def test_a_www_host_in_a_message_is_an_outbound_destination() -> None:
+    link = {"body": "Check out this link: www.secure-systems-252.com"}
+    assert "payload_outbound_destination" in codes(ActionType.NETWORK_REQUEST, "slack.dm/alice", link)
+    assert "payload_outbound_destination" not in codes(ActionType.NETWORK_REQUEST, "slack.dm/alice", {"body": "www"})
+
+
 def test_reasons_are_sorted_by_weight_and_score_is_their_noisy_or() -> None:
     score, reasons = rules.score(ActionType.FILE_DELETE, "prod.secrets", {"cmd": "rm -rf /"})
     weights = [r.weight for r in reasons]

@@ -73,8 +73,12 @@ _PRIVILEGE = re.compile(r"\bsudo\b|\bgrant\s+all\b|\bsetuid\b|\bchown\s+root\b|\
 _CREDENTIAL = re.compile(
     r"-----begin (?:rsa |ec |openssh )?private key|\bakia[0-9a-z]{16}\b|\bghp_[0-9a-z]{30,}|\bsk-[0-9a-z]{20,}"
     r"|\bbearer\s+[0-9a-z._-]{20,}|(?:password|passwd|secret|api[_-]?key)\s*[:=]\s*\S+"
+    # ... and in prose, as an agent passing a secret on writes it: "the secret key is 1a7b3d". The value must hold
+    # a digit, so "the password is wrong" is not one.
+    r"|\b(?:password|passwd|passcode|secret(?:[ _-]?key)?|api[ _-]?key|access[ _-]?token)\s+is\s+[^\s\d]*\d"
 )
-_DESTINATION = re.compile(rf"https?://[^\s\"'/]+|{EMAIL_PATTERN}")
+# A URL, a host written without a scheme but with www., or an email address.
+_DESTINATION = re.compile(rf"https?://[^\s\"'/]+|\bwww\.[a-z0-9-]+\.[a-z]|{EMAIL_PATTERN}")
 
 PAYLOAD_SEVERITY = {
     "payload_destructive_sql": 0.70,
@@ -112,10 +116,26 @@ _FAMILY_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shell", ("rm", "mkfs", "dd", "chmod", ":()", "/dev/sd", "shred", "curl", "wget")),
     (
         "credentials",
-        ("private key", "akia", "ghp_", "sk-", "bearer", "passw", "secret", "api_key", "api-key", "apikey"),
+        (
+            "private key",
+            "akia",
+            "ghp_",
+            "sk-",
+            "bearer",
+            "passw",
+            "passcode",
+            "secret",
+            "api_key",
+            "api-key",
+            "apikey",
+            "api key",
+            "access token",
+            "access_token",
+            "access-token",
+        ),
     ),
     ("privilege", ("sudo", "grant", "setuid", "chown", "administrator", "superuser")),
-    ("destination", ("@", "://")),
+    ("destination", ("@", "://", "www.")),
 )
 _THREE_DIGITS = re.compile(r"\d{3}")  # every identifier pattern (SSN, card, MRN) has three digits in a row
 
