@@ -284,15 +284,16 @@ class Guard:
             fingerprint = fingerprint or _fingerprint(agent, atype, read, payload_json)
             self._trip(agent, outcome, action_id, fingerprint, reasons[0].message)
         if assessment is not None and self._behavior is not None:
-            # Only an action allowed unflagged (or approved) shapes the baseline. An alerted one runs, but learning
-            # it would let an attacker normalize a destination with one unreviewed alert (the slow-drip exfiltration
-            # of the synthetic data was alerted once, then scored benign), and ALERT mode would stop previewing
-            # what the enforcing modes decide: they do not learn what they flag either.
-            normal = outcome is Outcome.ALLOWED
+            # An alerted action runs, so it shapes the baseline, but not where it sent nor how much: learning those
+            # would let an attacker make a destination normal with one unreviewed alert (the synthetic slow-drip
+            # exfiltration was alerted once, then scored benign). Learning nothing from it (tried) keeps every
+            # benign alert alerting: on the synthetic stream from a fresh guard, 45% of benign actions at 0.5.
+            flagged = outcome is not Outcome.ALLOWED
             # Flagging what the action is (not a pause, a rate limit or a broken audit) blames its destinations.
-            blame = stopped is None and not normal and reasons[0].code not in _NOT_THE_ACTIONS_FAULT
+            blame = stopped is None and flagged and reasons[0].code not in _NOT_THE_ACTIONS_FAULT
             try:
-                self._behavior.observe(agent, action_id, now, atype, read.canonical, assessment, normal, blame=blame)
+                self._behavior.observe(agent, action_id, now, atype, read.canonical, assessment, outcome.allows,
+                                       flagged=flagged, blame=blame)  # fmt: skip
             except StateError as exc:  # the decision stands as recorded; only the baseline misses this action
                 log.error("profile of %s not updated after %s: %s", agent, action_id, exc)
         return Decision(

@@ -695,15 +695,16 @@ def test_a_request_to_a_new_path_on_a_known_host_is_not_a_new_destination() -> N
 
 
 def pay(
-    scorer: BehaviorScorer, ts: float, resource: str, payload: Any, *, allowed: bool | None, blame: bool = False
-) -> Any:
+    scorer: BehaviorScorer, ts: float, resource: str, payload: Any, *, allowed: bool | None, blame: bool = False,
+    flagged: bool | None = None,
+) -> Any:  # fmt: skip
     atype = ActionType.API_CALL
     _, rules = RuleScorer().score(atype, resource, payload)
     assessment = scorer.assess(
         "payer", ts=ts, action_type=atype, resource=resource, payload=payload, payload_bytes=60, rule_reasons=rules
     )
     if allowed is not None:
-        scorer.observe("payer", f"id-{ts}", ts, atype, resource, assessment, allowed, blame=blame)
+        scorer.observe("payer", f"id-{ts}", ts, atype, resource, assessment, allowed, flagged=flagged, blame=blame)
     return assessment
 
 
@@ -763,6 +764,23 @@ def test_a_profile_stored_before_amounts_were_kept_loads_with_none() -> None:
     assert profile_from_core("a", core).amounts == {}
 
 
+def test_an_alerted_action_shapes_the_baseline_but_not_where_it_sent_nor_how_much() -> None:
+    scorer = BehaviorScorer(None, None)
+    for i in range(12):
+        pay(scorer, T0 + 60 * i, "bank.transfer", transfer(KNOWN_IBANS[i % 2], 100 + i), allowed=True)
+    pay(
+        scorer, T0 + 3600, "bank.api/v2/transfer", transfer(NEW_IBAN, 1_000_000), allowed=True, flagged=True, blame=True
+    )
+    probe = Probe("bank.api/v2/transfer", "bank.api/v2", (f"iban:{NEW_IBAN}",))
+    seen = scorer.profiles.read("payer", probe, lambda p: (p.actions, p.resources, p.destinations, p.amounts))
+    actions, resources, known, ranges = seen
+    assert actions == 13 and "bank.api/v2/transfer" in resources  # it ran: the agent's activity counts it
+    assert f"iban:{NEW_IBAN}" not in known and ranges["api_call/amount"][2] < 3  # 1,000,000 did not widen it
+    again = pay(scorer, T0 + 3700, "bank.api/v2/transfer", transfer(NEW_IBAN, 1_000_000), allowed=None)
+    assert {"new_destination", "denied_destination", "amount_deviation"} <= codes(again)
+    assert "new_prefix" not in codes(again)
+
+
 def test_behavior_scorer_refuses_a_model_trained_on_other_features() -> None:
     with pytest.raises(ValueError, match="other features"):
         BehaviorScorer(small_model(width=WIDTH - 1), None)
@@ -817,8 +835,8 @@ def test_guard_scores_with_the_shipped_model_and_online_learning_by_default(tmp_
 
 
 def test_an_alerted_action_does_not_teach_the_baseline(tmp_path: Path) -> None:
-    """ALERT mode lets a flagged transfer run, but learns from it what BLOCK mode would: nothing. Each repeat to the
-    new IBAN is still new, and now also a destination a flagged action tried to reach."""
+    """ALERT mode lets a flagged transfer run, but does not learn where it sent: each repeat to the new IBAN is
+    still new, and now also a destination a flagged action tried to reach."""
     clock = Clock()
     guard = make_guard(tmp_path, model=payments_model(), online=False, max_risk_score=0.5, mode="alert", clock=clock)
     first = run_payments(guard, clock)[-1]
