@@ -1,9 +1,9 @@
 """What the guard knows of each agent's normal behavior: a profile per agent, kept in a state store.
 
-A profile is counts and sets, updated once per allowed action in a few microseconds: which action types,
-resources, resource prefixes and outbound destinations the agent has used, at which hours, in which order,
-how fast, and how its recent decisions and outcomes went. `risk.features` reads it to describe how far a
-new action is from that normal.
+A profile is counts and sets, updated once per action that ran in a few microseconds: which action types,
+resources, resource prefixes, outbound destinations and ranges of amounts the agent has used, at which
+hours, in which order, how fast, and how its recent decisions and outcomes went. `risk.features` reads it
+to describe how far a new action is from that normal.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ RATE_HORIZON_MINUTES = 60
 
 @dataclass
 class AgentProfile:
-    """One agent's behavior so far. Only allowed actions shape it, so a denied attacker cannot teach it."""
+    """One agent's behavior so far. Only actions that ran shape it, and a flagged one (alerted) not with where it
+    sent or how much, so an attacker the guard flagged cannot teach it."""
 
     agent_id: str
     actions: int = 0
