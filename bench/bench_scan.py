@@ -26,8 +26,15 @@ from risk.scoring.rules import payload_signals
 PLAIN_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 PLAIN_DOWNLOAD_TO_SHELL = re.compile(r"(?:curl|wget)[^|]*\|\s*(?:ba|z)?sh\b")
 
-# (name, the text repeated, what follows it once): a long run of address characters, a long tail after a "curl".
-TEXTS = [("token then @", "a", "@"), ("dotted run", "a.", "@"), ("many curls", "curl ", "")]
+# (name, the text repeated, what follows it once): a long run of address characters, a long tail after a "curl",
+# a secret named again and again with no value, a run of "www." with no host.
+TEXTS = [
+    ("token then @", "a", "@"),
+    ("dotted run", "a.", "@"),
+    ("many curls", "curl ", ""),
+    ("secret words", "the password is ", "x"),
+    ("www. run", "www.", "com"),
+]
 
 SCANS: dict[str, Callable[[str], object]] = {
     "payload rules": lambda text: payload_signals({"body": text}, ActionType.API_CALL),
