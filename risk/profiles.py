@@ -184,9 +184,10 @@ def profile_from_core(
     profile.volume.extend((float(t), float(v)) for t, v in core["volume"])
     profile.volume_baseline = float(core["volume_baseline"])
     # A profile stored before amounts were kept has none: its amounts' ranges start from now.
-    profile.amounts = {
-        str(name): [int(n), float(lo), float(hi)] for name, (n, lo, hi) in core.get("amounts", {}).items()
-    }
+    ranges = core.get("amounts", {})
+    if not isinstance(ranges, dict):
+        raise ValueError(f"amounts must be an object of [uses, min, max], got {type(ranges).__name__}")
+    profile.amounts = {str(name): [int(n), float(lo), float(hi)] for name, (n, lo, hi) in ranges.items()}
     return profile
 
 

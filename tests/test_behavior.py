@@ -762,6 +762,9 @@ def test_a_profile_stored_before_amounts_were_kept_loads_with_none() -> None:
     assert profile_from_core("a", core).amounts == {"api_call/amount": [1, 2.0, 2.0]}
     del core["amounts"]
     assert profile_from_core("a", core).amounts == {}
+    for broken in ([["api_call/amount", 1, 2.0, 2.0]], {"api_call/amount": [1, 2.0]}):
+        with pytest.raises((ValueError, TypeError)):
+            profile_from_core("a", {**core, "amounts": broken})
 
 
 def test_an_alerted_action_shapes_the_baseline_but_not_where_it_sent_nor_how_much() -> None:
