@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from risk.evaluate import evaluate, replay
 from risk.features import BASELINE_ACTIONS, MODEL_FEATURES
 from risk.scoring.model import DEFAULT_MODEL, load_model, resolve_model
 from risk.traces import read_trace
-from risk.train import score_trace, train
+from risk.train import score_trace, train, training_rows
 
 START = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
 METRIC_KEYS = {
@@ -136,6 +138,21 @@ def test_train_is_deterministic_for_the_same_data_and_seed(tmp_path: Path, train
     second, _ = train(str(train_trace), tmp_path / "b", name="t", seed=3)
     probes = [[float(i % 3)] * len(MODEL_FEATURES) for i in range(5)]
     assert [first.severity(p) for p in probes] == [second.severity(p) for p in probes]
+
+
+def test_the_shipped_model_is_what_make_model_trains(tmp_path: Path) -> None:
+    """The Makefile's `model` recipe (the synthetic generator at seed 7, scale 1, then `risk train` at seed 0)
+    gives the shipped model's scores. A change to the rules or features that alters the model fails here until
+    `make model` is run and its artifact committed. Scores are compared to 1e-9, not bytes, so a library
+    release that moves the last bit of a float does not fail it."""
+    root = Path(__file__).resolve().parents[1]
+    generate = [sys.executable, str(root / "data" / "synthetic.py"), "--out", str(tmp_path / "synthetic")]
+    subprocess.run([*generate, "--seed", "7", "--scale", "1"], check=True, capture_output=True)
+    trained, _ = train(str(tmp_path / "synthetic" / "train.jsonl"), tmp_path / "models", name="default", seed=0)
+    shipped = load_model(resolve_model(DEFAULT_MODEL))
+    rows = training_rows(read_trace(root / "data" / "synthetic" / "test.jsonl")).X
+    assert [trained.severity(x) for x in rows] == pytest.approx([shipped.severity(x) for x in rows], abs=1e-9)
+    assert trained.calibrator.sorted_scores_ == pytest.approx(shipped.calibrator.sorted_scores_, abs=1e-9)
 
 
 # ---- batch scoring ---------------------------------------------------------------------------------------------
