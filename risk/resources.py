@@ -103,9 +103,9 @@ def _unquoted_identifiers(text: str) -> str:
 
 # The steps that clean a resource, besides percent-decoding. Each can expose work for another (a zero-width
 # space splits `%2e`, NFKC makes `％` a `%`), so every form goes through every step, in every order, until
-# nothing new comes. Unquoting identifiers is a step too, but the reading shown to people keeps the quotes.
+# nothing new comes. Unquoting identifiers is a step too, but the reading shown to people keeps the quotes; so is
+# path normalization (below), since collapsing `..` can expose a quote for unquoting: `"/../a"` reads `a"`, so `a`.
 _CLEANING = (_fold, _visible, _forward_slashes)
-_STEPS = (*_CLEANING, _unquoted_identifiers)
 
 
 def normalized_path(text: str) -> str:
@@ -114,6 +114,9 @@ def normalized_path(text: str) -> str:
     while (normalized := _normalize_path(text.strip())) != text:
         text = normalized
     return text
+
+
+_STEPS = (*_CLEANING, _unquoted_identifiers, normalized_path)
 
 
 def readings(resource: str, *, resolve_symlinks: bool = False) -> Readings:
