@@ -168,9 +168,9 @@ def amounts(action_type: ActionType, payload: Any) -> tuple[tuple[str, float], .
     >>> amounts(ActionType.API_CALL, {"tool": "pay", "args": {"iban": "X", "amount": 1000, "items": [{"qty": 0.1}]}})
     (('api_call/amount', 3.0), ('api_call/qty', -1.0))
     """
-    found: list[tuple[str, float]] = []
     if not isinstance(payload, dict):
         return ()
+    found: list[tuple[str, float]] = []
     stack: list[Any] = [payload]
     while stack:
         value = stack.pop()
@@ -178,14 +178,10 @@ def amounts(action_type: ActionType, payload: Any) -> tuple[tuple[str, float], .
             for key, item in value.items():
                 if isinstance(item, dict | list | tuple):
                     stack.append(item)
-                elif (
-                    isinstance(item, int | float)
-                    and not isinstance(item, bool)
-                    and item
-                    and math.isfinite(item)
-                    and str(key).lower() in _AMOUNT_KEYS
-                ):
-                    found.append((f"{action_type.value}/{str(key).lower()}", math.log10(abs(item))))
+                elif isinstance(item, int | float) and not isinstance(item, bool) and item and math.isfinite(item):
+                    name = str(key).lower()
+                    if name in _AMOUNT_KEYS:
+                        found.append((f"{action_type.value}/{name}", math.log10(abs(item))))
         elif isinstance(value, list | tuple):
             stack.extend(value)
     return tuple(sorted(found))

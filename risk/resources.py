@@ -193,17 +193,15 @@ def _lexical_readings(resource: str) -> Readings:
             f"resource is {longest} characters long once normalized (NFKC); the limit is {MAX_RESOURCE_LENGTH}"
         )
     control = any(_CONTROL.search(form) for form in forms)
+    too_many = len(forms) > MAX_READINGS
     canonical = normalized_path(_cleaned(resource))
-    found = dict(forms)
-    for form in forms:
-        found[normalized_path(form)] = None
-    found[canonical] = None
+    forms[canonical] = None  # path normalization is a step, so the other forms are in `forms` already
     return Readings(
         canonical=canonical,
-        all=tuple(found),
+        all=tuple(forms),
         has_control_characters=control,
         over_encoded=over_encoded,
-        too_many_readings=len(forms) > MAX_READINGS,
+        too_many_readings=too_many,
     )
 
 

@@ -696,7 +696,7 @@ def test_a_request_to_a_new_path_on_a_known_host_is_not_a_new_destination() -> N
 
 def pay(
     scorer: BehaviorScorer, ts: float, resource: str, payload: Any, *, allowed: bool | None, blame: bool = False,
-    flagged: bool | None = None,
+    flagged: bool = False,
 ) -> Any:  # fmt: skip
     atype = ActionType.API_CALL
     _, rules = RuleScorer().score(atype, resource, payload)

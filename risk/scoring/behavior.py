@@ -156,22 +156,22 @@ class BehaviorScorer:
 
     def observe(
         self, agent_id: str, action_id: str, ts: float, action_type: ActionType, resource: str,
-        assessment: Assessment, allowed: bool, *, flagged: bool | None = None, blame: bool = False,
+        assessment: Assessment, allowed: bool, *, flagged: bool = False, blame: bool = False,
     ) -> None:  # fmt: skip
-        """Fold a decision into the agent's profile. Every decision counts toward the denial rate, a flagged one
-        (denied, or alerted and run) as a denial. An allowed action shapes the baseline, but a flagged one not
-        with its new destinations and its amounts; `blame` (flagged for what the action itself is) marks those
-        destinations as suspect. The features of an unflagged action wait for its outcome, to be learned by
-        the online model. `flagged` defaults to `not allowed`."""
-        flagged = not allowed if flagged is None else flagged
+        """Fold a decision into the agent's profile. Every decision counts toward the denial rate, a denied or
+        `flagged` one (alerted, and run) as a denial. An allowed action shapes the baseline, but a flagged one not
+        with its new destinations and its amounts; `blame` (denied or flagged for what the action itself is)
+        marks those destinations as suspect. The features of an allowed, unflagged action wait for its outcome,
+        to be learned by the online model."""
+        denied = flagged or not allowed
         seen = None
         if allowed:  # it ran
             sent = () if flagged else assessment.destinations
             sent_amounts = () if flagged else assessment.amounts
             seen = ActionSeen(ts, action_type.value, resource, assessment.prefix, sent, sent_amounts)
         # Blame only where the flagged action tried to go, and only places the agent never used.
-        self.profiles.record(agent_id, denied=flagged, blamed=assessment.unseen_primary if blame else (), action=seen)
-        if not flagged and self.online is not None:
+        self.profiles.record(agent_id, denied=denied, blamed=assessment.unseen_primary if blame else (), action=seen)
+        if not denied and self.online is not None:
             self._pending[action_id] = assessment.features
             if len(self._pending) > PENDING_LIMIT:
                 self._pending.popitem(last=False)
