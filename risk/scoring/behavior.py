@@ -159,10 +159,10 @@ class BehaviorScorer:
         assessment: Assessment, allowed: bool, *, flagged: bool = False, blame: bool = False,
     ) -> None:  # fmt: skip
         """Fold a decision into the agent's profile. Every decision counts toward the denial rate, a denied or
-        `flagged` one (alerted, and run) as a denial. An allowed action shapes the baseline, but a flagged one not
-        with its new destinations and its amounts; `blame` (denied or flagged for what the action itself is)
-        marks those destinations as suspect. The features of an allowed, unflagged action wait for its outcome,
-        to be learned by the online model."""
+        `flagged` one (not simply allowed: denied, or alerted and run) as a denial. An allowed action shapes the
+        baseline, but a flagged one not with its new destinations and its amounts; `blame` (denied or flagged
+        for what the action itself is) marks those destinations as suspect. The features of an allowed,
+        unflagged action wait for its outcome, to be learned by the online model."""
         denied = flagged or not allowed
         seen = None
         if allowed:  # it ran
