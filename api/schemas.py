@@ -12,6 +12,8 @@ from risk.tenants import AGENT_PATTERN
 AGENT_REGEX = f"^{AGENT_PATTERN.pattern}$"
 AGENT_RULE = "1-128 letters, digits or . _ : @ + = -, starting with a letter or digit; unique per tenant"
 
+MAX_TASK_LENGTH = 32_768  # characters: a long prompt fits, a document pasted whole does not
+
 AgentId = Annotated[str, Field(pattern=AGENT_REGEX, description=AGENT_RULE, examples=["claims-analyst"])]
 
 
@@ -38,6 +40,12 @@ class CheckRequest(Strict):
     resource: str = Field(min_length=1, max_length=4096, examples=["data.deidentified.claims"])
     payload: Any = Field(default=None, description=f"any JSON, nested at most {MAX_PAYLOAD_DEPTH} levels")
     session_id: Text | None = Field(default=None, max_length=256)
+    task: str | None = Field(
+        default=None,
+        max_length=MAX_TASK_LENGTH,
+        description="the instruction the agent carries out, as its user gave it (never text read from a tool): "
+        "a destination it names does not count as new for the agent",
+    )
     idempotency_key: Text | None = Field(
         default=None, min_length=1, max_length=128, description="a repeated key returns the first decision"
     )

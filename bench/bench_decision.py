@@ -220,8 +220,9 @@ def report_outcome(guard: Guard, decision: Decision, action: TraceAction) -> Non
 def check(guard: Guard, clock: ManualClock, action: TraceAction) -> Decision:
     clock.now = action.ts
     return guard.check(
-        action.action_type, action.resource, action.payload, agent_id=action.agent_id, session_id=action.session_id
-    )
+        action.action_type, action.resource, action.payload, agent_id=action.agent_id, session_id=action.session_id,
+        task=action.task,
+    )  # fmt: skip
 
 
 def warm(guard: Guard, clock: ManualClock, actions: Sequence[TraceAction]) -> None:
@@ -240,8 +241,9 @@ def replay_stream(
             profiler.enable()
         start = timer()
         decision = guard.check(
-            action.action_type, action.resource, action.payload, agent_id=action.agent_id, session_id=action.session_id
-        )
+            action.action_type, action.resource, action.payload, agent_id=action.agent_id,
+            session_id=action.session_id, task=action.task,
+        )  # fmt: skip
         samples[i] = timer() - start
         if profiler is not None:
             profiler.disable()

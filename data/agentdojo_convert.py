@@ -12,6 +12,10 @@ injection task, the reference tool calls that solve it. This script turns them i
   attack. When an injection has no side-effecting call at all (slack ``injection_task_3`` only visits a
   phishing page), its whole ground truth is the attack and is kept, label 1.
 
+Every action carries its session's `task`: the user task's prompt, the instruction the user gave the agent
+(`Guard.check`'s `task`). An attack session's injected calls carry it too, as the injection reaches the agent
+through a tool's output and leaves the user's instruction as it was.
+
 User tasks are split into train and test so that no user task's calls are in both files (see `split_tasks`).
 `train.jsonl` holds benign sessions only; `test.jsonl` holds the benign sessions of the test user tasks and
 every attack session built on them. The `workspace` and `travel` suites are deliberately not converted: they
@@ -184,6 +188,7 @@ class SuiteTruth:
     tools: tuple[str, ...]  # every tool the suite offers, not only those the ground truths use
     user_tasks: dict[str, tuple[Call, ...]]
     injection_tasks: dict[str, tuple[Call, ...]]
+    prompts: dict[str, str]  # each user task's prompt: the user's instruction, which no injection can change
 
 
 def _json_value(value: Any, where: str) -> Any:
@@ -220,8 +225,10 @@ def load_suite(name: str, benchmark_version: str = BENCHMARK_VERSION) -> SuiteTr
         raise SystemExit(f"agentdojo is not installed; install it with:\n    {INSTALL_HINT}") from None
     suite = get_suite(benchmark_version, name)
     user_tasks: dict[str, tuple[Call, ...]] = {}
+    prompts: dict[str, str] = {}
     for task_id in sorted(suite.user_tasks, key=_task_number):
         task = suite.user_tasks[task_id]
+        prompts[task_id] = str(task.PROMPT)
         # As in TaskSuite.run_task_with_pipeline: default environment without injections, then the task's own
         # initialisation; a fresh environment per task so no ground truth sees another's changes.
         environment = task.init_environment(suite.load_and_inject_default_environment({}))
@@ -237,6 +244,7 @@ def load_suite(name: str, benchmark_version: str = BENCHMARK_VERSION) -> SuiteTr
         tools=tuple(sorted(tool.name for tool in suite.tools)),
         user_tasks=user_tasks,
         injection_tasks=injection_tasks,
+        prompts=prompts,
     )
 
 
@@ -364,6 +372,7 @@ def session_lines(
                 "resource": rule.resource(call.args),
                 "payload": {"tool": call.tool, "args": call.args},
                 "label": label,
+                "task": truth.prompts[session.user_task],
                 "suite": truth.name,
                 "user_task": session.user_task,
             }

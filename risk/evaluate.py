@@ -142,7 +142,9 @@ def _replay(guard: Guard, actions: Sequence[TraceAction], clock: _ReplayClock) -
 
 def _check_and_report(guard: Guard, a: TraceAction) -> Decision:
     """Check one action and, if it is allowed to run, report the outcome the trace says it had."""
-    decision = guard.check(a.action_type, a.resource, a.payload, agent_id=a.agent_id, session_id=a.session_id)
+    decision = guard.check(
+        a.action_type, a.resource, a.payload, agent_id=a.agent_id, session_id=a.session_id, task=a.task
+    )
     if decision.allowed:
         success, rows, size = a.outcome()
         error = None if success else "failed in the trace"

@@ -6,6 +6,7 @@ built from them read the same way. The README's feature table documents each one
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -111,6 +112,32 @@ def destinations(resource: str, payload: Any) -> tuple[tuple[str, ...], tuple[st
     for text in _texts(payload):
         _scan(text, every)
     return tuple(primary), tuple(every)
+
+
+def named_destinations(task: str, dests: Iterable[str]) -> frozenset[str]:
+    """The destinations among `dests` that `task`, the instruction the agent carries out, names: an address,
+    host or IBAN written in it (with an address, its domain), or a recipient's name as a whole word.
+
+    >>> sorted(named_destinations("Refund GB29NWBK60161331926819 and tell Bob", ["iban:GB29NWBK60161331926819",
+    ...        "recipient:bob", "recipient:bobby", "host:evil.example"]))
+    ['iban:GB29NWBK60161331926819', 'recipient:bob']
+    """
+    typed, lowered = _task_destinations(task)
+
+    def names(d: str) -> bool:
+        kind, _, value = d.partition(":")
+        if kind == "recipient":
+            return bool(value) and re.search(rf"(?<!\w){re.escape(value)}(?!\w)", lowered) is not None
+        return d in typed
+
+    return frozenset(d for d in dests if names(d))
+
+
+@functools.lru_cache(maxsize=256)  # an agent's run checks many actions under one task
+def _task_destinations(task: str) -> tuple[frozenset[str], str]:
+    found: dict[str, None] = {}
+    _scan(task, found)
+    return frozenset(found), task.lower()
 
 
 def _scan(text: str, found: dict[str, None]) -> None:
@@ -232,13 +259,15 @@ def feature_vector(
     rule_reasons: Sequence[Reason],
     payload_bytes: int,
     action_amounts: tuple[tuple[str, float], ...] = (),
+    named: frozenset[str] = frozenset(),
 ) -> list[float]:
-    """The FEATURES of one action, in order, measured against `profile` as it was before the action."""
+    """The FEATURES of one action, in order, measured against `profile` as it was before the action.
+    Destinations in `named` (those the agent's task names, see `named_destinations`) do not count as new."""
     action_sev, resource_sev, payload_sev = rule_parts(rule_reasons)
     value = action_type.value
     n = profile.actions
     seen_dests, denied_dests = profile.destinations, profile.denied_destinations
-    new_dest = float(any(d not in seen_dests for d in dests))
+    new_dest = float(any(d not in seen_dests and d not in named for d in dests))
     denied_dest = float(any(d in denied_dests for d in dests))
 
     # Time runs backwards when workers sharing a profile disagree on the clock, or a trace is out of order:

@@ -180,13 +180,20 @@ class Guard:
         *,
         agent_id: str | None = None,
         session_id: str | None = None,
+        task: str | None = None,
     ) -> Decision:
         """Decide whether one action may run, record the decision, and apply the kill switch.
 
+        `task` is the instruction the agent is carrying out, as its principal (the user, the calling system) gave
+        it, never text the agent read from a tool: a destination it names (an address, host, IBAN or recipient)
+        does not count as new for the agent. Pass it to keep a user's own request for a new payee or recipient
+        from being flagged as going somewhere new; text an attacker can write must not be passed.
+
         Never raises for a denial. Raises ValueError for an unknown action type, a resource that is not
-        a non-empty string, or a payload nested more than 64 levels deep or containing itself.
+        a non-empty string, a task that is not a string, or a payload nested more than 64 levels deep or
+        containing itself.
         """
-        return self._decide(action_type, resource, payload, agent_id, session_id)
+        return self._decide(action_type, resource, payload, agent_id, session_id, task)
 
     def refuse(
         self,
@@ -200,7 +207,7 @@ class Guard:
     ) -> Decision:
         """Deny one action for `reason` and record the decision, without assessing it: the agent's status,
         profile and windows are neither read nor changed. The service refuses agents past its limit so."""
-        return self._decide(action_type, resource, payload, agent_id, session_id, refusal=reason)
+        return self._decide(action_type, resource, payload, agent_id, session_id, None, refusal=reason)
 
     def _decide(
         self,
@@ -209,9 +216,12 @@ class Guard:
         payload: Any,
         agent_id: str | None,
         session_id: str | None,
+        task: str | None,
         refusal: Reason | None = None,
     ) -> Decision:
         atype = ActionType.parse(action_type)
+        if task is not None and not isinstance(task, str):
+            raise ValueError(f"task must be a string or None, got {type(task).__name__}")
         read = readings(resource, resolve_symlinks=atype.is_file)
         agent = agent_id or self.agent_id
         now = self._clock()
@@ -232,7 +242,7 @@ class Guard:
                 reasons.insert(0, why)
             else:
                 assessment, score, reasons, model_failure = self._assess(
-                    agent, now, atype, read.canonical, payload, payload_json, score, reasons
+                    agent, now, atype, read.canonical, payload, payload_json, task, score, reasons
                 )
                 violations = self._violations(agent, now, atype, read, score, model_failure)
                 if state.approved_fingerprint is not None:
@@ -310,7 +320,7 @@ class Guard:
 
     def _assess(
         self, agent: str, now: float, atype: ActionType, resource: str, payload: Any, payload_json: bytes,
-        score: float, reasons: list[Reason],
+        task: str | None, score: float, reasons: list[Reason],
     ) -> tuple[Assessment | None, float, list[Reason], Reason | None]:  # fmt: skip
         """The behavioral scorer's view of the action, folded into the rule score and reasons."""
         if self._behavior is None:
@@ -318,7 +328,7 @@ class Guard:
         try:
             assessment = self._behavior.assess(
                 agent, ts=now, action_type=atype, resource=resource, payload=payload,
-                payload_bytes=len(payload_json), rule_reasons=reasons,
+                payload_bytes=len(payload_json), rule_reasons=reasons, task=task,
             )  # fmt: skip
         except Exception as exc:  # a model that cannot score fails closed, and says why
             log.exception("behavioral scoring failed")

@@ -129,17 +129,20 @@ class RemoteGuard(Guard):
         *,
         agent_id: str | None = None,
         session_id: str | None = None,
+        task: str | None = None,
     ) -> Decision:
         atype = ActionType.parse(action_type)
         if not isinstance(resource, str) or not resource:
             raise ValueError(f"resource must be a non-empty string, got {resource!r}")
+        if task is not None and not isinstance(task, str):
+            raise ValueError(f"task must be a string or None, got {type(task).__name__}")
         payload_json = encoded_payload(payload)  # refused here as the embedded guard refuses it, before sending
         agent = agent_id or self.agent_id
         if _SURROGATE.search(resource):  # not UTF-8, so no request carries it: denied here, as any policy denies it
             why = Reason("resource_control_characters", "resource has an unpaired surrogate character", 1.0, True)
             return self._decide_locally(atype, resource, payload_json, agent, session_id, why.message, refusal=why)
         body = {"agent_id": agent, "action_type": atype.value, "resource": resource, "payload": payload,
-                "session_id": session_id}  # fmt: skip
+                "session_id": session_id, "task": task}  # fmt: skip
         try:
             answer = self._call("POST", "/v1/check", json=body)
         except _Unreachable as exc:

@@ -93,6 +93,7 @@ class ActionRequest:
     resource: str
     payload: Any = None
     session_id: str | None = None
+    task: str | None = None  # the instruction the agent carries out (Guard.check's `task`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,8 +240,9 @@ class Tenants:
         refusal = _binding(caller, action.agent_id) or self._admission(tenant, action.agent_id)
         if refusal is None:
             decision = guard.check(
-                action.action_type, action.resource, action.payload, agent_id=agent, session_id=action.session_id
-            )
+                action.action_type, action.resource, action.payload, agent_id=agent, session_id=action.session_id,
+                task=action.task,
+            )  # fmt: skip
         else:
             decision = guard.refuse(
                 action.action_type, action.resource, action.payload,

@@ -6,7 +6,8 @@ One action per line, the same shape `Guard.check` takes::
      "action_type": "network_request", "resource": "mail.send/alice@example.com",
      "payload": {"tool": "send_email", "args": {"recipients": ["alice@example.com"]}}, "label": 0}
 
-`label` is optional (1 harmful, 0 benign); other keys (such as `attack`) are kept in `extra`.
+`label` is optional (1 harmful, 0 benign); so is `task`, the instruction the agent was carrying out as its user
+gave it (`Guard.check`'s `task`). Other keys (such as `attack`) are kept in `extra`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class TraceAction:
     resource: str
     payload: Any = None
     label: int | None = None
+    task: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def outcome(self) -> tuple[bool, int | None, int | None]:
@@ -50,7 +52,7 @@ class TraceAction:
         )
 
 
-_KNOWN = frozenset({"ts", "agent_id", "session_id", "action_type", "resource", "payload", "label"})
+_KNOWN = frozenset({"ts", "agent_id", "session_id", "action_type", "resource", "payload", "label", "task"})
 
 
 def read_trace(path: str | Path) -> Iterator[TraceAction]:
@@ -97,6 +99,9 @@ def parse_line(line: str, where: str = "trace") -> TraceAction:
         raise TraceError(f"{where}: resource and agent_id must be strings")
     if not raw["resource"].strip() or len(raw["resource"]) > MAX_RESOURCE_LENGTH:
         raise TraceError(f"{where}: resource must be non-empty and at most {MAX_RESOURCE_LENGTH} characters")
+    task = raw.get("task")
+    if task is not None and not isinstance(task, str):
+        raise TraceError(f"{where}: task must be a string or absent")
     outcome = raw.get("outcome")
     if isinstance(outcome, dict):
         for key in ("rows", "bytes"):
@@ -115,5 +120,6 @@ def parse_line(line: str, where: str = "trace") -> TraceAction:
         resource=raw["resource"],
         payload=raw.get("payload"),
         label=label,
+        task=task,
         extra={k: v for k, v in raw.items() if k not in _KNOWN},
     )

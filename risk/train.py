@@ -47,7 +47,7 @@ def replay(
         payload_bytes = len(canonical_json(action.payload))
         assessment = scorer.assess(
             action.agent_id, ts=action.ts, action_type=action.action_type, resource=resource,
-            payload=action.payload, payload_bytes=payload_bytes, rule_reasons=reasons,
+            payload=action.payload, payload_bytes=payload_bytes, rule_reasons=reasons, task=action.task,
         )  # fmt: skip
         yield action, rule_score, assessment
         action_id = f"replay-{number}"

@@ -21,6 +21,7 @@ from api.settings import Settings
 from risk.audit.store import AuditQuery, verify_store
 from risk.catalog import Catalog
 from risk.cli import app as cli
+from risk.guard import Guard
 from risk.keys import KeyStore, Role
 
 BLOCKING = {
@@ -801,6 +802,8 @@ def nested(depth: int) -> Any:
         ({**ALLOWED, "idempotency_key": "k\x00"}, "idempotency_key"),
         ({**ALLOWED, "session_id": "s\x00"}, "session_id"),
         ({**ALLOWED, "payload": nested(65)}, "payload"),
+        ({**ALLOWED, "task": "t" * 32_769}, "task"),
+        ({**ALLOWED, "task": ["pay"]}, "task"),
         ({**ALLOWED, "extra": 1}, "extra"),
     ],
 )
@@ -810,6 +813,24 @@ def test_schema_violations_are_422_naming_the_field(
     response = clients(Role.AGENT).post("/v1/check", json=body)
     assert response.status_code == 422, response.text
     assert field in json.dumps(response.json()["detail"])
+
+
+def test_the_remote_guard_sends_the_task_and_a_payee_it_names_is_not_new(
+    service: Running, tenant: str, tmp_path: Path
+) -> None:
+    key = service.app.state.service.keys.create(tenant, Role.AGENT)[1]
+    guard = Guard(endpoint=service.url, api_key=key, agent_id="payer", home=tmp_path)
+    try:
+        for i in range(12):  # past the cold start, with one known payee
+            guard.check("api_call", "bank.transfer", {"args": {"iban": "GB29NWBK60161331926819", "amount": 10 + i}})
+        landlord, stranger = "CA133012400231215421872", "US133000000121212121212"
+        task = f"I moved: my new landlord's account is {landlord} and rent is 2200."
+        asked = guard.check("api_call", "bank.transfer", {"args": {"iban": landlord, "amount": 2200}}, task=task)
+        unasked = guard.check("api_call", "bank.transfer", {"args": {"iban": stranger, "amount": 2200}}, task=task)
+    finally:
+        guard.close()
+    assert "named_by_task" in asked.reason_codes and "new_destination" not in asked.reason_codes
+    assert "new_destination" in unasked.reason_codes
 
 
 def test_payload_nested_64_levels_is_accepted(clients: Callable[..., httpx.Client]) -> None:

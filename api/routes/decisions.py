@@ -46,7 +46,7 @@ def _decide_many(service: Service, key: ApiKey, bodies: list[CheckRequest]) -> l
 
 
 def _action(body: CheckRequest) -> ActionRequest:
-    return ActionRequest(body.agent_id, body.action_type.value, body.resource, body.payload, body.session_id)
+    return ActionRequest(body.agent_id, body.action_type.value, body.resource, body.payload, body.session_id, body.task)
 
 
 @router.post("/check", response_model=DecisionOut, summary="Decide one action before it runs")

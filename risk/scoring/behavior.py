@@ -22,6 +22,7 @@ from risk.features import (
     feature_vector,
     maturity,
     model_input,
+    named_destinations,
     resource_prefix,
 )
 from risk.profiles import ActionSeen, AgentProfile, MemoryProfiles, Probe, ProfileStore
@@ -113,10 +114,15 @@ class BehaviorScorer:
         payload: Any,
         payload_bytes: int,
         rule_reasons: Sequence[Reason],
+        task: str | None = None,
     ) -> Assessment:
+        """How the action looks against the agent's profile. `task` is the instruction the agent is carrying out,
+        as its principal gave it: a destination it names is not new to the agent, nor blamed if the action is
+        flagged, since the principal asked for it (see `risk.features.named_destinations`)."""
         prefix = resource_prefix(resource)
         primary, dests = destinations(resource, payload)
         quantities = amounts(action_type, payload)
+        named = named_destinations(task, dests) if task else frozenset()
 
         def measure(profile: AgentProfile) -> tuple[list[float], float, tuple[str, ...]]:
             x = feature_vector(
@@ -129,11 +135,16 @@ class BehaviorScorer:
                 rule_reasons=rule_reasons,
                 payload_bytes=payload_bytes,
                 action_amounts=quantities,
+                named=named,
             )
-            return x, maturity(profile), tuple(d for d in primary if d not in profile.destinations)
+            unseen = tuple(d for d in dests if d not in profile.destinations)
+            return x, maturity(profile), unseen
 
-        x, weight, unseen_primary = self.profiles.read(agent_id, Probe(resource, prefix, dests), measure)
+        x, weight, unseen = self.profiles.read(agent_id, Probe(resource, prefix, dests), measure)
+        unseen_primary = tuple(d for d in primary if d in unseen and d not in named)
         severities, reasons = [], []
+        if waived := [d for d in unseen if d in named]:
+            reasons.append(Reason("named_by_task", f"new destinations the task names: {', '.join(waived)}"))
         if weight > 0:
             found = [Reason(r.code, r.message, r.weight * weight) for r in novelty(x, action_type)]
             if found:
