@@ -6,13 +6,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from risk.actions import MAX_AMOUNT, MAX_PAYLOAD_DEPTH, ActionType, Outcome, nesting
+from risk.actions import MAX_AMOUNT, MAX_PAYLOAD_DEPTH, MAX_TASK_LENGTH, ActionType, Outcome, nesting
 from risk.tenants import AGENT_PATTERN
 
 AGENT_REGEX = f"^{AGENT_PATTERN.pattern}$"
 AGENT_RULE = "1-128 letters, digits or . _ : @ + = -, starting with a letter or digit; unique per tenant"
-
-MAX_TASK_LENGTH = 32_768  # characters: a long prompt fits, a document pasted whole does not
 
 AgentId = Annotated[str, Field(pattern=AGENT_REGEX, description=AGENT_RULE, examples=["claims-analyst"])]
 

@@ -82,6 +82,16 @@ def _parse(kind: type[E], value: E | str, what: str) -> E:
 
 
 MAX_PAYLOAD_DEPTH = 64  # levels of lists and objects a payload may have, embedded and in the service alike
+MAX_TASK_LENGTH = 32_768  # characters of a check's task: a long prompt fits, a document pasted whole does not
+
+
+def checked_task(task: Any) -> str | None:
+    """`task` if it is None or a string of at most MAX_TASK_LENGTH characters; else ValueError, saying why."""
+    if task is not None and not isinstance(task, str):
+        raise ValueError(f"task must be a string or None, got {type(task).__name__}")
+    if task is not None and len(task) > MAX_TASK_LENGTH:
+        raise ValueError(f"task is {len(task)} characters long; the limit is {MAX_TASK_LENGTH}")
+    return task
 
 
 def encoded_payload(payload: Any) -> bytes:

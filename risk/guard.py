@@ -30,6 +30,7 @@ from risk.actions import (
     KillSwitchMode,
     Outcome,
     Reason,
+    checked_task,
     encoded_payload,
     heaviest_first,
     outcome_amount,
@@ -190,8 +191,8 @@ class Guard:
         from being flagged as going somewhere new; text an attacker can write must not be passed.
 
         Never raises for a denial. Raises ValueError for an unknown action type, a resource that is not
-        a non-empty string, a task that is not a string, or a payload nested more than 64 levels deep or
-        containing itself.
+        a non-empty string, a task that is not a string of at most 32,768 characters, or a payload nested
+        more than 64 levels deep or containing itself.
         """
         return self._decide(action_type, resource, payload, agent_id, session_id, task)
 
@@ -220,8 +221,7 @@ class Guard:
         refusal: Reason | None = None,
     ) -> Decision:
         atype = ActionType.parse(action_type)
-        if task is not None and not isinstance(task, str):
-            raise ValueError(f"task must be a string or None, got {type(task).__name__}")
+        task = checked_task(task)
         read = readings(resource, resolve_symlinks=atype.is_file)
         agent = agent_id or self.agent_id
         now = self._clock()

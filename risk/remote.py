@@ -30,7 +30,16 @@ from typing import Any
 import httpx
 import orjson
 
-from risk.actions import ActionType, AgentStatus, Decision, Outcome, Reason, encoded_payload, outcome_amount
+from risk.actions import (
+    ActionType,
+    AgentStatus,
+    Decision,
+    Outcome,
+    Reason,
+    checked_task,
+    encoded_payload,
+    outcome_amount,
+)
 from risk.audit.record import canonical_json
 from risk.audit.store import default_home
 from risk.errors import PolicyError, RiskError, StateError
@@ -134,8 +143,7 @@ class RemoteGuard(Guard):
         atype = ActionType.parse(action_type)
         if not isinstance(resource, str) or not resource:
             raise ValueError(f"resource must be a non-empty string, got {resource!r}")
-        if task is not None and not isinstance(task, str):
-            raise ValueError(f"task must be a string or None, got {type(task).__name__}")
+        task = checked_task(task)
         payload_json = encoded_payload(payload)  # refused here as the embedded guard refuses it, before sending
         agent = agent_id or self.agent_id
         if _SURROGATE.search(resource):  # not UTF-8, so no request carries it: denied here, as any policy denies it

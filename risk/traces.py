@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from risk.actions import MAX_AMOUNT, ActionType, outcome_amount
+from risk.actions import MAX_AMOUNT, ActionType, checked_task, outcome_amount
 from risk.resources import MAX_RESOURCE_LENGTH
 
 
@@ -99,9 +99,10 @@ def parse_line(line: str, where: str = "trace") -> TraceAction:
         raise TraceError(f"{where}: resource and agent_id must be strings")
     if not raw["resource"].strip() or len(raw["resource"]) > MAX_RESOURCE_LENGTH:
         raise TraceError(f"{where}: resource must be non-empty and at most {MAX_RESOURCE_LENGTH} characters")
-    task = raw.get("task")
-    if task is not None and not isinstance(task, str):
-        raise TraceError(f"{where}: task must be a string or absent")
+    try:
+        task = checked_task(raw.get("task"))
+    except ValueError as exc:
+        raise TraceError(f"{where}: {exc}") from None
     outcome = raw.get("outcome")
     if isinstance(outcome, dict):
         for key in ("rows", "bytes"):

@@ -105,6 +105,8 @@ def test_read_trace_reads_the_task_and_refuses_one_that_is_not_a_string(tmp_path
     assert action.task == "Pay the rent" and "task" not in action.extra
     with pytest.raises(TraceError, match=r"t2\.jsonl:1: task must be a string"):
         list(read_trace(write_lines(tmp_path / "t2.jsonl", [line(task=["Pay"])])))
+    with pytest.raises(TraceError, match=r"t3\.jsonl:1: task is 32769 characters long; the limit is 32768"):
+        list(read_trace(write_lines(tmp_path / "t3.jsonl", [line(task="x" * 32_769)])))
 
 
 def test_read_trace_without_label_leaves_it_none_and_numbers_session_ids_become_strings(tmp_path: Path) -> None:
@@ -983,6 +985,8 @@ def test_guard_lets_a_new_payee_the_users_task_names_pass_and_audits_why(tmp_pat
     assert not unasked.allowed and "new_destination" in unasked.reason_codes
     with pytest.raises(ValueError, match="task must be a string"):
         guard.check("api_call", "bank.transfer", transfer(other), task=[other])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="the limit is 32768"):
+        guard.check("api_call", "bank.transfer", transfer(other), task="x" * 32_769)
 
 
 def test_guard_refuses_a_model_fitted_on_the_wrong_feature_width(tmp_path: Path) -> None:

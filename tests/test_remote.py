@@ -234,6 +234,10 @@ def test_bad_input_raises_value_error_before_anything_is_sent(deployment: Deploy
         pair.agent.check("teleport", "x")
     with pytest.raises(ValueError):
         pair.agent.check(ActionType.FILE_READ, "")
+    with pytest.raises(ValueError, match="task must be a string"):
+        pair.agent.check(ActionType.FILE_READ, "/x", task=b"pay")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="the limit is 32768"):
+        pair.agent.check(ActionType.FILE_READ, "/x", task="x" * 32_769)
 
 
 @contextmanager
