@@ -281,6 +281,9 @@ class Guard:
             "policy_hash": self._compiled.policy_hash,
             "model_version": self.model_version,
         }
+        if task is not None:  # which instruction the destinations it named came from, without its text
+            # An unpaired surrogate is not UTF-8: it is hashed as its backslash escape, the form a remote guard sends.
+            body["task_digest"] = hashlib.sha256(task.encode("utf-8", "backslashreplace")).hexdigest()
         try:
             self._append(body)
         except AuditError as exc:

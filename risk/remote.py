@@ -150,7 +150,7 @@ class RemoteGuard(Guard):
             why = Reason("resource_control_characters", "resource has an unpaired surrogate character", 1.0, True)
             return self._decide_locally(atype, resource, payload_json, agent, session_id, why.message, refusal=why)
         body = {"agent_id": agent, "action_type": atype.value, "resource": resource, "payload": payload,
-                "session_id": session_id, "task": task}  # fmt: skip
+                "session_id": session_id, "task": _as_utf8(task) if task is not None else None}  # fmt: skip
         try:
             answer = self._call("POST", "/v1/check", json=body)
         except _Unreachable as exc:

@@ -3,6 +3,7 @@ loopback port and driven with httpx: every endpoint, roles, tenants, bad input a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -827,10 +828,14 @@ def test_the_remote_guard_sends_the_task_and_a_payee_it_names_is_not_new(
         task = f"I moved: my new landlord's account is {landlord} and rent is 2200."
         asked = guard.check("api_call", "bank.transfer", {"args": {"iban": landlord, "amount": 2200}}, task=task)
         unasked = guard.check("api_call", "bank.transfer", {"args": {"iban": stranger, "amount": 2200}}, task=task)
+        odd = guard.check("file_read", "/reports/q3.csv", task="read \ud800 q3")  # not UTF-8: sent escaped
     finally:
         guard.close()
     assert "named_by_task" in asked.reason_codes and "new_destination" not in asked.reason_codes
     assert "new_destination" in unasked.reason_codes
+    assert odd.allowed
+    (record,) = service.app.state.service.audit.query(AuditQuery(action_id=odd.action_id, limit=1))
+    assert record.task_digest == hashlib.sha256(b"read \\ud800 q3").hexdigest()
 
 
 def test_payload_nested_64_levels_is_accepted(clients: Callable[..., httpx.Client]) -> None:

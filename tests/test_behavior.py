@@ -980,6 +980,7 @@ def test_guard_lets_a_new_payee_the_users_task_names_pass_and_audits_why(tmp_pat
     assert asked.allowed and "new_destination" not in asked.reason_codes and "named_by_task" in asked.reason_codes
     (audited,) = guard.audit.query(AuditQuery(action_id=asked.action_id))
     assert any(r["code"] == "named_by_task" and other in r["message"] for r in audited.reasons)
+    assert audited.task_digest == hashlib.sha256(f"Pay my new landlord, IBAN {other}".encode()).hexdigest()
     clock.now += 300
     unasked = guard.check("api_call", "bank.transfer", transfer("NL91ABNA0417164300"), task=f"Pay {other}")
     assert not unasked.allowed and "new_destination" in unasked.reason_codes

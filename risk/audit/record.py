@@ -46,6 +46,7 @@ class AuditRecord:
     resource: str | None = None
     resource_normalized: str | None = None
     payload_digest: str | None = None
+    task_digest: str | None = None  # SHA-256 of the check's task (its UTF-8), when it had one
     payload: Any = None
     risk_score: float | None = None
     reasons: list[dict[str, Any]] = field(default_factory=list)
