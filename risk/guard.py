@@ -7,6 +7,7 @@ The audit record is written before `check` returns, and if it cannot be written 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -16,7 +17,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -62,6 +63,8 @@ _NOT_THE_ACTIONS_FAULT = frozenset(
 )
 # The audit records of checks made inside `decided_together`, held back to be committed at once.
 _HELD: ContextVar[list[tuple[Guard, dict[str, Any]]] | None] = ContextVar("risk_held_audit_records", default=None)
+# The task of the run under way, for the checks that pass none (see Guard.working_on).
+_TASK: ContextVar[str | None] = ContextVar("risk_task", default=None)
 # Keys a policy file may hold besides the policy fields themselves.
 _GUARD_FILE_FIELDS = ("agent_id", "audit", "keep_payloads", "state", "model", "online")
 
@@ -190,11 +193,29 @@ class Guard:
         does not count as new for the agent. Pass it to keep a user's own request for a new payee or recipient
         from being flagged as going somewhere new; text an attacker can write must not be passed.
 
+        Without `task`, the check carries the one of the `working_on` block it runs in, if any.
+
         Never raises for a denial. Raises ValueError for an unknown action type, a resource that is not
         a non-empty string, a task that is not a string of at most 32,768 characters, or a payload nested
         more than 64 levels deep or containing itself.
         """
         return self._decide(action_type, resource, payload, agent_id, session_id, task)
+
+    @contextlib.contextmanager
+    def working_on(self, task: str) -> Iterator[None]:
+        """Inside the block, every check that passes no `task` carries this one: those of guarded tools and of
+        the framework integrations too, made by any guard, in this thread or the asyncio tasks it starts.
+
+        >>> guard = Guard(audit="sqlite:///:memory:")
+        >>> with guard.working_on("Mail the Q3 report to carol@partner.example"):
+        ...     guard.check("network_request", "mail.send/carol@partner.example").allowed
+        True
+        """
+        token = _TASK.set(checked_task(task))
+        try:
+            yield
+        finally:
+            _TASK.reset(token)
 
     def refuse(
         self,
@@ -221,7 +242,7 @@ class Guard:
         refusal: Reason | None = None,
     ) -> Decision:
         atype = ActionType.parse(action_type)
-        task = checked_task(task)
+        task = current_task(task)
         read = readings(resource, resolve_symlinks=atype.is_file)
         agent = agent_id or self.agent_id
         now = self._clock()
@@ -657,6 +678,12 @@ class Guard:
         from risk.integrations.watch import watch  # the audit hook is added on first use only
 
         return watch(self, agent_id, session_id=session_id)
+
+
+def current_task(task: str | None) -> str | None:
+    """`task` if given (ValueError unless it is a string of at most 32,768 characters), else the one of the
+    `Guard.working_on` block under way."""
+    return checked_task(task) if task is not None else _TASK.get()
 
 
 @dataclass(frozen=True, slots=True)

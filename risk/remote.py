@@ -36,14 +36,13 @@ from risk.actions import (
     Decision,
     Outcome,
     Reason,
-    checked_task,
     encoded_payload,
     outcome_amount,
 )
 from risk.audit.record import canonical_json
 from risk.audit.store import default_home
 from risk.errors import PolicyError, RiskError, StateError
-from risk.guard import Guard
+from risk.guard import Guard, current_task
 from risk.policy import Policy
 from risk.rollback import RollbackReport, UndoLog, UndoStep
 from risk.state import AgentState
@@ -143,7 +142,7 @@ class RemoteGuard(Guard):
         atype = ActionType.parse(action_type)
         if not isinstance(resource, str) or not resource:
             raise ValueError(f"resource must be a non-empty string, got {resource!r}")
-        task = checked_task(task)
+        task = current_task(task)
         payload_json = encoded_payload(payload)  # refused here as the embedded guard refuses it, before sending
         agent = agent_id or self.agent_id
         if _SURROGATE.search(resource):  # not UTF-8, so no request carries it: denied here, as any policy denies it

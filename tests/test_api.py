@@ -826,7 +826,8 @@ def test_the_remote_guard_sends_the_task_and_a_payee_it_names_is_not_new(
             guard.check("api_call", "bank.transfer", {"args": {"iban": "GB29NWBK60161331926819", "amount": 10 + i}})
         landlord, stranger = "CA133012400231215421872", "US133000000121212121212"
         task = f"I moved: my new landlord's account is {landlord} and rent is 2200."
-        asked = guard.check("api_call", "bank.transfer", {"args": {"iban": landlord, "amount": 2200}}, task=task)
+        with guard.working_on(task):
+            asked = guard.check("api_call", "bank.transfer", {"args": {"iban": landlord, "amount": 2200}})
         unasked = guard.check("api_call", "bank.transfer", {"args": {"iban": stranger, "amount": 2200}}, task=task)
         odd = guard.check("file_read", "/reports/q3.csv", task="read \ud800 q3")  # not UTF-8: sent escaped
     finally:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from risk import ActionType, Guard
+from risk import ActionDenied, ActionType, Guard
 from risk.audit.store import AuditQuery
 from risk.features import (
     _BARE_HOST,
@@ -988,6 +988,33 @@ def test_guard_lets_a_new_payee_the_users_task_names_pass_and_audits_why(tmp_pat
         guard.check("api_call", "bank.transfer", transfer(other), task=[other])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="the limit is 32768"):
         guard.check("api_call", "bank.transfer", transfer(other), task="x" * 32_769)
+
+
+def test_a_guarded_tool_inside_working_on_carries_the_task_and_an_explicit_task_wins(tmp_path: Path) -> None:
+    clock = Clock()
+    guard = make_guard(tmp_path, model=payments_model(), online=False, max_risk_score=0.5, mode="block", clock=clock)
+    run_payments(guard, clock)
+
+    @guard.tool("api_call", resource=lambda iban, amount: "bank.transfer")
+    def pay(iban: str, amount: int) -> str:
+        return f"paid {amount} to {iban}"
+
+    landlord, stranger = "FR7630006000011234567890189", "NL91ABNA0417164300"
+    with guard.working_on(f"Pay the rent to my new landlord, {landlord}"):
+        clock.now += 300
+        assert pay(landlord, 100) == f"paid 100 to {landlord}"
+        clock.now += 300
+        with pytest.raises(ActionDenied):
+            pay(stranger, 100)
+        clock.now += 300
+        own = guard.check("api_call", "bank.transfer", transfer(stranger), task=f"Pay {stranger}")
+        assert "named_by_task" in own.reason_codes  # the check's own task, not the block's
+    with pytest.raises(ValueError, match="task must be a string"):
+        with guard.working_on(42):  # type: ignore[arg-type]
+            pass
+    (paid,) = [r for r in guard.audit.query(AuditQuery(kind="decision", limit=100)) if r.resource == "bank.transfer"
+               and landlord in json.dumps(r.reasons)]  # fmt: skip
+    assert paid.decision == "allow"
 
 
 def test_guard_refuses_a_model_fitted_on_the_wrong_feature_width(tmp_path: Path) -> None:
