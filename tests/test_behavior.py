@@ -1009,9 +1009,8 @@ def test_a_guarded_tool_inside_working_on_carries_the_task_and_an_explicit_task_
         clock.now += 300
         own = guard.check("api_call", "bank.transfer", transfer(stranger), task=f"Pay {stranger}")
         assert "named_by_task" in own.reason_codes  # the check's own task, not the block's
-    with pytest.raises(ValueError, match="task must be a string"):
-        with guard.working_on(42):  # type: ignore[arg-type]
-            pass
+    with pytest.raises(ValueError, match="task must be a string"), guard.working_on(42):  # type: ignore[arg-type]
+        pass
     (paid,) = [r for r in guard.audit.query(AuditQuery(kind="decision", limit=100)) if r.resource == "bank.transfer"
                and landlord in json.dumps(r.reasons)]  # fmt: skip
     assert paid.decision == "allow"
