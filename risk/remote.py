@@ -30,15 +30,7 @@ from typing import Any
 import httpx
 import orjson
 
-from risk.actions import (
-    ActionType,
-    AgentStatus,
-    Decision,
-    Outcome,
-    Reason,
-    encoded_payload,
-    outcome_amount,
-)
+from risk.actions import ActionType, AgentStatus, Decision, Outcome, Reason, encoded_payload, outcome_amount
 from risk.audit.record import canonical_json
 from risk.audit.store import default_home
 from risk.errors import PolicyError, RiskError, StateError
