@@ -198,12 +198,15 @@ def train_command(
     name: Annotated[str, typer.Option(help="Model name.")] = "default",
     version: Annotated[str, typer.Option(help="Model version.")] = "1",
     seed: Annotated[int, typer.Option(help="Random seed (same data and seed, same model).")] = 0,
+    evaluate: Annotated[
+        Path | None, typer.Option(help="A labelled trace to evaluate the model on; its metrics go in the card.")
+    ] = None,
 ) -> None:
     """Fit the behavioral model on benign history; writes models/<name>-<version>.joblib and its card."""
     from risk.train import train
 
     try:
-        model, artifact = train(source, out, name=name, version=version, seed=seed)
+        model, artifact = train(source, out, name=name, version=version, seed=seed, evaluate_on=evaluate)
     except (RiskError, ValueError) as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:  # --out names a file, or a folder that cannot be written

@@ -33,7 +33,7 @@ FEATURES: tuple[str, ...] = (
     "rate_1m",  # log ratio of actions in the last minute to the agent's usual per-active-minute rate
     "rate_10m",  # log ratio of actions in the last 10 minutes to the agent's long-run rate
     "rate_60m",  # the same over an hour
-    "inter_arrival",  # log seconds since the agent's previous action (capped at a day)
+    "inter_arrival",  # log seconds since the agent's previous action (capped at an hour)
     "hour_rarity",  # how unusual this hour of day is for the agent (0 its busiest hour, 1 never seen)
     "distinct_recent",  # share of distinct resources among the last 20 actions and this one
     "payload_size",  # log bytes of the payload's JSON
@@ -64,7 +64,10 @@ _DELETE = frozenset({ActionType.FILE_DELETE})
 _EXEC = frozenset({ActionType.CODE_EXECUTION, ActionType.PROCESS_SPAWN})
 _DESTRUCTIVE = frozenset({"payload_destructive_sql", "payload_destructive_shell"})
 _N_TYPES = len(ActionType)
-_DAY = 86_400.0
+# A gap longer than this is a pause between sessions, and every session starts after one: counted longer (a day, as
+# the model default-1 did), the first action of a session that followed a quiet day was an anomaly, and most benign
+# sessions of the synthetic sample were paused on their first action.
+INTER_ARRIVAL_CAP = 3600.0
 _RATE_WINDOWS = (60.0, 600.0, 3600.0)  # seconds: rate_1m, rate_10m, rate_60m
 
 _HOST = re.compile(r"https?://([^\s\"'/?#:]+)", re.I)
@@ -313,7 +316,9 @@ def feature_vector(
         math.log(c1 / (usual_per_active_minute + 1.0)),
         math.log(c10 / (long_run_per_minute * 10.0 + 1.0)),
         math.log(c60 / (long_run_per_minute * 60.0 + 1.0)),
-        math.log1p(min(max(ts - profile.last_ts, 0.0), _DAY) if profile.last_ts is not None else _DAY),
+        math.log1p(
+            min(max(ts - profile.last_ts, 0.0), INTER_ARRIVAL_CAP) if profile.last_ts is not None else INTER_ARRIVAL_CAP
+        ),
         1.0 - p_hour / p_peak,
         distinct,
         math.log1p(payload_bytes),

@@ -321,7 +321,8 @@ class Guard:
             # An alerted action runs, so it shapes the baseline, but not where it sent nor how much: learning those
             # would let an attacker make a destination normal with one unreviewed alert (the synthetic slow-drip
             # exfiltration was alerted once, then scored benign). Learning nothing from it (tried) keeps every
-            # benign alert alerting: bench_decision.py's stream alerted 366 of 790 actions at 152daa1, 158 as here.
+            # benign alert alerting: bench_decision.py's stream alerted 366 of 790 actions at 152daa1, 158 as here
+            # at 22481da (the model default-1).
             flagged = outcome is not Outcome.ALLOWED  # denied, or alerted and run
             # Flagging what the action is (not a pause, a rate limit or a broken audit) blames its destinations.
             blame = stopped is None and flagged and reasons[0].code not in _NOT_THE_ACTIONS_FAULT

@@ -134,10 +134,12 @@ def train(
     seed: int = 0,
     n_estimators: int = 100,
     max_samples: int = 256,
-    metrics: dict[str, Any] | None = None,
+    evaluate_on: str | Path | None = None,
 ) -> tuple[BehaviorModel, Path]:
-    """Fit, calibrate and save a model from `source`; returns it and the artifact's path."""
-    rows = training_rows(history(source))
+    """Fit, calibrate and save a model from `source`; returns it and the artifact's path. With `evaluate_on`, a
+    labelled trace, the card holds the model's metrics on it (`risk.evaluate`, after `source` as history)."""
+    actions = history(source)
+    rows = training_rows(actions)
     if rows.actions < 2:
         raise ValueError(
             f"{source} holds {rows.actions} benign action(s) to learn from; training needs at least 2 "
@@ -163,9 +165,16 @@ def train(
             "skipped_first_actions_per_agent": BASELINE_ACTIONS,
         },
         "params": {"n_estimators": n_estimators, "max_samples": max_samples, "calibration": "held-out quarter"},
-        "metrics": metrics or {},
+        "metrics": _metrics(model, actions, evaluate_on) if evaluate_on is not None else {},
     }
     return model, save_model(model, out_dir, card)
+
+
+def _metrics(model: BehaviorModel, history: list[TraceAction], test: str | Path) -> dict[str, Any]:
+    from risk.evaluate import DEFAULT_EVALUATION_POLICY, evaluate  # risk.evaluate imports this module
+
+    found = evaluate(list(read_trace(test)), history, model=model)
+    return {"evaluated_on": str(test), "policy": DEFAULT_EVALUATION_POLICY, **found}
 
 
 def _iso(ts: float | None) -> str | None:

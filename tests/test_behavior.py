@@ -881,7 +881,7 @@ def run_payments(guard: Guard, clock: Clock) -> list[Any]:
 def test_guard_scores_with_the_shipped_model_and_online_learning_by_default(tmp_path: Path) -> None:
     clock = Clock()
     guard = make_guard(tmp_path, max_risk_score=0.5, clock=clock)
-    assert guard.model_version == "rules-1+default-1+online-hst10x6"
+    assert guard.model_version == "rules-1+default-2+online-hst10x6"
     novel = run_payments(guard, clock)[-1]
     assert not novel.allowed and "new_destination" in novel.reason_codes
 

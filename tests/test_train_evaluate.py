@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from risk import Guard
 from risk.cli import app
-from risk.evaluate import evaluate, replay
+from risk.evaluate import DEFAULT_EVALUATION_POLICY, evaluate, replay
 from risk.features import BASELINE_ACTIONS, MODEL_FEATURES
 from risk.scoring.model import DEFAULT_MODEL, load_model, resolve_model
 from risk.traces import read_trace
@@ -274,7 +274,23 @@ def test_cli_train_writes_the_artifact_and_card(tmp_path: Path, train_trace: Pat
     assert (out / "cli-4.joblib").is_file()
     card = json.loads((out / "cli-4.json").read_text())
     assert card["training"]["benign_actions"] == 65 and card["training"]["agents"] == 2
+    assert card["metrics"] == {}  # nothing was evaluated
     assert load_model(out / "cli-4.joblib").model_version == "cli-4"
+
+
+def test_cli_train_with_evaluate_puts_the_models_metrics_on_that_trace_in_its_card(
+    tmp_path: Path, train_trace: Path, labelled_trace: Path
+) -> None:
+    out = tmp_path / "models"
+    args = ["train", str(train_trace), "--out", str(out), "--name", "cli", "--evaluate", str(labelled_trace)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "cli-1.json").read_text())["metrics"]
+    assert metrics["evaluated_on"] == str(labelled_trace) and metrics["policy"] == DEFAULT_EVALUATION_POLICY
+    expected = evaluate(list(read_trace(labelled_trace)), list(read_trace(train_trace)),
+                        model=load_model(out / "cli-1.joblib"))  # fmt: skip
+    assert expected["model_version"] == "rules-1+cli-1" and expected["auroc"] is not None
+    assert {k: metrics[k] for k in expected} == json.loads(json.dumps(expected))
 
 
 def test_cli_train_on_a_history_without_two_benign_actions_says_so(tmp_path: Path) -> None:
