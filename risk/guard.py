@@ -360,6 +360,7 @@ class Guard:
             return None, score, reasons, Reason("model_unavailable", f"the model could not score: {exc}", 1.0, True)
         if any(assessment.severities):
             score = combined(score, assessment.severities)
+        if assessment.reasons:  # a waiver (named_by_task) is a reason without a severity
             reasons = sorted([*reasons, *assessment.reasons], key=heaviest_first)
         return assessment, score, reasons, None
 

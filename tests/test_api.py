@@ -839,6 +839,16 @@ def test_the_remote_guard_sends_the_task_and_a_payee_it_names_is_not_new(
     assert record.task_digest == hashlib.sha256(b"read \\ud800 q3").hexdigest()
 
 
+def test_a_batch_carries_each_actions_task(clients: Callable[..., httpx.Client], service: Running, tenant: str) -> None:
+    iban = "CA133012400231215421872"
+    pay = {"agent_id": "payer", "action_type": "api_call", "resource": "bank.transfer", "payload": {"iban": iban}}
+    decisions = ok(clients(Role.AGENT).post("/v1/check/batch", json={"actions": [{**pay, "task": f"Pay {iban}"}, pay]}))
+    named, unnamed = ([r["code"] for r in d["reasons"]] for d in decisions["decisions"])
+    assert "named_by_task" in named and "named_by_task" not in unnamed
+    records = service.app.state.service.audit.query(AuditQuery(agent_prefix=f"{tenant}/", kind="decision"))
+    assert [r.task_digest for r in records] == [hashlib.sha256(f"Pay {iban}".encode()).hexdigest(), None]
+
+
 def test_payload_nested_64_levels_is_accepted(clients: Callable[..., httpx.Client]) -> None:
     assert ok(clients(Role.AGENT).post("/v1/check", json={**ALLOWED, "payload": nested(63)}))["allowed"] is True
 
