@@ -22,7 +22,14 @@ PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 # What a notebook must show beyond running without errors: images (at least), and texts in its outputs.
 EXPECTED_IMAGES = {"detection_quality.ipynb": 1}
 EXPECTED_TEXT = {
-    "detection_quality.ipynb": ("AUROC", "benign flagged", "harmful flagged", "recall > 0.5", "attack_sessions_stopped")
+    "detection_quality.ipynb": (
+        "AUROC",
+        "benign flagged",
+        "harmful flagged",
+        "recall > 0.5",
+        "attack_sessions_stopped",
+        "without task",
+    )
 }
 
 
