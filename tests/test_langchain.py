@@ -4,6 +4,7 @@ LangGraph's ToolNode) by LangChain's fake chat model: real tool calls, no networ
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -87,6 +88,19 @@ def test_allowed_call_runs_and_blocked_call_is_refused_with_its_reason(
     assert decisions[1].outcome == Outcome.BLOCKED.value
     outcomes = guard.audit.query(AuditQuery(kind="outcome", limit=100))
     assert [(o.action_id, o.outcome) for o in outcomes] == [(decisions[0].action_id, "success")]
+
+
+@pytest.mark.parametrize("run", ["sync", "async"])
+def test_calls_made_inside_working_on_carry_its_task(guards: Callable[..., Guard], tmp_path: Path, run: str) -> None:
+    guard = make_guard(guards, tmp_path)
+    tools = govern_tools([write_file], guard, {"write_file": (ActionType.FILE_WRITE, "path")})
+    agent = agent_for(tools, calls_writing(tmp_path / "a.txt", tmp_path / "b.txt"))
+    message = "save my notes in a.txt and b.txt"
+    with guard.working_on(message):
+        request = {"messages": [HumanMessage(message)]}
+        agent.invoke(request) if run == "sync" else asyncio.run(agent.ainvoke(request))
+    digests = [d.task_digest for d in guard.audit.query(AuditQuery(kind="decision", limit=100))]
+    assert digests == [hashlib.sha256(message.encode()).hexdigest()] * 2
 
 
 def test_pause_ends_the_run_and_the_tool_never_runs(guards: Callable[..., Guard], tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ calls, no network, no API key."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,22 @@ def test_allowed_call_runs_and_blocked_call_is_refused_with_its_reason(
     outcomes = guard.audit.query(AuditQuery(kind="outcome", limit=100))
     assert [(o.action_id, o.outcome) for o in outcomes] == [(decisions[0].action_id, "success")]
     assert guard.status().status is AgentStatus.RUNNING
+
+
+def test_calls_made_inside_working_on_carry_its_task(guards: Callable[..., Guard], tmp_path: Path) -> None:
+    model = ScriptedModel(
+        [
+            [function_call("write_file", {"path": str(tmp_path / "a.txt"), "text": "hello"}, call_id="call-1")],
+            [assistant_message("done")],
+        ]
+    )
+    guard = make_guard(guards, tmp_path)
+    agent = govern(writer_agent(model), guard, {"write_file": (ActionType.FILE_WRITE, "path")})
+    message = "save my notes in a.txt"
+    with guard.working_on(message):
+        assert run(agent, message).final_output == "done"
+    (decision,) = guard.audit.query(AuditQuery(kind="decision", limit=100))
+    assert decision.task_digest == hashlib.sha256(message.encode()).hexdigest()
 
 
 def test_pause_ends_the_run_with_the_sdk_tripwire_and_the_tool_never_runs(
