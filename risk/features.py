@@ -285,6 +285,8 @@ def feature_vector(
     p_hour = (hours[int(ts // 3600) % 24] + 1) / total_hours
     p_peak = (max(hours) + 1) / total_hours
 
+    gap = max(ts - profile.last_ts, 0.0) if profile.last_ts is not None else INTER_ARRIVAL_CAP
+
     prev = profile.prev_type
     if prev is None:
         seq_rarity = 1.0 - 1.0 / _N_TYPES
@@ -316,9 +318,7 @@ def feature_vector(
         math.log(c1 / (usual_per_active_minute + 1.0)),
         math.log(c10 / (long_run_per_minute * 10.0 + 1.0)),
         math.log(c60 / (long_run_per_minute * 60.0 + 1.0)),
-        math.log1p(
-            min(max(ts - profile.last_ts, 0.0), INTER_ARRIVAL_CAP) if profile.last_ts is not None else INTER_ARRIVAL_CAP
-        ),
+        math.log1p(min(gap, INTER_ARRIVAL_CAP)),
         1.0 - p_hour / p_peak,
         distinct,
         math.log1p(payload_bytes),
