@@ -76,14 +76,12 @@ class ToolGovernor:
     """Checks tool calls with a guard, as `tools` maps them, and records their outcomes."""
 
     def __init__(
-        self, guard: Guard, tools: ToolMap, *, agent_id: str | None = None, session_id: str | None = None,
-        task: str | None = None,
-    ) -> None:  # fmt: skip
+        self, guard: Guard, tools: ToolMap, *, agent_id: str | None = None, session_id: str | None = None
+    ) -> None:
         self.guard = guard
         self.tools = tools
         self.agent_id = agent_id
         self.session_id = session_id
-        self.task = task  # the user's instruction for this run (Guard.check's `task`); set it as each run starts
 
     def check(self, tool: str, args: Mapping[str, Any]) -> GovernedCall:
         """Ask the guard about one call, resource by resource; never raises for a denial.
@@ -98,10 +96,9 @@ class ToolGovernor:
         allowed: list[Decision] = []
         for resource in call.resources:
             try:
-                decision = self.guard.check(
-                    call.action_type, resource, call.payload, agent_id=self.agent_id, session_id=self.session_id,
-                    task=self.task,
-                )  # fmt: skip
+                decision = self.guard.check(  # the user's task comes from the caller's Guard.working_on block
+                    call.action_type, resource, call.payload, agent_id=self.agent_id, session_id=self.session_id
+                )
             except ValueError as exc:  # not a resource at all (empty, too long)
                 return self._refuse(allowed, GovernedCall(tool, f"denied: tool {tool!r}: {exc}"))
             if not decision.allowed:
