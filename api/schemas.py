@@ -105,6 +105,7 @@ class ReportedRecord(Strict):
     action_type: ActionType | None = None
     resource: str | None = Field(default=None, min_length=1, max_length=4096)
     payload_digest: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
+    task_digest: str | None = Field(default=None, pattern="^[0-9a-f]{64}$", description="SHA-256 of the check's task")
     reasons: list[ReasonOut] = Field(default_factory=list, max_length=32)
     error: str | None = Field(default=None, max_length=4096)
     success: bool | None = None

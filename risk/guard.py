@@ -35,6 +35,7 @@ from risk.actions import (
     encoded_payload,
     heaviest_first,
     outcome_amount,
+    task_digest,
 )
 from risk.audit.record import canonical_json
 from risk.audit.store import AuditStore, default_home, open_audit
@@ -303,8 +304,7 @@ class Guard:
             "model_version": self.model_version,
         }
         if task is not None:  # which instruction the destinations it named came from, without its text
-            # An unpaired surrogate is not UTF-8: it is hashed as its backslash escape, the form a remote guard sends.
-            body["task_digest"] = hashlib.sha256(task.encode("utf-8", "backslashreplace")).hexdigest()
+            body["task_digest"] = task_digest(task)
         try:
             self._append(body)
         except AuditError as exc:

@@ -30,7 +30,16 @@ from typing import Any
 import httpx
 import orjson
 
-from risk.actions import ActionType, AgentStatus, Decision, Outcome, Reason, encoded_payload, outcome_amount
+from risk.actions import (
+    ActionType,
+    AgentStatus,
+    Decision,
+    Outcome,
+    Reason,
+    encoded_payload,
+    outcome_amount,
+    task_digest,
+)
 from risk.audit.record import canonical_json
 from risk.audit.store import default_home
 from risk.errors import PolicyError, RiskError, StateError
@@ -139,17 +148,20 @@ class RemoteGuard(Guard):
         agent = agent_id or self.agent_id
         if _SURROGATE.search(resource):  # not UTF-8, so no request carries it: denied here, as any policy denies it
             why = Reason("resource_control_characters", "resource has an unpaired surrogate character", 1.0, True)
-            return self._decide_locally(atype, resource, payload_json, agent, session_id, why.message, refusal=why)
+            return self._decide_locally(
+                atype, resource, payload_json, agent, session_id, task, why.message, refusal=why
+            )
         body = {"agent_id": agent, "action_type": atype.value, "resource": resource, "payload": payload,
                 "session_id": session_id, "task": _as_utf8(task) if task is not None else None}  # fmt: skip
         try:
             answer = self._call("POST", "/v1/check", json=body)
         except _Unreachable as exc:
-            return self._decide_locally(atype, resource, payload_json, agent, session_id, str(exc))
+            return self._decide_locally(atype, resource, payload_json, agent, session_id, task, str(exc))
         try:
             decision = Decision.from_dict(answer)
         except (KeyError, TypeError, ValueError) as exc:  # an answer that is not a decision is no answer
-            return self._decide_locally(atype, resource, payload_json, agent, session_id, f"not a decision: {exc!r}")
+            problem = f"not a decision: {exc!r}"
+            return self._decide_locally(atype, resource, payload_json, agent, session_id, task, problem)
         self._send_spool()
         if decision.outcome is Outcome.ROLLED_BACK:  # the service paused the agent; the undo steps live here
             self._rollback(agent, actor="guard")
@@ -162,6 +174,7 @@ class RemoteGuard(Guard):
         payload_json: bytes,
         agent: str,
         session_id: str | None,
+        task: str | None,
         error: str,
         *,
         refusal: Reason | None = None,
@@ -179,23 +192,24 @@ class RemoteGuard(Guard):
             why = Reason("fail_open", f"allowed by on_error='allow': the risk service did not answer: {error}", 0.0)
         else:
             why = Reason("service_unavailable", f"the risk service did not answer: {error}", 1.0, True)
+        record: dict[str, Any] = {
+            "idempotency_key": action_id,
+            "kind": "decision",
+            "allowed": allowed,
+            "ts": self._now(),
+            "agent_id": _as_utf8(agent),
+            "session_id": _as_utf8(session_id) if session_id is not None else None,
+            "action_id": action_id,
+            "action_type": atype.value,
+            "resource": _as_utf8(resource),
+            "payload_digest": hashlib.sha256(payload_json).hexdigest(),
+            "reasons": [why.to_dict()],
+            "error": error,
+        }
+        if task is not None:  # as a decided record carries it
+            record["task_digest"] = task_digest(task)
         try:  # either way the service's audit trail gets the record once it answers again
-            self.spool.add(
-                {
-                    "idempotency_key": action_id,
-                    "kind": "decision",
-                    "allowed": allowed,
-                    "ts": self._now(),
-                    "agent_id": _as_utf8(agent),
-                    "session_id": _as_utf8(session_id) if session_id is not None else None,
-                    "action_id": action_id,
-                    "action_type": atype.value,
-                    "resource": _as_utf8(resource),
-                    "payload_digest": hashlib.sha256(payload_json).hexdigest(),
-                    "reasons": [why.to_dict()],
-                    "error": error,
-                }
-            )
+            self.spool.add(record)
         except OSError as exc:
             unkept = (
                 f"the risk service did not answer ({error}) and the spool {self.spool.path} cannot be written: {exc}"

@@ -360,6 +360,8 @@ class Tenants:
                 "outcome": "allowed" if allowed else "blocked",
                 "detail": {"reported_at": now, "fail_open": allowed, "error": record.get("error")},
             }
+            if record.get("task_digest"):
+                fields["task_digest"] = record["task_digest"]
         self.record(agent, {"ts": ts, "kind": record["kind"], "action_id": record["action_id"], "actor": actor,
                             **fields})  # fmt: skip
         if record["kind"] == "decision":

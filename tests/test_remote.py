@@ -348,6 +348,26 @@ def test_fail_open_spools_every_action_and_the_service_stores_each_once(tmp_path
     guard.close()
 
 
+def test_an_action_let_through_unchecked_keeps_the_digest_of_its_task(tmp_path: Path) -> None:
+    """A fail-open record reaches the trail with its task's digest, as a decided one does; one with no task, none."""
+    port = free_port()
+    with serve(Settings(home=tmp_path / "service", model=None)) as first:
+        agent_key = first.app.state.service.keys.create(f"t-{uuid.uuid4().hex[:10]}", Role.AGENT)[1]
+    guard = Guard(endpoint=f"http://127.0.0.1:{port}", api_key=agent_key, agent_id="bot", on_error="allow",
+                  home=tmp_path / "agent")  # fmt: skip
+    task = "Send the Q3 report to carol@partner.example"
+    with guard.working_on(task):
+        with_task = guard.check(ActionType.NETWORK_REQUEST, "mail.send/carol@partner.example")
+    without = guard.check(ActionType.API_CALL, "svc.call/1")
+    assert with_task.reasons[0].code == without.reasons[0].code == "fail_open"
+    with serve(Settings(home=tmp_path / "service", model=None), port=port) as again:
+        assert guard.flush() == 0
+        stored = {r.action_id: r for r in again.app.state.service.audit.query(AuditQuery(kind="decision", limit=100))}
+    assert stored[with_task.action_id].task_digest == hashlib.sha256(task.encode()).hexdigest()
+    assert stored[without.action_id].task_digest is None
+    guard.close()
+
+
 def test_a_spooled_record_the_service_refuses_is_set_aside_not_lost(tmp_path: Path) -> None:
     port = free_port()
     with serve(Settings(home=tmp_path / "service", model=None)) as first:
