@@ -25,7 +25,7 @@ from together import run_together
 import risk.audit.postgres
 from risk import ActionType, AuditError, Guard
 from risk.audit.postgres import PostgresAuditStore
-from risk.audit.record import GENESIS_HASH, StoredRecord
+from risk.audit.record import COLUMNS, GENESIS_HASH, StoredRecord
 from risk.audit.store import AuditQuery, open_audit, purge, verify_store
 
 try:
@@ -584,3 +584,18 @@ def test_a_writer_whose_cached_head_another_process_purged_reseals_onto_the_real
     assert [r["seq"] for r in rows(raw)] == list(range(6, 7 + group))
     result = verify_store(other)
     assert (result.ok, result.count) == (True, 1 + group), result
+
+
+def test_the_append_statement_reads_the_primary_key_however_the_plan_is_cached(
+    store: PostgresAuditStore, raw: Any
+) -> None:
+    """A prepared statement keeps the plan it got while the trail was small and not analyzed yet: the append's
+    probe for later records must be an index lookup in that plan too, not a scan of every row (which made each
+    append slower as the trail grew)."""
+    for n in range(1, 21):
+        store.append(body(n))
+    sql, params = risk.audit.postgres._inserting([(21, *(["x"] * (len(COLUMNS) - 1)))])
+    raw.execute("SET plan_cache_mode = force_generic_plan")
+    plan = "\n".join(row[0] for row in raw.execute(f"EXPLAIN {sql}", params).fetchall())
+    assert "Scan" in plan and "Seq Scan" not in plan, plan
+    assert all("using risk_audit_pkey" in line for line in plan.splitlines() if "Scan" in line), plan

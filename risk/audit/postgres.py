@@ -215,13 +215,16 @@ def _inserting(rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
     first one's seq or a later one (the caller compares the row count).
 
     The second condition refuses a writer whose cached head is stale because another process purged the seqs
-    it would take: it rereads the head and reseals instead of forking the chain there. The probe is one lookup
-    in the primary key.
+    it would take: it rereads the head and reseals instead of forking the chain there. The probe is one descent
+    of the primary key, written as max(seq): PostgreSQL answers a max from the index at any table size. Written
+    as `NOT EXISTS (... WHERE seq >= first)` it was planned, on a table not analyzed yet, as a scan of every row,
+    and the statement prepared once kept that plan: each append took longer as the trail grew (measured: from
+    0.35 to 0.85 ms over its first 8,000 records).
     """
     values = ", ".join([_ROW] * len(rows))
     sql = (
         f"{_INSERT_INTO} SELECT * FROM (VALUES {values}) AS new ({', '.join(COLUMNS)}) "
-        "WHERE NOT EXISTS (SELECT 1 FROM risk_audit WHERE seq >= %s) ON CONFLICT (seq) DO NOTHING"
+        "WHERE coalesce((SELECT max(seq) FROM risk_audit), 0) < %s ON CONFLICT (seq) DO NOTHING"
     )
     return sql, [*(value for row in rows for value in row), rows[0][0]]
 
