@@ -43,7 +43,9 @@ class AgentProfile:
     minutes: deque[list[int]] = field(default_factory=deque)  # [minute, count] for the last hour
     recent_denied: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT))
     recent_errors: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT))
-    volume: deque[tuple[float, float]] = field(default_factory=deque)  # (ts, rows + bytes/1000) last hour
+    # [minute, rows + bytes/1000 reported in it] for the last hour: one entry per minute, not per outcome, so an
+    # agent reporting hundreds of outcomes a minute keeps 60 entries, read and stored in a few microseconds.
+    volume: deque[list[float]] = field(default_factory=deque)
     volume_baseline: float = 0.0  # long-run mean volume per reported outcome
     amounts: dict[str, list[float]] = field(default_factory=dict)  # amount name -> [uses, min, max] of log10
 
@@ -96,11 +98,18 @@ class AgentProfile:
 
     def record_outcome(self, ts: float, error: bool, volume: float) -> None:
         self.recent_errors.append(error)
+        minute = int(ts // 60)
         if volume:
-            self.volume.append((ts, volume))
+            self.add_volume(minute, volume)
             self.volume_baseline += (volume - self.volume_baseline) * 0.01
-        while self.volume and self.volume[0][0] <= ts - 3600:
+        while self.volume and self.volume[0][0] <= minute - RATE_HORIZON_MINUTES:
             self.volume.popleft()
+
+    def add_volume(self, minute: int, volume: float) -> None:
+        if self.volume and self.volume[-1][0] == minute:
+            self.volume[-1][1] += volume
+        else:
+            self.volume.append([minute, volume])
 
     def counts_since(self, ts: float, windows: tuple[float, ...]) -> list[int]:
         """Allowed actions in each of the last `windows` seconds (whole minutes, up to an hour), shortest first,
@@ -153,7 +162,7 @@ def profile_core(profile: AgentProfile) -> dict[str, Any]:
         "minutes": list(profile.minutes),
         "recent_denied": list(profile.recent_denied),
         "recent_errors": list(profile.recent_errors),
-        "volume": list(profile.volume),
+        "volume_minutes": list(profile.volume),
         "volume_baseline": profile.volume_baseline,
         "amounts": profile.amounts,
     }
@@ -181,7 +190,11 @@ def profile_from_core(
     profile.minutes.extend([int(m), int(c)] for m, c in core["minutes"])
     profile.recent_denied.extend(bool(d) for d in core["recent_denied"])
     profile.recent_errors.extend(bool(e) for e in core["recent_errors"])
-    profile.volume.extend((float(t), float(v)) for t, v in core["volume"])
+    if "volume_minutes" in core:
+        profile.volume.extend([int(m), float(v)] for m, v in core["volume_minutes"])
+    else:  # stored before volumes were kept by the minute: one (ts, volume) per outcome
+        for t, v in core["volume"]:
+            profile.add_volume(int(float(t) // 60), float(v))
     profile.volume_baseline = float(core["volume_baseline"])
     # A profile stored before amounts were kept has none: its amounts' ranges start from now.
     ranges = core.get("amounts", {})

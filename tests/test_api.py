@@ -427,10 +427,10 @@ def test_policy_file_applied_at_start_becomes_the_service_default(tmp_path: Path
 
 def test_models_list_and_reload(clients: Callable[..., httpx.Client], service: Running) -> None:
     listed = ok(clients(Role.AUDITOR).get("/v1/models"))
-    assert listed["active"] == "default-2" and [m["name"] for m in listed["available"]] == ["default"]
+    assert listed["active"] == "default-3" and [m["name"] for m in listed["available"]] == ["default"]
     reloaded = ok(clients(Role.ADMIN).post("/v1/models/reload"))
-    assert reloaded == {"previous": "default-2", "active": "default-2"}
-    assert 'risk_model_info{version="default-2"} 1.0' in clients(None).get("/metrics").text
+    assert reloaded == {"previous": "default-3", "active": "default-3"}
+    assert 'risk_model_info{version="default-3"} 1.0' in clients(None).get("/metrics").text
 
 
 def test_a_reload_or_policy_change_keeps_every_agents_behavior_baseline(

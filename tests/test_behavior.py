@@ -804,6 +804,32 @@ def test_amounts_are_read_from_quantity_arguments_only() -> None:
     assert amounts(ActionType.API_CALL, "amount 100") == ()
 
 
+def test_outcome_volumes_are_kept_by_the_minute_for_an_hour_however_many_are_reported() -> None:
+    """An agent reporting hundreds of outcomes a minute keeps one entry a minute: every decision reads the hour's
+    volume, and a shared store moves the profile on each, so it must not grow with the outcomes."""
+    profile = AgentProfile("a")
+    for i in range(600):  # ten a second for a minute, then one a minute later
+        profile.record_outcome(T0 + i / 10, error=False, volume=2.5)
+    profile.record_outcome(T0 + 60, error=False, volume=1.0)
+    assert [v for _, v in profile.volume] == [pytest.approx(1500.0), 1.0]
+    assert vector(profile, T0 + 61, "database_query", "data.claims")["volume_ratio"] > 0
+    profile.record_outcome(T0 + HOUR + 30, error=False, volume=4.0)  # an hour on: the first minute is gone
+    assert [v for _, v in profile.volume] == [1.0, 4.0]
+    profile.record_outcome(T0 + 3 * HOUR, error=False, volume=0)  # a report without volume still expires them
+    assert not profile.volume
+
+
+def test_a_profile_stored_with_a_volume_per_outcome_loads_them_by_the_minute() -> None:
+    profile = AgentProfile("a")
+    profile.record_outcome(T0, error=False, volume=3.0)
+    core = profile_core(profile)
+    assert "volume" not in core and profile_from_core("a", core).volume == profile.volume
+    del core["volume_minutes"]
+    core["volume"] = [[T0, 1.0], [T0 + 30, 2.0], [T0 + 90, 5.0]]  # as stored before: (ts, volume) per outcome
+    minute = int(T0 // 60)
+    assert list(profile_from_core("a", core).volume) == [[minute, 3.0], [minute + 1, 5.0]]
+
+
 def test_a_profile_stored_before_amounts_were_kept_loads_with_none() -> None:
     profile = AgentProfile("a")
     profile.record_action(T0, "api_call", "bank.transfer", "bank", (), (("api_call/amount", 2.0),))
@@ -881,7 +907,7 @@ def run_payments(guard: Guard, clock: Clock) -> list[Any]:
 def test_guard_scores_with_the_shipped_model_and_online_learning_by_default(tmp_path: Path) -> None:
     clock = Clock()
     guard = make_guard(tmp_path, max_risk_score=0.5, clock=clock)
-    assert guard.model_version == "rules-1+default-2+online-hst10x6"
+    assert guard.model_version == "rules-1+default-3+online-hst10x6"
     novel = run_payments(guard, clock)[-1]
     assert not novel.allowed and "new_destination" in novel.reason_codes
 
