@@ -106,7 +106,9 @@ class AgentProfile:
             self.volume.popleft()
 
     def add_volume(self, minute: int, volume: float) -> None:
-        if self.volume and self.volume[-1][0] == minute:
+        """Count `volume` in its minute. A report timed before the latest minute (workers' clocks disagree) counts
+        in the latest, so the minutes stay in order and expire from the front."""
+        if self.volume and self.volume[-1][0] >= minute:
             self.volume[-1][1] += volume
         else:
             self.volume.append([minute, volume])

@@ -811,10 +811,11 @@ def test_outcome_volumes_are_kept_by_the_minute_for_an_hour_however_many_are_rep
     for i in range(600):  # ten a second for a minute, then one a minute later
         profile.record_outcome(T0 + i / 10, error=False, volume=2.5)
     profile.record_outcome(T0 + 60, error=False, volume=1.0)
-    assert [v for _, v in profile.volume] == [pytest.approx(1500.0), 1.0]
+    profile.record_outcome(T0 + 30, error=False, volume=0.5)  # timed before the latest minute: counted in it
+    assert [v for _, v in profile.volume] == [pytest.approx(1500.0), 1.5]
     assert vector(profile, T0 + 61, "database_query", "data.claims")["volume_ratio"] > 0
     profile.record_outcome(T0 + HOUR + 30, error=False, volume=4.0)  # an hour on: the first minute is gone
-    assert [v for _, v in profile.volume] == [1.0, 4.0]
+    assert [v for _, v in profile.volume] == [1.5, 4.0]
     profile.record_outcome(T0 + 3 * HOUR, error=False, volume=0)  # a report without volume still expires them
     assert not profile.volume
 
