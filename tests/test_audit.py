@@ -37,7 +37,7 @@ from together import run_together
 from risk import ActionDenied, ActionType, AuditError, Guard, KillSwitchMode, Outcome, RetentionError
 from risk.audit.record import FIELDS, GENESIS_HASH, Sealed, canonical_json
 from risk.audit.sqlite import SQLiteAuditStore
-from risk.audit.store import DEFAULT_RETENTION, AuditQuery, ChainAppender, open_audit, purge, verify_store
+from risk.audit.store import DEFAULT_RETENTION, AuditQuery, ChainAppender, open_audit, purge, verify_store, where_clause
 from risk.guard import decided_together
 from risk.redaction import mask
 
@@ -1228,3 +1228,26 @@ def test_a_new_file_another_process_is_writing_opens_once_it_is_free(db_path: Pa
         open_audit(url_of(fresh, timeout=0.2))
     holder.execute("ROLLBACK")
     holder.close()
+
+
+def test_an_action_is_found_by_its_id_through_an_index_in_trails_old_and_new(tmp_path: Path) -> None:
+    """How an outcome finds its agent when the worker that decided the action is another: by the action id, in an
+    index, not by reading the trail (a file made before the index gets it when opened)."""
+    path = tmp_path / "a.db"
+    record = {"record_id": "r1", "ts": "2026-01-01T00:00:00+00:00", "kind": "decision", "agent_id": "t/a",
+              "action_id": "a1"}  # fmt: skip
+    first = SQLiteAuditStore(f"sqlite:///{path}")
+    first.append(record)
+    first.close()
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("DROP INDEX audit_action")  # as an earlier release made the file
+        raw.commit()
+    store = SQLiteAuditStore(f"sqlite:///{path}")
+    query = AuditQuery(action_id="a1", kind="decision", agent_prefix="t/", newest_first=True, limit=1)
+    assert [r.agent_id for r in store.query(query)] == ["t/a"]
+    where, params = where_clause(query, "?")
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        steps = raw.execute(f"EXPLAIN QUERY PLAN SELECT seq FROM audit {where}", params).fetchall()
+    plan = " ".join(str(step[-1]) for step in steps)
+    assert "USING INDEX audit_action" in plan, plan
+    store.close()

@@ -248,7 +248,7 @@ def test_the_schema_is_created_once_and_versioned(
 ) -> None:
     open_store().append(body(1))
     open_store().append(body(2))  # a second store finds the schema in place and continues the chain
-    assert raw.execute("SELECT version FROM risk_schema_version").fetchall() == [(1,)]
+    assert raw.execute("SELECT version FROM risk_schema_version ORDER BY version").fetchall() == [(1,), (2,)]
     columns = raw.execute(
         "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
         "WHERE table_schema = %s AND table_name = 'risk_audit' ORDER BY ordinal_position",
@@ -265,20 +265,35 @@ def test_the_schema_is_created_once_and_versioned(
     )
     assert "(seq)" in indexes["risk_audit_pkey"]
     assert "(agent_id, ts)" in indexes["risk_audit_agent_ts"]
+    assert "(action_id)" in indexes["risk_audit_action"]
     assert [r["seq"] for r in rows(raw)] == [1, 2]
+
+
+def test_a_trail_made_at_schema_version_1_gets_the_action_index_and_keeps_its_records(
+    open_store: Callable[..., PostgresAuditStore], raw: Any
+) -> None:
+    first = open_store()
+    first.append(body(1))
+    raw.execute("DROP INDEX risk_audit_action")  # as the first release left it
+    raw.execute("DELETE FROM risk_schema_version WHERE version = 2")
+    upgraded = open_store()
+    assert raw.execute("SELECT version FROM risk_schema_version ORDER BY version").fetchall() == [(1,), (2,)]
+    assert raw.execute("SELECT to_regclass('risk_audit_action')").fetchone() == ("risk_audit_action",)
+    upgraded.append(body(2))
+    assert [r["seq"] for r in rows(raw)] == [1, 2] and verify_store(upgraded).ok
 
 
 def test_stores_starting_at_once_create_the_schema_exactly_once(
     open_store: Callable[..., PostgresAuditStore], raw: Any
 ) -> None:
     run_together([open_store] * 8)
-    assert raw.execute("SELECT version FROM risk_schema_version").fetchall() == [(1,)]
+    assert raw.execute("SELECT version FROM risk_schema_version ORDER BY version").fetchall() == [(1,), (2,)]
 
 
 def test_a_schema_newer_than_the_code_is_refused(open_store: Callable[..., PostgresAuditStore], raw: Any) -> None:
     open_store()
-    raw.execute("INSERT INTO risk_schema_version (version) VALUES (2)")
-    with pytest.raises(AuditError, match=r"schema version 2.*upgrade agent-risk"):
+    raw.execute("INSERT INTO risk_schema_version (version) VALUES (3)")
+    with pytest.raises(AuditError, match=r"schema version 3.*upgrade agent-risk"):
         open_store()
 
 

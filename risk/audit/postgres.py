@@ -60,6 +60,11 @@ _MIGRATIONS: tuple[str, ...] = (
     -- One index only, as in SQLite: every index costs each append; queries without an agent scan in seq order.
     CREATE INDEX risk_audit_agent_ts ON risk_audit (agent_id, ts);
     """,
+    # As in SQLite: an outcome reported to a worker that did not decide its action finds the agent by the action.
+    # Built while the migration holds the table, so on a large trail appends wait out the build once, at upgrade.
+    """
+    CREATE INDEX risk_audit_action ON risk_audit (action_id);
+    """,
 )
 # The advisory lock serializing migrations: any constant no other application uses ("riskaudt" in ASCII).
 _MIGRATION_LOCK = 0x7269736B61756474
