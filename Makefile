@@ -34,6 +34,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_scan.py
 	$(BIN)/python bench/bench_service.py
+	$(BIN)/python bench/bench_service_layers.py
 
 clean:
 	rm -rf $(VENV) .risk .pytest_cache .mypy_cache .ruff_cache
