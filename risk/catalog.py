@@ -41,6 +41,8 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
     # The agent ids an agent key is bound to, a JSON list of patterns; NULL: any agent of its tenant.
     "ALTER TABLE risk_keys ADD COLUMN agents TEXT",
+    # Idempotency records older than their retention are deleted by age (risk.idempotency.RETENTION).
+    "CREATE INDEX risk_idempotency_claimed ON risk_idempotency (claimed_at)",
 )
 _VERSION_TABLE = "risk_catalog_version"
 _MIGRATION_LOCK = 0x7269736B63617461  # "riskcata" in ASCII; the audit table uses another

@@ -5,12 +5,18 @@ decision is stored once made. A second request with the key waits for the first 
 seconds, then 409), gets it, or is refused (409) if it names another action. A claim left without a decision
 for `STALE` seconds belonged to a request that died and is taken over. A process dying after its decision
 was audited but before it was stored leaves that decision's record, and the retry records a second one.
+
+A key is remembered for `RETENTION` (7 days) from its claim: every outcome the service records claims one, so
+kept forever the table would grow with every action. Every `PURGE_EVERY` claims a process deletes expired
+records (see `purge`); a key used again after it is new.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from risk.catalog import Catalog
@@ -18,6 +24,8 @@ from risk.errors import RiskError
 
 WAIT = 5.0  # seconds a repeated key waits for the first request's decision
 STALE = 60.0  # a claim older than this with no decision belongs to a request that died
+RETENTION = 7 * 86_400.0  # seconds a key is remembered
+PURGE_EVERY = 1_000  # claims between two deletions of expired keys, per process
 
 
 class IdempotencyConflict(RiskError):
@@ -36,14 +44,27 @@ class IdempotencyKeys:
     {'action_id': 'a1'}
     """
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        retention: float = RETENTION,
+        purge_every: int = PURGE_EVERY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._catalog = catalog
+        self._retention = retention
+        self._purge_every = purge_every
+        self._clock = clock
+        self._claims = itertools.count(1)
 
     def claim(self, tenant: str, key: str, fingerprint: str) -> dict[str, Any] | None:
         """None when this request may answer under `key`; the first answer (as settled) when there is one."""
+        if next(self._claims) % self._purge_every == 0:
+            self.purge()
         deadline = time.monotonic() + WAIT
         while True:
-            now = time.time()
+            now = self._clock()
             inserted = self._catalog.run(
                 "INSERT INTO risk_idempotency (tenant, idem_key, request_hash, decision, claimed_at) "
                 "VALUES (?, ?, ?, NULL, ?) ON CONFLICT (tenant, idem_key) DO NOTHING",
@@ -80,6 +101,17 @@ class IdempotencyKeys:
             "UPDATE risk_idempotency SET decision = ? WHERE tenant = ? AND idem_key = ?",
             (json.dumps(answer), tenant, key),
         )
+
+    def purge(self) -> int:
+        """Delete keys claimed more than the retention ago (of every tenant), the oldest first and at most four
+        times PURGE_EVERY, so that a claim which purges waits for a bounded delete and a backlog (a first purge
+        after an upgrade) still drains; how many."""
+        cutoff = self._clock() - self._retention
+        return self._catalog.run(
+            "DELETE FROM risk_idempotency WHERE (tenant, idem_key) IN (SELECT tenant, idem_key FROM risk_idempotency "
+            "WHERE claimed_at < ? ORDER BY claimed_at LIMIT ?)",
+            (cutoff, 4 * self._purge_every),
+        ).rowcount
 
     def release(self, tenant: str, key: str) -> None:
         """Give back a claim whose request failed before deciding."""

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from services import free_port
 from api.app import create_app
 from api.settings import Settings
 from risk import catalog
+from risk.catalog import Catalog
+from risk.idempotency import RETENTION, IdempotencyKeys
 from risk.keys import Role
 
 
@@ -136,3 +139,25 @@ def catalog_before_bound_keys(url: str) -> str:
     assert old.run("SELECT max(version) FROM risk_catalog_version").rows == [(1,)]
     old.close()
     return f"rk_{key_id}_{secret}"
+
+
+def check_idempotency_keys_expire(store: Catalog) -> None:
+    """Keys are remembered for their retention, then deleted (every `purge_every` claims, or by `purge`) and new.
+
+    The clock stands in 1970, so a purge deletes no record another test made with the real clock."""
+    now = [1_000.0]
+    tenant = f"t-{uuid.uuid4().hex[:10]}"
+    keys = IdempotencyKeys(store, purge_every=3, clock=lambda: now[0])
+    assert keys.claim(tenant, "old", "d") is None
+    keys.settle(tenant, "old", {"n": 1})
+    now[0] += RETENTION - 1
+    assert keys.claim(tenant, "new", "d") is None
+    keys.settle(tenant, "new", {"n": 2})
+    assert keys.claim(tenant, "old", "d") == {"n": 1}  # the third claim purged first: "old" is not past it yet
+    now[0] += 2
+    assert keys.purge() == 1
+    assert keys.claim(tenant, "old", "d") is None  # forgotten: answered afresh
+    assert keys.claim(tenant, "new", "d") == {"n": 2}
+    now[0] += RETENTION + 10
+    assert keys.claim(tenant, "last", "d") is None  # the sixth claim purges the rest first
+    assert store.run("SELECT idem_key FROM risk_idempotency WHERE tenant = ?", (tenant,)).rows == [("last",)]

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_server import Running, catalog_before_bound_keys, serve
+from api_server import Running, catalog_before_bound_keys, check_idempotency_keys_expire, serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from services import free_port
@@ -205,6 +205,10 @@ def test_repeated_idempotency_key_returns_the_first_decision_and_records_nothing
     # The same key in another tenant is another key.
     other = ok(clients(Role.AGENT, of="x" + uuid.uuid4().hex[:8]).post("/v1/check", json=body))
     assert other["action_id"] != first["action_id"]
+
+
+def test_idempotency_keys_are_forgotten_after_their_retention(tmp_path: Path) -> None:
+    check_idempotency_keys_expire(Catalog(f"sqlite:///{tmp_path}/catalog.db"))
 
 
 def test_idempotency_key_reused_for_another_action_is_a_conflict(clients: Callable[..., httpx.Client]) -> None:
@@ -530,7 +534,7 @@ def test_a_catalog_of_the_previous_version_upgrades_and_its_keys_act_for_any_age
     url = f"sqlite:///{tmp_path}/catalog.db"
     token = catalog_before_bound_keys(url)
     upgraded = Catalog(url)
-    assert upgraded.run("SELECT version FROM risk_catalog_version ORDER BY version").rows == [(1,), (2,)]
+    assert upgraded.run("SELECT version FROM risk_catalog_version ORDER BY version").rows == [(1,), (2,), (3,)]
     keys = KeyStore(upgraded)
     old = keys.authenticate(token)
     assert old is not None and old.agents is None and old.may_act_as("anyone")

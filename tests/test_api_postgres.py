@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_server import Running, catalog_before_bound_keys, serve
+from api_server import Running, catalog_before_bound_keys, check_idempotency_keys_expire, serve
 from together import run_together
 
 from api.settings import Settings
@@ -87,6 +87,14 @@ def test_idempotency_key_holds_across_services(pair: tuple[Running, Running], te
         assert ok(auditor.get("/v1/audit", params={"kind": "outcome"}))["records"][0]["action_id"] == first["action_id"]
 
 
+def test_idempotency_keys_are_forgotten_after_their_retention(database: str) -> None:
+    catalog = Catalog(database)
+    try:
+        check_idempotency_keys_expire(catalog)
+    finally:
+        catalog.close()
+
+
 def test_concurrent_repeats_of_one_idempotency_key_decide_once(pair: tuple[Running, Running], tenant: str) -> None:
     one, two = pair
     body = {**ALLOWED, "idempotency_key": "burst"}
@@ -133,7 +141,7 @@ def test_catalogs_opened_at_once_migrate_once(database: str) -> None:
     for t in threads:
         t.join()
     assert errors == [] and len(catalogs) == 4
-    assert catalogs[0].run("SELECT count(*) FROM risk_catalog_version").rows == [(2,)]
+    assert catalogs[0].run("SELECT count(*) FROM risk_catalog_version").rows == [(3,)]
     for catalog in catalogs:
         catalog.close()
 
@@ -226,7 +234,7 @@ def test_a_catalog_of_the_previous_version_upgrades_on_postgres(database: str) -
         url = database.replace(admin.run("SELECT current_schema()").rows[0][0], schema)
         token = catalog_before_bound_keys(url)
         upgraded = Catalog(url)
-        assert upgraded.run("SELECT version FROM risk_catalog_version ORDER BY version").rows == [(1,), (2,)]
+        assert upgraded.run("SELECT version FROM risk_catalog_version ORDER BY version").rows == [(1,), (2,), (3,)]
         keys = KeyStore(upgraded)
         old = keys.authenticate(token)
         assert old is not None and old.agents is None
