@@ -26,7 +26,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,19 +109,18 @@ def run(rounds: int, n: int) -> dict[str, float]:
             service_app = create_app(Settings.from_env())
             given_app = create_app(Settings.from_env())
             given_service = given_app.state.service
-            first = given_service.tenants.check("bench", ActionRequest(**{**check_body(0), "session_id": None,
-                                                                           "task": None}))  # fmt: skip
+            first = given_service.tenants.check("bench", ActionRequest(**check_body(0)))
             given_service.tenants.check = lambda *args, **kwargs: first
             json_headers = [(b"content-type", b"application/json")]
             keyed = [*json_headers, (b"authorization", f"Bearer {token}".encode())]
-            layers: list[tuple[str, Callable[[], Any], str, list[tuple[bytes, bytes]]]] = [
-                ("bare", bare_app, "/check", json_headers),
-                ("+ key check", lambda: layered_app(service_app.state.service, None), "/check", keyed),
-                ("+ decision body", lambda: layered_app(service_app.state.service, first.to_dict()), "/check", keyed),
-                ("service, decision given", lambda: given_app, "/v1/check", keyed),
-                ("service", lambda: service_app, "/v1/check", keyed),
+            service = service_app.state.service
+            apps: list[tuple[str, Any, str, list[tuple[bytes, bytes]]]] = [
+                ("bare", bare_app(), "/check", json_headers),
+                ("+ key check", layered_app(service, None), "/check", keyed),
+                ("+ decision body", layered_app(service, first.to_dict()), "/check", keyed),
+                ("service, decision given", given_app, "/v1/check", keyed),
+                ("service", service_app, "/v1/check", keyed),
             ]
-            apps = [(name, make(), path, headers) for name, make, path, headers in layers]
             samples: dict[str, list[float]] = {name: [] for name, *_ in apps}
             for r in range(rounds):
                 for name, app, path, headers in apps if r % 2 == 0 else apps[::-1]:

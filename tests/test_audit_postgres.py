@@ -292,8 +292,9 @@ def test_stores_starting_at_once_create_the_schema_exactly_once(
 
 def test_a_schema_newer_than_the_code_is_refused(open_store: Callable[..., PostgresAuditStore], raw: Any) -> None:
     open_store()
-    raw.execute("INSERT INTO risk_schema_version (version) VALUES (3)")
-    with pytest.raises(AuditError, match=r"schema version 3.*upgrade agent-risk"):
+    newer = len(risk.audit.postgres._MIGRATIONS) + 1
+    raw.execute("INSERT INTO risk_schema_version (version) VALUES (%s)", (newer,))
+    with pytest.raises(AuditError, match=rf"schema version {newer}.*upgrade agent-risk"):
         open_store()
 
 
