@@ -316,14 +316,13 @@ class Tenants:
                 continue
             try:
                 if record["kind"] in ("decision", "rollback"):
-                    self._reported(tenant, record, actor, caller)
-                    first = True
+                    first = self._reported(tenant, record, actor, caller)
                 else:
                     first = self.record_outcome(
                         tenant, record["action_id"], success=bool(record.get("success", True)),
                         error=record.get("error"), rows=record.get("rows"), bytes=record.get("bytes"), caller=caller,
                     )[1]  # fmt: skip
-            except (NotFoundError, AgentLimitError, NotBoundError, ValueError) as exc:
+            except (NotFoundError, ConflictError, NotBoundError, ValueError) as exc:
                 self.idempotency.release(tenant, key)
                 result.rejected.append({"idempotency_key": record["idempotency_key"], "reason": str(exc)})
                 continue
@@ -331,16 +330,28 @@ class Tenants:
                 self.idempotency.release(tenant, key)
                 raise
             self.idempotency.settle(tenant, key, {"stored": True})
-            if not first:  # an outcome the client also sent directly, stored before it gave up waiting
+            if not first:  # an outcome the client also sent directly before it gave up waiting, or a known decision
                 result.duplicates += 1
                 continue
             result.accepted += 1
             result.fail_open += record["kind"] == "decision" and record.get("allowed", True)
         return result
 
-    def _reported(self, tenant: str, record: dict[str, Any], actor: str, caller: ApiKey | None) -> None:
+    def _reported(self, tenant: str, record: dict[str, Any], actor: str, caller: ApiKey | None) -> bool:
+        """Store a reported decision or rollback step; False for a decision already in the trail.
+
+        A record never moves an action to another agent: the agent of a decided action is the one its outcomes
+        are filed under and whose key may report them, so a key bound to one agent could otherwise take over
+        another's actions by reporting their ids (ConflictError)."""
         agent = namespaced(tenant, check_agent(record["agent_id"]))
         _bound(caller, record["agent_id"], "report a record of")
+        owner = self._owner(tenant, record["action_id"])
+        if owner is not None and owner != agent:
+            raise ConflictError(
+                f"action {record['action_id']!r} was decided for another agent; a report cannot take it over"
+            )
+        if owner is not None and record["kind"] == "decision":
+            return False
         now = _now(self._clock())
         try:
             ts = utc_time(record["ts"]) if record.get("ts") else now
@@ -366,6 +377,7 @@ class Tenants:
                             **fields})  # fmt: skip
         if record["kind"] == "decision":
             self._remember(tenant, record["action_id"], agent)
+        return True
 
     def record_outcome(
         self,
@@ -410,15 +422,22 @@ class Tenants:
                 self._recent.popitem(last=False)
 
     def _agent_of(self, tenant: str, action_id: str) -> str:
-        """The agent of `tenant` whose action this is; only the tenant's own decisions are looked at."""
+        """The agent of `tenant` whose action this is (NotFoundError if none)."""
+        agent = self._owner(tenant, action_id)
+        if agent is None:
+            raise NotFoundError(f"no action {action_id!r} was decided for this tenant")
+        return agent
+
+    def _owner(self, tenant: str, action_id: str) -> str | None:
+        """The agent of `tenant` that `action_id` was decided for, or None; only the tenant's own decisions
+        are looked at, its first one for the id if there are several (a trail written before reports were
+        refused an action id already decided)."""
         agent = self._recent.get((tenant, action_id))
         if agent is None:
             found = self.audit.query(AuditQuery(action_id=action_id, kind="decision", agent_prefix=f"{tenant}/",
-                                                newest_first=True, limit=1))  # fmt: skip
+                                                limit=1))  # fmt: skip
             agent = found[0].agent_id if found else None
-        if agent is None or not agent.startswith(f"{tenant}/"):
-            raise NotFoundError(f"no action {action_id!r} was decided for this tenant")
-        return agent
+        return agent if agent is not None and agent.startswith(f"{tenant}/") else None
 
     # ---- the human side of the kill switch ---------------------------------------------------
 

@@ -189,6 +189,33 @@ def test_another_tenants_report_never_takes_an_action_id_away(
     assert (answer["agent_id"], answer["recorded"]) == ("bot", True)
 
 
+@pytest.mark.parametrize("restarted", [False, True])
+def test_a_report_never_moves_an_action_to_another_agent(
+    clients: Callable[..., httpx.Client], service: Running, tenant: str, restarted: bool
+) -> None:
+    """A key bound to one agent may not take over another agent's action by reporting a decision with its id,
+    which would file the action's outcomes, and the right to report them, under the reporting agent."""
+    decided = ok(clients(Role.AGENT).post("/v1/check", json=ALLOWED))  # for agent bot
+    made = ok(clients(Role.ADMIN).post("/v1/keys", json={"role": "agent", "agents": ["intruder"]}), 201)
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {made['key']}"}) as bound:
+        if restarted:
+            service.app.state.service.tenants._recent.clear()  # as a fresh worker: found in the audit trail
+        takeover = {**reported_decision("k1", agent="intruder"), "action_id": decided["action_id"]}
+        rollback = {**takeover, "idempotency_key": "k2", "kind": "rollback", "outcome": "undone"}
+        report = ok(bound.post("/v1/reports", json={"records": [takeover, rollback]}))
+        assert report["accepted"] == 0 and [r["idempotency_key"] for r in report["rejected"]] == ["k1", "k2"]
+        assert all("decided for another agent" in r["reason"] for r in report["rejected"])
+        refused = bound.post("/v1/outcome", json={"action_id": decided["action_id"], "success": False})
+        assert refused.status_code == 403, refused.text
+    again = {**reported_decision("k3"), "action_id": decided["action_id"]}  # bot's own decision, reported again
+    assert ok(clients(Role.AGENT).post("/v1/reports", json={"records": [again]}))["duplicates"] == 1
+    records = ok(clients(Role.AUDITOR).get("/v1/audit", params={"limit": 1000}))["records"]
+    kept = [(r["kind"], r["agent_id"]) for r in records if r["action_id"] == decided["action_id"]]
+    assert kept == [("decision", f"{tenant}/bot")]
+    answer = ok(clients(Role.AGENT).post("/v1/outcome", json={"action_id": decided["action_id"], "success": True}))
+    assert answer["agent_id"] == "bot"
+
+
 def _decision_records(auditor: httpx.Client) -> list[dict[str, Any]]:
     return ok(auditor.get("/v1/audit", params={"kind": "decision", "limit": 1000}))["records"]  # type: ignore[no-any-return]
 
