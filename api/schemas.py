@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from risk.actions import MAX_AMOUNT, MAX_PAYLOAD_DEPTH, MAX_TASK_LENGTH, ActionType, Outcome, nesting
 from risk.tenants import AGENT_PATTERN
@@ -29,6 +39,10 @@ Text = Annotated[str, AfterValidator(no_nul)]
 
 
 class Strict(BaseModel):
+    """A request body: no field it does not name. Its booleans and counts are declared strict (StrictBool,
+    StrictInt) too, so "yes", "5" or 5.0 is refused rather than read as true or 5: what a client sent is
+    what the audit trail records."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -63,8 +77,8 @@ class BatchRequest(Strict):
 class ReasonOut(BaseModel):
     code: str
     message: str
-    weight: float
-    violation: bool
+    weight: StrictFloat  # strict: a client's spool reports reasons too
+    violation: StrictBool
 
 
 class DecisionOut(BaseModel):
@@ -85,10 +99,10 @@ class BatchOut(BaseModel):
 
 class OutcomeRequest(Strict):
     action_id: Text = Field(min_length=1, max_length=64)
-    success: bool
+    success: StrictBool
     error: str | None = Field(default=None, max_length=4096)
-    rows: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
-    bytes: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
+    rows: StrictInt | None = Field(default=None, ge=0, le=MAX_AMOUNT)
+    bytes: StrictInt | None = Field(default=None, ge=0, le=MAX_AMOUNT)
 
 
 class ReportedRecord(Strict):
@@ -97,7 +111,9 @@ class ReportedRecord(Strict):
 
     idempotency_key: Text = Field(min_length=1, max_length=128)
     kind: Literal["decision", "outcome", "rollback"]
-    allowed: bool | None = Field(default=None, description="a decision's verdict: true for fail-open (the default)")
+    allowed: StrictBool | None = Field(
+        default=None, description="a decision's verdict: true for fail-open (the default)"
+    )
     ts: Text | None = Field(default=None, max_length=64)
     action_id: str = Field(pattern="^[0-9a-f]{1,64}$")
     agent_id: AgentId | None = None
@@ -108,9 +124,9 @@ class ReportedRecord(Strict):
     task_digest: str | None = Field(default=None, pattern="^[0-9a-f]{64}$", description="SHA-256 of the check's task")
     reasons: list[ReasonOut] = Field(default_factory=list, max_length=32)
     error: str | None = Field(default=None, max_length=4096)
-    success: bool | None = None
-    rows: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
-    bytes: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
+    success: StrictBool | None = None
+    rows: StrictInt | None = Field(default=None, ge=0, le=MAX_AMOUNT)
+    bytes: StrictInt | None = Field(default=None, ge=0, le=MAX_AMOUNT)
     outcome: Literal["pending", "undone", "failed", "irreversible"] | None = Field(
         default=None, description="a rollback step's result"
     )

@@ -400,7 +400,7 @@ def keys_create(
     if role not in Role.__members__.values():
         raise _fail(f"--role must be one of {', '.join(r.value for r in Role)}, not {role!r}")
     if agent and role != Role.AGENT:
-        raise _fail(f"--agent binds agent keys only; a {role} key acts for no agent")
+        raise _fail(f"--agent binds agent keys only; {role} keys act for no agent")
     try:
         keys = KeyStore(Catalog(database or default_catalog_url()))
         key, token = keys.create(tenant, role, note, agents=agent or None)

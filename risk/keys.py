@@ -55,7 +55,7 @@ def check_agents(agents: list[str] | None, role: Role) -> tuple[str, ...] | None
     if agents is None:
         return None
     if role is not Role.AGENT:
-        raise ValueError(f"only agent keys are bound to agents; a {role.value} key acts for no agent")
+        raise ValueError(f"only agent keys are bound to agents; {role.value} keys act for no agent")
     if not agents or not all(isinstance(p, str) and 0 < len(p) <= 128 for p in agents):
         raise ValueError("agents must be one or more agent ids or patterns of 1-128 characters")
     return tuple(agents)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, field_validator
 
 from risk.actions import ActionType, KillSwitchMode, Reason
 from risk.errors import PolicyError
@@ -81,13 +81,14 @@ class Policy(BaseModel):
     allowed_action_types: tuple[ActionType, ...] | None = None
     allowed_resources: tuple[str, ...] | None = None
     blocked_resources: tuple[str, ...] = ()
-    max_risk_score: float = Field(default=1.0, ge=0.0, le=1.0)
-    max_actions_per_minute: int | None = Field(default=None, gt=0)
-    max_rows_per_window: int | None = Field(default=None, gt=0)
-    max_bytes_per_window: int | None = Field(default=None, gt=0)
-    volume_window_seconds: float = Field(default=3600.0, gt=0)
+    # Strict numbers: "0.5", True or 10.0 is refused, not read as 0.5, 1 or 10 (an int is a float, though).
+    max_risk_score: StrictFloat = Field(default=1.0, ge=0.0, le=1.0)
+    max_actions_per_minute: StrictInt | None = Field(default=None, gt=0)
+    max_rows_per_window: StrictInt | None = Field(default=None, gt=0)
+    max_bytes_per_window: StrictInt | None = Field(default=None, gt=0)
+    volume_window_seconds: StrictFloat = Field(default=3600.0, gt=0)
     mode: KillSwitchMode = KillSwitchMode.BLOCK
-    rollback_window: float = Field(default=900.0, gt=0, description="seconds of history ROLLBACK undoes")
+    rollback_window: StrictFloat = Field(default=900.0, gt=0, description="seconds of history ROLLBACK undoes")
 
     @field_validator("allowed_action_types", mode="before")
     @classmethod

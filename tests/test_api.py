@@ -431,6 +431,10 @@ def test_invalid_policy_is_422_naming_the_field(clients: Callable[..., httpx.Cli
         ({"allowed_action_types": ["teleport"]}, "allowed_action_types"),
         ({"blocked_resources": [""]}, "blocked_resources"),
         ({"surprise": 1}, "surprise"),
+        ({"max_risk_score": "0.5"}, "max_risk_score"),  # refused, not read as the number it spells
+        ({"max_actions_per_minute": 5.0}, "max_actions_per_minute"),
+        ({"max_rows_per_window": True}, "max_rows_per_window"),
+        ({"max_bytes_per_window": "10"}, "max_bytes_per_window"),
     ):
         response = admin.put("/v1/policies", json=policy)
         assert response.status_code == 422 and field in response.text, (policy, response.text)
@@ -845,6 +849,22 @@ def test_schema_violations_are_422_naming_the_field(
     response = clients(Role.AGENT).post("/v1/check", json=body)
     assert response.status_code == 422, response.text
     assert field in json.dumps(response.json()["detail"])
+
+
+@pytest.mark.parametrize(("field", "value"), [("success", "yes"), ("success", 1), ("rows", "5"), ("rows", 5.0),
+                                            ("rows", True), ("bytes", "12")])  # fmt: skip
+def test_outcome_values_of_another_type_are_422_not_coerced(
+    clients: Callable[..., httpx.Client], field: str, value: Any
+) -> None:
+    """ "yes" is not read as true, nor "5" or 5.0 as 5 rows: the trail records what the client said, or nothing."""
+    agent, auditor = clients(Role.AGENT), clients(Role.AUDITOR)
+    action_id = ok(agent.post("/v1/check", json=ALLOWED))["action_id"]
+    sent = agent.post("/v1/outcome", json={"action_id": action_id, "success": True, field: value})
+    assert sent.status_code == 422 and field in json.dumps(sent.json()["detail"]), sent.text
+    spooled = {"idempotency_key": "o1", "kind": "outcome", "action_id": action_id, "success": True, field: value}
+    reported = agent.post("/v1/reports", json={"records": [spooled]})
+    assert reported.status_code == 422 and field in json.dumps(reported.json()["detail"]), reported.text
+    assert ok(auditor.get("/v1/audit", params={"kind": "outcome"}))["records"] == []
 
 
 def test_the_remote_guard_sends_the_task_and_a_payee_it_names_is_not_new(
