@@ -434,9 +434,8 @@ class Tenants:
         refused an action id already decided)."""
         agent = self._recent.get((tenant, action_id))
         if agent is None:
-            found = self.audit.query(AuditQuery(action_id=action_id, kind="decision", agent_prefix=f"{tenant}/",
-                                                limit=1))  # fmt: skip
-            agent = found[0].agent_id if found else None
+            found = [r.agent_id for r in self.audit.query(decisions_of(action_id))]
+            agent = next((a for a in found if a.startswith(f"{tenant}/")), None)
         return agent if agent is not None and agent.startswith(f"{tenant}/") else None
 
     # ---- the human side of the kill switch ---------------------------------------------------
@@ -650,6 +649,15 @@ class Tenants:
             except Exception as exc:  # any failure means not ready; the message says which store and why
                 answers[name] = f"{type(exc).__name__}: {exc}"
         return answers
+
+
+def decisions_of(action_id: str) -> AuditQuery:
+    """The decision records of `action_id`, oldest first, in every tenant: an action has one, and a report adds at
+    most one per tenant (for an id a tenant's client made itself). No agent prefix, although only one tenant's
+    are wanted: PostgreSQL planned a prefix on a trail not yet analyzed as a scan of the tenant's every record
+    (1.4 ms at 30,000), and kept that plan in the prepared statement; by the action id alone it is one index
+    lookup at any size."""
+    return AuditQuery(action_id=action_id, kind="decision", limit=100)
 
 
 def record_event(audit: AuditStore, agent_id: str, fields: dict[str, Any], ts: float | None = None) -> None:

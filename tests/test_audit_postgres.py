@@ -24,9 +24,10 @@ from together import run_together
 
 import risk.audit.postgres
 from risk import ActionType, AuditError, Guard
-from risk.audit.postgres import PostgresAuditStore
+from risk.audit.postgres import _SELECT, PostgresAuditStore
 from risk.audit.record import COLUMNS, GENESIS_HASH, StoredRecord
-from risk.audit.store import AuditQuery, open_audit, purge, verify_store
+from risk.audit.store import AuditQuery, open_audit, purge, verify_store, where_clause
+from risk.tenants import decisions_of
 
 try:
     import psycopg
@@ -615,3 +616,16 @@ def test_the_append_statement_reads_the_primary_key_however_the_plan_is_cached(
     plan = "\n".join(row[0] for row in raw.execute(f"EXPLAIN {sql}", params).fetchall())
     assert "Scan" in plan and "Seq Scan" not in plan, plan
     assert all("using risk_audit_pkey" in line for line in plan.splitlines() if "Scan" in line), plan
+
+
+def test_the_lookup_of_an_actions_decisions_is_one_index_scan_however_the_plan_is_cached(
+    store: PostgresAuditStore, raw: Any
+) -> None:
+    """How an outcome or a report finds the agent of an action id: by the action index alone. With a tenant's
+    agent prefix too, the generic plan on a trail not yet analyzed read every record of the tenant."""
+    store.append_many([body(n, agent=f"tenant/agent-{n % 5}", action_id=uuid.uuid4().hex) for n in range(1, 201)])
+    where, params = where_clause(decisions_of("ab" * 16), "%s")
+    raw.execute("SET plan_cache_mode = force_generic_plan")
+    plan = "\n".join(row[0] for row in raw.execute(f"EXPLAIN {_SELECT} {where}", params).fetchall())
+    assert "Scan" in plan and "Seq Scan" not in plan, plan
+    assert all("on risk_audit_action" in line for line in plan.splitlines() if "Index Scan" in line), plan
