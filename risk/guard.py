@@ -110,7 +110,7 @@ class Guard:
         state: str | StateStore | None = None,
         home: str | Path | None = None,
         model: str | Path | BehaviorModel | None = DEFAULT_MODEL,
-        online: bool = True,
+        online: bool | OnlineScorer = True,
         endpoint: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -770,8 +770,11 @@ def _beside(state: StateStore) -> _Beside:
         return beside
 
 
-def _behavior_scorer(model: str | Path | BehaviorModel | None, online: bool, beside: _Beside) -> BehaviorScorer | None:
-    """The behavioral scorer a Guard was configured with; the shipped default model is optional."""
+def _behavior_scorer(
+    model: str | Path | BehaviorModel | None, online: bool | OnlineScorer, beside: _Beside
+) -> BehaviorScorer | None:
+    """The behavioral scorer a Guard was configured with; the shipped default model is optional. `online` is
+    True for the streaming model of the guards over this state store, or the streaming model to use."""
     if isinstance(model, BehaviorModel) or model is None:
         loaded = model
     else:
@@ -782,9 +785,10 @@ def _behavior_scorer(model: str | Path | BehaviorModel | None, online: bool, bes
                 raise
             log.warning("no default model in %s: scoring with rules and the online model only", SHIPPED_MODELS)
             loaded = None
-    if loaded is None and not online:
+    streaming = online if isinstance(online, OnlineScorer) else beside.streaming_model() if online else None
+    if loaded is None and streaming is None:
         return None
-    return BehaviorScorer(loaded, beside.streaming_model() if online else None, beside.profiles)
+    return BehaviorScorer(loaded, streaming, beside.profiles)
 
 
 def _volume_of(result: Any, **measures: Callable[[Any], int] | None) -> tuple[dict[str, int | None], str | None]:

@@ -32,12 +32,14 @@ from risk.audit.record import canonical_json
 from risk.audit.store import AuditQuery, AuditStore, utc_time
 from risk.catalog import Catalog
 from risk.errors import RiskError, StateError
+from risk.features import MODEL_FEATURES
 from risk.guard import Guard, decided_together
 from risk.idempotency import IdempotencyConflict, IdempotencyKeys
 from risk.keys import ApiKey, check_tenant
 from risk.policy import Policy
 from risk.rollback import RollbackReport
 from risk.scoring.model import DEFAULT_MODEL, SHIPPED_MODELS, BehaviorModel, ModelError, load_model
+from risk.scoring.online import OnlineScorer
 from risk.state import AgentState, StateStore
 from risk.tenant_policies import SERVICE_DEFAULT, PolicyView, TenantPolicies, policy_file
 
@@ -161,6 +163,9 @@ class Tenants:
         self._recent: OrderedDict[tuple[str, str], str] = OrderedDict()
         self.max_agents = max_agents
         self._admitted: set[tuple[str, str]] = set()  # agents the state store has admitted, not asked again
+        # Each tenant's own streaming model (with `online`): one learned from every tenant's outcomes would let one
+        # tenant's traffic raise another's scores, or teach it that another's anomalies are normal.
+        self._streaming: dict[str, OnlineScorer] = {}
         self._model = self._load_model()
         self.policies = TenantPolicies(catalog, self.record)
         self._generations: dict[str, int] = {}
@@ -597,12 +602,14 @@ class Tenants:
         with self._lock:
             cached = self._guards.get(key)
             if cached is None or cached.policy_hash != view.policy.policy_hash:
+                if self.online and tenant not in self._streaming:
+                    self._streaming[tenant] = OnlineScorer(MODEL_FEATURES)
                 guard = Guard(
                     agent_id=namespaced(check_tenant(tenant), agent_id if override else "*"),
                     audit=self.audit,
                     state=self.state,
                     model=self._model,
-                    online=self.online,
+                    online=self._streaming[tenant] if self.online else False,
                     home=self.home,
                     clock=self._clock,
                     **view.policy.model_dump(),

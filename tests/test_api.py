@@ -270,6 +270,24 @@ def test_agents_past_the_tenants_limit_are_refused_and_given_no_state(tmp_path: 
         assert not [key for key in service.state._windows if "acme/c" in key]  # nor a rate window
 
 
+def test_each_tenant_has_its_own_streaming_model(tmp_path: Path) -> None:
+    """With the streaming model on, what one tenant's agents do is learned for that tenant alone: a shared model
+    would let one tenant's traffic raise another's scores, or make another's anomalies look normal."""
+    with serve(Settings(home=tmp_path, model=None, online=True)) as running:
+        with running.client("acme", Role.AGENT) as acme, running.client("beta", Role.AGENT) as beta:
+            for i in range(30):
+                action_id = ok(acme.post("/v1/check", json={**ALLOWED, "agent_id": f"bot-{i % 3}"}))["action_id"]
+                assert ok(acme.post("/v1/outcome", json={"action_id": action_id, "success": True}))["recorded"]
+            ok(beta.post("/v1/check", json=ALLOWED))
+            with running.client("acme", Role.ADMIN) as admin:  # a policy change rebuilds the tenant's guards
+                put_policy(admin, {"max_risk_score": 0.9})
+                put_policy(admin, {"max_risk_score": 0.8}, agent="bot-0")
+        tenants = running.app.state.service.tenants
+        learned = {t: tenants.guard(t, "bot")._behavior.online for t in ("acme", "beta")}
+        assert (learned["acme"].learned, learned["beta"].learned) == (30, 0)
+        assert tenants.guard("acme", "bot-0")._behavior.online is learned["acme"]  # its own policy, the same model
+
+
 def test_outcomes_reports_and_reviewers_give_no_state_to_agents_past_the_limit(tmp_path: Path) -> None:
     """An agent the tenant has not admitted is admitted by its outcome (counting toward the limit) or refused:
     past the limit, an outcome is 409, a reported outcome is rejected, and terminate or reset is 409."""
