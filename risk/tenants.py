@@ -177,22 +177,24 @@ class Tenants:
     def check(
         self, tenant: str, action: ActionRequest, idempotency_key: str | None = None, caller: ApiKey | None = None
     ) -> Decision:
-        """Decide `action` for `tenant`; a repeated `idempotency_key` gets the first decision and records nothing.
+        """Decide `action` for `tenant`; a repeated `idempotency_key` (of the same agent) gets the first decision
+        and records nothing, unless that allowed the action and the agent has been paused or terminated since.
         An action of an agent the `caller` key is not bound to is denied (`agent_not_bound`)."""
         check_agent(action.agent_id)
         # Not bound: denied afresh, never given the decision another key got under the same idempotency key.
         if idempotency_key is None or _binding(caller, action.agent_id) is not None:
             return self._decide(tenant, action, caller)
+        key = _check_key(action.agent_id, idempotency_key)
         fingerprint = hashlib.sha256(canonical_json(asdict(action))).hexdigest()
-        first = self.idempotency.claim(tenant, idempotency_key, fingerprint)
+        first = self.idempotency.claim(tenant, key, fingerprint)
         if first is not None:
-            return Decision.from_dict(first)
+            return self._replayed(tenant, action, Decision.from_dict(first), caller)
         try:
             decision = self._decide(tenant, action, caller)
         except BaseException:
-            self.idempotency.release(tenant, idempotency_key)
+            self.idempotency.release(tenant, key)
             raise
-        self.idempotency.settle(tenant, idempotency_key, decision.to_dict())
+        self.idempotency.settle(tenant, key, decision.to_dict())
         return decision
 
     def check_many(
@@ -206,21 +208,25 @@ class Tenants:
         repeats: dict[int, int] = {}  # index -> the index whose decision its key names
         claimed: dict[str, tuple[int, str]] = {}  # key -> (index it answers, the action's fingerprint)
         try:
-            for index, (action, key) in enumerate(actions):
-                if key is None or _binding(caller, action.agent_id) is not None:  # denied afresh, as in `check`
+            for index, (action, client_key) in enumerate(actions):
+                if client_key is None or _binding(caller, action.agent_id) is not None:  # afresh, as in `check`
                     continue
+                key = _check_key(action.agent_id, client_key)
                 fingerprint = hashlib.sha256(canonical_json(asdict(action))).hexdigest()
                 if key in claimed:
                     first, first_fingerprint = claimed[key]
                     if fingerprint != first_fingerprint:
                         raise IdempotencyConflict(
-                            f"idempotency key {key!r} was used for a different action; use a new key"
+                            f"idempotency key {client_key!r} was used for a different action; use a new key"
                         )
                     repeats[index] = first
                 elif (first_answer := self.idempotency.claim(tenant, key, fingerprint)) is not None:
                     given[index] = Decision.from_dict(first_answer)
                 else:
                     claimed[key] = (index, fingerprint)
+            for index, replayed in list(given.items()):  # a stopped agent's replayed allow is decided afresh
+                if replayed.allowed and not self._running(tenant, actions[index][0].agent_id):
+                    del given[index]
             to_decide = [i for i in range(len(actions)) if i not in given and i not in repeats]
             decided = dict(
                 zip(
@@ -237,6 +243,21 @@ class Tenants:
             self.idempotency.settle(tenant, key, decided[index].to_dict())
         answers = decided | given
         return [answers[repeats.get(i, i)] for i in range(len(actions))]
+
+    def _replayed(self, tenant: str, action: ActionRequest, first: Decision, caller: ApiKey | None) -> Decision:
+        """The answer to a repeated idempotency key: its first decision, or, if that allowed the action and the
+        agent is no longer running, a decision made afresh (a denial by the kill switch, recorded): a key used
+        again must not let a paused or terminated agent run what it was once allowed."""
+        if not first.allowed or self._running(tenant, action.agent_id):
+            return first
+        return self._decide(tenant, action, caller)
+
+    def _running(self, tenant: str, agent_id: str) -> bool:
+        """Whether the agent's kill-switch state is running; not if the state store cannot say."""
+        try:
+            return self.status(tenant, agent_id).status is AgentStatus.RUNNING
+        except StateError:
+            return False
 
     def _decide(self, tenant: str, action: ActionRequest, caller: ApiKey | None = None) -> Decision:
         agent = namespaced(tenant, action.agent_id)
@@ -656,6 +677,12 @@ class Tenants:
             except Exception as exc:  # any failure means not ready; the message says which store and why
                 answers[name] = f"{type(exc).__name__}: {exc}"
         return answers
+
+
+def _check_key(agent_id: str, key: str) -> str:
+    """Where a check's idempotency key is kept: per agent, so that one agent's key never blocks (409) or
+    answers another's check, and apart from the keys the service makes for outcomes and reports."""
+    return f"check:{agent_id}:{key}"
 
 
 def decisions_of(action_id: str) -> AuditQuery:

@@ -19,6 +19,7 @@ from services import free_port
 from typer.testing import CliRunner
 
 from api.settings import Settings
+from risk.audit.record import canonical_json
 from risk.audit.store import AuditQuery, verify_store
 from risk.catalog import Catalog
 from risk.cli import app as cli
@@ -232,6 +233,48 @@ def test_repeated_idempotency_key_returns_the_first_decision_and_records_nothing
     # The same key in another tenant is another key.
     other = ok(clients(Role.AGENT, of="x" + uuid.uuid4().hex[:8]).post("/v1/check", json=body))
     assert other["action_id"] != first["action_id"]
+
+
+@pytest.mark.parametrize("stop", ["terminate", "pause"])
+def test_a_repeated_key_never_lets_a_stopped_agent_run_what_it_was_allowed(
+    clients: Callable[..., httpx.Client], stop: str
+) -> None:
+    """A replayed allow is the first decision only while the agent runs: after a terminate (or a pause), the
+    same key is decided afresh, denied by the kill switch and recorded, alone or in a batch."""
+    agent, reviewer, auditor = clients(Role.AGENT), clients(Role.REVIEWER), clients(Role.AUDITOR)
+    body = {**ALLOWED, "idempotency_key": "del-1"}
+    first = ok(agent.post("/v1/check", json=body))
+    assert first["allowed"]
+    if stop == "terminate":
+        ok(reviewer.post("/v1/agents/bot/terminate", json={"reason": "compromised"}))
+    else:
+        put_policy(clients(Role.ADMIN), BLOCKING)  # which pauses the agent on a blocked resource
+        paused = ok(agent.post("/v1/check", json=BLOCKED))
+        assert paused["outcome"] == "paused"
+    again = ok(agent.post("/v1/check", json=body))
+    batch = ok(agent.post("/v1/check/batch", json={"actions": [body]}))["decisions"]
+    for denied in (again, batch[0]):
+        assert not denied["allowed"] and denied["action_id"] != first["action_id"], denied
+        assert denied["reasons"][0]["code"] == ("agent_terminated" if stop == "terminate" else "agent_paused")
+    recorded = [r["action_id"] for r in _decision_records(auditor)]
+    assert {again["action_id"], batch[0]["action_id"]} <= set(recorded)
+
+
+def test_idempotency_keys_are_per_agent_and_apart_from_the_services_own(clients: Callable[..., httpx.Client]) -> None:
+    """One agent's key neither answers nor blocks (409) another agent's check; and a check key shaped like the
+    keys the service makes for outcomes and reports blocks neither."""
+    agent = clients(Role.AGENT)
+    mine = ok(agent.post("/v1/check", json={**ALLOWED, "idempotency_key": "tool-call-1"}))
+    theirs = ok(agent.post("/v1/check", json={**ALLOWED, "agent_id": "other", "idempotency_key": "tool-call-1"}))
+    assert theirs["allowed"] and theirs["agent_id"] == "other" and theirs["action_id"] != mine["action_id"]
+    outcome = {"action_id": mine["action_id"], "success": True, "error": None, "rows": None, "bytes": None}
+    digest = hashlib.sha256(canonical_json(outcome)).hexdigest()
+    for key in (f"outcome:{mine['action_id']}:{digest[:32]}", f"report:outcome:{mine['action_id']}"):
+        ok(agent.post("/v1/check", json={**ALLOWED, "agent_id": "other", "idempotency_key": key}))
+    assert ok(agent.post("/v1/outcome", json={"action_id": mine["action_id"], "success": True}))["recorded"]
+    spooled = {"idempotency_key": f"outcome:{mine['action_id']}", "kind": "outcome",
+               "action_id": mine["action_id"], "success": False}  # fmt: skip
+    assert ok(agent.post("/v1/reports", json={"records": [spooled]}))["accepted"] == 1
 
 
 def test_idempotency_keys_are_forgotten_after_their_retention(tmp_path: Path) -> None:
