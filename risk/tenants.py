@@ -525,10 +525,11 @@ class Tenants:
     def approvals(self, tenant: str) -> list[Approval]:
         """Paused agents of `tenant` with the action that paused them."""
         prefix = f"{tenant}/"
+        # By the prefix itself, not a range of agent ids: PostgreSQL compares ranges by the database's collation,
+        # and one that ignores punctuation (glibc's en_US) sorts "acme/bot" after "acme0", out of acme's range.
         rows = self.catalog.run(
-            "SELECT agent_id, action_id, decision FROM risk_pending WHERE agent_id >= ? AND agent_id < ? "
-            "ORDER BY agent_id",
-            (prefix, f"{tenant}0"),
+            "SELECT agent_id, action_id, decision FROM risk_pending WHERE substr(agent_id, 1, ?) = ? ORDER BY agent_id",
+            (len(prefix), prefix),
         ).rows
         found = []
         for agent, action_id, decision in rows:

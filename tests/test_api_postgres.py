@@ -74,6 +74,35 @@ def test_a_pause_made_through_one_service_holds_on_the_other_until_approved_ther
         assert ok(agent_two.post("/v1/check", json=BLOCKED))["outcome"] == "paused"
 
 
+def test_pending_approvals_are_listed_whatever_the_databases_collation(
+    pair: tuple[Running, Running], tenant: str, database: str
+) -> None:
+    """A collation that ignores punctuation (glibc's en_US, the default of many databases; here an ICU one set
+    up the same way) sorts "tenant/bot" after "tenant0": a tenant's paused agents must be listed all the same."""
+    import psycopg
+
+    one, _ = pair
+    with client(one, tenant, Role.ADMIN) as admin:
+        ok(admin.put("/v1/policies", json={"blocked_resources": ["data.phi.*"], "mode": "pause"}))
+    with psycopg.connect(database, autocommit=True) as raw:
+        raw.execute(
+            "CREATE COLLATION IF NOT EXISTS punctuation_ignored (provider = icu, locale = 'en-US-u-ka-shifted')"
+        )
+        raw.execute("ALTER TABLE risk_pending ALTER COLUMN agent_id TYPE TEXT COLLATE punctuation_ignored")
+        try:
+            assert raw.execute(
+                "SELECT %s::text < %s::text COLLATE punctuation_ignored", (f"{tenant}/bot", f"{tenant}0")
+            ).fetchone() == (False,)
+            with client(one, tenant, Role.AGENT) as agent, client(one, tenant, Role.REVIEWER) as reviewer:
+                paused = ok(agent.post("/v1/check", json=BLOCKED))
+                assert paused["outcome"] == "paused"
+                approvals = ok(reviewer.get("/v1/approvals"))["approvals"]
+                assert [a["pending_action_id"] for a in approvals] == [paused["action_id"]]
+                ok(reviewer.post("/v1/agents/bot/resume"))
+        finally:
+            raw.execute('ALTER TABLE risk_pending ALTER COLUMN agent_id TYPE TEXT COLLATE "default"')
+
+
 def test_idempotency_key_holds_across_services(pair: tuple[Running, Running], tenant: str) -> None:
     one, two = pair
     body = {**ALLOWED, "idempotency_key": "spooled-7"}
