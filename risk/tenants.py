@@ -583,15 +583,19 @@ class Tenants:
                 cards.append({k: card[k] for k in ("name", "version", "sha256", "features", "training") if k in card})
         return cards
 
-    def reload_model(self, actor: str) -> tuple[str | None, str | None]:
+    def reload_model(self, actor: str, tenant: str | None = None) -> tuple[str | None, str | None]:
         """Load the configured model again (a newer version, a replaced artifact) in every process.
 
-        Returns (old version, new version); ModelError leaves the current model in place.
+        Returns (old version, new version); ModelError leaves the current model in place. The reload is
+        recorded for the service (agent `*`) and, when a tenant's admin asked for it, for that tenant too, whose
+        auditors see only the tenant's own records.
         """
         old = self.model_version
         model = self._load_model()
         new = model.model_version if model is not None else None
-        self.record("*", {"kind": "model_reload", "actor": actor, "model_version": new, "detail": {"old": old}})
+        event = {"kind": "model_reload", "actor": actor, "model_version": new, "detail": {"old": old}}
+        for agent in ("*", *([namespaced(tenant, "*")] if tenant is not None else [])):
+            self.record(agent, event)
         with self._lock:
             self.catalog.run("UPDATE risk_generations SET value = value + 1 WHERE name = 'model'")
             self._generations = dict(self.catalog.run("SELECT name, value FROM risk_generations").rows)

@@ -24,6 +24,6 @@ def list_models(request: Request, key: Annotated[ApiKey, Depends(allow(Role.ADMI
 def reload_model(request: Request, key: Annotated[ApiKey, Depends(allow(Role.ADMIN))]) -> ReloadOut:
     """Models are the service's, not a tenant's: the operator installs them, any admin may have them re-read."""
     service = request.app.state.service
-    previous, active = service.tenants.reload_model(actor=f"{key.tenant}:{key.key_id}")
+    previous, active = service.tenants.reload_model(actor=f"{key.tenant}:{key.key_id}", tenant=key.tenant)
     service.metrics.model_in_use(active)
     return ReloadOut(previous=previous, active=active)
