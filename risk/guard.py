@@ -133,6 +133,7 @@ class Guard:
             rollback_window=rollback_window,
         )
         self._compiled = CompiledPolicy(self.policy)
+        _check_settings(audit=audit, state=state, keep_payloads=keep_payloads, model=model, online=online, home=home)
         self.keep_payloads = keep_payloads
         self.home = Path(home) if home is not None else default_home()
         self.audit: AuditStore = open_audit(audit) if audit is None or isinstance(audit, str) else audit
@@ -738,6 +739,26 @@ def _unaudited(exc: AuditError) -> Reason:
 def _denied_unaudited(decision: Decision, exc: AuditError) -> Decision:
     outcome = Outcome.BLOCKED if decision.outcome.allows else decision.outcome
     return replace(decision, allowed=False, outcome=outcome, reasons=(_unaudited(exc), *decision.reasons))
+
+
+def _check_settings(**given: Any) -> None:
+    """PolicyError unless each of the Guard's settings beside the policy has a type it can use: a policy file's
+    `audit: [url]` made a Python list the audit trail (its `append` took every record, nothing was stored, and
+    actions were allowed), and `keep_payloads: "false"` kept payloads, being a non-empty string."""
+    for name, value in given.items():
+        what, types = _SETTING_TYPES[name]
+        if not isinstance(value, types):
+            raise PolicyError(f"{name} must be {what}, not {type(value).__name__} {value!r:.80}")
+
+
+_SETTING_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
+    "audit": ("a store URL (a string), an audit store or None", (str, AuditStore, type(None))),
+    "state": ("a state URL (a string), a state store or None", (str, StateStore, type(None))),
+    "keep_payloads": ("true or false", (bool,)),
+    "model": ("a model name, a path, a BehaviorModel or None", (str, Path, BehaviorModel, type(None))),
+    "online": ("true, false or an OnlineScorer", (bool, OnlineScorer)),
+    "home": ("a folder (a string or a path) or None", (str, Path, type(None))),
+}
 
 
 @dataclass(slots=True)

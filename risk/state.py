@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from risk.actions import AgentStatus
 
@@ -26,6 +26,7 @@ class AgentState:
     approved_fingerprint: str | None = None
 
 
+@runtime_checkable  # so a Guard can refuse a value that is not a store (a list has an append too)
 class StateStore(Protocol):
     def get_state(self, agent_id: str) -> AgentState: ...
 

@@ -204,8 +204,9 @@ def test_check_reads_a_toml_policy_and_its_audit_field(run: Callable[..., Result
         ("blocked_resources: [data.phi.*\n", "not valid YAML"),
         ("- just\n- a list\n", "mapping"),
         ("max_risk_score: 7\n", "max_risk_score"),
+        ("keep_payloads: 'false'\n", "keep_payloads must be true or false"),
     ],
-    ids=["unknown-field", "bad-mode", "invalid-yaml", "not-a-mapping", "out-of-range"],
+    ids=["unknown-field", "bad-mode", "invalid-yaml", "not-a-mapping", "out-of-range", "not-a-boolean"],
 )
 def test_check_exits_2_with_a_readable_error_for_a_bad_policy_file(
     run: Callable[..., Result], tmp_path: Path, url: str, policy_text: str, expected: str

@@ -626,6 +626,27 @@ def test_bad_policy_files_fail_with_a_message_naming_the_problem(tmp_path: Path,
         Guard.from_file(path, audit=f"sqlite:///{tmp_path}/a.db")
 
 
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("audit: ['sqlite:///x.db']\n", "audit"),
+        ("audit: 5\n", "audit"),
+        ("state: 5\n", "state"),
+        ("model: 5\n", "model"),
+        ("keep_payloads: 'false'\n", "keep_payloads"),
+        ("online: 'no'\n", "online"),
+    ],
+)
+def test_settings_of_another_type_are_refused_not_used(tmp_path: Path, text: str, field: str) -> None:
+    """`audit: [url]` made a Python list the trail (every action allowed, no record stored), and the string
+    "false" kept payloads: a setting that is not of a type the guard can use is a PolicyError naming it."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(PolicyError, match=f"bad.yaml: {field} must be"):
+        Guard.from_file(path, home=tmp_path)
+    assert list(tmp_path.iterdir()) == [path]  # no trail was opened anywhere
+
+
 def test_a_risk_score_that_is_not_a_number_counts_as_above_the_threshold(tmp_path: Path) -> None:
     """NaN compares false with everything: a threshold written as `score > limit` would let it through."""
     guard = make_guard(tmp_path, max_risk_score=0.5, model=None)

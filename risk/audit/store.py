@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 from risk.audit.chain import Verification, verify_chain
 from risk.audit.record import GENESIS_HASH, AuditRecord, Sealed, StoredRecord, seal
@@ -201,6 +201,7 @@ class Head:
     hash: str
 
 
+@runtime_checkable  # so a Guard can refuse a value that is not a store (a list has an append too)
 class AuditStore(Protocol):
     url: str
 
