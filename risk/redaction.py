@@ -4,10 +4,10 @@ payment card numbers (Luhn-checked), medical record numbers."""
 from __future__ import annotations
 
 import bisect
-import functools
 import itertools
 import re
-from collections.abc import Callable, Iterator
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 # Where card numbers are looked for: a run of digits with single spaces or hyphens between them, never touching
@@ -45,14 +45,6 @@ def emails(text: str) -> Iterator[re.Match[str]]:
         at = found.end()
 
 
-def _mask_emails(text: str) -> str:
-    parts, last = [], 0
-    for m in emails(text):
-        parts += [text[last : m.start()], "[EMAIL]"]
-        last = m.end()
-    return "".join([*parts, text[last:]])
-
-
 _PHONE = re.compile(r"(?<![\w+])(?:\+?1[ .-]?)?(?:\(\d{3}\)|\d{3})[ .-]?\d{3}[ .-]?\d{4}(?!\d)")
 _MRN = re.compile(r"\b(?:MRN|medical[ _-]?record(?:[ _-]?(?:number|no))?)[\s:#=-]*[A-Z]{0,3}\d{5,12}\b", re.I)
 
@@ -65,7 +57,7 @@ def luhn_valid(digits: str) -> bool:
     """
     total = 0
     for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
+        d = int(ch)  # any script's decimal digit, as the patterns' \d finds them
         if i % 2 == 1:
             d = d * 2 - 9 if d > 4 else d * 2
         total += d
@@ -74,13 +66,14 @@ def luhn_valid(digits: str) -> bool:
 
 _PLAIN = bytes(range(256)).translate(bytes.maketrans(b"0123456789", bytes(range(10))))
 _DOUBLED = bytes.maketrans(b"0123456789", bytes([0, 2, 4, 6, 8, 1, 3, 5, 7, 9]))  # Luhn: 2d, less 9 past 9
-_ASCII_DIGITS = frozenset("0123456789")
 
 
 def card_spans(text: str) -> Iterator[tuple[int, int]]:
     """Where `text` holds a Luhn-valid card number (13 to 19 digits, single spaces or hyphens between them):
     a run of digits and separators that touches no other digit, or a stretch of whole groups of such a run. From
-    each group on, left to right, the longest stretch that is a card number is taken.
+    each group on, the longest stretch that is a card number is found, and overlapping ones are joined: taking
+    the first one found and moving on past it let a stretch that passed the checksum by chance, begun on a group
+    before the card (an SSN, a reference number), take part of the card and leave the rest of it in clear.
 
     Linear in the text: each group starts at most 7 candidate stretches (13 to 19 digits, and every group adds
     one at least), and each Luhn sum is a difference of two prefix sums.
@@ -98,10 +91,10 @@ def card_spans(text: str) -> Iterator[tuple[int, int]]:
             continue
         groups = [g.span() for g in _GROUP.finditer(value)]
         digits = "".join(value[a:b] for a, b in groups)
-        if len(digits) < 13 or not _ASCII_DIGITS.issuperset(digits):
-            if 13 <= len(digits) <= 19 and luhn_valid(digits):  # other scripts' digits: the whole run only
-                yield run.span()
+        if len(digits) < 13:
             continue
+        if not digits.isascii():  # other scripts' digits (as \d finds them), one ASCII digit each
+            digits = "".join(str(unicodedata.digit(ch)) for ch in digits)
         # Luhn doubles every second digit counted from the right end, so a stretch ending at an even index uses
         # `odd` (odd indexes doubled), one ending at an odd index uses `even`.
         plain = digits.encode().translate(_PLAIN)
@@ -110,9 +103,8 @@ def card_spans(text: str) -> Iterator[tuple[int, int]]:
         odd[1::2], even[0::2] = doubled[1::2], doubled[0::2]
         sums = {0: [0, *itertools.accumulate(odd)], 1: [0, *itertools.accumulate(even)]}
         starts = list(itertools.accumulate((b - a for a, b in groups), initial=0))  # digits before each group
-        i, n, base = 0, len(groups), run.start()
-        while i < n:
-            first = starts[i]
+        base, found = run.start(), None
+        for i, first in enumerate(starts[:-1]):
             k = bisect.bisect_right(starts, first + 19, i + 1) - 1  # stretches i..k-1 have at most 19 digits
             while k > i and starts[k] - first >= 13:  # the longest stretch first
                 last = starts[k]
@@ -121,38 +113,55 @@ def card_spans(text: str) -> Iterator[tuple[int, int]]:
                     break
                 k -= 1
             else:
-                i += 1
                 continue
-            yield base + groups[i][0], base + groups[k - 1][1]
-            i = k
+            start, end = base + groups[i][0], base + groups[k - 1][1]
+            if found is not None and start <= found[1]:
+                found = (found[0], max(found[1], end))
+                continue
+            if found is not None:
+                yield found
+            found = (start, end)
+        if found is not None:
+            yield found
 
 
-def _mask_cards(text: str) -> str:
-    parts, last = [], 0
-    for start, end in card_spans(text):
-        parts += [text[last:start], "[CARD]"]
-        last = end
-    return "".join([*parts, text[last:]]) if parts else text
-
-
-_MASKS: tuple[Callable[[str], str], ...] = (
-    functools.partial(_MRN.sub, "[MRN]"),
-    _mask_cards,
-    functools.partial(_SSN.sub, "[SSN]"),
-    _mask_emails,
-    functools.partial(_PHONE.sub, "[PHONE]"),
+# What each kind is found by. Every finder reads the text as given and their spans are masked together, an
+# overlap as one: masked one kind after another, a kind masked first could take part of the next and leave the
+# rest in clear (a number inside an address left the address's other characters; an address's local part, which
+# may hold hyphens and digits, took the last group of a card just before it).
+_FINDERS: tuple[tuple[str, Callable[[str], Iterable[tuple[int, int]]]], ...] = (
+    ("EMAIL", lambda text: (m.span() for m in emails(text))),
+    ("MRN", lambda text: (m.span() for m in _MRN.finditer(text))),
+    ("SSN", lambda text: (m.span() for m in _SSN.finditer(text))),
+    ("PHONE", lambda text: (m.span() for m in _PHONE.finditer(text))),
+    ("CARD", card_spans),
 )
 
 
 def mask_text(text: str) -> str:
-    """Replace every identifier found in `text` by its kind in brackets.
+    """Replace every identifier found in `text` by its kind in brackets; identifiers that overlap by the kinds
+    of all of them, as [CARD+EMAIL].
 
     >>> mask_text("Pt MRN: 00123456, SSN 123-45-6789, mail jo@example.org, card 4111 1111 1111 1111")
     'Pt [MRN], SSN [SSN], mail [EMAIL], card [CARD]'
+    >>> mask_text("4111 1111 1111 1111-jo.123-45-6789@example.org")
+    '[CARD+EMAIL+SSN]'
     """
-    for masked in _MASKS:
-        text = masked(text)
-    return text
+    found = sorted((start, end, kind) for kind, spans in _FINDERS for start, end in spans(text) if end > start)
+    if not found:
+        return text
+    merged: list[tuple[int, int, list[str]]] = []
+    for start, end, kind in found:
+        if merged and start < merged[-1][1]:
+            last_start, last_end, kinds = merged[-1]
+            merged[-1] = (last_start, max(last_end, end), kinds if kind in kinds else [*kinds, kind])
+        else:
+            merged.append((start, end, [kind]))
+    parts, at = [], 0
+    for start, end, kinds in merged:
+        parts += [text[at:start], f"[{'+'.join(kinds)}]"]
+        at = end
+    return "".join([*parts, text[at:]])
 
 
 def mask(value: Any) -> Any:
@@ -161,13 +170,23 @@ def mask(value: Any) -> Any:
     if isinstance(value, str):
         return mask_text(value)
     if isinstance(value, dict):
-        return {mask_text(str(k)): mask(v) for k, v in value.items()}
+        kept: dict[str, Any] = {}
+        for k, v in value.items():
+            key = base = mask_text(str(k))
+            # Keys that mask alike ("[EMAIL]") stay apart, or all but the last one's value would be lost.
+            alike = (f"{base} ({n})" for n in itertools.count(2))
+            while key in kept:
+                key = next(alike)
+            kept[key] = mask(v)
+        return kept
     if isinstance(value, list | tuple):
         return [mask(v) for v in value]
     if isinstance(value, int) and not isinstance(value, bool):
         masked = mask_text(str(value))  # a card number or MRN sent as a JSON number
         return masked if masked != str(value) else value
     if isinstance(value, float) and value.is_integer() and 1e12 <= abs(value) < 1e19:
+        if abs(value) > 2**53:  # rounded already: its digits cannot be checked, and may be most of a card's
+            return "[CARD]"
         digits = str(int(abs(value)))  # a card number sent as a JSON number with a fraction, 4111111111111111.0
         return "[CARD]" if next(card_spans(digits), None) is not None else value
     return value

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from risk import ActionType, Guard
-from risk.redaction import EMAIL_PATTERN, emails, mask, mask_text
+from risk.redaction import EMAIL_PATTERN, emails, luhn_valid, mask, mask_text
 from risk.resources import readings
 from risk.scoring.rules import (
     _SHELL_DESTRUCTIVE,
@@ -230,6 +230,67 @@ def test_emails_are_the_plain_patterns_matches(text: str) -> None:
 def test_the_download_to_shell_rule_fires_exactly_where_its_plain_form_does(text: str) -> None:
     # These pieces never spell the shell rules' other commands (rm, mkfs, dd, chmod, shred, ...).
     assert bool(_SHELL_DESTRUCTIVE.search(text)) == bool(PLAIN_DOWNLOAD_TO_SHELL.search(text))
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # Masked one kind after another, a stretch that passed the checksum by chance, begun on the group before
+        # the card, took part of it; or the card's stretch took the first group of what followed it.
+        ("683-80-4274 4489 0682 8836 0752", "[SSN+CARD]"),
+        ("878-271-5376 4099 2569 8805 8683", "[PHONE+CARD]"),
+        ("4748 4291 4177 7631 7063", "[CARD]"),  # a reference number before the card: masked with it
+        ("4042 3041 1442 6941 233-11-1621", "[CARD+SSN]"),
+        ("4042304114426941-233-11-1621", "[CARD+SSN]"),
+        ("4915 0008 0636 0836 766-438-6663", "[CARD+PHONE]"),
+        # A number inside an address left the rest of the address.
+        ("john.smith.123-45-6789@gmail.com", "[EMAIL+SSN]"),
+        ("jane.doe+4111111111111111@example.com", "[EMAIL+CARD]"),
+        ("pat-mrn-1234567@clinic.org", "[EMAIL+MRN]"),
+        ("4111 1111 1111 1111-jo.5@example.org", "[CARD+EMAIL]"),  # the address took the card's last group
+        ("\u0664\u0661" + "\u0661" * 14, "[CARD]"),  # 4111 1111 1111 1111 in Arabic-Indic digits
+        ("4111 1111 1111 1111 and 123-45-6789", "[CARD] and [SSN]"),  # apart, each its own
+    ],
+)
+def test_identifiers_next_to_or_inside_each_other_are_masked_whole(text: str, masked: str) -> None:
+    assert mask_text(text) == masked
+
+
+def luhn_completed(digits: str) -> str:
+    """`digits` with the check digit that makes them Luhn-valid."""
+    for check in "0123456789":
+        if luhn_valid(digits + check):
+            return digits + check
+    raise AssertionError("unreachable")
+
+
+@settings(max_examples=2000)
+@given(
+    st.lists(
+        st.one_of(
+            st.from_regex(r"\A\d{15}\Z")
+            .map(luhn_completed)
+            .map(lambda c: " ".join(c[i : i + 4] for i in range(0, 16, 4))),
+            st.from_regex(r"\A\d{15}\Z").map(luhn_completed),
+            st.from_regex(r"\A\d{3}-\d{2}-\d{4}\Z"),  # SSN
+            st.from_regex(r"\A\d{3}-\d{3}-\d{4}\Z"),  # phone
+            st.from_regex(r"\A[a-z]{1,5}\.\d{3}-\d{2}-\d{4}@mail\.example\Z"),  # an address with an SSN in it
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.sampled_from([" ", "-", ", "]),
+)
+def test_a_text_of_identifiers_keeps_no_digit(identifiers: list[str], separator: str) -> None:
+    """Cards, SSNs, phone numbers and addresses next to each other, however they meet: every digit is masked."""
+    masked = mask_text(separator.join(identifiers))
+    assert not any(ch.isdigit() for ch in masked), (identifiers, masked)
+
+
+def test_masked_dictionary_keys_that_read_alike_keep_every_value() -> None:
+    assert mask({"jo@x.example": 1, "al@y.example": 2, "ed@z.example": 3}) == {
+        "[EMAIL]": 1, "[EMAIL] (2)": 2, "[EMAIL] (3)": 3
+    }  # fmt: skip
 
 
 def test_masking_finds_an_address_glued_to_the_one_before() -> None:
