@@ -95,6 +95,14 @@ def checked_task(task: Any) -> str | None:
     return task
 
 
+def checked_id(name: str, value: Any, *, optional: bool = True) -> str | None:
+    """`value` if it is a non-empty string (or None, if `optional`); else ValueError naming `name`: an id that is
+    not text (a number, a list) broke the stores' keys and rows further on."""
+    if (value is None and optional) or (isinstance(value, str) and value):
+        return value
+    raise ValueError(f"{name} must be a non-empty string{' or None' if optional else ''}, not {value!r:.80}")
+
+
 def task_digest(task: str) -> str:
     """The SHA-256 the audit trail keeps of a task instead of its text. An unpaired surrogate is not UTF-8: it is
     hashed as its backslash escape, the form a remote guard sends, so both guards record the same digest.
@@ -109,17 +117,19 @@ def encoded_payload(payload: Any) -> bytes:
     """The payload as the audit trail hashes it: canonical JSON, with values JSON lacks as their text.
 
     Raises ValueError for a payload nested more than MAX_PAYLOAD_DEPTH levels deep or containing itself: the
-    scorers walk it, and the service refuses the same.
+    scorers walk it, and the service refuses the same; and for one no JSON can hold (an integer of more than
+    4,300 digits, say).
     """
+    deep = f"payload is nested more than {MAX_PAYLOAD_DEPTH} levels deep, or contains itself"
     try:
-        text: bytes | None = canonical_json(payload)
-    except (ValueError, RecursionError):  # what no encoder takes: a cycle, or a nesting beyond its stack
-        text = None
+        text = canonical_json(payload)
+    except (ValueError, TypeError, RecursionError) as exc:  # a cycle, a nesting beyond the stack, or worse
+        if nesting(payload) > MAX_PAYLOAD_DEPTH:
+            raise ValueError(deep) from None
+        raise ValueError(f"payload cannot be written as JSON ({exc})") from None
     # Nesting needs as many brackets; counting them in C spares the walk for nearly every payload.
-    if text is None or (
-        text.count(b"[") + text.count(b"{") > MAX_PAYLOAD_DEPTH and nesting(payload) > MAX_PAYLOAD_DEPTH
-    ):
-        raise ValueError(f"payload is nested more than {MAX_PAYLOAD_DEPTH} levels deep, or contains itself")
+    if text.count(b"[") + text.count(b"{") > MAX_PAYLOAD_DEPTH and nesting(payload) > MAX_PAYLOAD_DEPTH:
+        raise ValueError(deep)
     return text
 
 

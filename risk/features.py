@@ -208,7 +208,13 @@ def amounts(action_type: ActionType, payload: Any) -> tuple[tuple[str, float], .
             for key, item in value.items():
                 if isinstance(item, dict | list | tuple):
                     stack.append(item)
-                elif isinstance(item, int | float) and not isinstance(item, bool) and item and math.isfinite(item):
+                # An int is finite however large (math.isfinite would convert it to a float, and overflow).
+                elif (
+                    isinstance(item, int | float)
+                    and not isinstance(item, bool)
+                    and item
+                    and (isinstance(item, int) or math.isfinite(item))
+                ):
                     name = str(key).lower()
                     if name in _AMOUNT_KEYS:
                         found.append((f"{action_type.value}/{name}", math.log10(abs(item))))

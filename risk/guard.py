@@ -31,6 +31,7 @@ from risk.actions import (
     KillSwitchMode,
     Outcome,
     Reason,
+    checked_id,
     checked_task,
     encoded_payload,
     heaviest_first,
@@ -44,7 +45,7 @@ from risk.features import MODEL_FEATURES
 from risk.killswitch import MODE_OUTCOME, KillSwitch
 from risk.policy import CompiledPolicy, Policy, load_policy_file
 from risk.profiles import MemoryProfiles, ProfileStore
-from risk.redaction import mask
+from risk.redaction import mask, mask_text
 from risk.resources import Readings, readings
 from risk.rollback import RollbackReport, UndoLog, UndoStep, savepoint, snapshot_file
 from risk.scoring.behavior import Assessment, BehaviorScorer, combined
@@ -198,8 +199,9 @@ class Guard:
         Without `task`, the check carries the one of the `working_on` block it runs in, if any.
 
         Never raises for a denial. Raises ValueError for an unknown action type, a resource that is not
-        a non-empty string, a task that is not a string of at most 32,768 characters, or a payload nested
-        more than 64 levels deep or containing itself.
+        a non-empty string, a task that is not a string of at most 32,768 characters, an agent or session id
+        that is not a non-empty string, a payload nested more than 64 levels deep or containing itself, or
+        one no JSON can hold.
         """
         return self._decide(action_type, resource, payload, agent_id, session_id, task)
 
@@ -246,7 +248,8 @@ class Guard:
         atype = ActionType.parse(action_type)
         task = current_task(task)
         read = readings(resource, resolve_symlinks=atype.is_file)
-        agent = agent_id or self.agent_id
+        agent = checked_id("agent_id", agent_id) or self.agent_id
+        checked_id("session_id", session_id)
         now = self._clock()
         action_id = os.urandom(16).hex()
         payload_json = encoded_payload(payload)
@@ -455,9 +458,13 @@ class Guard:
         Raises ValueError, and records nothing, when rows or bytes is not a whole number from 0 to 2**53.
         """
         rows, bytes = outcome_amount("rows", rows), outcome_amount("bytes", bytes)  # noqa: A001
-        agent = agent_id or self.agent_id
+        checked_id("action_id", action_id, optional=False)
+        agent = checked_id("agent_id", agent_id) or self.agent_id
         now = self._clock()
-        detail: dict[str, Any] = {"status": "success" if success else "error", "error": error, "rows": rows,
+        # A tool's error message is kept with identifiers masked, payloads kept or not: it often quotes the data
+        # the tool was working on ("no claim for 123-45-6789").
+        kept_error = mask_text(error) if isinstance(error, str) else error
+        detail: dict[str, Any] = {"status": "success" if success else "error", "error": kept_error, "rows": rows,
                                   "bytes": bytes}  # fmt: skip
         # The action already ran: a state store that fails keeps neither its volume nor its profile update, and
         # the outcome record says so.

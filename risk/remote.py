@@ -36,6 +36,7 @@ from risk.actions import (
     Decision,
     Outcome,
     Reason,
+    checked_id,
     encoded_payload,
     outcome_amount,
     task_digest,
@@ -145,7 +146,8 @@ class RemoteGuard(Guard):
             raise ValueError(f"resource must be a non-empty string, got {resource!r}")
         task = current_task(task)
         payload_json = encoded_payload(payload)  # refused here as the embedded guard refuses it, before sending
-        agent = agent_id or self.agent_id
+        agent = checked_id("agent_id", agent_id) or self.agent_id
+        checked_id("session_id", session_id)
         if _SURROGATE.search(resource):  # not UTF-8, so no request carries it: denied here, as any policy denies it
             why = Reason("resource_control_characters", "resource has an unpaired surrogate character", 1.0, True)
             return self._decide_locally(
@@ -238,6 +240,7 @@ class RemoteGuard(Guard):
         agent_id: str | None = None,
     ) -> None:
         rows, bytes = outcome_amount("rows", rows), outcome_amount("bytes", bytes)  # noqa: A001 - as Guard refuses them
+        checked_id("action_id", action_id, optional=False)
         body = {"action_id": action_id, "success": success, "error": error, "rows": rows, "bytes": bytes}
         spooled = {"idempotency_key": f"outcome:{action_id}", "kind": "outcome", "ts": self._now(), **body}
         try:

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from risk.actions import MAX_AMOUNT, ActionType, checked_task, outcome_amount
-from risk.resources import MAX_RESOURCE_LENGTH
+from risk.actions import MAX_AMOUNT, ActionType, checked_task, encoded_payload, outcome_amount
+from risk.resources import MAX_RESOURCE_LENGTH, readings
 
 
 class TraceError(ValueError):
@@ -76,8 +76,8 @@ def read_trace(path: str | Path) -> Iterator[TraceAction]:
 def parse_line(line: str, where: str = "trace") -> TraceAction:
     try:
         raw = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise TraceError(f"{where}: not JSON ({exc.msg})") from None
+    except ValueError as exc:  # not JSON, or an integer too long to read (more than 4,300 digits)
+        raise TraceError(f"{where}: not JSON ({getattr(exc, 'msg', exc)})") from None
     except RecursionError:
         raise TraceError(f"{where}: JSON nested too deeply to read") from None
     if not isinstance(raw, dict):
@@ -101,6 +101,10 @@ def parse_line(line: str, where: str = "trace") -> TraceAction:
         raise TraceError(f"{where}: resource must be non-empty and at most {MAX_RESOURCE_LENGTH} characters")
     try:
         task = checked_task(raw.get("task"))
+        # What a guard refuses to check, refused here, where the file and line can be named: a resource too
+        # long once normalized, a payload nested too deeply (which also kept `risk train` from recursing).
+        readings(raw["resource"])
+        encoded_payload(raw.get("payload"))
     except ValueError as exc:
         raise TraceError(f"{where}: {exc}") from None
     outcome = raw.get("outcome")

@@ -297,6 +297,17 @@ def test_keep_payloads_masks_identifiers_in_dictionary_keys(make_guard: Callable
     assert b"jo.doe@example.org" not in db_bytes(db_path)
 
 
+@pytest.mark.parametrize("keep_payloads", [False, True])
+def test_an_outcomes_error_message_is_kept_with_identifiers_masked(
+    make_guard: Callable[..., Guard], db_path: Path, keep_payloads: bool
+) -> None:
+    """A tool's error often quotes the data it worked on; the trail keeps the message, not the identifiers."""
+    guard = make_guard(keep_payloads=keep_payloads)
+    decision = guard.check(ActionType.DATABASE_QUERY, "data.claims")
+    guard.record_outcome(decision.action_id, success=False, error="no claim for 123-45-6789, mailed jo@example.org")
+    assert raw_rows(db_path)[-1]["detail"]["error"] == "no claim for [SSN], mailed [EMAIL]"
+
+
 def test_keep_payloads_masks_card_numbers_given_as_json_numbers(
     make_guard: Callable[..., Guard], db_path: Path
 ) -> None:

@@ -116,6 +116,13 @@ def test_read_trace_without_label_leaves_it_none_and_numbers_session_ids_become_
     assert action.label is None and action.session_id == "7"
 
 
+def nested_lists(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("bad", "mentions"),
     [
@@ -125,8 +132,23 @@ def test_read_trace_without_label_leaves_it_none_and_numbers_session_ids_become_
         (json.dumps(line(label=2)), "label must be 0, 1 or absent"),
         (json.dumps(line(ts="yesterday")), "yesterday"),
         ("[1, 2]", "JSON object"),
+        (json.dumps(line())[:-1] + ', "payload": ' + "9" * 5000 + "}", "4300 digits"),
+        (json.dumps(line(payload=nested_lists(65))), "nested more than 64 levels"),
+        (json.dumps(line(payload=nested_lists(600))), "nested more than 64 levels"),  # `risk train` recursed on it
+        (json.dumps(line(resource="\ufdfa" * 300)), "once normalized (NFKC)"),  # 18 characters each, normalized
     ],
-    ids=["invalid-json", "missing-keys", "unknown-action-type", "label-2", "bad-timestamp", "not-an-object"],
+    ids=[
+        "invalid-json",
+        "missing-keys",
+        "unknown-action-type",
+        "label-2",
+        "bad-timestamp",
+        "not-an-object",
+        "huge-integer",
+        "too-deep",
+        "far-too-deep",
+        "too-long-normalized",
+    ],
 )
 def test_read_trace_names_file_and_line_of_a_bad_line(tmp_path: Path, bad: str, mentions: str) -> None:
     trace = write_lines(tmp_path / "t.jsonl", [line(), bad, line()])

@@ -7,7 +7,9 @@ import contextlib
 import os
 import sqlite3
 import threading
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from together import run_together
@@ -91,6 +93,63 @@ def test_action_type_accepts_member_or_string_and_rejects_unknown(tmp_path: Path
         guard.check(ActionType.FILE_READ, "   ")
     with pytest.raises(ValueError, match="must be a string"):
         guard.check(ActionType.FILE_READ, 42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        {"agent_id": 2**64},  # broke the SQLite row
+        {"agent_id": ["a"]},  # broke the state store's key
+        {"agent_id": 7},
+        {"agent_id": ""},
+        {"session_id": 5},
+        {"payload": 10**5000},  # refused, and not as "nested too deeply"
+    ],
+    ids=[
+        "huge-agent-id",
+        "list-agent-id",
+        "int-agent-id",
+        "empty-agent-id",
+        "int-session-id",
+        "huge-int",
+    ],
+)
+def test_check_refuses_ids_and_payloads_it_cannot_keep_with_a_value_error(tmp_path: Path, call: dict[str, Any]) -> None:
+    guard = make_guard(tmp_path, model=None)
+    payload = call.pop("payload", None)
+    with pytest.raises(ValueError, match=r"agent_id|session_id|cannot be written as JSON") as caught:
+        guard.check(ActionType.CUSTOM, "svc.x", payload, **call)
+    assert "nested" not in str(caught.value)
+    assert guard.check(ActionType.CUSTOM, "svc.x").allowed  # and goes on deciding
+
+
+def test_payloads_json_cannot_sort_or_key_are_decided_and_digested(tmp_path: Path) -> None:
+    """Keys of mixed types beside a value orjson cannot write, or keys JSON has no form for, are written as
+    their text: the check is decided, not a TypeError."""
+    guard = make_guard(tmp_path, model=None)
+    for payload in (
+        {1: "a", "b": 2**64},
+        {1: "a", "b": "\ud800"},
+        {(1, 2): "x"},
+        {Decimal(1): "x"},
+        {2**70: 1, "x": 2},
+    ):
+        assert guard.check(ActionType.CUSTOM, "svc.x", payload).allowed, payload
+
+
+def test_record_outcome_refuses_an_action_or_agent_id_that_is_not_text(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path, model=None)
+    decision = guard.check(ActionType.CUSTOM, "svc.x")
+    for call in ({"action_id": []}, {"action_id": 2**63}, {"action_id": decision.action_id, "agent_id": ["a"]}):
+        with pytest.raises(ValueError, match=r"action_id|agent_id"):
+            guard.record_outcome(**call)  # type: ignore[arg-type]
+    guard.record_outcome(decision.action_id, success=True)
+
+
+def test_an_amount_too_large_for_a_float_is_scored_not_a_model_failure(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path)  # the default model reads amounts
+    decision = guard.check(ActionType.API_CALL, "bank.transfer", {"amount": 10**400})
+    assert "model_unavailable" not in decision.reason_codes
 
 
 # ---- every row of the mode table ---------------------------------------------------------------------

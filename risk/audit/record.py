@@ -134,14 +134,24 @@ def _may_hold_non_finite(value: Any) -> bool:
 
 
 def _finite(value: Any) -> Any:
-    """`value` with each NaN or infinite float in its dicts and lists replaced by "NaN", "Infinity" or "-Infinity"."""
+    """`value` with each NaN or infinite float in its dicts and lists replaced by "NaN", "Infinity" or "-Infinity",
+    and each key as text, as orjson writes it (keys of mixed types cannot be sorted, a tuple key not written)."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {_key_text(k): _finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
+
+
+def _key_text(key: Any) -> str:
+    """A dict key as orjson writes it (null, true, 12, 1.5), or its text."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool | float):
+        return orjson.dumps(key).decode()
+    return str(key)  # an int of any size, a tuple, a Decimal
 
 
 def chain_hash(prev_hash: str, text: bytes) -> str:
