@@ -188,7 +188,10 @@ class Tenants:
         fingerprint = hashlib.sha256(canonical_json(asdict(action))).hexdigest()
         first = self.idempotency.claim(tenant, key, fingerprint)
         if first is not None:
-            return self._replayed(tenant, action, Decision.from_dict(first), caller)
+            replayed = Decision.from_dict(first)
+            if self._replay_holds(tenant, action.agent_id, replayed):
+                return replayed
+            return self._decide(tenant, action, caller)
         try:
             decision = self._decide(tenant, action, caller)
         except BaseException:
@@ -224,8 +227,8 @@ class Tenants:
                     given[index] = Decision.from_dict(first_answer)
                 else:
                     claimed[key] = (index, fingerprint)
-            for index, replayed in list(given.items()):  # a stopped agent's replayed allow is decided afresh
-                if replayed.allowed and not self._running(tenant, actions[index][0].agent_id):
+            for index, replayed in list(given.items()):  # one that does not hold is decided afresh below
+                if not self._replay_holds(tenant, actions[index][0].agent_id, replayed):
                     del given[index]
             to_decide = [i for i in range(len(actions)) if i not in given and i not in repeats]
             decided = dict(
@@ -244,16 +247,12 @@ class Tenants:
         answers = decided | given
         return [answers[repeats.get(i, i)] for i in range(len(actions))]
 
-    def _replayed(self, tenant: str, action: ActionRequest, first: Decision, caller: ApiKey | None) -> Decision:
-        """The answer to a repeated idempotency key: its first decision, or, if that allowed the action and the
-        agent is no longer running, a decision made afresh (a denial by the kill switch, recorded): a key used
-        again must not let a paused or terminated agent run what it was once allowed."""
-        if not first.allowed or self._running(tenant, action.agent_id):
-            return first
-        return self._decide(tenant, action, caller)
-
-    def _running(self, tenant: str, agent_id: str) -> bool:
-        """Whether the agent's kill-switch state is running; not if the state store cannot say."""
+    def _replay_holds(self, tenant: str, agent_id: str, first: Decision) -> bool:
+        """Whether a repeated idempotency key gets its first decision: not an allow once the agent is paused or
+        terminated (or the state store cannot say), which is decided afresh, denied by the kill switch and
+        recorded: a key used again must not let a stopped agent run what it was once allowed."""
+        if not first.allowed:
+            return True
         try:
             return self.status(tenant, agent_id).status is AgentStatus.RUNNING
         except StateError:
