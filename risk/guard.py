@@ -646,7 +646,7 @@ class Guard:
                 connection, f"risk_{decision.action_id}"
             ), f"roll back to savepoint before {decision.action_id}"
         if atype in (ActionType.FILE_WRITE, ActionType.FILE_DELETE):
-            return snapshot_file(decision.normalized_resource, self.home / "snapshots")
+            return snapshot_file(decision.resource, self.home / "snapshots")  # the path the tool opens
         return None, f"{atype.value} on {decision.resource} has no undo"
 
     # ---- audit ---------------------------------------------------------------------------------

@@ -8,13 +8,15 @@ failed is reported, never hidden.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import enum
 import itertools
 import os
 import shutil
+import stat
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,30 +119,85 @@ class UndoLog:
 
 
 def snapshot_file(path: str | os.PathLike[str], snapshot_dir: Path) -> tuple[Callable[[], None] | None, str]:
-    """Keep a copy of `path` as it is now and return an undo that puts it back, with a description.
+    """Keep a copy of the file `path` reaches now and return an undo that puts it back, with a description.
 
-    A file that does not exist yet is undone by deleting it; a directory cannot be snapshotted (None).
+    `path` is resolved as the OS opens it, now: against the working directory and through every symlink (a
+    write through a link changes its target, which is what is restored). A file that does not exist yet is
+    undone by deleting it; a directory cannot be snapshotted (None). The copy is readable by this user alone.
+
+    The undo acts inside the folder the file was in when the copy was made, and fails (so the rollback reports
+    it) if that folder was moved or replaced since, by a symlink say: it never writes or deletes elsewhere. It
+    writes the contents to a new file of a random name there, with the file's owner, mode and times, and renames
+    it over the file: a planted link cannot redirect the write, and a crash leaves no half-written file.
     """
-    target = Path(path)
+    target = Path(os.path.realpath(path))
     if target.is_dir():
         return None, f"directory {target} (not snapshotted)"
+    try:
+        folder = _Folder(target.parent)
+    except OSError as exc:
+        return None, f"{target}: its folder cannot be read ({exc.strerror}; not snapshotted)"
     if not target.exists():
 
         def remove() -> None:
-            target.unlink(missing_ok=True)
+            with folder.opened() as fd, contextlib.suppress(FileNotFoundError):
+                os.unlink(target.name, dir_fd=fd)
 
         return remove, f"remove {target}, which did not exist before"
-    snapshot_dir.mkdir(parents=True, exist_ok=True)
+    before = os.stat(target)
+    snapshot_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # made by an earlier version, or by hand, open to others
+        snapshot_dir.chmod(0o700)
     copy = snapshot_dir / uuid.uuid4().hex
-    shutil.copy2(target, copy)
+    with target.open("rb") as source, os.fdopen(os.open(copy, _NEW_FILE, 0o600), "wb") as kept:
+        shutil.copyfileobj(source, kept)
 
     def restore() -> None:
-        # Copy then rename, so a crash mid-restore never leaves a half-written file.
-        staging = target.with_name(f".{target.name}.risk-restore")
-        shutil.copy2(copy, staging)
-        os.replace(staging, target)
+        with folder.opened() as fd:
+            staging = f".risk-{uuid.uuid4().hex[:12]}"  # short: a long file name leaves room for it
+            try:
+                with copy.open("rb") as source, os.fdopen(os.open(staging, _NEW_FILE, 0o600, dir_fd=fd), "wb") as out:
+                    shutil.copyfileobj(source, out)
+                    with contextlib.suppress(PermissionError):  # only root gives a file to another owner
+                        os.fchown(out.fileno(), before.st_uid, before.st_gid)
+                    os.fchmod(out.fileno(), stat.S_IMODE(before.st_mode))  # after the owner: chown drops setuid
+                os.utime(staging, ns=(before.st_atime_ns, before.st_mtime_ns), dir_fd=fd)
+                os.replace(staging, target.name, src_dir_fd=fd, dst_dir_fd=fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(staging, dir_fd=fd)
+                raise
 
     return restore, f"restore {target} to its earlier contents"
+
+
+# A file made new, never one that exists already or a link planted under its name.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+
+
+class FolderChanged(OSError):
+    """The folder an undo acts in is no longer the one its snapshot was taken in."""
+
+
+class _Folder:
+    """A folder by identity (device and inode), so an undo can tell that it was moved or replaced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        found = os.stat(path)
+        self._identity = (found.st_dev, found.st_ino)
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[int]:
+        """A descriptor of the folder, if it is still the same one: what the undo does, it does relative to it."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            found = os.fstat(fd)
+            if (found.st_dev, found.st_ino) != self._identity:
+                raise FolderChanged(f"{self.path} is no longer the folder it was (moved, or replaced by a link)")
+            yield fd
+        finally:
+            os.close(fd)
 
 
 def savepoint(connection: Any, name: str) -> Callable[[], None]:

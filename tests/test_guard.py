@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import stat
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -508,6 +509,84 @@ def test_rollback_restores_files_exactly_and_is_idempotent(tmp_path: Path) -> No
     again = guard.rollback()
     assert again.steps == ()
     assert (work / "data.bin").read_bytes() == b"changed by a human after the rollback"
+
+
+def file_tools(guard: Guard) -> Any:
+    @guard.tool(ActionType.FILE_WRITE)
+    def write(path: str, data: str) -> None:
+        with open(path, "w") as out:
+            out.write(data)
+
+    return write
+
+
+def test_rollback_never_writes_or_deletes_outside_the_folder_it_snapshotted(tmp_path: Path) -> None:
+    """A link planted where the restore used to stage its copy, or a folder swapped for a link to elsewhere,
+    must not turn the guard's own rollback into a write or a deletion outside: the first is a new file of a
+    random name, the second fails and is reported."""
+    work, outside = tmp_path / "work", tmp_path / "outside"
+    (work / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "victim").write_text("precious")
+    (outside / "new.txt").write_text("precious too")
+    (work / "f").write_text("f before")
+    (work / "sub" / "g").write_text("g before")
+    guard = make_guard(tmp_path, model=None)
+    write = file_tools(guard)
+    (work / ".f.risk-restore").symlink_to(outside / "victim")  # the name the restore staged its copy under
+    write(str(work / "f"), "agent")
+    write(str(work / "sub" / "g"), "agent")
+    write(str(work / "sub" / "new.txt"), "agent")
+    (work / "sub").rename(work / "sub.old")
+    (work / "sub").symlink_to(outside)  # by someone else, after the writes
+    report = guard.rollback()
+    assert (outside / "victim").read_text() == "precious" and (outside / "new.txt").read_text() == "precious too"
+    assert (work / "f").read_text() == "f before" and not (work / "f").is_symlink()
+    assert not report.complete and len(report.not_undone) == 2
+    assert all("no longer the folder it was" in step.error for step in report.not_undone)
+
+
+def test_rollback_restores_the_file_a_tool_opened_by_the_path_as_given(tmp_path: Path) -> None:
+    """The snapshot is of the path the tool opens, not of its normalized reading ("%41" is not "A", a link's
+    target is what a write through it changes, a relative path is the working directory's)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "%41.txt").write_text("percent before")
+    (work / "A.txt").write_text("bystander")
+    (work / "real_cfg").write_text("cfg before")
+    (work / "cfg").symlink_to("real_cfg")
+    guard = make_guard(tmp_path, model=None)
+    write = file_tools(guard)
+    write(str(work / "%41.txt"), "agent")
+    write(str(work / "cfg"), "agent")
+    report = guard.rollback()
+    assert report.complete, report.not_undone
+    assert (work / "%41.txt").read_text() == "percent before" and (work / "A.txt").read_text() == "bystander"
+    assert (work / "real_cfg").read_text() == "cfg before" and (work / "cfg").is_symlink()
+
+
+def test_snapshots_are_private_and_restores_keep_owner_mode_and_long_names(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    long = work / ("n" * 250)
+    long.write_text("long before")
+    owned = work / "owned"
+    owned.write_text("owned before")
+    owner = 65534 if os.geteuid() == 0 else os.getuid()  # only root can give a file away
+    os.chown(owned, owner, owner)
+    owned.chmod(0o4755)
+    guard = make_guard(tmp_path, model=None)
+    write = file_tools(guard)
+    write(str(long), "agent")
+    write(str(owned), "agent")
+    snapshots = guard.home / "snapshots"
+    assert stat.S_IMODE(snapshots.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in snapshots.iterdir()} == {0o600}  # no setuid copy either
+    report = guard.rollback()
+    assert report.complete, report.not_undone
+    assert long.read_text() == "long before" and owned.read_text() == "owned before"
+    restored = owned.stat()
+    assert (restored.st_uid, restored.st_gid, stat.S_IMODE(restored.st_mode)) == (owner, owner, 0o4755)
 
 
 def test_rollback_restores_a_sqlite_table_exactly(tmp_path: Path) -> None:

@@ -154,6 +154,31 @@ def test_rollback_restores_what_was_written_removed_and_renamed_under_watch(
     assert verify_store(guard.audit).ok
 
 
+def test_a_path_through_a_link_and_up_is_judged_and_snapshotted_where_the_os_goes(
+    make: Callable[..., Guard], work: Path, tmp_path: Path
+) -> None:
+    """`link/../victim.txt` opens the victim beside the link's target: the OS follows the link before `..`.
+    Made absolute by collapsing `..` first, the watch judged (and snapshotted) work/victim.txt instead."""
+    outside = tmp_path / "outside"
+    (outside / "a").mkdir(parents=True)
+    (outside / "victim.txt").write_text("outside before")
+    (work / "link").symlink_to(outside / "a")
+    (work / "x.txt").write_text("bystander")
+    (work / "sub" / "inner").mkdir(parents=True)
+    (work / "sub" / "x.txt").write_text("sub before")
+    (work / "deep").symlink_to(work / "sub" / "inner")
+    guard = make(allowed_resources=[f"{work}/*"])
+    with guard.watch():
+        with pytest.raises(ActionDenied):
+            open(f"{work}/link/../victim.txt", "w").close()
+        with open(f"{work}/deep/../x.txt", "w") as out:  # work/sub/x.txt, not work/x.txt
+            out.write("agent")
+    assert (outside / "victim.txt").read_text() == "outside before"
+    report = guard.rollback()
+    assert report.complete, report.not_undone
+    assert (work / "sub" / "x.txt").read_text() == "sub before" and (work / "x.txt").read_text() == "bystander"
+
+
 def test_reads_leave_no_undo_step_and_devices_are_never_snapshotted(make: Callable[..., Guard], work: Path) -> None:
     (work / "a.txt").write_text("a")
     guard = make()

@@ -130,5 +130,5 @@ class ToolGovernor:
 
 def _undo(action_type: ActionType, decision: Decision, guard: Guard) -> Undo:
     if action_type in (ActionType.FILE_WRITE, ActionType.FILE_DELETE):
-        return snapshot_file(decision.normalized_resource, guard.home / "snapshots")
+        return snapshot_file(decision.resource, guard.home / "snapshots")  # the path the tool opens
     return None, f"{action_type.value} on {decision.resource} has no undo"

@@ -476,7 +476,9 @@ def _path(target: Any, dir_fd: Any = None) -> str:
     name = _text(target)
     if isinstance(dir_fd, int) and dir_fd >= 0 and not os.path.isabs(name):
         name = os.path.join(_descriptor_path(dir_fd), name)
-    return os.path.abspath(name)
+    # Made absolute, never normalized: os.path.abspath would collapse `link/..` before the link is followed,
+    # where the OS follows it first, so the policy and the snapshot saw another file than the one written.
+    return name if os.path.isabs(name) else os.path.join(os.getcwd(), name)
 
 
 def _descriptor_path(fd: int) -> str:
