@@ -535,7 +535,8 @@ class Guard:
         self, action_id: str, undo: Callable[[], None] | None, description: str, *, agent_id: str | None = None
     ) -> None:
         """Attach an undo (a compensation) to an allowed action; `None` marks it irreversible."""
-        self._undo.register(UndoStep(action_id, agent_id or self.agent_id, self._clock(), description, undo))
+        step = UndoStep(action_id, agent_id or self.agent_id, self._clock(), description, undo)
+        self._undo.register(step, keep_since=self._clock() - self.policy.rollback_window)
 
     # ---- wrapping tools ------------------------------------------------------------------------
 
@@ -583,7 +584,7 @@ class Guard:
                 return decision, step
 
             def after(decision: Decision, step: UndoStep, result: Any, error: BaseException | None) -> None:
-                self._undo.register(step)
+                self._undo.register(step, keep_since=self._clock() - self.policy.rollback_window)
                 if error is not None:
                     self.record_outcome(
                         decision.action_id,

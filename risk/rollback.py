@@ -81,9 +81,22 @@ class UndoLog:
         self._steps: dict[str, list[UndoStep]] = {}  # per agent, in the order their actions started
         self._undoing: set[int] = set()  # ids of the steps a rollback under way has taken
 
-    def register(self, step: UndoStep) -> None:
+    def register(self, step: UndoStep, *, keep_since: float | None = None) -> None:
+        """Add `step`; with `keep_since`, forget the steps of every agent older than that (no rollback reaches
+        them any more) and delete their snapshots, so a long run keeps neither growing."""
         with self._lock:
             bisect.insort(self._steps.setdefault(step.agent_id, []), step, key=lambda s: s.started)
+            expired: list[UndoStep] = []
+            if keep_since is not None:
+                for agent, steps in list(self._steps.items()):
+                    old = [s for s in steps if s.ts < keep_since and id(s) not in self._undoing]
+                    if old:
+                        expired += old
+                        self._steps[agent] = kept = [s for s in steps if s not in old]
+                        if not kept:
+                            del self._steps[agent]
+        for gone in expired:
+            _discard(gone)
 
     def rollback(self, agent_id: str, since: float, on_step: Callable[[UndoStep], None]) -> RollbackReport:
         """Undo `agent_id`'s pending steps newer than `since`, newest first; `on_step` sees each result.
@@ -106,6 +119,7 @@ class UndoLog:
                     try:
                         step.undo()
                         step.status, step.error = StepStatus.UNDONE, ""
+                        _discard(step)
                     except Exception as exc:  # an undo that fails is reported, and the others still run
                         step.status, step.error = StepStatus.FAILED, f"{type(exc).__name__}: {exc}"
                 results.append(StepResult(step.action_id, step.description, step.status, step.error))
@@ -116,6 +130,30 @@ class UndoLog:
                 # Undone and irreversible steps are finished; a failed one is tried again by the next rollback.
                 self._steps[agent_id] = [s for s in self._steps.get(agent_id, []) if s.status in _RETRYABLE]
         return RollbackReport(agent_id, tuple(results))
+
+
+class SnapshotUndo:
+    """An undo that puts back a copy kept under the snapshots folder; `discard` deletes the copy, once the step
+    is undone or past every rollback's window."""
+
+    def __init__(self, restore: Callable[[], None], copy: Path) -> None:
+        self._restore = restore
+        self.copy = copy
+
+    def __call__(self) -> None:
+        self._restore()
+
+    def discard(self) -> None:
+        if self.copy.is_dir() and not self.copy.is_symlink():
+            shutil.rmtree(self.copy, ignore_errors=True)
+        else:
+            self.copy.unlink(missing_ok=True)
+
+
+def _discard(step: UndoStep) -> None:
+    if isinstance(step.undo, SnapshotUndo):
+        with contextlib.suppress(OSError):
+            step.undo.discard()
 
 
 def snapshot_file(path: str | os.PathLike[str], snapshot_dir: Path) -> tuple[Callable[[], None] | None, str]:
@@ -168,7 +206,7 @@ def snapshot_file(path: str | os.PathLike[str], snapshot_dir: Path) -> tuple[Cal
                     os.unlink(staging, dir_fd=fd)
                 raise
 
-    return restore, f"restore {target} to its earlier contents"
+    return SnapshotUndo(restore, copy), f"restore {target} to its earlier contents"
 
 
 # A file made new, never one that exists already or a link planted under its name.

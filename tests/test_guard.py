@@ -589,6 +589,27 @@ def test_snapshots_are_private_and_restores_keep_owner_mode_and_long_names(tmp_p
     assert (restored.st_uid, restored.st_gid, stat.S_IMODE(restored.st_mode)) == (owner, owner, 0o4755)
 
 
+def test_snapshots_are_deleted_once_undone_or_past_the_rollback_window(tmp_path: Path) -> None:
+    """Every guarded write keeps a copy of the file: kept forever, a long run filled the disk (and the undo
+    log, memory) with copies no rollback could use."""
+    clock = Clock()
+    work = tmp_path / "work"
+    work.mkdir()
+    guard = make_guard(tmp_path, model=None, rollback_window=60, clock=clock)
+    write = file_tools(guard)
+    snapshots = guard.home / "snapshots"
+    for i in range(5):  # at 0, 30, 60, 90 and 120 s: at the last, those of 0 and 30 s are past the window
+        (work / f"f{i}").write_text("before")
+        write(str(work / f"f{i}"), "agent")
+        clock.now += 30
+    assert len(list(snapshots.iterdir())) == 3
+    assert [len(steps) for steps in guard._undo._steps.values()] == [3]
+    report = guard.rollback()  # at 150 s: the writes of 90 and 120 s
+    assert report.complete and len(report.steps) == 2
+    assert [(work / f"f{i}").read_text() for i in range(5)] == ["agent"] * 3 + ["before"] * 2
+    assert len(list(snapshots.iterdir())) == 1  # the write of 60 s, until the next write leaves it behind
+
+
 def test_rollback_restores_a_sqlite_table_exactly(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "app.db")
     conn.execute("CREATE TABLE claims (id INTEGER PRIMARY KEY, amount REAL, status TEXT)")

@@ -59,7 +59,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from risk.actions import ActionType, Decision, Outcome, Reason
 from risk.errors import ActionDenied, GuardDenied
 from risk.resources import MAX_RESOURCE_LENGTH
-from risk.rollback import snapshot_file
+from risk.rollback import SnapshotUndo, snapshot_file
 
 if TYPE_CHECKING:
     from risk.guard import Guard
@@ -528,7 +528,7 @@ def _tree_undo(path: str, snapshot_dir: Path) -> Undo:
     def restore() -> None:
         shutil.copytree(copy, path, symlinks=True, dirs_exist_ok=True)
 
-    return restore, f"restore the folder {path} and everything in it"
+    return SnapshotUndo(restore, copy), f"restore the folder {path} and everything in it"
 
 
 def _rename_undo(source: str, target: str, snapshot_dir: Path) -> Undo:
