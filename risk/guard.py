@@ -529,14 +529,19 @@ class Guard:
                 },
             )
 
-        return self._undo.rollback(agent, self._clock() - self.policy.rollback_window, record)
+        return self._undo.rollback(agent, self._clock() - self._rollback_window(), record)
+
+    def _rollback_window(self) -> float:
+        """Seconds of history a rollback undoes (the remote guard's is the policy default: its policy is the
+        service's)."""
+        return self.policy.rollback_window
 
     def register_undo(
         self, action_id: str, undo: Callable[[], None] | None, description: str, *, agent_id: str | None = None
     ) -> None:
         """Attach an undo (a compensation) to an allowed action; `None` marks it irreversible."""
         step = UndoStep(action_id, agent_id or self.agent_id, self._clock(), description, undo)
-        self._undo.register(step, keep_since=self._clock() - self.policy.rollback_window)
+        self._undo.register(step, keep_since=self._clock() - self._rollback_window())
 
     # ---- wrapping tools ------------------------------------------------------------------------
 
@@ -584,7 +589,7 @@ class Guard:
                 return decision, step
 
             def after(decision: Decision, step: UndoStep, result: Any, error: BaseException | None) -> None:
-                self._undo.register(step, keep_since=self._clock() - self.policy.rollback_window)
+                self._undo.register(step, keep_since=self._clock() - self._rollback_window())
                 if error is not None:
                     self.record_outcome(
                         decision.action_id,

@@ -286,6 +286,9 @@ class RemoteGuard(Guard):
     def reset(self, agent_id: str | None = None, *, actor: str = "reviewer") -> None:
         self._reviewer("POST", agent_id, "/reset")
 
+    def _rollback_window(self) -> float:
+        return ROLLBACK_WINDOW
+
     def _rollback(self, agent: str, *, actor: str) -> RollbackReport:
         """Undo what this process did for the agent (files, savepoints, compensations), newest first; each step
         is reported to the service's audit trail through the spool. Any key may do this: it undoes only the
@@ -304,7 +307,7 @@ class RemoteGuard(Guard):
                 }
             )
 
-        report = self._undo.rollback(agent, self._clock() - ROLLBACK_WINDOW, record)
+        report = self._undo.rollback(agent, self._clock() - self._rollback_window(), record)
         self._send_spool()
         return report
 
