@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import re
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -76,14 +77,15 @@ def verify(
     head: Annotated[str | None, typer.Option(help="A head hash kept elsewhere; also catches truncation.")] = None,
 ) -> None:
     """Recompute every hash in the chain. Exit 1 naming the first bad record."""
+    if head is not None and not re.fullmatch(r"[0-9a-f]{64}", head):  # else reported as records cut off the end
+        raise _fail(f"--head must be the 64 lower-case hex digits `risk audit head` prints, not {head!r}")
     store = _open(audit)
     result = verify_store(store, expected_head=head)
     if result.ok:
         console.print(f"[green]ok[/green]: {result.count} records verify; head {result.head_hash}")
         return
-    err.print(
-        f"[red]FAILED[/red] at record seq {result.first_bad_seq}: {result.problem} ({result.count} verified before it)"
-    )
+    where = f" at record seq {result.first_bad_seq}" if result.first_bad_seq is not None else ""
+    err.print(f"[red]FAILED[/red]{where}: {result.problem} ({result.count} verified before it)")
     raise typer.Exit(1)
 
 

@@ -1145,7 +1145,8 @@ def test_purge_never_deletes_a_young_record_appended_while_it_reads_the_boundary
     assert purge(operator, datetime(2015, 1, 1, tzinfo=UTC)) == 3
     with raw(db_path) as conn:
         left = [r[0] for r in conn.execute("SELECT seq FROM audit ORDER BY seq")]
-    assert young == [4] and 4 in left, left
+    # Verifying first (purge refuses a trail that fails) reads the head once more: a young record each time.
+    assert young[0] == 4 and all(seq in left for seq in young), (young, left)
     assert verify_store(writer).ok
     operator.close()
     writer.close()
@@ -1264,3 +1265,57 @@ def test_an_action_is_found_by_its_id_through_an_index_in_trails_old_and_new(tmp
     plan = " ".join(str(step[-1]) for step in steps)
     assert "USING INDEX audit_action" in plan, plan
     store.close()
+
+
+def test_a_row_sharing_its_seq_at_a_page_boundary_fails_verification(db_path: Path) -> None:
+    """Verification pages through the trail by seq; with the table's key on seq gone, a second row at the last
+    seq of a page was never read, though queries show it."""
+    store = SQLiteAuditStore(url_of(db_path))
+    store.append_many([_young(n) for n in range(1, 1101)])
+    assert verify_store(store).ok
+    with raw(db_path) as conn:
+        conn.executescript(
+            "CREATE TABLE audit_copy AS SELECT * FROM audit; DROP TABLE audit; ALTER TABLE audit_copy RENAME TO audit;"
+        )
+        _insert_row(conn, 1000, {**_young(1000), "resource": "data.phi.patients", "outcome": "allowed"}, "e" * 64)
+    result = verify_store(store)
+    assert not result.ok and "share a seq" in result.problem, result
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        "UPDATE audit SET body = CAST(body AS BLOB) WHERE seq = 3",
+        "UPDATE audit SET body = '" + "[" * 100_000 + "]" * 100_000 + "' WHERE seq = 3",
+        "UPDATE audit SET hash = CAST(hash AS BLOB) WHERE seq = 3",
+    ],
+    ids=["blob", "deeply-nested", "blob-hash"],
+)
+def test_verification_names_a_malformed_row_instead_of_crashing(db_path: Path, tamper: str) -> None:
+    store = SQLiteAuditStore(url_of(db_path))
+    for n in range(1, 6):
+        store.append(_young(n))
+    with raw(db_path) as conn:
+        conn.execute(tamper)
+    result = verify_store(store)
+    assert (result.ok, result.first_bad_seq) == (False, 3) and "edited" in result.problem, result
+
+
+def test_an_edited_purge_record_is_named_at_its_seq_and_a_failing_trail_is_never_purged(db_path: Path) -> None:
+    store = SQLiteAuditStore(url_of(db_path))
+    for n in range(1, 5):
+        store.append({**_young(n), "ts": "2010-01-01T00:00:00.000000+00:00"})
+    store.append(_young(5))
+    with raw(db_path) as conn:
+        conn.execute("UPDATE audit SET body = replace(body, '/srv/2.csv', '/srv/x.csv') WHERE seq = 2")
+    with pytest.raises(RetentionError, match="does not verify"):  # the purge would delete the evidence
+        purge(store, datetime(2015, 1, 1, tzinfo=UTC))
+    with raw(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM audit").fetchone() == (5,)
+        conn.execute("UPDATE audit SET body = replace(body, '/srv/x.csv', '/srv/2.csv') WHERE seq = 2")
+    assert purge(store, datetime(2015, 1, 1, tzinfo=UTC)) == 4
+    with raw(db_path) as conn:  # the purge record (seq 6) edited: its own seq is named, not seq 1
+        conn.execute("UPDATE audit SET body = replace(body, '\"purged_through_seq\":4', '\"purged_through_seq\":3') "
+                     "WHERE seq = 6")  # fmt: skip
+    result = verify_store(store)
+    assert (result.ok, result.first_bad_seq) == (False, 6) and "edited" in result.problem, result

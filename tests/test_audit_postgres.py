@@ -533,9 +533,10 @@ def test_purge_deletes_old_records_and_the_rest_still_verifies(store: PostgresAu
     assert verify_store(store, expected_head=kept_head).ok
     store.append(body(7))  # the chain goes on after the purge
     assert verify_store(store).count == 4
-    # Records purged without their retention record are missing records.
+    # Records purged without their retention record are missing records: the chain fails where it was.
     raw.execute("DELETE FROM risk_audit WHERE kind = 'retention'")
-    assert (verify_store(store).ok, verify_store(store).first_bad_seq) == (False, 1)
+    failed = verify_store(store)
+    assert (failed.ok, failed.first_bad_seq) == (False, 7) and "expected seq 6" in failed.problem
 
 
 def test_purge_keeps_what_the_retention_period_protects(store: PostgresAuditStore) -> None:

@@ -327,6 +327,15 @@ def test_audit_verify_with_the_current_head_passes(run: Callable[..., Result], u
     assert run("audit", "verify", "--head", kept, "--audit", url).exit_code == 0
 
 
+@pytest.mark.parametrize("head", ["foo", "A" * 64, " " + "a" * 63])
+def test_audit_verify_refuses_a_head_that_is_not_a_hash(
+    run: Callable[..., Result], url: str, six_records: None, head: str
+) -> None:
+    """Not reported as records cut off the end, which would send an auditor looking for a truncation."""
+    result = run("audit", "verify", "--head", head, "--audit", url)
+    assert result.exit_code == 2 and "64 lower-case hex digits" in one_line(result.stderr), result.output
+
+
 def test_audit_head_prints_count_seq_and_head_as_json(
     run: Callable[..., Result], url: str, db_path: Path, six_records: None
 ) -> None:

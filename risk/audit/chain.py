@@ -62,15 +62,17 @@ def verify_chain(
                 return bad(stored.seq, f"a record at seq {stored.seq} precedes the chain's start (seq 1): it was added")
             missing = "missing or reordered" if stored.seq > expected_seq else "reordered or duplicated"
             return bad(stored.seq, f"expected seq {expected_seq}: {missing}")
+        if not isinstance(stored.text, str) or not isinstance(stored.hash, str):  # a BLOB, a NULL: not as written
+            return bad(stored.seq, "record text or hash is not text: it was edited")
         try:
             body = json.loads(stored.text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: brackets nested past what the decoder can hold
             return bad(stored.seq, "record text is not JSON: it was edited")
         if not isinstance(body, dict):
             return bad(stored.seq, "record text is not a JSON object: it was edited")
         if body.get("seq") != stored.seq or body.get("prev_hash") != expected_prev:
             return bad(stored.seq, "record does not follow the one before: a record was removed or reordered")
-        recomputed = chain_hash(expected_prev, stored.text.encode())
+        recomputed = chain_hash(expected_prev, stored.text.encode("utf-8", "surrogatepass"))
         if recomputed != stored.hash:
             return bad(stored.seq, "record was edited: its hash does not match its contents")
         edited = [c for c in INDEXED if stored.columns.get(c) != body.get(c)]

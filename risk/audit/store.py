@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 
 from risk.audit.chain import Verification, verify_chain
-from risk.audit.record import GENESIS_HASH, AuditRecord, Sealed, StoredRecord, seal
+from risk.audit.record import AuditRecord, Sealed, StoredRecord, seal
 from risk.errors import AuditError, AuditRecordError, RetentionError
 
 # HIPAA asks that compliance documentation be kept six years (45 CFR 164.316(b)(2)).
@@ -287,19 +287,37 @@ def verify_store(store: AuditStore, expected_head: str | None = None) -> Verific
     passes only if the retention record of the purge that removed the records before it (naming that seq and
     that hash) is itself one of the verified records after them.
     """
+    # The head first: every row stored by then has a seq up to its seq (later ones come after it), so the rows
+    # read up to it must number its count, or some were never read: rows sharing a seq (a table that lost its
+    # key) are paged past, and one of them could hold what queries show and the chain does not.
+    head = store.head()
+    upto_head = 0
+
+    def counted(rows: Iterator[StoredRecord]) -> Iterator[StoredRecord]:
+        nonlocal upto_head
+        for row in rows:
+            upto_head += row.seq <= head.seq
+            yield row
+
     first = next(store.stored(), None)
     if first is None or first.seq <= 1:
-        return verify_chain(store.stored(), expected_head=expected_head)
-    try:
-        claimed = json.loads(first.text).get("prev_hash")
-    except (ValueError, AttributeError):
-        claimed = None
-    anchor = claimed if isinstance(claimed, str) else ""
-    # Where no retention record at all names the gap, say so at once rather than at the chain's first fault.
-    purges = store.query(AuditQuery(kind="retention", limit=1_000_000))
-    if not any(p.seq >= first.seq and p.detail.get("purged_through_seq") == first.seq - 1 for p in purges):
-        return Verification(False, 0, GENESIS_HASH, 1, f"records 1..{first.seq - 1} are missing with no purge")
-    return verify_chain(store.stored(), anchor_hash=anchor, first_seq=first.seq, expected_head=expected_head)
+        result = verify_chain(counted(store.stored()), expected_head=expected_head)
+    else:
+        try:
+            claimed = json.loads(first.text).get("prev_hash")
+        except (TypeError, ValueError, RecursionError, AttributeError):  # the chain names the edit at its seq
+            claimed = None
+        anchor = claimed if isinstance(claimed, str) else ""
+        stored = counted(store.stored())
+        result = verify_chain(stored, anchor_hash=anchor, first_seq=first.seq, expected_head=expected_head)
+    if result.ok and upto_head != head.count:
+        return Verification(
+            False, result.count, result.head_hash, None,
+            f"the trail holds {head.count} rows up to seq {head.seq} but {upto_head} were read in order: rows "
+            "share a seq (the table's key on seq was removed), and one the chain never reached may be shown by "
+            "queries",
+        )  # fmt: skip
+    return result
 
 
 def purge(store: AuditStore, before: datetime, *, retention: timedelta = DEFAULT_RETENTION, actor: str = "cli") -> int:
@@ -310,6 +328,12 @@ def purge(store: AuditStore, before: datetime, *, retention: timedelta = DEFAULT
     """
     now = datetime.now(UTC)
     before = (before if before.tzinfo else before.replace(tzinfo=UTC)).astimezone(UTC)
+    checked = verify_store(store)  # the purge record vouches for what it removes: a trail that fails, never
+    if not checked.ok:
+        raise RetentionError(
+            f"refusing to purge a trail that does not verify (at seq {checked.first_bad_seq}: {checked.problem}); "
+            "a purge would remove the evidence"
+        )
     if before > now - retention:
         keep_until = (now - retention).date().isoformat()
         raise RetentionError(
