@@ -47,7 +47,7 @@ from risk.policy import CompiledPolicy, Policy, load_policy_file
 from risk.profiles import MemoryProfiles, ProfileStore
 from risk.redaction import mask, mask_text
 from risk.resources import Readings, readings
-from risk.rollback import RollbackReport, UndoLog, UndoStep, savepoint, snapshot_file
+from risk.rollback import RollbackReport, UndoLog, UndoStep, savepoint, settle, snapshot_file
 from risk.scoring.behavior import Assessment, BehaviorScorer, combined
 from risk.scoring.model import DEFAULT_MODEL, SHIPPED_MODELS, BehaviorModel, ModelError, load_model
 from risk.scoring.online import OnlineScorer
@@ -589,6 +589,7 @@ class Guard:
                 return decision, step
 
             def after(decision: Decision, step: UndoStep, result: Any, error: BaseException | None) -> None:
+                settle(step.undo)  # the file as the tool left it: a later change by another is not undone over
                 self._undo.register(step, keep_since=self._clock() - self._rollback_window())
                 if error is not None:
                     self.record_outcome(

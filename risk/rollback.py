@@ -133,21 +133,74 @@ class UndoLog:
 
 
 class SnapshotUndo:
-    """An undo that puts back a copy kept under the snapshots folder; `discard` deletes the copy, once the step
-    is undone or past every rollback's window."""
+    """The undo of a file action: put back a copy kept under the snapshots folder (or remove the file the action
+    made). `settle` notes the file as the action left it; the undo then refuses (raises FileChanged) if the file
+    changed since, so a rollback never throws away, or brings back over, what someone else wrote after.
+    `discard` deletes the copy, once the step is undone or past every rollback's window."""
 
-    def __init__(self, restore: Callable[[], None], copy: Path) -> None:
+    def __init__(
+        self, restore: Callable[[], None], target: Path, copy: Path | None = None, folder: _Folder | None = None
+    ) -> None:
         self._restore = restore
+        self.target = target
         self.copy = copy
+        self._folder = folder
+        self._before = _file_state(target)  # what the undo puts back
+        self._left: object = _UNSETTLED
+
+    def settle(self) -> None:
+        """Note the file as it is now, once: the first call is when the action was over."""
+        if self._left is _UNSETTLED:
+            self._left = _file_state(self.target)
 
     def __call__(self) -> None:
+        if self._folder is not None:  # a moved or replaced folder is the first thing to say
+            with self._folder.opened():
+                pass
+        # As the action left it, as this undo would leave it, or as the last undo of the file left it (that of a
+        # later or overlapping action on it, such as a watched write inside a guarded tool): anything else is a
+        # change someone made since, which the undo would lose.
+        now = _file_state(self.target)
+        with _UNDONE_LOCK:
+            undone = _UNDONE.get(self.target, _UNSETTLED)
+        if self._left is not _UNSETTLED and now not in (self._left, self._before, undone):
+            raise FileChanged(f"{self.target} changed after the action: left as it is, not to lose that change")
         self._restore()
+        with _UNDONE_LOCK:
+            _UNDONE[self.target] = _file_state(self.target)
 
     def discard(self) -> None:
+        if self.copy is None:
+            return
         if self.copy.is_dir() and not self.copy.is_symlink():
             shutil.rmtree(self.copy, ignore_errors=True)
         else:
             self.copy.unlink(missing_ok=True)
+
+
+_UNSETTLED = object()
+_UNDONE: dict[Path, tuple[int, int] | None] = {}  # each file an undo put back, as it left it
+_UNDONE_LOCK = threading.Lock()
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    """Size and modification time, or None for no file: what a later write changes, and a restore brings back
+    (it keeps the snapshot's times), so a file restored by another rollback reads as it was."""
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_size, found.st_mtime_ns
+
+
+class FileChanged(OSError):
+    """A file an undo would restore or remove was changed after the action it undoes."""
+
+
+def settle(undo: Callable[[], None] | None) -> None:
+    """Note a file undo's file as its action left it (see SnapshotUndo); other undos have nothing to note."""
+    if isinstance(undo, SnapshotUndo):
+        undo.settle()
 
 
 def _discard(step: UndoStep) -> None:
@@ -181,7 +234,7 @@ def snapshot_file(path: str | os.PathLike[str], snapshot_dir: Path) -> tuple[Cal
             with folder.opened() as fd, contextlib.suppress(FileNotFoundError):
                 os.unlink(target.name, dir_fd=fd)
 
-        return remove, f"remove {target}, which did not exist before"
+        return SnapshotUndo(remove, target, folder=folder), f"remove {target}, which did not exist before"
     before = os.stat(target)
     snapshot_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(OSError):  # made by an earlier version, or by hand, open to others
@@ -206,7 +259,7 @@ def snapshot_file(path: str | os.PathLike[str], snapshot_dir: Path) -> tuple[Cal
                     os.unlink(staging, dir_fd=fd)
                 raise
 
-    return SnapshotUndo(restore, copy), f"restore {target} to its earlier contents"
+    return SnapshotUndo(restore, target, copy, folder), f"restore {target} to its earlier contents"
 
 
 # A file made new, never one that exists already or a link planted under its name.

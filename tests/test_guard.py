@@ -589,6 +589,19 @@ def test_snapshots_are_private_and_restores_keep_owner_mode_and_long_names(tmp_p
     assert (restored.st_uid, restored.st_gid, stat.S_IMODE(restored.st_mode)) == (owner, owner, 0o4755)
 
 
+def test_rollback_leaves_a_file_someone_changed_after_the_action(tmp_path: Path) -> None:
+    """Restoring over a later change would throw away someone else's work: the step fails, saying why."""
+    target = tmp_path / "shared.txt"
+    target.write_text("v0")
+    guard = make_guard(tmp_path, model=None)
+    write = file_tools(guard)
+    write(str(target), "v1 by the agent")
+    target.write_text("v2, a person's edit after it")
+    report = guard.rollback()
+    assert not report.complete and "changed after the action" in report.not_undone[0].error
+    assert target.read_text() == "v2, a person's edit after it"
+
+
 def test_snapshots_are_deleted_once_undone_or_past_the_rollback_window(tmp_path: Path) -> None:
     """Every guarded write keeps a copy of the file: kept forever, a long run filled the disk (and the undo
     log, memory) with copies no rollback could use."""

@@ -179,6 +179,23 @@ def test_a_path_through_a_link_and_up_is_judged_and_snapshotted_where_the_os_goe
     assert (work / "sub" / "x.txt").read_text() == "sub before" and (work / "x.txt").read_text() == "bystander"
 
 
+def test_one_agents_rollback_never_throws_away_what_another_wrote_after_it(
+    make: Callable[..., Guard], work: Path
+) -> None:
+    shared = work / "shared.txt"
+    shared.write_text("v0 original")
+    guard = make()
+    with guard.watch(agent_id="a"):
+        shared.write_text("v1 by a (bad)")
+    with guard.watch(agent_id="b"):
+        shared.write_text("v2 by b (good)")
+    first = guard.rollback("a")
+    assert not first.complete and "changed after the action" in first.not_undone[0].error
+    assert shared.read_text() == "v2 by b (good)"
+    assert guard.rollback("b").complete and shared.read_text() == "v1 by a (bad)"
+    assert guard.rollback("a").complete and shared.read_text() == "v0 original"  # the failed step, tried again
+
+
 def test_reads_leave_no_undo_step_and_devices_are_never_snapshotted(make: Callable[..., Guard], work: Path) -> None:
     (work / "a.txt").write_text("a")
     guard = make()

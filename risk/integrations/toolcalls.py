@@ -28,7 +28,7 @@ from risk.actions import ActionType, Decision, Outcome
 from risk.errors import GuardDenied
 from risk.guard import Guard
 from risk.integrations.tool_map import ToolMap
-from risk.rollback import snapshot_file
+from risk.rollback import settle, snapshot_file
 
 log = logging.getLogger("risk")
 
@@ -114,6 +114,7 @@ class ToolGovernor:
             return
         for decision, (undo, description) in zip(call.decisions, call.undos, strict=True):
             agent = decision.agent_id
+            settle(undo)  # the file as the call left it: a later change by another is not undone over
             self.guard.register_undo(decision.action_id, undo, description, agent_id=agent)
             self.guard.record_outcome(
                 decision.action_id, success=error is None, error=error, bytes=size, agent_id=agent
