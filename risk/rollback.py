@@ -243,15 +243,30 @@ def snapshot_file(path: str | os.PathLike[str], snapshot_dir: Path) -> tuple[Cal
     with target.open("rb") as source, os.fdopen(os.open(copy, _NEW_FILE, 0o600), "wb") as kept:
         shutil.copyfileobj(source, kept)
 
+    def fill(out: Any) -> None:
+        """Give the open file `out` the snapshot's contents, owner and mode."""
+        with copy.open("rb") as source:
+            shutil.copyfileobj(source, out)
+        out.flush()
+        with contextlib.suppress(PermissionError):  # only root gives a file to another owner
+            os.fchown(out.fileno(), before.st_uid, before.st_gid)
+        os.fchmod(out.fileno(), stat.S_IMODE(before.st_mode))  # after the owner: chown drops setuid
+
     def restore() -> None:
         with folder.opened() as fd:
+            with contextlib.suppress(FileNotFoundError):
+                now = os.stat(target.name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISREG(now.st_mode) and now.st_nlink > 1:
+                    # A file with other names (hard links): rewritten in place, or the other names would keep
+                    # the agent's contents. Not atomic, as no rename can keep the links.
+                    with os.fdopen(os.open(target.name, _EXISTING_FILE, dir_fd=fd), "wb") as out:
+                        fill(out)
+                    os.utime(target.name, ns=(before.st_atime_ns, before.st_mtime_ns), dir_fd=fd)
+                    return
             staging = f".risk-{uuid.uuid4().hex[:12]}"  # short: a long file name leaves room for it
             try:
-                with copy.open("rb") as source, os.fdopen(os.open(staging, _NEW_FILE, 0o600, dir_fd=fd), "wb") as out:
-                    shutil.copyfileobj(source, out)
-                    with contextlib.suppress(PermissionError):  # only root gives a file to another owner
-                        os.fchown(out.fileno(), before.st_uid, before.st_gid)
-                    os.fchmod(out.fileno(), stat.S_IMODE(before.st_mode))  # after the owner: chown drops setuid
+                with os.fdopen(os.open(staging, _NEW_FILE, 0o600, dir_fd=fd), "wb") as out:
+                    fill(out)
                 os.utime(staging, ns=(before.st_atime_ns, before.st_mtime_ns), dir_fd=fd)
                 os.replace(staging, target.name, src_dir_fd=fd, dst_dir_fd=fd)
             except BaseException:
@@ -262,8 +277,9 @@ def snapshot_file(path: str | os.PathLike[str], snapshot_dir: Path) -> tuple[Cal
     return SnapshotUndo(restore, target, copy, folder), f"restore {target} to its earlier contents"
 
 
-# A file made new, never one that exists already or a link planted under its name.
+# A file made new, never one that exists already or a link planted under its name; an existing one, not a link.
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+_EXISTING_FILE = os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW
 
 
 class FolderChanged(OSError):

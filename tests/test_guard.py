@@ -589,6 +589,16 @@ def test_snapshots_are_private_and_restores_keep_owner_mode_and_long_names(tmp_p
     assert (restored.st_uid, restored.st_gid, stat.S_IMODE(restored.st_mode)) == (owner, owner, 0o4755)
 
 
+def test_rollback_restores_a_hard_linked_file_under_every_name(tmp_path: Path) -> None:
+    one, other = tmp_path / "one.txt", tmp_path / "other.txt"
+    one.write_text("before")
+    os.link(one, other)
+    guard = make_guard(tmp_path, model=None)
+    file_tools(guard)(str(one), "agent")
+    assert guard.rollback().complete
+    assert (one.read_text(), other.read_text(), one.stat().st_nlink) == ("before", "before", 2)
+
+
 def test_rollback_leaves_a_file_someone_changed_after_the_action(tmp_path: Path) -> None:
     """Restoring over a later change would throw away someone else's work: the step fails, saying why."""
     target = tmp_path / "shared.txt"
