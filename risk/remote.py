@@ -46,6 +46,7 @@ from risk.audit.store import default_home
 from risk.errors import PolicyError, RiskError, StateError
 from risk.guard import Guard, current_task
 from risk.policy import Policy
+from risk.resources import readings
 from risk.rollback import RollbackReport, UndoLog, UndoStep
 from risk.state import AgentState
 
@@ -142,8 +143,9 @@ class RemoteGuard(Guard):
         task: str | None = None,
     ) -> Decision:
         atype = ActionType.parse(action_type)
-        if not isinstance(resource, str) or not resource:
-            raise ValueError(f"resource must be a non-empty string, got {resource!r}")
+        # What the embedded guard refuses, and the service would (a resource too long, as given or normalized):
+        # refused here, so it can never be let through with on_error="allow" while the service is down.
+        readings(resource)
         task = current_task(task)
         payload_json = encoded_payload(payload)  # refused here as the embedded guard refuses it, before sending
         agent = checked_id("agent_id", agent_id) or self.agent_id
@@ -244,18 +246,30 @@ class RemoteGuard(Guard):
         body = {"action_id": action_id, "success": success, "error": error, "rows": rows, "bytes": bytes}
         spooled = {"idempotency_key": f"outcome:{action_id}", "kind": "outcome", "ts": self._now(), **body}
         try:
-            self._call("POST", "/v1/outcome", json=body)
+            answer = self._call("POST", "/v1/outcome", json=body)
+            if not isinstance(answer.get("recorded"), bool):  # not the outcome endpoint's answer: not stored
+                raise _Unreachable(f"/v1/outcome answered {answer!r:.200}")
         except _Unreachable as exc:  # the action ran already: keep its outcome for later
-            log.warning("outcome of %s spooled: the service did not answer: %s", action_id, exc)
-            self.spool.add(spooled)
+            self._spool_outcome(spooled, f"the service did not answer: {exc}")
         except ServiceError as exc:
             # An action let through while the service was down is unknown to it until the spool holding its
             # decision is sent: the outcome goes after that decision, and the spool is sent now.
             if exc.status != 404 or not (action_id in self._let_through or self.spool.holds(action_id)):
                 raise
-            log.warning("outcome of %s spooled after its fail-open decision", action_id)
-            self.spool.add(spooled)
-            self._send_spool()
+            if self._spool_outcome(spooled, "after its fail-open decision"):
+                self._send_spool()
+
+    def _spool_outcome(self, record: dict[str, Any], why: str) -> bool:
+        """Keep an outcome for later; the tool ran already, so a spool that cannot be written is logged and
+        counted (`audit_failures`), never raised into the caller, who would lose the tool's result."""
+        try:
+            self.spool.add(record)
+        except OSError as exc:
+            self.audit_failures += 1
+            log.error("outcome of %s lost: not sent (%s) and not spooled: %s", record["action_id"], why, exc)
+            return False
+        log.warning("outcome of %s spooled %s", record["action_id"], why)
+        return True
 
     # ---- the human side of the kill switch -------------------------------------------------------
 
@@ -343,11 +357,15 @@ class RemoteGuard(Guard):
         try:
             answer = response.json()
         except ValueError:
-            raise _Unreachable(f"HTTP {response.status_code} from {path} with a body that is not JSON") from None
+            answer = None
+        # A refusal is a refusal whatever its body: a proxy's or an ingress's 401, 403 or 404 page is HTML, and
+        # taken for an outage it let the action through with on_error="allow".
         if response.status_code >= 400:
-            detail = answer.get("detail", answer) if isinstance(answer, dict) else answer
+            detail = answer.get("detail", answer) if isinstance(answer, dict) else answer or response.text[:200]
             why = self._redacted(f"{method} {path}: HTTP {response.status_code}: {detail}")
             raise ServiceError(why, response.status_code)
+        if answer is None:
+            raise _Unreachable(f"HTTP {response.status_code} from {path} with a body that is not JSON")
         if not isinstance(answer, dict):
             raise _Unreachable(f"HTTP {response.status_code} from {path} with an unexpected body")
         return answer
@@ -397,7 +415,18 @@ class RemoteGuard(Guard):
         except _Unreachable as exc:
             log.warning("spooled records not sent yet: %s", exc)
             return None
-        return {r.get("idempotency_key"): r.get("reason") for r in answer.get("rejected") or ()}
+        accepted, duplicates, rejected = answer.get("accepted"), answer.get("duplicates"), answer.get("rejected")
+        accounted = (
+            type(accepted) is int
+            and type(duplicates) is int
+            and isinstance(rejected, list)
+            and all(isinstance(r, dict) for r in rejected)
+            and accepted + duplicates + len(rejected) == len(batch)
+        )
+        if not accounted:  # an answer that does not account for every record: none of them is known to be stored
+            log.warning("spooled records not sent yet: /v1/reports answered %.200r", answer)
+            return None
+        return {r.get("idempotency_key"): r.get("reason") for r in rejected}  # type: ignore[union-attr]
 
     def flush(self) -> int:
         """Send the spool now; returns how many records are still waiting."""
@@ -493,16 +522,23 @@ class Spool:
         return self._parsed()[0]
 
     def _parsed(self) -> tuple[list[dict[str, Any]], list[bytes]]:
-        """The records, and the lines that are not JSON (a torn line from a crash mid-write)."""
+        """The records, and the lines that are not one (a torn line from a crash mid-write, or not an object)."""
         if not self.path.exists():
             return [], []
-        records, torn = [], []
+        records: list[dict[str, Any]] = []
+        torn: list[bytes] = []
         for line in self.path.read_bytes().splitlines():
             if not line.strip():
                 continue
             try:
-                records.append(orjson.loads(line))
+                record = orjson.loads(line)
             except orjson.JSONDecodeError:
+                record = None
+            # A line that is JSON but not a record (123, null, a list) is set aside like a torn one: kept, it made
+            # every check that sends the spool fail.
+            if isinstance(record, dict):
+                records.append(record)
+            else:
                 torn.append(line)
         return records, torn
 
@@ -525,7 +561,7 @@ class Spool:
         with self._locked():
             records, torn = self._parsed()
             if torn:  # kept for a human, once: the spool is rewritten without them below
-                log.error("spool %s has %d lines that are not JSON; moved to %s", self.path, len(torn), self.bad)
+                log.error("spool %s has %d lines that are not records; moved to %s", self.path, len(torn), self.bad)
                 with self.bad.open("ab") as bad:
                     bad.write(b"".join(line + b"\n" for line in torn))
             batches = _Batches(records, size)

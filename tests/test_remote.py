@@ -297,6 +297,38 @@ def test_an_action_whose_record_the_spool_cannot_keep_is_denied_not_raised(tmp_p
     guard.close()
 
 
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 429])
+def test_a_refusal_whose_body_is_not_json_raises_and_never_fails_open(tmp_path: Path, status: int) -> None:
+    """A proxy's or an ingress's 401 or 404 page is HTML: taken for an outage, it let the action through."""
+    with _answering(status, b"<html><body>Unauthorized</body></html>", {"Content-Type": "text/html"}) as url:
+        guard = Guard(endpoint=url, api_key="k", agent_id="bot", on_error="allow", home=tmp_path)
+        with pytest.raises(ServiceError, match=f"HTTP {status}"):
+            guard.check(ActionType.FILE_READ, "/reports/readonly/q3.csv")
+    assert guard.fail_open_count == 0 and guard.spool.pending() == 0
+    guard.close()
+
+
+def test_answers_that_do_not_account_for_what_was_sent_keep_it_spooled(tmp_path: Path) -> None:
+    """A 200 of another shape (a proxy's, a wrong endpoint's) on /v1/reports or /v1/outcome stores nothing:
+    the records stay in the spool, where they were deleted as if stored."""
+    with _answering(200, b'{"ok": true}') as url:
+        guard = Guard(endpoint=url, api_key="k", agent_id="bot", on_error="allow", home=tmp_path)
+        ran = guard.check(ActionType.API_CALL, "svc.call")  # not a decision: let through, and spooled
+        assert ran.allowed and guard.flush() == 1
+        guard.record_outcome(ran.action_id, success=True)
+        assert guard.flush() == 2 and [r["kind"] for r in guard.spool.read()] == ["decision", "outcome"]
+    guard.close()
+
+
+def test_an_outcome_the_spool_cannot_keep_is_counted_lost_not_raised_into_the_tool(tmp_path: Path) -> None:
+    (tmp_path / "not-a-folder").write_text("a file where the spool's folder should be")
+    guard = Guard(endpoint=f"http://127.0.0.1:{free_port()}", api_key="k", agent_id="bot",
+                  spool=tmp_path / "not-a-folder" / "spool.jsonl", home=tmp_path)  # fmt: skip
+    guard.record_outcome("ab" * 16, success=True)  # the tool ran already: its result must still reach the caller
+    assert guard.audit_failures == 1
+    guard.close()
+
+
 def test_remote_mode_refuses_policy_arguments_and_a_missing_key() -> None:
     with pytest.raises(ValueError, match="policy lives in the service"):
         Guard(endpoint="http://127.0.0.1:1", api_key="k", blocked_resources=["x"])
@@ -569,9 +601,9 @@ def test_a_spool_larger_than_a_request_may_be_is_sent_in_parts(tmp_path: Path) -
 
 
 def test_only_the_spooled_records_the_service_refuses_on_their_own_are_set_aside(tmp_path: Path) -> None:
-    guard, settings, port, tenant = guard_of_a_service_down(tmp_path, on_error="allow")
+    guard, settings, port, tenant = guard_of_a_service_down(tmp_path, on_error="allow", max_body_bytes=2048)
     good = [guard.check(ActionType.API_CALL, f"svc.{i}") for i in range(5)]
-    too_long = guard.check(ActionType.API_CALL, "svc." + "r" * 5000)  # longer than the service takes: 422
+    too_long = guard.check(ActionType.API_CALL, "svc." + "r" * 3000)  # larger alone than the service takes: 413
     good += [guard.check(ActionType.API_CALL, f"svc.{i}") for i in range(5, 9)]
     with serve(settings, port=port) as running:
         assert guard.flush() == 0
@@ -580,7 +612,7 @@ def test_only_the_spooled_records_the_service_refuses_on_their_own_are_set_aside
     assert [r.action_id for r in stored] == [d.action_id for d in good]
     refused = [json.loads(line) for line in guard.spool.rejected.read_text().splitlines()]
     assert [r["action_id"] for r in refused] == [too_long.action_id]
-    assert "422" in refused[0]["refused"] and "resource" in refused[0]["refused"]
+    assert "413" in refused[0]["refused"]
 
 
 def test_a_record_spooled_after_a_torn_line_is_sent_and_the_torn_line_kept_once(tmp_path: Path) -> None:
@@ -595,6 +627,29 @@ def test_a_record_spooled_after_a_torn_line_is_sent_and_the_torn_line_kept_once(
     guard.close()
     assert [r.action_id for r in stored] == [ran.action_id]
     assert guard.spool.bad.read_bytes() == b'{"idempotency_key": "dead", "kind": "deci\n'
+
+
+def test_a_spool_line_that_is_json_but_not_a_record_is_set_aside_and_the_rest_sent(tmp_path: Path) -> None:
+    guard, settings, port, tenant = guard_of_a_service_down(tmp_path, on_error="allow")
+    guard.spool.path.parent.mkdir(parents=True)
+    guard.spool.path.write_bytes(b"123\nnull\n")
+    ran = guard.check(ActionType.API_CALL, "svc.call")
+    with serve(settings, port=port) as running:
+        assert guard.flush() == 0
+        assert guard.check(ActionType.API_CALL, "svc.call").allowed  # and checks go on
+        stored = running.app.state.service.audit.query(AuditQuery(kind="decision", agent_prefix=f"{tenant}/"))
+    guard.close()
+    assert stored[0].action_id == ran.action_id
+    assert guard.spool.bad.read_bytes() == b"123\nnull\n"
+
+
+def test_a_resource_the_service_would_refuse_is_refused_here_and_never_let_through(tmp_path: Path) -> None:
+    guard = Guard(endpoint=f"http://127.0.0.1:{free_port()}", api_key="k", agent_id="bot", on_error="allow",
+                  home=tmp_path)  # fmt: skip
+    with pytest.raises(ValueError, match="the limit is 4096"):
+        guard.check(ActionType.API_CALL, "svc." + "r" * 5000)
+    assert guard.fail_open_count == 0 and guard.spool.pending() == 0
+    guard.close()
 
 
 @pytest.mark.parametrize("on_error", ["deny", "allow"])
