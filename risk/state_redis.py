@@ -181,6 +181,7 @@ class RedisState:
         self.prefix = prefix
         self._where = where
         self._redis_error = redis_module.RedisError
+        self._epoch: str | None = None  # the token this process found (or put) under the epoch key; see get_state
         self._acquire = client.register_script(_ACQUIRE)
         self._add = client.register_script(_ADD)
         self._total = client.register_script(_TOTAL)
@@ -210,9 +211,35 @@ class RedisState:
     # ---- kill-switch status ------------------------------------------------------------------
 
     def get_state(self, agent_id: str) -> AgentState:
+        """The agent's kill-switch state, read with the store's epoch: a token this process finds (or puts) under
+        one key on first use. A Redis that lost its data (restarted without persistence, flushed, evicted) has no
+        agent stopped any more, and every paused or terminated agent would read as running: with the token gone
+        or changed, the read fails (StateError, so checks deny) until this process restarts and takes the new
+        one, as an operator does once they know what was lost."""
         with self._errors("read the state of agent", agent_id):
-            raw = self._client.get(self._key("state", agent_id))
+            if self._epoch is None:
+                self._epoch = self._take_epoch()
+            raw, epoch = self._client.mget(self._key("state", agent_id), self._key("epoch", "token"))
+        if self._epoch is not None and _text(epoch) != self._epoch:
+            raise StateError(
+                f"the Redis state store {self._where} lost its data since this process first used it (its epoch "
+                f"token is {'gone' if epoch is None else 'another'}): the pauses and terminations it held are gone, "
+                "so no agent's state can be trusted; restart this service once that is known (see the README)"
+            )
         return self._decode(agent_id, raw)
+
+    def _take_epoch(self) -> str | None:
+        """The epoch token under its key, put there if there is none; None while Redis refuses writes (out of
+        memory) and holds none, when the next read tries again."""
+        import redis as redis_module
+
+        key, mine = self._key("epoch", "token"), os.urandom(8).hex()
+        try:
+            found = self._client.set(key, mine, nx=True, get=True)  # the value that was there, if any
+        except redis_module.ResponseError:  # a write refused: reads still answer
+            found = self._client.get(key)
+            return _text(found) if isinstance(found, bytes | str) else None
+        return _text(found) if isinstance(found, bytes | str) else mine
 
     def set_state(self, agent_id: str, state: AgentState) -> None:
         with self._errors("write the state of agent", agent_id):

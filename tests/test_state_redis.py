@@ -551,3 +551,22 @@ def test_a_corrupt_profile_raises_state_error(server: Any, url: str) -> None:
     with pytest.raises(StateError, match="profile of agent 'bad'"):
         RedisProfiles(state).read("bad", Probe("r", "p", ()), lambda p: p.actions)
     state.close()
+
+
+def test_a_redis_that_lost_its_data_fails_closed_until_the_process_restarts(
+    tmp_path: Path, server: Any, url: str
+) -> None:
+    """A Redis restarted without persistence (or flushed) holds no stop any more: read as running, every paused
+    or terminated agent was let go. The epoch token the process found on first use is gone with the data, so
+    its checks deny instead; a process started afterwards takes the new token, knowing what was lost."""
+    guard = _guard(tmp_path, url, "stopped", Clock(), mode=KillSwitchMode.TERMINATE, model=None)
+    assert guard.check(ActionType.DATABASE_QUERY, "data.phi.patients").outcome.value == "terminated"
+    prefix = RedisState.from_url(url).prefix
+    server.delete(*server.scan_iter(match=f"{prefix}*"))  # what a restart without persistence leaves
+    after = guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims")
+    assert not after.allowed and after.reasons[0].code == "state_unavailable"
+    assert "lost its data" in after.reasons[0].message
+    guard.close()
+    restarted = _guard(tmp_path / "again", url, "stopped", Clock(), model=None)
+    assert restarted.check(ActionType.DATABASE_QUERY, "data.deidentified.claims").allowed
+    restarted.close()
