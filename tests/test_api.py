@@ -313,6 +313,22 @@ def test_agents_past_the_tenants_limit_are_refused_and_given_no_state(tmp_path: 
         assert not [key for key in service.state._windows if "acme/c" in key]  # nor a rate window
 
 
+def test_a_batch_stops_asking_a_failing_state_store_after_its_first_failure(tmp_path: Path) -> None:
+    """Every action of a batch is denied while Redis is down, and only the first waits on it: each would wait out
+    the store's timeout (2 s against a Redis that hangs, half an hour for 1,000 actions)."""
+    settings = Settings(home=tmp_path, model=None, redis_url=f"redis://127.0.0.1:{free_port()}/0", max_agents=None)
+    with serve(settings) as running, running.client("acme", Role.AGENT) as agent:
+        batch = ok(
+            agent.post("/v1/check/batch", json={"actions": [{**ALLOWED, "agent_id": f"b{i}"} for i in range(5)]})
+        )
+        reasons = [d["reasons"][0] for d in batch["decisions"]]
+        assert [(d["allowed"], r["code"]) for d, r in zip(batch["decisions"], reasons, strict=True)] == [
+            (False, "state_unavailable")
+        ] * 5
+        assert "not asked" not in reasons[0]["message"]
+        assert all("not asked: it failed for an earlier action of this batch" in r["message"] for r in reasons[1:])
+
+
 def test_each_tenant_has_its_own_streaming_model(tmp_path: Path) -> None:
     """With the streaming model on, what one tenant's agents do is learned for that tenant alone: a shared model
     would let one tenant's traffic raise another's scores, or make another's anomalies look normal."""
