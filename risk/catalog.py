@@ -149,9 +149,10 @@ class Catalog:
         import psycopg
         from psycopg.conninfo import conninfo_to_dict
 
-        extra: dict[str, Any] = {} if conninfo_to_dict(self.url).get("connect_timeout") else {"connect_timeout": 10}
+        from risk.audit.postgres import connection_defaults
+
         try:
-            return psycopg.connect(self.url, autocommit=True, **extra)
+            return psycopg.connect(self.url, autocommit=True, **connection_defaults(conninfo_to_dict(self.url)))
         except psycopg.Error as exc:
             raise CatalogError(f"cannot connect to the catalog {self.where}: {exc}") from None
 

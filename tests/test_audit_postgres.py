@@ -27,6 +27,7 @@ from risk import ActionType, AuditError, Guard
 from risk.audit.postgres import _SELECT, PostgresAuditStore
 from risk.audit.record import COLUMNS, GENESIS_HASH, StoredRecord
 from risk.audit.store import AuditQuery, open_audit, purge, verify_store, where_clause
+from risk.catalog import Catalog
 from risk.tenants import decisions_of
 
 try:
@@ -630,3 +631,23 @@ def test_the_lookup_of_an_actions_decisions_is_one_index_scan_however_the_plan_i
     plan = "\n".join(row[0] for row in raw.execute(f"EXPLAIN {_SELECT} {where}", params).fetchall())
     assert "Scan" in plan and "Seq Scan" not in plan, plan
     assert all("on risk_audit_action" in line for line in plan.splitlines() if "Index Scan" in line), plan
+
+
+def test_connections_notice_a_silent_server_in_seconds_unless_the_url_says_otherwise(
+    open_store: Callable[..., PostgresAuditStore], url: str
+) -> None:
+    """Without keepalives and a limit on unacknowledged data, a partition left every request of the process
+    waiting on the kernel's retries, about 15 minutes; the URL's own settings win."""
+    store = open_store()
+    store.append(body(1))
+    given = store._connection().info.get_parameters()
+    assert (given["keepalives"], given["tcp_user_timeout"], given["connect_timeout"]) == ("1", "10000", "10")
+    own = open_store(f"{url}&tcp_user_timeout=2500&keepalives_idle=30")
+    own.head()
+    chosen = own._connection().info.get_parameters()
+    assert (chosen["tcp_user_timeout"], chosen["keepalives_idle"], chosen["keepalives_count"]) == ("2500", "30", "3")
+    catalog = Catalog(url)
+    try:
+        assert catalog._conn.info.get_parameters()["tcp_user_timeout"] == "10000"
+    finally:
+        catalog.close()

@@ -4,7 +4,8 @@
 `?options=-csearch_path%3Dmy_schema` to keep the tables in a schema of their own, or `sslmode=require`.
 An append waits at most 5 s for a lock another session holds before it fails (and the action is denied),
 unless the URL, the role or the database sets `lock_timeout` itself (`options=-clock_timeout%3D2s`); a
-connection attempt gives up after 10 s unless the URL sets `connect_timeout`.
+connection attempt gives up after 10 s unless the URL sets `connect_timeout`, and a server gone silent is
+noticed within about 10 s (TCP keepalives, `tcp_user_timeout`) unless the URL sets those.
 
 Records go in `risk_audit` with the same layout as the SQLite store: the exact hashed text (`body`), its
 chain hash, and a few columns copied out for queries. Appends are optimistic, as in SQLite (see
@@ -80,6 +81,22 @@ _ROWS_PER_INSERT = 1000  # a statement takes at most 65,535 parameters
 _APPEND_BUDGET = 5.0  # seconds an append may keep losing races to other writers before it fails
 _LOCK_TIMEOUT = "5s"  # as the SQLite store's default `timeout`
 _CONNECT_TIMEOUT = 10  # seconds; psycopg's own default (130 s) would hang a guard's start for minutes
+# Unless the URL sets them: a server gone silent (a network partition, a host that died) is noticed within
+# about 10 s, by TCP keepalives on an idle connection and by the kernel's limit on data it sent and never saw
+# acknowledged, instead of after the kernel's own retries (15 minutes), every request of the process waiting.
+_CONNECTION_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": _CONNECT_TIMEOUT,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # ms
+}
+
+
+def connection_defaults(params: dict[str, Any]) -> dict[str, Any]:
+    """The connection settings a PostgreSQL store adds to those of its URL (`params`), which win."""
+    return {name: value for name, value in _CONNECTION_DEFAULTS.items() if not params.get(name)}
 
 
 class PostgresAuditStore:
@@ -197,9 +214,8 @@ class PostgresAuditStore:
             params = conninfo_to_dict(self.url)
         except psycopg.Error as exc:
             raise ValueError(f"invalid PostgreSQL audit URL {self._where}: {exc}") from None
-        extra: dict[str, Any] = {} if params.get("connect_timeout") else {"connect_timeout": _CONNECT_TIMEOUT}
         try:
-            conn = psycopg.connect(self.url, autocommit=True, **extra)
+            conn = psycopg.connect(self.url, autocommit=True, **connection_defaults(params))
         except psycopg.Error as exc:
             reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
             raise AuditError(
