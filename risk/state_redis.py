@@ -260,10 +260,7 @@ class RedisState:
                 pipe.execute()
                 return True
             except redis_module.WatchError:
-                # redis-py reports a reply lost while watching (a timeout on EXEC) as a WatchError too, though
-                # the write may have been made: read again, and a state that is now `new` was set. Taken as lost,
-                # a resume that took effect was answered 409 and went unrecorded.
-                return self._decode(agent_id, self._client.get(key)) == new
+                return False
 
     def _decode(self, agent_id: str, raw: bytes | str | None) -> AgentState:
         if raw is None:

@@ -30,7 +30,7 @@ from risk.killswitch import KillSwitch
 from risk.profiles import ActionSeen, MemoryProfiles, Probe
 from risk.scoring.behavior import BehaviorScorer
 from risk.state import AgentState, MemoryState, open_state
-from risk.state_redis import RedisProfiles, RedisState, _encode, parse_state_url
+from risk.state_redis import RedisProfiles, RedisState, parse_state_url
 from risk.traces import read_trace
 from risk.train import replay
 
@@ -570,27 +570,3 @@ def test_a_redis_that_lost_its_data_fails_closed_until_the_process_restarts(
     restarted = _guard(tmp_path / "again", url, "stopped", Clock(), model=None)
     assert restarted.check(ActionType.DATABASE_QUERY, "data.deidentified.claims").allowed
     restarted.close()
-
-
-@pytest.mark.parametrize("lands", ["the state asked for", "another state"])
-def test_a_compare_and_set_whose_write_is_there_after_a_watch_error_counts_as_made(
-    server: Any, url: str, lands: str
-) -> None:
-    """redis-py reports a reply lost on EXEC (a timeout) as a WatchError, as it does a write by another client;
-    the write may have been made, and was then answered 409 and never recorded. Here a write lands between the
-    read and EXEC: the move counts as made when the key holds the state asked for, and only then."""
-    paused, running = AgentState(AgentStatus.PAUSED, "why", "me"), AgentState(AgentStatus.RUNNING, "resumed", "you")
-    landing = running if lands == "the state asked for" else AgentState(AgentStatus.TERMINATED, "no", "x")
-
-    class Raced(RedisState):
-        def _decode(self, agent_id: str, raw: bytes | str | None) -> AgentState:
-            state = super()._decode(agent_id, raw)
-            if state == paused:  # the read inside the transaction: the other write lands before EXEC
-                server.set(self._key("state", agent_id), _encode(landing))
-            return state
-
-    store = RedisState.from_url(url)
-    store.set_state("a", paused)
-    assert Raced(store._client, store.prefix).replace_state("a", paused, running) is (landing == running)
-    assert store.get_state("a") == landing
-    store.close()
