@@ -89,11 +89,12 @@ class UndoLog:
             expired: list[UndoStep] = []
             if keep_since is not None:
                 for agent, steps in list(self._steps.items()):
-                    old = [s for s in steps if s.ts < keep_since and id(s) not in self._undoing]
-                    if old:
-                        expired += old
-                        self._steps[agent] = kept = [s for s in steps if s not in old]
-                        if not kept:
+                    kept = [s for s in steps if s.ts >= keep_since or id(s) in self._undoing]
+                    if len(kept) < len(steps):
+                        expired += [s for s in steps if s.ts < keep_since and id(s) not in self._undoing]
+                        if kept:
+                            self._steps[agent] = kept
+                        else:
                             del self._steps[agent]
         for gone in expired:
             _discard(gone)
