@@ -24,6 +24,9 @@ class AgentState:
     # An approval: the action (by fingerprint) that may run once despite its violations. Kept in the state, so
     # the move that grants it and any later move (a pause, resume, reset) that drops it are each one step.
     approved_fingerprint: str | None = None
+    # Which write put the state there (a store may stamp each one): not part of what the state says, so two
+    # states that say the same compare equal whoever wrote them.
+    write: str = field(default="", compare=False)
 
 
 @runtime_checkable  # so a Guard can refuse a value that is not a store (a list has an append too)

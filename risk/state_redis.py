@@ -32,6 +32,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -250,17 +251,22 @@ class RedisState:
         import redis as redis_module
 
         key = self._key("state", agent_id)
+        stamped = replace(new, write=os.urandom(8).hex())
         with self._errors("update the state of agent", agent_id), self._client.pipeline() as pipe:
             try:
                 pipe.watch(key)  # type: ignore[no-untyped-call]
                 if self._decode(agent_id, pipe.get(key)) != expected:
                     return False
                 pipe.multi()
-                pipe.set(key, _encode(new))
+                pipe.set(key, _encode(stamped))
                 pipe.execute()
                 return True
             except redis_module.WatchError:
-                return False
+                # redis-py reports a reply lost on EXEC (a timeout, a dropped connection) as a WatchError too,
+                # though the write may have been made: then the key holds this write's own stamp. Taken as lost,
+                # a resume that took effect was answered 409 and never recorded. The stamp, not the state, tells:
+                # another worker's identical move (using the same approval) has its own.
+                return self._decode(agent_id, self._client.get(key)).write == stamped.write
 
     def _decode(self, agent_id: str, raw: bytes | str | None) -> AgentState:
         if raw is None:
@@ -274,6 +280,7 @@ class RedisState:
                 pending_action_id=fields.get("pending_action_id"),
                 pending_fingerprint=fields.get("pending_fingerprint"),
                 approved_fingerprint=fields.get("approved_fingerprint"),
+                write=str(fields.get("write", "")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StateError(
@@ -473,6 +480,7 @@ def _encode(state: AgentState) -> str:
             "pending_action_id": state.pending_action_id,
             "pending_fingerprint": state.pending_fingerprint,
             "approved_fingerprint": state.approved_fingerprint,
+            "write": state.write,
         },
         separators=(",", ":"),
     )

@@ -7,6 +7,7 @@ deletes its keys afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -570,3 +571,63 @@ def test_a_redis_that_lost_its_data_fails_closed_until_the_process_restarts(
     restarted = _guard(tmp_path / "again", url, "stopped", Clock(), model=None)
     assert restarted.check(ActionType.DATABASE_QUERY, "data.deidentified.claims").allowed
     restarted.close()
+
+
+@contextmanager
+def dropping_exec_replies(url: str) -> Iterator[str]:
+    """A TCP proxy in front of `url`'s Redis that forwards everything, but cuts the client off right after
+    passing on a transaction's EXEC: Redis runs it, and its reply is lost, as on a timeout. Yields the URL."""
+    import threading
+
+    parts = urlsplit(url)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def pump(source: socket.socket, sink: socket.socket, to_redis: bool, cut: threading.Event) -> None:
+        try:
+            while data := source.recv(65536):
+                if not to_redis and cut.is_set():
+                    break  # the transaction's reply: never passed on
+                if to_redis and b"EXEC" in data:
+                    cut.set()
+                sink.sendall(data)
+                if cut.is_set() and to_redis:
+                    time.sleep(0.2)  # Redis runs the transaction before either side closes
+                    break
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379))
+            cut = threading.Event()
+            threading.Thread(target=pump, args=(client, upstream, True, cut), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client, False, cut), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}"))
+    finally:
+        listener.close()
+
+
+def test_a_kill_switch_move_whose_reply_is_lost_counts_as_made_and_an_approval_is_still_used_once(url: str) -> None:
+    """redis-py reports a reply lost on EXEC as a WatchError, as it does another client's write: a resume that
+    took effect was answered 409 and never recorded. Each write's own stamp now tells the two apart."""
+    paused = AgentState(AgentStatus.PAUSED, "why", "me", "act-1", "fp-1")
+    direct = RedisState.from_url(url)
+    direct.set_state("a", paused)
+    with dropping_exec_replies(url) as proxied:
+        lossy = RedisState.from_url(proxied)
+        resumed = AgentState(AgentStatus.RUNNING, "resumed", "reviewer")
+        assert lossy.replace_state("a", paused, resumed)  # the reply was lost; the write is there, and is ours
+        lossy.close()
+    assert direct.get_state("a") == resumed
+    direct.close()
