@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,6 +80,7 @@ class Catalog:
             self._postgres = True
             self.where = _redacted(url)
             self._conn = self._connect_postgres()
+            self._used = time.monotonic()
         else:
             raise ValueError(f"unsupported catalog URL {url!r}; use sqlite:///path.db or postgresql://user@host/db")
         self._migrate()
@@ -131,8 +133,12 @@ class Catalog:
             self._conn.close()
 
     def _connection(self) -> Any:
-        if self._postgres and self._conn.closed:  # the server dropped it: the next call reconnects
-            self._conn = self._connect_postgres()
+        if self._postgres:
+            from risk.audit.postgres import still_open
+
+            if not still_open(self._conn, self._used):  # the server dropped it: reconnect
+                self._conn = self._connect_postgres()
+            self._used = time.monotonic()
         return self._conn
 
     def _connect_sqlite(self) -> sqlite3.Connection:

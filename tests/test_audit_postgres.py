@@ -651,3 +651,22 @@ def test_connections_notice_a_silent_server_in_seconds_unless_the_url_says_other
         assert catalog._conn.info.get_parameters()["tcp_user_timeout"] == "10000"
     finally:
         catalog.close()
+
+
+def test_a_connection_the_server_dropped_while_idle_is_replaced_before_the_next_statement(
+    store: PostgresAuditStore, server: Any, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a server restart or a failover, the first statement on each idle connection failed: an append (a
+    decision denied audit_unavailable, a terminate unrecorded), or a catalog read (/readyz 503)."""
+    monkeypatch.setattr(risk.audit.postgres, "IDLE_CHECK_SECONDS", 0.0)  # every use counts as after a quiet spell
+    catalog = Catalog(url)
+    try:
+        store.append(body(1))
+        catalog.run("SELECT 1")
+        for pid in (store._conn.info.backend_pid, catalog._conn.info.backend_pid):
+            server.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        assert store.append(body(2)).seq == 2
+        assert catalog.run("SELECT value FROM risk_generations WHERE name = 'model'").rows
+        assert verify_store(store).ok
+    finally:
+        catalog.close()

@@ -24,9 +24,11 @@ edit a migration once released: append a new one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -94,6 +96,27 @@ _CONNECTION_DEFAULTS: dict[str, Any] = {
 }
 
 
+IDLE_CHECK_SECONDS = 1.0
+
+
+def still_open(conn: psycopg.Connection[Any], used: float) -> bool:
+    """Whether `conn`, last used at `used` (monotonic), can take the next statement. A connection the server or
+    the network dropped while it sat idle is known only when a statement fails on it, which failed the request
+    (a terminate went unrecorded, /readyz said 503) after every restart or failover: past a second of quiet, a
+    round trip tells first."""
+    if conn.closed:
+        return False
+    if time.monotonic() - used < IDLE_CHECK_SECONDS:
+        return True
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.Error:
+        with contextlib.suppress(psycopg.Error):
+            conn.close()
+        return False
+    return True
+
+
 def connection_defaults(params: dict[str, Any]) -> dict[str, Any]:
     """The connection settings a PostgreSQL store adds to those of its URL (`params`), which win."""
     return {name: value for name, value in _CONNECTION_DEFAULTS.items() if not params.get(name)}
@@ -116,6 +139,7 @@ class PostgresAuditStore:
         self._appender = ChainAppender(self._read_head, self._insert, budget=_APPEND_BUDGET)
         self._closed = False
         self._conn = self._connect()
+        self._used = time.monotonic()
         try:
             _migrate(self._conn, create=create, where=self._where)
         except psycopg.Error as exc:
@@ -205,8 +229,9 @@ class PostgresAuditStore:
         """The open connection, replacing one the server dropped. Call with the lock held."""
         if self._closed:
             raise AuditError(f"the audit store {self._where} is closed")
-        if self._conn.closed:
+        if not still_open(self._conn, self._used):
             self._conn = self._connect()
+        self._used = time.monotonic()
         return self._conn
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
