@@ -516,7 +516,7 @@ class Guard:
         """Undo the agent's actions inside the rollback window, newest first; the report says what was not undone."""
         return self._rollback(agent_id or self.agent_id, actor=actor)
 
-    def _rollback(self, agent: str, *, actor: str) -> RollbackReport:
+    def _rollback(self, agent: str, *, actor: str, only: UndoStep | None = None) -> RollbackReport:
         def record(step: UndoStep) -> None:
             self._record_event(
                 agent,
@@ -529,7 +529,7 @@ class Guard:
                 },
             )
 
-        return self._undo.rollback(agent, self._clock() - self._rollback_window(), record)
+        return self._undo.rollback(agent, self._clock() - self._rollback_window(), record, only=only)
 
     def _rollback_window(self) -> float:
         """Seconds of history a rollback undoes (the remote guard's is the policy default: its policy is the
@@ -590,22 +590,26 @@ class Guard:
 
             def after(decision: Decision, step: UndoStep, result: Any, error: BaseException | None) -> None:
                 settle(step.undo)  # the file as the tool left it: a later change by another is not undone over
-                self._undo.register(step, keep_since=self._clock() - self._rollback_window())
-                if error is not None:
-                    self.record_outcome(
-                        decision.action_id,
-                        success=False,
-                        error=f"{type(error).__name__}: {error}",
-                        agent_id=decision.agent_id,
-                    )
-                else:
-                    counts, refused = _volume_of(result, rows=rows, bytes=bytes)
-                    if refused:  # the tool ran: keep its outcome and say which count was not counted, not raise
-                        log.error("outcome of %s: %s", decision.action_id, refused)
-                    self.record_outcome(
-                        decision.action_id, rows=counts["rows"], bytes=counts["bytes"], error=refused,
-                        agent_id=decision.agent_id,
-                    )  # fmt: skip
+                missed = self._undo.register(step, keep_since=self._clock() - self._rollback_window())
+                try:
+                    if error is not None:
+                        self.record_outcome(
+                            decision.action_id,
+                            success=False,
+                            error=f"{type(error).__name__}: {error}",
+                            agent_id=decision.agent_id,
+                        )
+                    else:
+                        counts, refused = _volume_of(result, rows=rows, bytes=bytes)
+                        if refused:  # the tool ran: keep its outcome and say which count was not counted, not raise
+                            log.error("outcome of %s: %s", decision.action_id, refused)
+                        self.record_outcome(
+                            decision.action_id, rows=counts["rows"], bytes=counts["bytes"], error=refused,
+                            agent_id=decision.agent_id,
+                        )  # fmt: skip
+                finally:
+                    if missed:  # a rollback of the agent ran while this tool did: undone now, as it would have been
+                        self._rollback(decision.agent_id, actor="guard", only=step)
 
             if inspect.iscoroutinefunction(fn):
 

@@ -303,7 +303,7 @@ class RemoteGuard(Guard):
     def _rollback_window(self) -> float:
         return ROLLBACK_WINDOW
 
-    def _rollback(self, agent: str, *, actor: str) -> RollbackReport:
+    def _rollback(self, agent: str, *, actor: str, only: UndoStep | None = None) -> RollbackReport:
         """Undo what this process did for the agent (files, savepoints, compensations), newest first; each step
         is reported to the service's audit trail through the spool. Any key may do this: it undoes only the
         caller's own work."""
@@ -321,7 +321,7 @@ class RemoteGuard(Guard):
                 }
             )
 
-        report = self._undo.rollback(agent, self._clock() - self._rollback_window(), record)
+        report = self._undo.rollback(agent, self._clock() - self._rollback_window(), record, only=only)
         self._send_spool()
         return report
 

@@ -80,12 +80,17 @@ class UndoLog:
         self._lock = threading.Lock()
         self._steps: dict[str, list[UndoStep]] = {}  # per agent, in the order their actions started
         self._undoing: set[int] = set()  # ids of the steps a rollback under way has taken
+        # Per agent, where the action counter stood when its last rollback began: a step of an action started
+        # before that and registered after (its tool was still running) missed that rollback.
+        self._rolled_back_at: dict[str, int] = {}
 
-    def register(self, step: UndoStep, *, keep_since: float | None = None) -> None:
+    def register(self, step: UndoStep, *, keep_since: float | None = None) -> bool:
         """Add `step`; with `keep_since`, forget the steps of every agent older than that (no rollback reaches
-        them any more) and delete their snapshots, so a long run keeps neither growing."""
+        them any more) and delete their snapshots, so a long run keeps neither growing. True if a rollback of
+        the agent began while the step's action ran: it missed the step, which the caller should undo now."""
         with self._lock:
             bisect.insort(self._steps.setdefault(step.agent_id, []), step, key=lambda s: s.started)
+            missed = step.started < self._rolled_back_at.get(step.agent_id, -1)
             expired: list[UndoStep] = []
             if keep_since is not None:
                 for agent, steps in list(self._steps.items()):
@@ -98,17 +103,21 @@ class UndoLog:
                             del self._steps[agent]
         for gone in expired:
             _discard(gone)
+        return missed
 
-    def rollback(self, agent_id: str, since: float, on_step: Callable[[UndoStep], None]) -> RollbackReport:
-        """Undo `agent_id`'s pending steps newer than `since`, newest first; `on_step` sees each result.
+    def rollback(
+        self, agent_id: str, since: float, on_step: Callable[[UndoStep], None], *, only: UndoStep | None = None
+    ) -> RollbackReport:
+        """Undo `agent_id`'s pending steps newer than `since` (or just `only`), newest first; `on_step` sees each
+        result.
 
         A step is taken by one rollback at a time: one running alongside (a reviewer's and a ROLLBACK-mode
         trip, say) leaves it to the first, so no undo runs twice."""
         with self._lock:
-            steps = [
-                s for s in self._steps.get(agent_id, [])
-                if s.ts >= since and s.status in _RETRYABLE and id(s) not in self._undoing
-            ]  # fmt: skip
+            if only is None:
+                self._rolled_back_at[agent_id] = next(_started)
+            candidates = self._steps.get(agent_id, []) if only is None else [only]
+            steps = [s for s in candidates if s.ts >= since and s.status in _RETRYABLE and id(s) not in self._undoing]
             self._undoing.update(map(id, steps))
         results = []
         try:

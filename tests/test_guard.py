@@ -289,6 +289,30 @@ def test_approve_or_resume_of_a_running_agent_is_refused(tmp_path: Path) -> None
         guard.resume()
 
 
+def test_a_tool_still_running_when_rollback_mode_trips_is_undone_when_it_returns(tmp_path: Path) -> None:
+    """Its step is registered when it returns, after the trip's rollback ran: it was never undone."""
+    slow_file = tmp_path / "slow.txt"
+    slow_file.write_text("before")
+    guard = make_guard(tmp_path, blocked_resources=["*.pii"], mode=KillSwitchMode.ROLLBACK, model=None)
+    written, tripped = threading.Event(), threading.Event()
+
+    @guard.tool(ActionType.FILE_WRITE)
+    def slow_write(path: str, text: str) -> None:
+        Path(path).write_text(text)
+        written.set()
+        tripped.wait(10)  # still running while another call of the agent trips the kill switch
+
+    worker = threading.Thread(target=slow_write, args=(str(slow_file), "agent"))
+    worker.start()
+    assert written.wait(10)
+    assert guard.check(ActionType.FILE_WRITE, str(tmp_path / "patients.pii")).outcome is Outcome.ROLLED_BACK
+    tripped.set()
+    worker.join(10)
+    assert slow_file.read_text() == "before"
+    undone = records(guard, kind="rollback")
+    assert [(r.outcome, r.actor) for r in undone] == [("undone", "guard")]
+
+
 def test_rollback_mode_denies_undoes_the_window_and_pauses(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
