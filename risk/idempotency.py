@@ -58,8 +58,12 @@ class IdempotencyKeys:
         self._clock = clock
         self._claims = itertools.count(1)
 
-    def claim(self, tenant: str, key: str, fingerprint: str) -> dict[str, Any] | None:
-        """None when this request may answer under `key`; the first answer (as settled) when there is one."""
+    def claim(
+        self, tenant: str, key: str, fingerprint: str, *, fresh_for: float | None = None
+    ) -> dict[str, Any] | None:
+        """None when this request may answer under `key`; the first answer (as settled) when there is one. With
+        `fresh_for`, an answer older than that many seconds is not given: the key is claimed afresh (a repeat
+        that late is no retry, but a new request)."""
         if next(self._claims) % self._purge_every == 0:
             self.purge()
         deadline = time.monotonic() + WAIT
@@ -81,8 +85,17 @@ class IdempotencyKeys:
             request_hash, stored, claimed_at = rows[0]
             if request_hash != fingerprint:
                 raise IdempotencyConflict(f"idempotency key {key!r} was used for a different action; use a new key")
-            if stored is not None:
+            if stored is not None and (fresh_for is None or now - claimed_at <= fresh_for):
                 return json.loads(stored)  # type: ignore[no-any-return]
+            if stored is not None:  # too old to be a retry's answer: take the key over for this request
+                taken = self._catalog.run(
+                    "UPDATE risk_idempotency SET decision = NULL, claimed_at = ? "
+                    "WHERE tenant = ? AND idem_key = ? AND claimed_at = ?",
+                    (now, tenant, key, claimed_at),
+                ).rowcount
+                if taken == 1:
+                    return None
+                continue  # another request took it first: read it again
             if now - claimed_at > STALE:
                 taken = self._catalog.run(
                     "UPDATE risk_idempotency SET claimed_at = ? "

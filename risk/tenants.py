@@ -46,6 +46,10 @@ from risk.tenant_policies import SERVICE_DEFAULT, PolicyView, TenantPolicies, po
 log = logging.getLogger("risk")
 
 AGENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}")
+# A check's idempotency key is for its retries: a repeat within this many seconds gets the first decision, a later
+# one is decided afresh (and recorded). Kept for the keys' whole retention, a first allow let a running agent run
+# the same action again for days, past any policy change or rate limit, with no record of it.
+CHECK_REPLAY_SECONDS = 600.0
 RECENT_ACTIONS = 100_000  # action id -> agent, for outcomes, before falling back to the audit trail
 # Agent ids a tenant may use: each one costs state (a profile, windows) for as long as the state store lives,
 # so an agent key inventing ids could otherwise exhaust the service's memory or its Redis.
@@ -149,7 +153,7 @@ class Tenants:
         max_agents: int | None = DEFAULT_MAX_AGENTS,
     ) -> None:
         self.catalog = catalog
-        self.idempotency = IdempotencyKeys(catalog)
+        self.idempotency = IdempotencyKeys(catalog, clock=clock)
         self.audit = audit
         self.state = state
         self.model_spec = model
@@ -186,7 +190,7 @@ class Tenants:
             return self._decide(tenant, action, caller)
         key = _check_key(action.agent_id, idempotency_key)
         fingerprint = hashlib.sha256(canonical_json(asdict(action))).hexdigest()
-        first = self.idempotency.claim(tenant, key, fingerprint)
+        first = self._claim_check(tenant, key, fingerprint)
         if first is not None:
             replayed = Decision.from_dict(first)
             if self._replay_holds(tenant, action.agent_id, replayed):
@@ -223,7 +227,7 @@ class Tenants:
                             f"idempotency key {client_key!r} was used for a different action; use a new key"
                         )
                     repeats[index] = first
-                elif (first_answer := self.idempotency.claim(tenant, key, fingerprint)) is not None:
+                elif (first_answer := self._claim_check(tenant, key, fingerprint)) is not None:
                     given[index] = Decision.from_dict(first_answer)
                 else:
                     claimed[key] = (index, fingerprint)
@@ -246,6 +250,10 @@ class Tenants:
             self.idempotency.settle(tenant, key, decided[index].to_dict())
         answers = decided | given
         return [answers[repeats.get(i, i)] for i in range(len(actions))]
+
+    def _claim_check(self, tenant: str, key: str, fingerprint: str) -> dict[str, Any] | None:
+        """The first decision under a check's idempotency key, if the repeat is a retry (see CHECK_REPLAY_SECONDS)."""
+        return self.idempotency.claim(tenant, key, fingerprint, fresh_for=CHECK_REPLAY_SECONDS)
 
     def _replay_holds(self, tenant: str, agent_id: str, first: Decision) -> bool:
         """Whether a repeated idempotency key gets its first decision: not an allow once the agent is paused or

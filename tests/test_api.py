@@ -19,12 +19,15 @@ from services import free_port
 from typer.testing import CliRunner
 
 from api.settings import Settings
+from risk.actions import ActionType
 from risk.audit.record import canonical_json
-from risk.audit.store import AuditQuery, verify_store
+from risk.audit.store import AuditQuery, open_audit, verify_store
 from risk.catalog import Catalog
 from risk.cli import app as cli
 from risk.guard import Guard
 from risk.keys import KeyStore, Role
+from risk.state import MemoryState
+from risk.tenants import CHECK_REPLAY_SECONDS, ActionRequest, Tenants
 
 BLOCKING = {
     "allowed_resources": ["data.deidentified.*", "/reports/*"],
@@ -258,6 +261,26 @@ def test_a_repeated_key_never_lets_a_stopped_agent_run_what_it_was_allowed(
         assert denied["reasons"][0]["code"] == ("agent_terminated" if stop == "terminate" else "agent_paused")
     recorded = [r["action_id"] for r in _decision_records(auditor)]
     assert {again["action_id"], batch[0]["action_id"]} <= set(recorded)
+
+
+def test_a_checks_idempotency_key_answers_its_retries_not_a_repeat_long_after(tmp_path: Path) -> None:
+    """A first allow kept for the keys' 7 days let a running agent run the same action again for days, past
+    any policy change or rate limit, with no record: after CHECK_REPLAY_SECONDS a repeat is decided afresh."""
+    now = [1_800_000_000.0]
+    audit = open_audit(f"sqlite:///{tmp_path}/audit.db")
+    tenants = Tenants(Catalog(f"sqlite:///{tmp_path}/catalog.db"), audit, MemoryState(), model=None,
+                      clock=lambda: now[0])  # fmt: skip
+    action = ActionRequest(agent_id="bot", action_type=ActionType.DATABASE_QUERY, resource="data.claims")
+    first = tenants.check("acme", action, "k1")
+    now[0] += 60
+    assert tenants.check("acme", action, "k1").action_id == first.action_id  # a retry: the first decision
+    now[0] += CHECK_REPLAY_SECONDS
+    late = tenants.check("acme", action, "k1")
+    assert late.allowed and late.action_id != first.action_id
+    assert tenants.check("acme", action, "k1").action_id == late.action_id  # its own retries get it
+    decided = [r.action_id for r in audit.query(AuditQuery(kind="decision", limit=100))]
+    assert decided == [first.action_id, late.action_id]
+    audit.close()
 
 
 def test_idempotency_keys_are_per_agent_and_apart_from_the_services_own(clients: Callable[..., httpx.Client]) -> None:
