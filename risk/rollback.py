@@ -287,6 +287,26 @@ def snapshot_file(path: str | os.PathLike[str], snapshot_dir: Path) -> tuple[Cal
     return SnapshotUndo(restore, target, copy, folder), f"restore {target} to its earlier contents"
 
 
+def link_undo(path: str | os.PathLike[str]) -> tuple[Callable[[], None] | None, str]:
+    """The undo of removing the symbolic link `path` (not what it points to): put the link back, in the folder
+    it was in (see snapshot_file), unless something took its name since, which is left as it is."""
+    # The folder as the OS reaches it (through its links, `..` after them), and the link's own name in it.
+    where = Path(os.path.realpath(os.path.dirname(os.fspath(path)))) / os.path.basename(os.fspath(path))
+    points_to = os.readlink(where)
+    try:
+        folder = _Folder(where.parent)
+    except OSError as exc:
+        return None, f"{where}: its folder cannot be read ({exc.strerror}; the link is not kept)"
+
+    def relink() -> None:
+        with folder.opened() as fd:
+            if os.path.lexists(folder.path / where.name):
+                raise FileChanged(f"{where} was made again after the link was removed: left as it is")
+            os.symlink(points_to, where.name, dir_fd=fd)
+
+    return relink, f"put back the link {where} -> {points_to}"
+
+
 # A file made new, never one that exists already or a link planted under its name; an existing one, not a link.
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 _EXISTING_FILE = os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW

@@ -196,6 +196,20 @@ def test_one_agents_rollback_never_throws_away_what_another_wrote_after_it(
     assert guard.rollback("a").complete and shared.read_text() == "v0 original"  # the failed step, tried again
 
 
+def test_a_removed_symlink_is_put_back_as_a_link(make: Callable[..., Guard], work: Path) -> None:
+    """Removing a link removes the link, not its target: restoring the target left the link gone for good."""
+    (work / "real_cfg").write_text("cfg")
+    link = work / "cfg"
+    link.symlink_to("real_cfg")
+    guard = make()
+    with guard.watch():
+        os.remove(link)
+        link.write_text("a file where the link was")
+    report = guard.rollback()
+    assert report.complete, report.not_undone
+    assert link.is_symlink() and os.readlink(link) == "real_cfg" and link.read_text() == "cfg"
+
+
 def test_reads_leave_no_undo_step_and_devices_are_never_snapshotted(make: Callable[..., Guard], work: Path) -> None:
     (work / "a.txt").write_text("a")
     guard = make()

@@ -59,7 +59,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from risk.actions import ActionType, Decision, Outcome, Reason
 from risk.errors import ActionDenied, GuardDenied
 from risk.resources import MAX_RESOURCE_LENGTH
-from risk.rollback import SnapshotUndo, settle, snapshot_file
+from risk.rollback import SnapshotUndo, link_undo, settle, snapshot_file
 
 if TYPE_CHECKING:
     from risk.guard import Guard
@@ -230,7 +230,8 @@ class Watch:
     def _on_remove(self, args: tuple[Any, ...], caller: FrameType) -> None:
         path = _path(args[0], args[1])
         decision = self._check(ActionType.FILE_DELETE, path, {"event": "os.remove"})
-        self._keep(decision, _file_undo(path, self._snapshots))
+        # Removing a link removes the link, not its target: the undo puts the link back.
+        self._keep(decision, link_undo(path) if os.path.islink(path) else _file_undo(path, self._snapshots))
 
     def _on_rmdir(self, args: tuple[Any, ...], caller: FrameType) -> None:
         path = _path(args[0], args[1])
