@@ -87,26 +87,27 @@ class IdempotencyKeys:
                 raise IdempotencyConflict(f"idempotency key {key!r} was used for a different action; use a new key")
             if stored is not None and (fresh_for is None or now - claimed_at <= fresh_for):
                 return json.loads(stored)  # type: ignore[no-any-return]
-            if stored is not None:  # too old to be a retry's answer: take the key over for this request
-                taken = self._catalog.run(
-                    "UPDATE risk_idempotency SET decision = NULL, claimed_at = ? "
-                    "WHERE tenant = ? AND idem_key = ? AND claimed_at = ?",
-                    (now, tenant, key, claimed_at),
-                ).rowcount
-                if taken == 1:
+            # An answer too old to be a retry's, or a claim whose request died before it settled: taken over for
+            # this request, unless another one changed the key since it was read (then it is read again).
+            if stored is not None or now - claimed_at > STALE:
+                if self._take_over(tenant, key, claimed_at, now, settled=stored is not None):
                     return None
-                continue  # another request took it first: read it again
-            if now - claimed_at > STALE:
-                taken = self._catalog.run(
-                    "UPDATE risk_idempotency SET claimed_at = ? "
-                    "WHERE tenant = ? AND idem_key = ? AND decision IS NULL AND claimed_at = ?",
-                    (now, tenant, key, claimed_at),
-                ).rowcount
-                if taken == 1:
-                    return None
+                continue
             if time.monotonic() > deadline:
                 raise IdempotencyConflict(f"a request with idempotency key {key!r} is still being decided; retry")
             time.sleep(0.01)
+
+    def _take_over(self, tenant: str, key: str, claimed_at: float, now: float, *, settled: bool) -> bool:
+        """Claim `key` for this request if it is still as read: claimed at `claimed_at`, with an answer or not."""
+        answered = "IS NOT NULL" if settled else "IS NULL"
+        return bool(
+            self._catalog.run(
+                "UPDATE risk_idempotency SET decision = NULL, claimed_at = ? "
+                f"WHERE tenant = ? AND idem_key = ? AND claimed_at = ? AND decision {answered}",
+                (now, tenant, key, claimed_at),
+            ).rowcount
+            == 1
+        )
 
     def settle(self, tenant: str, key: str, answer: dict[str, Any]) -> None:
         """Keep the answer given under `key` (a decision's fields, say) for every repeat."""

@@ -416,17 +416,16 @@ class RemoteGuard(Guard):
             log.warning("spooled records not sent yet: %s", exc)
             return None
         accepted, duplicates, rejected = answer.get("accepted"), answer.get("duplicates"), answer.get("rejected")
-        accounted = (
+        if not (
             type(accepted) is int
             and type(duplicates) is int
             and isinstance(rejected, list)
             and all(isinstance(r, dict) for r in rejected)
             and accepted + duplicates + len(rejected) == len(batch)
-        )
-        if not accounted:  # an answer that does not account for every record: none of them is known to be stored
+        ):  # an answer that does not account for every record: none of them is known to be stored
             log.warning("spooled records not sent yet: /v1/reports answered %.200r", answer)
             return None
-        return {r.get("idempotency_key"): r.get("reason") for r in rejected}  # type: ignore[union-attr]
+        return {r.get("idempotency_key"): r.get("reason") for r in rejected}
 
     def flush(self) -> int:
         """Send the spool now; returns how many records are still waiting."""

@@ -234,13 +234,14 @@ class RedisState:
         memory) and holds none, when the next read tries again."""
         import redis as redis_module
 
-        key, mine = self._key("epoch", "token"), os.urandom(8).hex()
+        key, token = self._key("epoch", "token"), os.urandom(8).hex()
+        found: Any
+        ours: str | None = token  # what the key holds when it held nothing before
         try:
-            found = self._client.set(key, mine, nx=True, get=True)  # the value that was there, if any
+            found = self._client.set(key, token, nx=True, get=True)  # the value that was there, if any
         except redis_module.ResponseError:  # a write refused: reads still answer
-            found = self._client.get(key)
-            return _text(found) if isinstance(found, bytes | str) else None
-        return _text(found) if isinstance(found, bytes | str) else mine
+            found, ours = self._client.get(key), None
+        return _text(found) if isinstance(found, bytes | str) else ours
 
     def set_state(self, agent_id: str, state: AgentState) -> None:
         with self._errors("write the state of agent", agent_id):

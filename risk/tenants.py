@@ -482,11 +482,11 @@ class Tenants:
         """The agent of `tenant` that `action_id` was decided for, or None; only the tenant's own decisions
         are looked at, its first one for the id if there are several (a trail written before reports were
         refused an action id already decided)."""
-        agent = self._recent.get((tenant, action_id))
+        agent = self._recent.get((tenant, action_id))  # kept by tenant: always one of the tenant's
         if agent is None:
-            found = [r.agent_id for r in self.audit.query(decisions_of(action_id))]
+            found = (r.agent_id for r in self.audit.query(decisions_of(action_id)))
             agent = next((a for a in found if a.startswith(f"{tenant}/")), None)
-        return agent if agent is not None and agent.startswith(f"{tenant}/") else None
+        return agent
 
     # ---- the human side of the kill switch ---------------------------------------------------
 
@@ -618,8 +618,9 @@ class Tenants:
         model = self._load_model()
         new = model.model_version if model is not None else None
         event = {"kind": "model_reload", "actor": actor, "model_version": new, "detail": {"old": old}}
-        for agent in ("*", *([namespaced(tenant, "*")] if tenant is not None else [])):
-            self.record(agent, event)
+        self.record("*", event)
+        if tenant is not None:
+            self.record(namespaced(tenant, "*"), event)
         with self._lock:
             self.catalog.run("UPDATE risk_generations SET value = value + 1 WHERE name = 'model'")
             self._generations = dict(self.catalog.run("SELECT name, value FROM risk_generations").rows)

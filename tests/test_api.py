@@ -25,6 +25,7 @@ from risk.audit.store import AuditQuery, open_audit, verify_store
 from risk.catalog import Catalog
 from risk.cli import app as cli
 from risk.guard import Guard
+from risk.idempotency import STALE, IdempotencyKeys
 from risk.keys import KeyStore, Role
 from risk.state import MemoryState
 from risk.tenants import CHECK_REPLAY_SECONDS, ActionRequest, Tenants
@@ -298,6 +299,16 @@ def test_idempotency_keys_are_per_agent_and_apart_from_the_services_own(clients:
     spooled = {"idempotency_key": f"outcome:{mine['action_id']}", "kind": "outcome",
                "action_id": mine["action_id"], "success": False}  # fmt: skip
     assert ok(agent.post("/v1/reports", json={"records": [spooled]}))["accepted"] == 1
+
+
+def test_a_key_whose_first_request_died_unsettled_is_taken_over_once_stale(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+    keys = IdempotencyKeys(Catalog(f"sqlite:///{tmp_path}/catalog.db"), clock=lambda: now[0])
+    assert keys.claim("acme", "k1", "digest") is None  # its request dies before it settles
+    now[0] += STALE + 1
+    assert keys.claim("acme", "k1", "digest") is None  # the retry may answer under the key
+    keys.settle("acme", "k1", {"action_id": "a2"})
+    assert keys.claim("acme", "k1", "digest") == {"action_id": "a2"}
 
 
 def test_idempotency_keys_are_forgotten_after_their_retention(tmp_path: Path) -> None:

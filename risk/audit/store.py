@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 
 from risk.audit.chain import Verification, verify_chain
-from risk.audit.record import AuditRecord, Sealed, StoredRecord, seal
+from risk.audit.record import GENESIS_HASH, AuditRecord, Sealed, StoredRecord, seal
 from risk.errors import AuditError, AuditRecordError, RetentionError
 
 # HIPAA asks that compliance documentation be kept six years (45 CFR 164.316(b)(2)).
@@ -300,16 +300,14 @@ def verify_store(store: AuditStore, expected_head: str | None = None) -> Verific
             yield row
 
     first = next(store.stored(), None)
-    if first is None or first.seq <= 1:
-        result = verify_chain(counted(store.stored()), expected_head=expected_head)
-    else:
+    anchor, first_seq = GENESIS_HASH, 1
+    if first is not None and first.seq > 1:  # after a purge: from the hash the first record claims to follow
         try:
             claimed = json.loads(first.text).get("prev_hash")
         except (TypeError, ValueError, RecursionError, AttributeError):  # the chain names the edit at its seq
             claimed = None
-        anchor = claimed if isinstance(claimed, str) else ""
-        stored = counted(store.stored())
-        result = verify_chain(stored, anchor_hash=anchor, first_seq=first.seq, expected_head=expected_head)
+        anchor, first_seq = (claimed if isinstance(claimed, str) else ""), first.seq
+    result = verify_chain(counted(store.stored()), anchor_hash=anchor, first_seq=first_seq, expected_head=expected_head)
     if result.ok and upto_head != head.count:
         return Verification(
             False, result.count, result.head_hash, None,

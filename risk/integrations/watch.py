@@ -59,7 +59,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from risk.actions import ActionType, Decision, Outcome, Reason
 from risk.errors import ActionDenied, GuardDenied
 from risk.resources import MAX_RESOURCE_LENGTH
-from risk.rollback import SnapshotUndo, link_undo, settle, snapshot_file
+from risk.rollback import SnapshotUndo, link_undo, snapshot_file
 
 if TYPE_CHECKING:
     from risk.guard import Guard
@@ -105,8 +105,8 @@ def watch(guard: Guard, agent_id: str | None = None, *, session_id: str | None =
         yield active
     finally:
         _current.reset(token)
-        for undo in active.undos:  # the files as the block left them: a later change is not undone over
-            settle(undo)
+        for undo in active.unsettled.values():  # the files as the block left them: a later change is kept
+            undo.settle()
 
 
 _install_lock = threading.Lock()
@@ -157,7 +157,8 @@ class Watch:
         self.pid = os.getpid()
         # Address -> host name, from lookups this watch allowed: a connection to it is checked under the name.
         self._names: dict[str, str] = {}
-        self.undos: list[Callable[[], None] | None] = []  # what the block's actions registered, settled at its end
+        # Per file, the undo of the block's latest action on it: settled when the next one begins, or the block ends.
+        self.unsettled: dict[Path, SnapshotUndo] = {}
 
     def intercept(self, event: str, args: tuple[Any, ...], caller: FrameType) -> None:
         """Check the action behind one audit event; raise the guard's denial to stop it."""
@@ -194,10 +195,10 @@ class Watch:
     def _keep(self, decision: Decision, undo: Undo) -> None:
         """Register how to undo an allowed action for rollback."""
         if isinstance(undo[0], SnapshotUndo):  # an earlier action on the file is over once another begins
-            for earlier in self.undos:
-                if isinstance(earlier, SnapshotUndo) and earlier.target == undo[0].target:
-                    earlier.settle()
-        self.undos.append(undo[0])
+            earlier = self.unsettled.pop(undo[0].target, None)
+            if earlier is not None:
+                earlier.settle()
+            self.unsettled[undo[0].target] = undo[0]
         self.guard.register_undo(decision.action_id, undo[0], undo[1], agent_id=decision.agent_id)
 
     def _irreversible(self, decision: Decision) -> None:
