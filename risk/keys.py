@@ -23,7 +23,10 @@ from risk.catalog import Catalog
 
 TENANT_PATTERN = re.compile(r"[a-z0-9_-]{1,64}")
 _TOKEN = re.compile(r"rk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
-CACHE_SECONDS = 5.0  # a revoked key stops working on every worker within this time
+# A revoked agent key stops working on every worker within this time. Only agent keys are cached: they make
+# the checks, which must not wait on the catalog; a reviewer's, auditor's or admin's key is looked up at every
+# request, so a revoked admin key cannot mint a new key on another worker in the meantime.
+CACHE_SECONDS = 5.0
 
 
 class Role(enum.StrEnum):
@@ -135,13 +138,13 @@ class KeyStore:
 
     def cached(self, token: str) -> tuple[bool, ApiKey | None]:
         """Authenticate from memory alone: (True, the key or None) when memory can tell, (False, None) when only
-        the catalog can (a key not looked up in the last CACHE_SECONDS). Never does I/O."""
+        the catalog can (a key not looked up in the last CACHE_SECONDS, or not an agent key). Never does I/O."""
         match = _TOKEN.fullmatch(token)
         if match is None:
             return True, None
         key_id, secret = match.groups()
         entry = self._cache.get(key_id)
-        if entry is None or time.monotonic() - entry.fetched > CACHE_SECONDS:
+        if entry is None or entry.key.role is not Role.AGENT or time.monotonic() - entry.fetched > CACHE_SECONDS:
             return False, None
         return True, _verified(entry, secret)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from risk.catalog import Catalog
 from risk.cli import app as cli
 from risk.guard import Guard
 from risk.idempotency import STALE, IdempotencyKeys
-from risk.keys import KeyStore, Role
+from risk.keys import CACHE_SECONDS, KeyStore, Role
 from risk.state import MemoryState
 from risk.tenants import CHECK_REPLAY_SECONDS, ActionRequest, Tenants
 
@@ -664,6 +665,25 @@ def test_a_key_bound_to_agents_acts_as_those_agents_only(
     assert not [k for k in kept if any(f"{tenant}/{a}" in str(k) or (tenant, a) == k for a in ("bot2", "Billing-eu"))]
     profiles = stores.tenants.guard(tenant, "bot")._behavior.profiles._profiles
     assert f"{tenant}/bot" in profiles and not {f"{tenant}/bot2", f"{tenant}/Billing-eu"} & set(profiles)
+
+
+def test_a_revoked_key_with_power_over_others_stops_at_once_on_every_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers, each with its own KeyStore on one catalog: a key revoked through one is refused by the other at
+    its next request if it may approve, read or administer (an admin key could otherwise mint a new admin key in
+    the cache's window); an agent key, which makes the checks, within CACHE_SECONDS."""
+    url = f"sqlite:///{tmp_path}/catalog.db"
+    first, second = KeyStore(Catalog(url)), KeyStore(Catalog(url))
+    tokens = {role: first.create("acme", role)[1] for role in Role}
+    assert all(second.authenticate(token) is not None for token in tokens.values())  # now cached by the second
+    for token in tokens.values():
+        assert first.revoke("acme", token.split("_")[1])
+    refused = {role for role, token in tokens.items() if second.authenticate(token) is None}
+    assert refused == {Role.REVIEWER, Role.AUDITOR, Role.ADMIN}
+    now = time.monotonic()
+    monkeypatch.setattr("risk.keys.time.monotonic", lambda: now + CACHE_SECONDS + 0.1)
+    assert second.authenticate(tokens[Role.AGENT]) is None
 
 
 @pytest.mark.parametrize(
