@@ -543,6 +543,23 @@ class Guard:
         step = UndoStep(action_id, agent_id or self.agent_id, self._clock(), description, undo)
         self._undo.register(step, keep_since=self._clock() - self._rollback_window())
 
+    def undo_step(self, decision: Decision, undo: Callable[[], None] | None, description: str) -> UndoStep:
+        """How to undo an allowed action (`None`: irreversible), made before its tool runs, so that a rollback of
+        the agent that begins while the tool runs is known to have missed it; `keep_undo` once the tool returns."""
+        return UndoStep(decision.action_id, decision.agent_id, self._clock(), description, undo)
+
+    def keep_undo(self, step: UndoStep, record_outcome: Callable[[], None]) -> None:
+        """Keep `step` for rollback now that its tool has returned, then `record_outcome`. If a rollback of the
+        agent began while the tool ran, the step is undone after its outcome is recorded, as that rollback would
+        have undone it."""
+        settle(step.undo)  # the file as the tool left it: a later change by another is not undone over
+        missed = self._undo.register(step, keep_since=self._clock() - self._rollback_window())
+        try:
+            record_outcome()
+        finally:
+            if missed:
+                self._rollback(step.agent_id, actor="guard", only=step)
+
     # ---- wrapping tools ------------------------------------------------------------------------
 
     def tool(
@@ -585,13 +602,10 @@ class Guard:
                 if not decision.allowed:
                     raise GuardDenied.for_decision(decision)
                 undo, description = self._prepare_undo(atype, decision, connection, compensate, args, kwargs)
-                step = UndoStep(decision.action_id, decision.agent_id, self._clock(), description, undo)
-                return decision, step
+                return decision, self.undo_step(decision, undo, description)
 
             def after(decision: Decision, step: UndoStep, result: Any, error: BaseException | None) -> None:
-                settle(step.undo)  # the file as the tool left it: a later change by another is not undone over
-                missed = self._undo.register(step, keep_since=self._clock() - self._rollback_window())
-                try:
+                def record() -> None:
                     if error is not None:
                         self.record_outcome(
                             decision.action_id,
@@ -599,17 +613,16 @@ class Guard:
                             error=f"{type(error).__name__}: {error}",
                             agent_id=decision.agent_id,
                         )
-                    else:
-                        counts, refused = _volume_of(result, rows=rows, bytes=bytes)
-                        if refused:  # the tool ran: keep its outcome and say which count was not counted, not raise
-                            log.error("outcome of %s: %s", decision.action_id, refused)
-                        self.record_outcome(
-                            decision.action_id, rows=counts["rows"], bytes=counts["bytes"], error=refused,
-                            agent_id=decision.agent_id,
-                        )  # fmt: skip
-                finally:
-                    if missed:  # a rollback of the agent ran while this tool did: undone now, as it would have been
-                        self._rollback(decision.agent_id, actor="guard", only=step)
+                        return
+                    counts, refused = _volume_of(result, rows=rows, bytes=bytes)
+                    if refused:  # the tool ran: keep its outcome and say which count was not counted, not raise
+                        log.error("outcome of %s: %s", decision.action_id, refused)
+                    self.record_outcome(
+                        decision.action_id, rows=counts["rows"], bytes=counts["bytes"], error=refused,
+                        agent_id=decision.agent_id,
+                    )  # fmt: skip
+
+                self.keep_undo(step, record)
 
             if inspect.iscoroutinefunction(fn):
 

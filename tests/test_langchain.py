@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,40 @@ def test_rollback_mode_restores_what_the_agent_wrote(guards: Callable[..., Guard
 
     assert notes.read_text() == "before"
     assert not blocked.exists()
+
+
+def test_a_call_still_running_when_rollback_mode_trips_is_undone_when_it_returns(
+    guards: Callable[..., Guard], tmp_path: Path
+) -> None:
+    """ToolNode runs a turn's calls in parallel: the slow write was checked and running when the other call tripped
+    ROLLBACK. Its step used to be made when it returned, after the trip's rollback ran, so its write stayed."""
+    (tmp_path / "secrets").mkdir()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("before")
+    guard = make_guard(guards, tmp_path, mode=KillSwitchMode.ROLLBACK)
+    written, tripped = threading.Event(), threading.Event()
+
+    @tool
+    def slow_write(path: str, text: str) -> str:
+        """Write text to a file, slowly."""
+        Path(path).write_text(text)
+        written.set()
+        tripped.wait(10)  # still running while the agent's other call trips the kill switch
+        return "wrote"
+
+    slow, fast = govern_tools([slow_write, write_file], guard, {
+        "slow_write": (ActionType.FILE_WRITE, "path"), "write_file": (ActionType.FILE_WRITE, "path"),
+    })  # fmt: skip
+    worker = threading.Thread(target=slow.invoke, args=({"path": str(notes), "text": "agent"},))
+    worker.start()
+    assert written.wait(10)
+    with pytest.raises(AgentPaused):
+        fast.invoke({"path": str(tmp_path / "secrets" / "keys.txt"), "text": "x"})
+    tripped.set()
+    worker.join(10)
+    assert notes.read_text() == "before"
+    undone = guard.audit.query(AuditQuery(kind="rollback"))
+    assert [(r.outcome, r.actor) for r in undone] == [("undone", "guard")]
 
 
 def test_a_failing_tool_is_recorded_as_failed(guards: Callable[..., Guard], tmp_path: Path) -> None:

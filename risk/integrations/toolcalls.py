@@ -19,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from risk.actions import ActionType, Decision, Outcome
 from risk.errors import GuardDenied
 from risk.guard import Guard
 from risk.integrations.tool_map import ToolMap
-from risk.rollback import settle, snapshot_file
+from risk.rollback import UndoStep, snapshot_file
 
 log = logging.getLogger("risk")
 
@@ -49,7 +50,7 @@ class GovernedCall:
     tool: str
     message: str
     decisions: tuple[Decision, ...] = ()
-    undos: tuple[Undo, ...] = field(default=(), repr=False)
+    undos: tuple[UndoStep, ...] = field(default=(), repr=False)  # one per decision, made before the call runs
 
     @property
     def decision(self) -> Decision | None:
@@ -104,21 +105,19 @@ class ToolGovernor:
             if not decision.allowed:
                 return self._refuse(allowed, GovernedCall(tool, f"{tool}: {decision.explain()}", (decision,)))
             allowed.append(decision)
-        undos = tuple(_undo(call.action_type, d, self.guard) for d in allowed)
+        undos = tuple(self.guard.undo_step(d, *_undo(call.action_type, d, self.guard)) for d in allowed)
         return GovernedCall(tool, "; ".join(d.explain() for d in allowed), tuple(allowed), undos)
 
     def finish(self, call: GovernedCall, *, error: str | None, size: int | None = None) -> None:
         """Record what an allowed call did (`error` None for success, `size` its answer's bytes if known)
-        and keep its undos for rollback."""
+        and keep its undos for rollback (undone at once if the agent was rolled back while the call ran)."""
         if not call.allowed:
             return
-        for decision, (undo, description) in zip(call.decisions, call.undos, strict=True):
-            agent = decision.agent_id
-            settle(undo)  # the file as the call left it: a later change by another is not undone over
-            self.guard.register_undo(decision.action_id, undo, description, agent_id=agent)
-            self.guard.record_outcome(
-                decision.action_id, success=error is None, error=error, bytes=size, agent_id=agent
-            )
+        for decision, step in zip(call.decisions, call.undos, strict=True):
+            self.guard.keep_undo(step, functools.partial(
+                self.guard.record_outcome, decision.action_id, success=error is None, error=error, bytes=size,
+                agent_id=decision.agent_id,
+            ))  # fmt: skip
 
     def _refuse(self, allowed: Sequence[Decision], refusal: GovernedCall) -> GovernedCall:
         """The refusal, after recording that the resources allowed before it were not touched after all."""
