@@ -18,7 +18,7 @@ from rich.table import Table
 
 from risk.audit.record import FIELDS, AuditRecord
 from risk.audit.store import DEFAULT_RETENTION, AuditQuery, open_audit, purge, records, utc_time, verify_store
-from risk.errors import RiskError
+from risk.errors import PolicyError, RiskError
 
 app = typer.Typer(help="agent-risk: runtime governance and risk scoring for AI agents.", no_args_is_help=True)
 audit_app = typer.Typer(help="Inspect, verify, export and purge the audit trail.", no_args_is_help=True)
@@ -292,6 +292,13 @@ def mcp_proxy(
         anyio.run(functools.partial(serve, gateway, upstream, http=address))
     except OSError as exc:
         raise _fail(f"cannot start the upstream server {upstream[0]!r}: {exc}") from None
+    except BaseExceptionGroup as group:  # raised inside the upstream connection's task group
+        wrong: BaseException | None = group.subgroup(PolicyError)
+        if wrong is None:
+            raise
+        while isinstance(wrong, BaseExceptionGroup):
+            wrong = wrong.exceptions[0]
+        raise _fail(str(wrong)) from None
     finally:
         gateway.guard.close()
 

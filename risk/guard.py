@@ -548,11 +548,13 @@ class Guard:
         the agent that begins while the tool runs is known to have missed it; `keep_undo` once the tool returns."""
         return UndoStep(decision.action_id, decision.agent_id, self._clock(), description, undo)
 
-    def keep_undo(self, step: UndoStep, record_outcome: Callable[[], None]) -> None:
+    def keep_undo(self, step: UndoStep, record_outcome: Callable[[], None], *, over: bool = True) -> None:
         """Keep `step` for rollback now that its tool has returned, then `record_outcome`. If a rollback of the
         agent began while the tool ran, the step is undone after its outcome is recorded, as that rollback would
-        have undone it."""
-        settle(step.undo)  # the file as the tool left it: a later change by another is not undone over
+        have undone it. `over=False`: the work may still be going on elsewhere (a call the client gave up on),
+        so the file is not noted as the action left it, and a rollback restores whatever it is by then."""
+        if over:
+            settle(step.undo)  # the file as the tool left it: a later change by another is not undone over
         missed = self._undo.register(step, keep_since=self._clock() - self._rollback_window())
         try:
             record_outcome()

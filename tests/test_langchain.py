@@ -16,8 +16,9 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
-from langchain_core.tools import BaseTool, ToolException, tool
+from langchain_core.tools import BaseTool, StructuredTool, ToolException, tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import BaseModel, Field
 
 from risk import ActionType, AgentPaused, AgentStatus, Guard, KillSwitchMode, Outcome
 from risk.audit.store import AuditQuery
@@ -363,3 +364,44 @@ def test_importing_risk_loads_no_framework() -> None:
     code = "import sys, risk, risk.integrations; print(sorted({'agents', 'langchain_core'} & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_arguments_are_checked_as_the_tools_schema_reads_them(guards: Callable[..., Guard], tmp_path: Path) -> None:
+    """pydantic hands the tool "01", " 1", 1.0 or true for an int as 1, and an argument sent under its alias as its
+    field: checked as sent, the blocked account was closed and the secret written through the alias."""
+    (tmp_path / "secrets").mkdir()
+    secret = tmp_path / "secrets" / "keys.txt"
+    ran: list[Any] = []
+
+    @tool
+    def close_account(account_id: int) -> str:
+        """Close a bank account."""
+        ran.append(account_id)
+        return "closed"
+
+    class WriteArgs(BaseModel):
+        path: str = Field(default=str(tmp_path / "notes.txt"), alias="file_name")
+        text: str
+
+    def write(path: str, text: str) -> str:
+        Path(path).write_text(text)
+        return "wrote"
+
+    aliased = StructuredTool.from_function(write, name="write_file", description="Write.", args_schema=WriteArgs)
+    guard = make_guard(guards, tmp_path, blocked_resources=["bank.account/1", f"{tmp_path}/secrets/*"])
+    close, write_file = govern_tools([close_account, aliased], guard, {
+        "close_account": ("api_call", "bank.account/{account_id}"), "write_file": (ActionType.FILE_WRITE, "path"),
+    })  # fmt: skip
+
+    for i, sent in enumerate([1, "1", "01", " 1", "1.0", 1.0, True]):
+        answer = close.invoke(
+            {"type": "tool_call", "id": f"c{i}", "name": "close_account", "args": {"account_id": sent}}
+        )
+        assert answer.status == "error" and "bank.account/1" in answer.content, (sent, answer)
+    answer = write_file.invoke({"type": "tool_call", "id": "w", "name": "write_file",
+                                "args": {"file_name": str(secret), "text": "stolen"}})  # fmt: skip
+    assert answer.status == "error" and str(secret) in answer.content
+
+    assert ran == [] and not secret.exists()
+    decisions = guard.audit.query(AuditQuery(kind="decision", limit=100))
+    assert [(d.resource, d.decision) for d in decisions] == [("bank.account/1", "deny")] * 7 + [(str(secret), "deny")]

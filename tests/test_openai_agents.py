@@ -4,6 +4,7 @@ calls, no network, no API key."""
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -235,3 +236,46 @@ def test_tools_the_guard_cannot_see_are_refused_unless_allowed(guards: Callable[
 
     govern(agent, guard, allow_ungoverned=True)
     assert isinstance(agent.tools[1], WebSearchTool)
+
+
+def test_arguments_are_checked_as_the_tools_model_reads_them(guards: Callable[..., Guard], tmp_path: Path) -> None:
+    """pydantic hands the tool "01", 1.0 or true for an int as 1, and a UUID in any of its spellings as that UUID:
+    checked as sent, the blocked account and order ran. An integral float is checked as the integer, a UUID in its
+    canonical form, and an argument of another type than the schema's is refused."""
+    order = "12345678-1234-5678-1234-567812345678"
+    ran: list[Any] = []
+
+    @function_tool
+    def close_account(account_id: int) -> str:
+        """Close a bank account."""
+        ran.append(account_id)
+        return "closed"
+
+    @function_tool
+    def cancel_order(order_id: uuid.UUID) -> str:
+        """Cancel an order."""
+        ran.append(order_id)
+        return "cancelled"
+
+    sent = [("close_account", {"account_id": a}) for a in (1, "01", " 1", 1.0, True)] + [
+        ("cancel_order", {"order_id": o}) for o in (order, order.replace("-", ""), f"{{{order}}}", f"urn:uuid:{order}")
+    ]
+    model = ScriptedModel([
+        *([function_call(name, args, call_id=f"call-{i}")] for i, (name, args) in enumerate(sent)),
+        [assistant_message("done")],
+    ])  # fmt: skip
+    agent = Agent(name="banker", model=model, tools=[close_account, cancel_order])
+    guard = make_guard(guards, tmp_path, blocked_resources=["bank.account/1", f"orders/{order}"])
+    govern(agent, guard, {"close_account": ("api_call", "bank.account/{account_id}"),
+                          "cancel_order": ("api_call", "orders/{order_id}")})  # fmt: skip
+
+    assert run(agent, "close it").final_output == "done"
+
+    assert ran == []
+    seen = outputs_seen_by_model(model)
+    refused = [i for i, (_, args) in enumerate(sent) if "as the tool's schema says" in seen[f"call-{i}"]]
+    assert [sent[i][1] for i in refused] == [{"account_id": "01"}, {"account_id": " 1"}, {"account_id": True}]
+    decisions = guard.audit.query(AuditQuery(kind="decision", limit=100))
+    assert [(d.resource, d.decision) for d in decisions] == [
+        ("bank.account/1", "deny"), ("bank.account/1", "deny"), *[(f"orders/{order}", "deny")] * 4,
+    ]  # fmt: skip

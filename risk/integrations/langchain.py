@@ -23,7 +23,7 @@ try:
     from langchain_core.tools import tool as as_tool
     from langchain_core.utils.pydantic import get_fields
     from pydantic import PrivateAttr
-    from pydantic_core import PydanticUndefined
+    from pydantic_core import PydanticUndefined, to_jsonable_python
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("risk.integrations.langchain needs langchain-core: pip install 'agent-risk[langchain]'") from exc
 
@@ -76,7 +76,7 @@ class GovernedTool(BaseTool):
         return governed
 
     def run(self, tool_input: str | dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        call = self._governor.check(self.name, self._arguments(tool_input))
+        call = self._governor.check(self.name, self._arguments(tool_input, kwargs.get("tool_call_id")))
         if not call.allowed:
             return _refusal(call, kwargs.get("tool_call_id"))
         try:
@@ -88,7 +88,7 @@ class GovernedTool(BaseTool):
         return output
 
     async def arun(self, tool_input: str | dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        call = self._governor.check(self.name, self._arguments(tool_input))
+        call = self._governor.check(self.name, self._arguments(tool_input, kwargs.get("tool_call_id")))
         if not call.allowed:
             return _refusal(call, kwargs.get("tool_call_id"))
         try:
@@ -103,15 +103,28 @@ class GovernedTool(BaseTool):
         # BaseTool requires it; `run` and `arun` above never reach it, since they delegate to the wrapped tool.
         raise NotImplementedError("a GovernedTool runs through run() or arun(), which check the call first")
 
-    def _arguments(self, tool_input: str | dict[str, Any]) -> dict[str, Any]:
-        """The arguments the model gave, with the defaults of those it left out (the tool acts on them too);
-        injected ones (state, runtime, call id) are not the model's."""
+    def _arguments(self, tool_input: str | dict[str, Any], tool_call_id: str | None) -> dict[str, Any]:
+        """The arguments as the tool will get them, with the defaults of those left out (the tool acts on them
+        too); injected ones (state, runtime, call id) are not the model's.
+
+        They are read through the tool's own schema, as the tool reads them: pydantic hands an `int` argument
+        sent as "01" or 1.0 to the tool as 1, and an argument sent under its alias as its field, so checked as
+        sent, a blocked `account/1` or path ran as `account/01` or under the alias. Input the schema refuses
+        is checked as sent; the tool refuses it too, without running.
+        """
         visible = _model_arguments(self.tool)
         if isinstance(tool_input, str):
             given = {visible[0]: tool_input} if visible else {"input": tool_input}
         else:
-            given = {key: value for key, value in tool_input.items() if key in visible}
-        return {**_model_defaults(self.tool), **given}
+            try:
+                parsed = self.tool._parse_input(dict(tool_input), tool_call_id)
+            except Exception:  # pydantic's or the tool's own validation error
+                parsed = tool_input
+            read = parsed if isinstance(parsed, dict) else tool_input
+            given = {key: value for key, value in read.items() if key in visible}
+        # As JSON reads them (a UUID, a date or a nested model as the text and objects the tool was given).
+        arguments: dict[str, Any] = to_jsonable_python({**_model_defaults(self.tool), **given}, fallback=str)
+        return arguments
 
 
 def _model_arguments(tool: BaseTool) -> list[str]:

@@ -37,8 +37,9 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
+from risk.errors import PolicyError
 from risk.guard import Guard
-from risk.integrations.tool_map import ToolMap, schema_defaults
+from risk.integrations.tool_map import ToolMap, conform, schema_defaults
 from risk.integrations.toolcalls import ToolGovernor
 from risk.policy import load_policy_file
 
@@ -82,7 +83,11 @@ class GovernedTools:
         schema = await self._input_schema(params.name)
         if schema is None:  # nothing says how the upstream reads the arguments: they cannot be checked
             return _error_result(f"denied: {params.name} is not a tool the upstream lists")
-        call = self.governor.check(params.name, as_the_tool_reads(arguments, schema))
+        try:
+            read = as_the_tool_reads(arguments, schema)
+        except ValueError as exc:  # an argument of a type the tool does not take: what it would act on is unknown
+            return _error_result(f"denied: {params.name}: {exc}")
+        call = self.governor.check(params.name, read)
         if not call.allowed:
             return _error_result(call.message)
         try:
@@ -90,26 +95,31 @@ class GovernedTools:
         except MCPError as exc:  # the upstream refused the request: the client gets its error as it was
             self.governor.finish(call, error=_clip(f"upstream error {exc.code}: {exc.message}"))
             raise
-        except BaseException as exc:  # the upstream failed, or the client gave up waiting: the call did not finish
-            self.governor.finish(call, error=_clip(f"{type(exc).__name__}: {exc}"))
+        except BaseException as exc:  # the upstream failed, or the client gave up waiting: it may still be running
+            why = f"{type(exc).__name__}: {exc}"
+            self.governor.finish(call, error=_clip(f"no answer, it may have run: {why}"), over=False)
             raise
-        if result.is_error:
-            self.governor.finish(call, error=_clip(_text(result) or "the tool reported an error"))
-        else:
-            self.governor.finish(call, error=None, size=len(result.model_dump_json(by_alias=True)))
+        size = len(result.model_dump_json(by_alias=True).encode())  # the client gets an error's content too
+        error = _clip(_text(result) or "the tool reported an error") if result.is_error else None
+        self.governor.finish(call, error=error, size=size)
         return result
 
+    async def read_schemas(self) -> dict[str, dict[str, Any]]:
+        """Every tool's input schema, from the upstream's list (as many pages as MAX_LIST_PAGES)."""
+        cursor: str | None = None
+        for _ in range(MAX_LIST_PAGES):
+            page = await self.upstream.list_tools(
+                params=types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            )
+            self.schemas.update({tool.name: tool.input_schema for tool in page.tools})
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return self.schemas
+
     async def _input_schema(self, name: str) -> dict[str, Any] | None:
-        if name not in self.schemas:  # a client may call a tool it never listed: read the upstream's list
-            cursor: str | None = None
-            for _ in range(MAX_LIST_PAGES):
-                page = await self.upstream.list_tools(
-                    params=types.PaginatedRequestParams(cursor=cursor) if cursor else None
-                )
-                self.schemas.update({tool.name: tool.input_schema for tool in page.tools})
-                cursor = page.next_cursor
-                if not cursor or name in self.schemas:
-                    break
+        if name not in self.schemas:  # added since the gateway started, perhaps: read the upstream's list again
+            await self.read_schemas()
         return self.schemas.get(name)
 
 
@@ -118,8 +128,9 @@ def as_the_tool_reads(arguments: Mapping[str, Any], schema: Mapping[str, Any]) -
 
     An argument left out has its default. The MCP SDK's servers decode an argument sent as JSON text into
     the list or object it spells unless the tool takes plain text (some clients send lists that way), so
-    checking the text would miss what the tool acts on: it is decoded here the same way. The upstream still
-    gets the arguments as the client sent them.
+    checking the text would miss what the tool acts on: it is decoded here the same way. Its pydantic then
+    converts the rest (see `conform`, whose ValueError this raises). The upstream still gets the arguments
+    as the client sent them.
 
     >>> schema = {"properties": {"to": {"type": "array"}, "body": {"type": "string"}, "cc": {"default": "a@x"}}}
     >>> as_the_tool_reads({"to": '["b@y"]', "body": '["text"]'}, schema)
@@ -138,7 +149,7 @@ def as_the_tool_reads(arguments: Mapping[str, Any], schema: Mapping[str, Any]) -
             continue
         if not isinstance(decoded, str | int | float):  # as the SDK: text and numbers stay text
             read[name] = decoded
-    return read
+    return conform(read, schema)
 
 
 def _error_result(message: str) -> types.CallToolResult:
@@ -171,6 +182,13 @@ async def serve(policy: GatewayPolicy, upstream_command: Sequence[str], *, http:
     ):
         hello = await upstream.initialize()
         gate = GovernedTools(policy.guard, policy.tools, upstream, session_id=os.urandom(8).hex())
+        # An entry for a tool or argument the upstream lacks would never apply: the tool would be read by the
+        # defaults instead (a misspelt `send_mail` left `send_email` unmapped).
+        schemas = await gate.read_schemas()
+        try:
+            policy.tools.check_against({name: list(schema.get("properties") or ()) for name, schema in schemas.items()})
+        except ValueError as exc:
+            raise PolicyError(f"tools: {exc}") from None
         server: Server[Any] = Server(
             hello.server_info.name,
             version=hello.server_info.version,

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from risk.guard import Guard
-from risk.integrations.tool_map import ToolMap, ToolSpec, schema_defaults
+from risk.integrations.tool_map import ToolMap, ToolSpec, conform, schema_defaults
 from risk.integrations.toolcalls import GovernedCall, ToolGovernor
 
 try:
@@ -90,6 +90,10 @@ def _governed(tool: FunctionTool, governor: ToolGovernor, pending: dict[str, Gov
             args = None
         if not isinstance(args, dict):
             return ToolGuardrailFunctionOutput.reject_content(f"denied: {tool.name} needs a JSON object of arguments")
+        try:  # as the tool's pydantic model will read them (only OpenAI's own API enforces a strict schema)
+            args = conform(args, tool.params_json_schema)
+        except ValueError as exc:
+            return ToolGuardrailFunctionOutput.reject_content(f"denied: {tool.name}: {exc}")
         # An argument left out still acts with its default (a non-strict tool may omit it): check that too.
         call = governor.check(tool.name, {**schema_defaults(tool.params_json_schema), **args})
         if call.stops_run:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -161,10 +162,16 @@ def _values(what: str, value: Any) -> list[str]:
     items = value if isinstance(value, list | tuple) else [value]
     if not items:
         raise ValueError(f"{what} is an empty list")
+    values = []
     for item in items:
         if isinstance(item, dict | list | tuple) or item is None:
             raise ValueError(f"{what} must be text, a number or a list of them, not {item!r}")
-    return [os.fspath(item) if isinstance(item, os.PathLike) else str(item) for item in items]
+        # A path as bytes or a PathLike is the file it names, not its repr ("b'/etc/x'").
+        text = os.fsdecode(item) if isinstance(item, bytes | os.PathLike) else str(item)
+        if not text.strip():  # inside a template, "bank.payee/" would look like something to check
+            raise ValueError(f"{what} is blank")
+        values.append(text)
+    return values
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,18 +227,23 @@ class ToolMap:
         """The mapping a framework integration takes, checked against the agent's tools (name to argument
         names): a tool or argument they do not have is a ValueError now, not a call misread later."""
         tool_map = cls.from_config(mapping)
-        unknown = sorted(set(tool_map.rules) - set(tools))
+        tool_map.check_against(tools)
+        return tool_map
+
+    def check_against(self, tools: Mapping[str, Collection[str]]) -> None:
+        """ValueError if this maps a tool that `tools` (name to argument names) lacks, or an argument it lacks:
+        such an entry would never apply, and the tool would be read by the defaults instead."""
+        unknown = sorted(set(self.rules) - set(tools))
         if unknown:
             known = ", ".join(sorted(tools)) or "none"
             raise ValueError(
                 f"the mapping names tools the agent does not have: {', '.join(unknown)}; its tools: {known}"
             )
-        for name, rule in tool_map.rules.items():
+        for name, rule in self.rules.items():
             missing = [f for source in rule.resources for f in source.fields if f not in tools[name]]
             if missing:
                 known = ", ".join(sorted(tools[name])) or "none"
                 raise ValueError(f"tool {name} has no argument {missing[0]!r}; its arguments: {known}")
-        return tool_map
 
     def resolve(self, tool: str, arguments: Mapping[str, Any]) -> ToolCall:
         """What `tool(**arguments)` does. Raises ValueError when no resource can be read from the arguments."""
@@ -317,3 +329,73 @@ def schema_defaults(schema: Mapping[str, Any] | None) -> dict[str, Any]:
         for name, spec in properties.items()
         if isinstance(spec, Mapping) and "default" in spec and spec["default"] is not None
     }
+
+
+_JSON_TYPES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"),
+               (dict, "object"), (type(None), "null"))  # fmt: skip
+
+
+def conform(arguments: Mapping[str, Any], schema: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The arguments as a tool with this JSON schema reads them; ValueError for one whose JSON type is not a
+    type its schema declares.
+
+    Tools validate their arguments with pydantic, which reads "01", " 1", 1.0 and true as the integer 1 and a
+    UUID with braces or without hyphens as that UUID: checked as sent, a blocked `account/1` ran as
+    `account/01`. Rather than mirror every coercion, an argument of another type than declared is refused
+    (the model reads why and can send it again), an integral float for an integer is the integer, and a UUID
+    (`format: uuid`) is written in its canonical form. An argument the schema does not declare is left out
+    unless it admits `additionalProperties`: the tool ignores it, and checked, a `path` sent beside a tool's
+    real `to` was the resource the default mapping checked. The tool still gets the arguments as sent.
+
+    >>> schema = {"properties": {"id": {"type": "integer"}, "ids": {"type": "array", "items": {"type": "integer"}}}}
+    >>> conform({"id": 1.0, "ids": [2, 3.0], "path": "decoy.txt"}, schema)
+    {'id': 1, 'ids': [2, 3]}
+    >>> conform({"id": "01"}, schema)
+    Traceback (most recent call last):
+    ...
+    ValueError: argument 'id' must be integer, as the tool's schema says, not '01'
+    """
+    if not isinstance(schema, Mapping) or not isinstance(properties := schema.get("properties"), Mapping):
+        return dict(arguments)
+    extra = schema.get("additionalProperties")
+    return {
+        name: _conformed(name, value, properties.get(name))
+        for name, value in arguments.items()
+        if name in properties or extra is True or isinstance(extra, Mapping)
+    }
+
+
+def _conformed(name: str, value: Any, spec: Any) -> Any:
+    if not isinstance(spec, Mapping):
+        return value
+    declared = _declared_types(spec)
+    if declared:
+        kind = next((k for t, k in _JSON_TYPES if isinstance(value, t)), None)  # bool first: True is an int
+        if kind == "number" and "number" not in declared and "integer" in declared and value.is_integer():
+            value, kind = int(value), "integer"
+        if kind not in declared and not (kind == "integer" and "number" in declared):
+            raise ValueError(f"argument {name!r} must be {' or '.join(sorted(declared))}, as the tool's schema "
+                             f"says, not {value!r}")  # fmt: skip
+    if isinstance(value, str) and spec.get("format") == "uuid":
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError(f"argument {name!r} must be a UUID, as the tool's schema says, not {value!r}") from None
+    if isinstance(value, list) and isinstance(spec.get("items"), Mapping):
+        return [_conformed(name, item, spec["items"]) for item in value]
+    return value
+
+
+def _declared_types(spec: Mapping[str, Any]) -> set[str]:
+    """The JSON types a property's schema allows (empty: it does not say, or says it in a way not read here)."""
+    declared = spec.get("type")
+    if isinstance(declared, str):
+        return {declared}
+    if isinstance(declared, list):
+        return {t for t in declared if isinstance(t, str)}
+    alternatives = spec.get("anyOf") or spec.get("oneOf")
+    if isinstance(alternatives, list) and alternatives:
+        each = [_declared_types(a) if isinstance(a, Mapping) else set() for a in alternatives]
+        if all(each):  # an alternative without a type (a reference, say) could be anything
+            return set().union(*each)
+    return set()

@@ -108,16 +108,17 @@ class ToolGovernor:
         undos = tuple(self.guard.undo_step(d, *_undo(call.action_type, d, self.guard)) for d in allowed)
         return GovernedCall(tool, "; ".join(d.explain() for d in allowed), tuple(allowed), undos)
 
-    def finish(self, call: GovernedCall, *, error: str | None, size: int | None = None) -> None:
+    def finish(self, call: GovernedCall, *, error: str | None, size: int | None = None, over: bool = True) -> None:
         """Record what an allowed call did (`error` None for success, `size` its answer's bytes if known)
-        and keep its undos for rollback (undone at once if the agent was rolled back while the call ran)."""
+        and keep its undos for rollback (undone at once if the agent was rolled back while the call ran).
+        `over=False` when the call may still be running (see `Guard.keep_undo`)."""
         if not call.allowed:
             return
         for decision, step in zip(call.decisions, call.undos, strict=True):
             self.guard.keep_undo(step, functools.partial(
                 self.guard.record_outcome, decision.action_id, success=error is None, error=error, bytes=size,
                 agent_id=decision.agent_id,
-            ))  # fmt: skip
+            ), over=over)  # fmt: skip
 
     def _refuse(self, allowed: Sequence[Decision], refusal: GovernedCall) -> GovernedCall:
         """The refusal, after recording that the resources allowed before it were not touched after all."""
