@@ -622,6 +622,24 @@ def test_locked_audit_denies_an_allowed_action_and_recovers_once_released(
     assert verify(url_of(db_path)).ok
 
 
+@pytest.mark.parametrize("removed", [("",), ("-wal", "-shm"), ("", "-wal", "-shm")])
+def test_an_audit_file_deleted_or_replaced_under_the_guard_denies_instead_of_losing_the_records(
+    make_guard: Callable[..., Guard], db_path: Path, removed: tuple[str, ...]
+) -> None:
+    """SQLite goes on writing to a deleted file without a word: every action was allowed and its record lost with
+    the file, or (with the log deleted) written where a second writer, chaining into a new log, never saw it."""
+    guard = make_guard()
+    assert guard.check(ActionType.FILE_READ, "/srv/reports/q1.csv").allowed
+    for suffix in removed:
+        Path(f"{db_path}{suffix}").unlink()
+    denied = guard.check(ActionType.FILE_READ, "/srv/reports/q1.csv")
+    assert (denied.allowed, denied.reason_codes[0]) == (False, "audit_unavailable")
+    assert "deleted or replaced" in denied.reasons[0].message and guard.audit_failures == 1
+    if len(removed) == 3:  # a new trail at the path (a restarted worker's): still not the files this store opened
+        assert make_guard().check(ActionType.FILE_READ, "/srv/reports/q1.csv").allowed
+        assert not guard.check(ActionType.FILE_READ, "/srv/reports/q1.csv").allowed
+
+
 def test_checks_decided_together_are_committed_at_once_and_a_record_that_fails_denies_only_its_action(
     make_guard: Callable[..., Guard], db_path: Path
 ) -> None:

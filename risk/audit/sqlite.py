@@ -21,6 +21,7 @@ else tries again next round. The file keeps the largest size the log reached; cl
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -127,6 +128,12 @@ class SQLiteAuditStore:
                 self._conn.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as exc:
             raise AuditError(f"cannot open audit store {url}: {exc}") from exc
+        # The database and its log as opened (both exist once a WAL connection is open). SQLite goes on writing to
+        # a file that was deleted or replaced under it, and says nothing: the records would be lost, or another
+        # process would chain into a new file beside them. Each append checks the paths still name these files.
+        # Absolute: a relative path read after a chdir names another file.
+        here = os.path.abspath(path)
+        self._files = () if path == ":memory:" else tuple((p, _identity(p)) for p in (here, f"{here}-wal"))
 
     def append(self, body: dict[str, Any]) -> Sealed:
         return self._appender.append(body, self.url)
@@ -139,6 +146,7 @@ class SQLiteAuditStore:
         already took one of their seqs or a later one, or holds the write lock."""
         rows = [(*sealed.row(body), sealed.seq) for sealed, body in records]
         with self._lock:
+            self._check_files()
             try:
                 if len(rows) == 1:
                     return bool(self._conn.execute(_INSERT, rows[0]).rowcount == 1)
@@ -163,6 +171,14 @@ class SQLiteAuditStore:
             except sqlite3.Error as exc:
                 raise AuditError(f"audit record not written to {self.url}: {exc}") from exc
         return True
+
+    def _check_files(self) -> None:
+        for path, opened in self._files:
+            if _identity(path) != opened:
+                raise AuditError(
+                    f"audit record not written to {self.url}: {path} was deleted or replaced since the store opened "
+                    "it, so records written now would be lost; restore it, or restart to open the trail at that path"
+                )
 
     def _read_head(self) -> tuple[int, str]:
         row = self._read("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", ())
@@ -211,6 +227,15 @@ class SQLiteAuditStore:
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise AuditError(f"cannot read audit store {self.url}: {exc}") from exc
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None if there is none."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 class _Checkpointer:
