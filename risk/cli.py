@@ -203,12 +203,13 @@ def train_command(
     evaluate: Annotated[
         Path | None, typer.Option(help="A labelled trace to evaluate the model on; its metrics go in the card.")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a model of the same name and version.")] = False,
 ) -> None:
     """Fit the behavioral model on benign history; writes models/<name>-<version>.joblib and its card."""
     from risk.train import train
 
     try:
-        model, artifact = train(source, out, name=name, version=version, seed=seed, evaluate_on=evaluate)
+        model, artifact = train(source, out, name=name, version=version, seed=seed, evaluate_on=evaluate, replace=force)
     except (RiskError, ValueError) as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:  # --out names a file, or a folder that cannot be written

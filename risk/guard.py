@@ -49,7 +49,7 @@ from risk.redaction import mask, mask_text
 from risk.resources import Readings, readings
 from risk.rollback import RollbackReport, UndoLog, UndoStep, savepoint, settle, snapshot_file
 from risk.scoring.behavior import Assessment, BehaviorScorer, combined
-from risk.scoring.model import DEFAULT_MODEL, SHIPPED_MODELS, BehaviorModel, ModelError, load_model
+from risk.scoring.model import DEFAULT_MODEL, BehaviorModel, load_installed
 from risk.scoring.online import OnlineScorer
 from risk.scoring.rules import RuleScorer
 from risk.state import AgentState, StateStore, open_state
@@ -829,16 +829,7 @@ def _behavior_scorer(
 ) -> BehaviorScorer | None:
     """The behavioral scorer a Guard was configured with; the shipped default model is optional. `online` is
     True for the streaming model of the guards over this state store, or the streaming model to use."""
-    if isinstance(model, BehaviorModel) or model is None:
-        loaded = model
-    else:
-        try:
-            loaded = load_model(model)
-        except ModelError:
-            if model != DEFAULT_MODEL:
-                raise
-            log.warning("no default model in %s: scoring with rules and the online model only", SHIPPED_MODELS)
-            loaded = None
+    loaded = model if isinstance(model, BehaviorModel) or model is None else load_installed(model)
     streaming = online if isinstance(online, OnlineScorer) else beside.streaming_model() if online else None
     if loaded is None and streaming is None:
         return None

@@ -38,7 +38,7 @@ from risk.idempotency import IdempotencyConflict, IdempotencyKeys
 from risk.keys import ApiKey, check_tenant
 from risk.policy import Policy
 from risk.rollback import RollbackReport
-from risk.scoring.model import DEFAULT_MODEL, SHIPPED_MODELS, BehaviorModel, ModelError, load_model
+from risk.scoring.model import DEFAULT_MODEL, BehaviorModel, ModelError, load_installed, load_model, models_folder
 from risk.scoring.online import OnlineScorer
 from risk.state import AgentState, StateStore
 from risk.tenant_policies import SERVICE_DEFAULT, PolicyView, TenantPolicies, policy_file
@@ -596,7 +596,7 @@ class Tenants:
 
     def models(self) -> list[dict[str, Any]]:
         """The model cards in $RISK_MODELS (or the shipped models folder)."""
-        folder = Path(os.environ.get("RISK_MODELS", SHIPPED_MODELS))
+        folder = models_folder()
         cards = []
         for path in sorted(folder.glob("*.json")):
             try:
@@ -610,12 +610,12 @@ class Tenants:
     def reload_model(self, actor: str, tenant: str | None = None) -> tuple[str | None, str | None]:
         """Load the configured model again (a newer version, a replaced artifact) in every process.
 
-        Returns (old version, new version); ModelError leaves the current model in place. The reload is
-        recorded for the service (agent `*`) and, when a tenant's admin asked for it, for that tenant too, whose
-        auditors see only the tenant's own records.
+        Returns (old version, new version); ModelError (a model that is gone, altered or half written) leaves the
+        current model in place. The reload is recorded for the service (agent `*`) and, when a tenant's admin
+        asked for it, for that tenant too, whose auditors see only the tenant's own records.
         """
         old = self.model_version
-        model = self._load_model()
+        model = self._load_model(reload=True)
         new = model.model_version if model is not None else None
         event = {"kind": "model_reload", "actor": actor, "model_version": new, "detail": {"old": old}}
         self.record("*", event)
@@ -628,16 +628,12 @@ class Tenants:
             self._guards.clear()
         return old, new
 
-    def _load_model(self) -> BehaviorModel | None:
+    def _load_model(self, *, reload: bool = False) -> BehaviorModel | None:
+        """The configured model. At start the default model may be missing (`load_installed`); a reload never
+        trades the running model for none."""
         if self.model_spec is None:
             return None
-        try:
-            return load_model(self.model_spec)
-        except ModelError:
-            if self.model_spec != DEFAULT_MODEL:
-                raise
-            log.warning("no default model in %s: scoring with rules only", SHIPPED_MODELS)
-            return None
+        return load_model(self.model_spec) if reload else load_installed(self.model_spec)
 
     # ---- guards, refresh, records ------------------------------------------------------------
 
@@ -681,7 +677,7 @@ class Tenants:
                 self.policies.load()
             if "model" in self._generations and generations.get("model") != self._generations["model"]:
                 try:
-                    self._model = self._load_model()
+                    self._model = self._load_model(reload=True)
                     self._guards.clear()
                 except ModelError:
                     log.exception("model reload failed; scoring with %s", self.model_version)

@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 
 from risk.actions import ActionType
+from risk.audit.postgres import _redacted
 from risk.audit.record import canonical_json
 from risk.audit.store import AuditQuery, AuditStore, open_audit
 from risk.features import BASELINE_ACTIONS, MODEL_FEATURES, model_input
 from risk.resources import readings
 from risk.scoring.behavior import Assessment, BehaviorScorer, combined
-from risk.scoring.model import DEFAULT_MODEL, BehaviorModel, fit_model, save_model
+from risk.scoring.model import CALIBRATION_HOLDOUT_ROWS, DEFAULT_MODEL, BehaviorModel, fit_model, save_model
 from risk.scoring.rules import RuleScorer
 from risk.traces import TraceAction, read_trace
 
@@ -135,9 +136,11 @@ def train(
     n_estimators: int = 100,
     max_samples: int = 256,
     evaluate_on: str | Path | None = None,
+    replace: bool = False,
 ) -> tuple[BehaviorModel, Path]:
     """Fit, calibrate and save a model from `source`; returns it and the artifact's path. With `evaluate_on`, a
-    labelled trace, the card holds the model's metrics on it (`risk.evaluate`, after `source` as history)."""
+    labelled trace, the card holds the model's metrics on it (`risk.evaluate`, after `source` as history).
+    `replace` writes over a model of the same name and version (see `save_model`)."""
     actions = history(source)
     rows = training_rows(actions)
     if rows.actions < 2:
@@ -156,7 +159,7 @@ def train(
     )
     card = {
         "training": {
-            "source": source,
+            "source": _redacted(source),  # cards are shipped and committed: never with a password
             "benign_actions": rows.actions,
             "rows": int(rows.X.shape[0]),
             "agents": rows.agents,
@@ -164,10 +167,14 @@ def train(
             "seed": seed,
             "skipped_first_actions_per_agent": BASELINE_ACTIONS,
         },
-        "params": {"n_estimators": n_estimators, "max_samples": max_samples, "calibration": "held-out quarter"},
+        "params": {
+            "n_estimators": n_estimators,
+            "max_samples": max_samples,
+            "calibration": "held-out quarter" if len(rows.X) >= CALIBRATION_HOLDOUT_ROWS else "fitted rows",
+        },
         "metrics": _metrics(model, actions, evaluate_on) if evaluate_on is not None else {},
     }
-    return model, save_model(model, out_dir, card)
+    return model, save_model(model, out_dir, card, replace=replace)
 
 
 def _metrics(model: BehaviorModel, history: list[TraceAction], test: str | Path) -> dict[str, Any]:

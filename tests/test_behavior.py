@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from risk import ActionDenied, ActionType, Guard
-from risk.audit.store import AuditQuery
+from risk.audit.store import AuditQuery, open_audit
+from risk.catalog import Catalog
 from risk.features import (
     _BARE_HOST,
     _ENDS_IN_TLD,
@@ -33,9 +35,18 @@ from risk.features import (
 from risk.profiles import AgentProfile, Probe, profile_core, profile_from_core
 from risk.scoring.behavior import BehaviorScorer, novelty
 from risk.scoring.calibration import StreamingTailCalibrator, TailCalibrator, severity_from_tail
-from risk.scoring.model import BehaviorModel, ModelError, fit_model, load_model, resolve_model, save_model
+from risk.scoring.model import (
+    SHIPPED_MODELS,
+    BehaviorModel,
+    ModelError,
+    fit_model,
+    load_model,
+    resolve_model,
+    save_model,
+)
 from risk.scoring.rules import RuleScorer
 from risk.state import MemoryState
+from risk.tenants import Tenants
 from risk.traces import TraceError, read_trace
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z, a whole hour
@@ -1083,3 +1094,90 @@ def test_guard_loads_a_model_by_name_from_risk_models(tmp_path: Path, monkeypatc
     monkeypatch.chdir(tmp_path)
     guard = make_guard(tmp_path, model="payments", online=False, max_risk_score=0.5, clock=Clock())
     assert guard.model_version == "rules-1+payments-3"
+
+
+# ---- the default model, and models written over ------------------------------------------------------------
+
+
+def installed_default(folder: Path) -> Path:
+    """A copy of the shipped default model (artifact and card) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for shipped in SHIPPED_MODELS.glob("default-*"):
+        shutil.copy(shipped, folder / shipped.name)
+    return next(folder.glob("default-*.joblib"))
+
+
+@pytest.mark.parametrize("damage", ["artifact", "card", "artifact gone"])
+def test_a_damaged_default_model_is_refused_not_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """Only a default model that is not installed at all may be left out: an altered one, or one whose card no
+    longer reads, was silently dropped ("no default model"), and the guard scored without it."""
+    artifact = installed_default(tmp_path / "models")
+    if damage == "artifact":
+        artifact.write_bytes(artifact.read_bytes()[:-1] + b"\0")
+    elif damage == "card":
+        artifact.with_suffix(".json").write_text("{")
+    else:
+        artifact.unlink()
+    monkeypatch.setenv("RISK_MODELS", str(tmp_path / "models"))
+    with pytest.raises(ModelError):
+        make_guard(tmp_path)
+
+
+def test_without_a_default_model_the_guard_scores_without_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RISK_MODELS", str(tmp_path / "empty"))
+    assert make_guard(tmp_path, online=False).model_version == "rules-1"
+
+
+def test_a_folder_named_like_the_model_does_not_hide_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model name was read as a path when one existed: `mkdir default` in the working directory turned the
+    shipped model off."""
+    monkeypatch.delenv("RISK_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()
+    assert "default-" in make_guard(tmp_path, online=False).model_version
+
+
+def test_a_service_reload_of_a_damaged_model_keeps_the_running_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    artifact = installed_default(tmp_path / "models")
+    monkeypatch.setenv("RISK_MODELS", str(tmp_path / "models"))
+    tenants = Tenants(Catalog(f"sqlite:///{tmp_path}/catalog.db"), open_audit(f"sqlite:///{tmp_path}/audit.db"),
+                      MemoryState())  # fmt: skip
+    running = tenants.model_version
+    assert running is not None and running.startswith("default-")
+    artifact.write_bytes(artifact.read_bytes()[:-1] + b"\0")  # or caught half written by `risk train`
+    with pytest.raises(ModelError, match="SHA-256"):
+        tenants.reload_model("admin")
+    assert tenants.model_version == running
+    artifact.unlink()
+    artifact.with_suffix(".json").unlink()
+    with pytest.raises(ModelError, match="no model named 'default'"):
+        tenants.reload_model("admin")
+    assert tenants.model_version == running
+
+
+def test_save_model_refuses_to_write_over_a_model_or_outside_its_folder(tmp_path: Path) -> None:
+    first = save_model(small_model("t", "1"), tmp_path, {})
+    sha = json.loads(first.with_suffix(".json").read_text())["sha256"]
+    with pytest.raises(ModelError, match="exists"):
+        save_model(fit_model(benign_rows(), MODEL_FEATURES, name="t", version="1", seed=1), tmp_path, {})
+    assert json.loads(first.with_suffix(".json").read_text())["sha256"] == sha
+    assert load_model(first).version == "1"
+    save_model(small_model("t", "1"), tmp_path, {}, replace=True)  # as `make model` does, on purpose
+    for name, version in (("../escaped", "1"), ("t", "1/../../x"), ("", "1"), (".hidden", "1")):
+        with pytest.raises(ModelError, match="must be letters"):
+            save_model(small_model(name, version), tmp_path / "models", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t-1.joblib", "t-1.json"]
+
+
+def test_a_card_that_names_another_model_is_refused(tmp_path: Path) -> None:
+    artifact = save_model(small_model("t", "1"), tmp_path, {})
+    card_path = artifact.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    for field, value in (("name", "prod"), ("version", "9"), ("features", ["only_this_one"])):
+        card_path.write_text(json.dumps({**card, field: value}))
+        with pytest.raises(ModelError, match="does not describe"):
+            load_model(artifact)

@@ -7,8 +7,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
+import re
+import tempfile
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,10 +32,23 @@ from risk.scoring.forest import CompiledForest
 SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "models"
 DEFAULT_MODEL = "default"
 EXPLAIN_TAIL = 0.05  # a feature is named as a reason when fewer than 5% of benign actions reach its value
+CALIBRATION_HOLDOUT_ROWS = 200  # from this many training rows on, the last quarter is held out for calibration
+_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a model name or version: a file name's part, no path
+
+log = logging.getLogger("risk")
 
 
 class ModelError(RiskError):
     """A model artifact is missing, altered or does not fit this version of agent-risk."""
+
+
+class ModelNotFound(ModelError):
+    """No model of the name asked for is installed."""
+
+
+def models_folder() -> Path:
+    """Where models are looked up by name: $RISK_MODELS, else the shipped models/."""
+    return Path(os.environ.get("RISK_MODELS", SHIPPED_MODELS))
 
 
 @dataclass
@@ -84,14 +100,15 @@ def fit_model(
 ) -> BehaviorModel:
     """Fit the forest on benign feature rows `X` (in time order), compile it, and calibrate it on later rows.
 
-    The last quarter of the rows (when there are at least 200) is held out for calibration: scores of rows
+    The last quarter of the rows (when there are at least CALIBRATION_HOLDOUT_ROWS) is held out for calibration:
+    scores of rows
     the forest saw look more normal than new benign actions will, and behavior drifts, so calibrating on
     what came after the fitted period keeps a threshold's false-alarm rate near what the README promises.
     """
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != len(features) or len(X) < 2:
         raise ValueError(f"need at least 2 rows of {len(features)} features, got shape {X.shape}")
-    cut = len(X) - len(X) // 4 if len(X) >= 200 else len(X)
+    cut = len(X) - len(X) // 4 if len(X) >= CALIBRATION_HOLDOUT_ROWS else len(X)
     fit_rows = np.arange(cut)
     held = np.arange(cut, len(X)) if cut < len(X) else fit_rows
     forest = IsolationForest(
@@ -104,17 +121,28 @@ def fit_model(
     return BehaviorModel(name, version, tuple(features), compiled, calibrator, samples)
 
 
-def save_model(model: BehaviorModel, directory: str | Path, card: dict[str, Any]) -> Path:
-    """Write `<name>-<version>.joblib` and its card `<name>-<version>.json` (with the artifact's SHA-256)."""
+def save_model(model: BehaviorModel, directory: str | Path, card: dict[str, Any], *, replace: bool = False) -> Path:
+    """Write `<name>-<version>.joblib` and its card `<name>-<version>.json` (with the artifact's SHA-256).
+
+    A model of that name and version already there is a ModelError unless `replace`: guards and services load
+    it by name, and one retrained over it would change what they score with under the same version. Each file is
+    written beside its place and renamed into it, so a reader never sees half of one."""
+    for what, part in (("name", model.name), ("version", model.version)):
+        if not _PART.fullmatch(part):
+            raise ModelError(f"model {what} {part!r} must be letters, digits, '_', '.' and '-', starting with a "
+                             "letter or digit (it names the model's files)")  # fmt: skip
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     artifact = directory / f"{model.model_version}.joblib"
-    joblib.dump(model, artifact, compress=3)
+    card_path = artifact.with_suffix(".json")
+    if not replace and (artifact.exists() or card_path.exists()):
+        raise ModelError(f"{artifact} exists: train under another version, or replace it deliberately (--force)")
+    written = _write_atomically(artifact, lambda f: joblib.dump(model, f, compress=3))
     full_card = {
         "name": model.name,
         "version": model.version,
         "artifact": artifact.name,
-        "sha256": _sha256(artifact),
+        "sha256": written,
         "features": list(model.features),
         "libraries": {
             "python": platform.python_version(),
@@ -125,23 +153,52 @@ def save_model(model: BehaviorModel, directory: str | Path, card: dict[str, Any]
         },
         **card,
     }
-    artifact.with_suffix(".json").write_text(json.dumps(full_card, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(full_card, indent=2, sort_keys=True) + "\n"
+    _write_atomically(card_path, lambda f: f.write(text.encode()))
     return artifact
 
 
+def _write_atomically(path: Path, write: Any) -> str:
+    """Write a file through `write(file)` to a temporary name beside `path`, then rename it over `path`; the
+    SHA-256 of what was written."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            write(out)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return _sha256(path)
+
+
 def resolve_model(spec: str | Path) -> Path:
-    """The artifact named by `spec`: a path, or a model name looked up in $RISK_MODELS or models/."""
+    """The artifact named by `spec`: a path (a Path, or text ending in .joblib or holding a '/'), or a model name
+    looked up in models_folder(). A name is never read as a path: a folder `default` in the working directory
+    hid the shipped default model."""
     path = Path(spec)
-    if path.suffix == ".joblib" or path.exists():
+    if isinstance(spec, Path) or path.suffix == ".joblib" or "/" in spec or os.sep in spec:
         return path
-    folder = Path(os.environ.get("RISK_MODELS", SHIPPED_MODELS))
+    folder = models_folder()
     cards = sorted(
-        (card for card in folder.glob(f"{spec}-*.json") if _card_name(card) == str(spec)),
+        (card for card in folder.glob(f"{spec}-*.json") if _card_name(card) == spec),
         key=lambda card: _version_key(card.stem.removeprefix(f"{spec}-")),
     )
     if not cards:
-        raise ModelError(f"no model named {spec!r} in {folder}; train one with `risk train` or `make model`")
+        raise ModelNotFound(f"no model named {spec!r} in {folder}; train one with `risk train` or `make model`")
     return cards[-1].with_suffix(".joblib")
+
+
+def load_installed(spec: str | Path) -> BehaviorModel | None:
+    """`load_model(spec)`, except that the default model may be missing (a checkout without models/): None then,
+    with a warning. A default model that is there but altered or unreadable is refused like any other."""
+    try:
+        return load_model(spec)
+    except ModelNotFound:
+        if spec != DEFAULT_MODEL:
+            raise
+        log.warning("no default model in %s: scoring without it", models_folder())
+        return None
 
 
 def load_model(spec: str | Path) -> BehaviorModel:
@@ -171,6 +228,13 @@ def load_model(spec: str | Path) -> BehaviorModel:
     model = joblib.load(io.BytesIO(data))
     if not isinstance(model, BehaviorModel):
         raise ModelError(f"{artifact} holds a {type(model).__name__}, not a BehaviorModel")
+    # The card is what operators and auditors read, and a model is looked up by the card's name: it must describe
+    # the model the trail will name, not another.
+    said = (card.get("name"), card.get("version"), card.get("features"))
+    held = (model.name, model.version, list(model.features))
+    if said != held:
+        raise ModelError(f"the model card {card_path} does not describe {artifact}: it says name, version and "
+                         f"features {said}, the artifact holds {held}")  # fmt: skip
     return model
 
 
@@ -182,13 +246,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _card_name(card: Path) -> str | None:
-    """The model name a card declares (so "t" never picks up "t-big-1")."""
+def _card_name(card: Path) -> str:
+    """The model name a card declares (so "t" never picks up "t-big-1"). ModelError if it cannot be read: skipped,
+    a damaged card of the model asked for would make it look not installed, and the default one optional."""
     try:
         name = json.loads(card.read_text()).get("name")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return name if isinstance(name, str) else None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelError(f"cannot read the model card {card}: {exc}") from None
+    if not isinstance(name, str):
+        raise ModelError(f"the model card {card} names no model")
+    return name
 
 
 def _version_key(version: str) -> tuple[int, tuple[int, ...], str]:
