@@ -138,26 +138,32 @@ class Guard:
         self.keep_payloads = keep_payloads
         self.home = Path(home) if home is not None else default_home()
         self.audit: AuditStore = open_audit(audit) if audit is None or isinstance(audit, str) else audit
-        self._state: StateStore = open_state(state) if state is None or isinstance(state, str) else state
-        self._clock = clock
-        self._rules = RuleScorer()
-        beside = _beside(self._state)
-        self._behavior = _behavior_scorer(model, online, beside)
-        self.model_version = "+".join(v for v in (RULES_VERSION, self._behavior.version if self._behavior else "") if v)
-        self._undo = UndoLog()
-        self.killswitch = KillSwitch(self._state, self._record_event)
-        self.audit_failures = 0
-        self._unsaved_stops = beside.unsaved_stops  # agent -> a stop the state store refused (see _trip)
-        self._record_event(
-            agent_id,
-            {
-                "kind": "policy",
-                "actor": "guard",
-                "policy_hash": self.policy.policy_hash,
-                "detail": {"policy": self.policy.model_dump(mode="json")},
-            },
-            strict=True,
-        )
+        self._owns_state = state is None or isinstance(state, str)  # opened here, so closed with the guard
+        try:
+            self._state: StateStore = open_state(state) if state is None or isinstance(state, str) else state
+            self._clock = clock
+            self._rules = RuleScorer()
+            beside = _beside(self._state)
+            self._behavior = _behavior_scorer(model, online, beside)
+            versions = (RULES_VERSION, self._behavior.version if self._behavior else "")
+            self.model_version = "+".join(v for v in versions if v)
+            self._undo = UndoLog()
+            self.killswitch = KillSwitch(self._state, self._record_event)
+            self.audit_failures = 0
+            self._unsaved_stops = beside.unsaved_stops  # agent -> a stop the state store refused (see _trip)
+            self._record_event(
+                agent_id,
+                {
+                    "kind": "policy",
+                    "actor": "guard",
+                    "policy_hash": self.policy.policy_hash,
+                    "detail": {"policy": self.policy.model_dump(mode="json")},
+                },
+                strict=True,
+            )
+        except BaseException:  # a model that does not load, an audit trail that refuses the policy record, ...
+            self.close()  # or its audit store's thread and connections, and its Redis client, stay open for good
+            raise
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> Guard:
@@ -706,7 +712,11 @@ class Guard:
             held.append((self, body))
 
     def close(self) -> None:
+        """Close the audit store, and the state store if the guard opened it (from a URL, or the default)."""
         self.audit.close()
+        close_state = getattr(self._state, "close", None) if self._owns_state and hasattr(self, "_state") else None
+        if close_state is not None:  # the in-process store holds nothing to close
+            close_state()
 
     def watch(self, agent_id: str | None = None, *, session_id: str | None = None) -> Any:
         """A context manager inside which file, process, socket and SQLite work is checked as this agent's

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -364,7 +365,9 @@ class RedisProfiles:
     """
 
     def __init__(self, state: RedisState) -> None:
-        self._state = state
+        # Weakly: the guards keep these profiles in a WeakKeyDictionary keyed by the state store, and a strong
+        # reference back kept every store (its Redis connections too) alive for good.
+        self._state: RedisState = weakref.proxy(state)
         self._replace = state._client.register_script(_REPLACE_PROFILE)
         self._last_seen: OrderedDict[str, str] = OrderedDict()  # agent -> its scalar part as last read or written
         self._lock = threading.Lock()

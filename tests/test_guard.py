@@ -31,6 +31,7 @@ from risk import (
 )
 from risk.audit.store import AuditQuery, verify_store
 from risk.resources import readings
+from risk.scoring.model import ModelError
 from risk.state import AgentState, MemoryState
 
 
@@ -858,3 +859,13 @@ def test_a_risk_score_that_is_not_a_number_counts_as_above_the_threshold(tmp_pat
     guard = make_guard(tmp_path, max_risk_score=0.5, model=None)
     violations = guard._violations("a", 0.0, ActionType.FILE_READ, readings("/reports/x.csv"), float("nan"), None)
     assert [v.code for v in violations] == ["risk_above_threshold"]
+
+
+def test_a_guard_that_cannot_be_made_closes_what_it_opened(tmp_path: Path) -> None:
+    """A model that does not load (or a policy record the trail refuses) left the audit store's checkpoint thread
+    and connections open: a caller retrying in a loop ran out of file descriptors."""
+    before = {t.name for t in threading.enumerate()}, len(os.listdir("/proc/self/fd"))
+    for _ in range(10):
+        with pytest.raises(ModelError):
+            Guard(audit=f"sqlite:///{tmp_path}/audit.db", home=tmp_path, model="no-such-model")
+    assert ({t.name for t in threading.enumerate()}, len(os.listdir("/proc/self/fd"))) == before

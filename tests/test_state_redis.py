@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import multiprocessing
 import os
 import random
@@ -631,3 +632,19 @@ def test_a_kill_switch_move_whose_reply_is_lost_counts_as_made_and_an_approval_i
         lossy.close()
     assert direct.get_state("a") == resumed
     direct.close()
+
+
+def test_guards_made_and_closed_over_a_redis_url_leave_no_connections_behind(
+    tmp_path: Path, url: str, server: Any
+) -> None:
+    """Guard.close closed only the audit store, and the profiles kept beside each RedisState held it for good:
+    every guard made over a URL kept its Redis connection open."""
+    clients = len(server.client_list())
+    for i in range(20):
+        guard = _guard(tmp_path, url, f"g{i}", Clock(), model=None, online=False)
+        assert guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims").allowed
+        guard.close()
+    del guard
+    gc.collect()
+    assert len(server.client_list()) <= clients + 1  # connections still closing on the server's side, at most
+    assert not [o for o in gc.get_objects() if isinstance(o, RedisState)]
