@@ -221,7 +221,13 @@ def train_command(
 def evaluate_command(
     test: Annotated[Path, typer.Argument(help="Labelled trace to replay (JSONL).")],
     train: Annotated[Path | None, typer.Option(help="Benign trace to train the guard on first.")] = None,
-    policy: Annotated[Path | None, typer.Option(help="Policy file (default: max_risk_score 0.5, mode pause).")] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="Policy file (default: max_risk_score 0.5, mode pause); its model and online settings give way "
+            "to --train and --online."
+        ),
+    ] = None,
     online: Annotated[bool, typer.Option("--online", help="Also score with the streaming model.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:

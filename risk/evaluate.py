@@ -87,8 +87,6 @@ def replay(
     """
     model = _model_for(train, model, seed)
     fields = {**DEFAULT_EVALUATION_POLICY, **(policy or {})}
-    fields.pop("audit", None)
-    fields.pop("state", None)
     clock = _ReplayClock()
     # Guards over one state store share the agents' profiles and the streaming model: the history is learned by a
     # guard that flags nothing, since the policy's guard would not learn the benign actions it flags.
@@ -97,7 +95,10 @@ def replay(
         trail = open_audit(audit or f"sqlite:///{home}/audit.db")
 
         def guard_of(policy: dict[str, Any]) -> Guard:
-            return Guard(**policy, audit=trail, home=home, model=model, online=online, clock=clock, state=state)
+            # As a policy file is read (unknown fields refused); the evaluation's own model, online model and
+            # stores take the place of the file's.
+            return Guard.from_fields(policy, source="the evaluation's policy", audit=trail, home=home, model=model,
+                                     online=online, clock=clock, state=state)  # fmt: skip
 
         try:
             _warm_up(guard_of({"mode": "alert"}), [a for a in train if a.label != 1], clock)

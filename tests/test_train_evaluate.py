@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from risk import Guard
+from risk import Guard, PolicyError
 from risk.cli import app
 from risk.evaluate import DEFAULT_EVALUATION_POLICY, evaluate, replay
 from risk.features import BASELINE_ACTIONS, MODEL_FEATURES
@@ -244,6 +244,19 @@ def test_replay_learns_the_whole_benign_history_even_what_its_policy_would_flag(
 
     assert again.allowed and again.risk_score < 0.5
     assert not novel.allowed and novel.risk_score > 0.5  # what the policy flags, when it is new
+
+
+def test_evaluate_reads_a_policy_as_a_policy_file_is_read(
+    tmp_path: Path, train_trace: Path, labelled_trace: Path
+) -> None:
+    """A policy file that `risk check` accepts (`model: null`, `online: false`) crashed the replay with a TypeError,
+    and an unknown field with another; the evaluation's own model and online setting now take their place, and an
+    unknown field is a PolicyError naming it."""
+    train, test = list(read_trace(train_trace)), list(read_trace(labelled_trace))
+    as_given = evaluate(test, train)
+    assert evaluate(test, train, policy={"model": None, "online": True, "mode": "pause"}) == as_given
+    with pytest.raises(PolicyError, match=r"unknown field.*bogus"):
+        evaluate(test, train, policy={"bogus": 1})
 
 
 # ---- the CLI ---------------------------------------------------------------------------------------------------
