@@ -39,7 +39,7 @@ from risk.actions import (
     task_digest,
 )
 from risk.audit.record import canonical_json
-from risk.audit.store import AuditStore, default_home, open_audit
+from risk.audit.store import AuditQuery, AuditStore, default_home, open_audit
 from risk.errors import AuditError, GuardDenied, PolicyError, StateError
 from risk.features import MODEL_FEATURES
 from risk.killswitch import MODE_OUTCOME, KillSwitch
@@ -459,13 +459,16 @@ class Guard:
         bytes: int | None = None,  # noqa: A002 - the natural name for the unit
         agent_id: str | None = None,
     ) -> None:
-        """Record what an allowed action did; rows and bytes count toward the data-volume limits.
+        """Record what an allowed action did; rows and bytes count toward the data-volume limits of its agent.
 
-        Raises ValueError, and records nothing, when rows or bytes is not a whole number from 0 to 2**53.
+        Without `agent_id`, the agent is the one the trail's decision `action_id` is of (not this guard's default
+        agent, which another agent's rows would have pushed to its limit while the other's stayed free). Raises
+        ValueError, and records nothing, when rows or bytes is not a whole number from 0 to 2**53, or when no
+        decision in the trail has that id.
         """
         rows, bytes = outcome_amount("rows", rows), outcome_amount("bytes", bytes)  # noqa: A001
         checked_id("action_id", action_id, optional=False)
-        agent = checked_id("agent_id", agent_id) or self.agent_id
+        agent = checked_id("agent_id", agent_id) or self._agent_of(action_id)
         now = self._clock()
         # A tool's error message is kept with identifiers masked, payloads kept or not: it often quotes the data
         # the tool was working on ("no claim for 123-45-6789").
@@ -493,6 +496,17 @@ class Guard:
         self._record_event(
             agent, {"kind": "outcome", "action_id": action_id, "outcome": detail["status"], "detail": detail}
         )
+
+    def _agent_of(self, action_id: str) -> str:
+        try:
+            found = self.audit.query(AuditQuery(action_id=action_id, kind="decision", limit=1))
+        except AuditError as exc:  # the action ran: its outcome is recorded all the same, if the trail takes it
+            log.error("the agent of %s is not known (%s): its outcome goes to %s", action_id, exc, self.agent_id)
+            return self.agent_id
+        if not found:
+            raise ValueError(f"no decision in the audit trail has action id {action_id!r}: pass the action_id "
+                             "of a decision this guard's trail holds, or its agent_id")  # fmt: skip
+        return found[0].agent_id
 
     # ---- the human side of the kill switch ---------------------------------------------------
 

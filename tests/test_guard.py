@@ -406,6 +406,20 @@ def test_bytes_volume_limit_counts_reported_outcomes(tmp_path: Path) -> None:
     assert "data_volume_exceeded" in guard.check(ActionType.NETWORK_REQUEST, "api.partner/upload").reason_codes
 
 
+def test_an_outcome_without_its_agent_counts_for_the_agent_of_its_decision(tmp_path: Path) -> None:
+    """Reported without agent_id, agent b's 100 rows counted toward the guard's default agent a: a was stopped and
+    b stayed under its limit, and the trail had b's decision with a's outcome. An id no decision has is refused."""
+    guard = make_guard(tmp_path, agent_id="a", max_rows_per_window=100, clock=Clock())
+    of_b = guard.check(ActionType.DATABASE_QUERY, "data.claims", agent_id="b")
+    guard.record_outcome(of_b.action_id, rows=100)
+    assert guard.check(ActionType.DATABASE_QUERY, "data.claims").allowed  # agent a
+    assert "data_volume_exceeded" in guard.check(ActionType.DATABASE_QUERY, "data.claims", agent_id="b").reason_codes
+    assert [r.agent_id for r in records(guard, action_id=of_b.action_id)] == ["b", "b"]
+    with pytest.raises(ValueError, match="no decision"):
+        guard.record_outcome("0" * 32, rows=1)
+    assert len(records(guard, kind="outcome")) == 1
+
+
 def test_a_tool_whose_row_measure_gives_no_valid_count_returns_its_result_and_the_outcome_says_so(
     tmp_path: Path,
 ) -> None:
