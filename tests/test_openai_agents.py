@@ -19,6 +19,7 @@ from agents import (
     WebSearchTool,
     function_tool,
 )
+from agents.run_config import ToolExecutionConfig
 from agents.testing import ScriptedModel, assistant_message, function_call
 
 from risk import ActionType, AgentStatus, Guard, KillSwitchMode, Outcome
@@ -279,3 +280,40 @@ def test_arguments_are_checked_as_the_tools_model_reads_them(guards: Callable[..
     assert [(d.resource, d.decision) for d in decisions] == [
         ("bank.account/1", "deny"), ("bank.account/1", "deny"), *[(f"orders/{order}", "deny")] * 4,
     ]  # fmt: skip
+
+
+def test_a_call_checked_before_and_after_its_approval_leaves_no_decision_without_an_outcome(
+    guards: Callable[..., Guard], tmp_path: Path
+) -> None:
+    """With pre_approval_tool_input_guardrails the SDK runs the guardrails twice for one call: the first allowed
+    decision was left without an outcome, as if its action might still be running."""
+    target = tmp_path / "notes.txt"
+
+    @function_tool(needs_approval=True)
+    def write_file(path: str, text: str) -> str:
+        """Write text to a file."""
+        Path(path).write_text(text)
+        return "ok"
+
+    call = function_call("write_file", {"path": str(target), "text": "hi"}, call_id="call-1")
+    model = ScriptedModel([[call], [assistant_message("done")]])
+    guard = make_guard(guards, tmp_path)
+    agent = govern(
+        Agent(name="w", model=model, tools=[write_file]), guard, {"write_file": (ActionType.FILE_WRITE, "path")}
+    )
+    config = RunConfig(
+        tracing_disabled=True, tool_execution=ToolExecutionConfig(pre_approval_tool_input_guardrails=True)
+    )
+
+    first = Runner.run_sync(agent, "take notes", run_config=config)
+    state = first.to_state()
+    for interruption in first.interruptions:
+        state.approve(interruption)
+    assert Runner.run_sync(agent, state, run_config=config).final_output == "done"
+
+    assert target.read_text() == "hi"
+    decisions = guard.audit.query(AuditQuery(kind="decision", limit=100))
+    outcomes = {r.action_id: r for r in guard.audit.query(AuditQuery(kind="outcome", limit=100))}
+    assert len(decisions) == 2 and all(d.action_id in outcomes for d in decisions)
+    assert [outcomes[d.action_id].outcome for d in decisions] == ["error", "success"]
+    assert "checked again" in outcomes[decisions[0].action_id].detail["error"]

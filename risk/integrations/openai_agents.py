@@ -94,6 +94,11 @@ def _governed(tool: FunctionTool, governor: ToolGovernor, pending: dict[str, Gov
             args = conform(args, tool.params_json_schema)
         except ValueError as exc:
             return ToolGuardrailFunctionOutput.reject_content(f"denied: {tool.name}: {exc}")
+        # With pre_approval_tool_input_guardrails the SDK checks a call before a person approves it and again
+        # before it runs: the first check's action is this one, and never runs as itself.
+        earlier = pending.pop(context.tool_call_id, None)
+        if earlier is not None:
+            governor.finish(earlier, error="not run: checked again before it ran (after its approval)")
         # An argument left out still acts with its default (a non-strict tool may omit it): check that too.
         call = governor.check(tool.name, {**schema_defaults(tool.params_json_schema), **args})
         if call.stops_run:
