@@ -623,7 +623,12 @@ class Guard:
                 )
                 if not decision.allowed:
                     raise GuardDenied.for_decision(decision)
-                undo, description = self._prepare_undo(atype, decision, connection, compensate, args, kwargs)
+                try:
+                    undo, description = self._prepare_undo(atype, decision, connection, compensate, args, kwargs)
+                except BaseException as exc:  # no way back (a snapshot the disk had no room for): the tool may not run
+                    why = f"not run: its undo could not be prepared: {type(exc).__name__}: {exc}"
+                    self.record_outcome(decision.action_id, success=False, error=why, agent_id=decision.agent_id)
+                    raise
                 return decision, self.undo_step(decision, undo, description)
 
             def after(decision: Decision, step: UndoStep, result: Any, error: BaseException | None) -> None:

@@ -250,8 +250,12 @@ def snapshot_file(path: str | os.PathLike[str], snapshot_dir: Path) -> tuple[Cal
     with contextlib.suppress(OSError):  # made by an earlier version, or by hand, open to others
         snapshot_dir.chmod(0o700)
     copy = snapshot_dir / uuid.uuid4().hex
-    with target.open("rb") as source, os.fdopen(os.open(copy, _NEW_FILE, 0o600), "wb") as kept:
-        shutil.copyfileobj(source, kept)
+    try:
+        with target.open("rb") as source, os.fdopen(os.open(copy, _NEW_FILE, 0o600), "wb") as kept:
+            shutil.copyfileobj(source, kept)
+    except BaseException:  # a full disk, say: a partial copy restores nothing, and would fill it for good
+        copy.unlink(missing_ok=True)
+        raise
 
     def fill(out: Any) -> None:
         """Give the open file `out` the snapshot's contents, owner and mode."""

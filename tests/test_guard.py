@@ -7,6 +7,8 @@ import contextlib
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -892,3 +894,39 @@ def test_a_guard_that_cannot_be_made_closes_what_it_opened(tmp_path: Path) -> No
         with pytest.raises(ModelError):
             Guard(audit=f"sqlite:///{tmp_path}/audit.db", home=tmp_path, model="no-such-model")
     assert opened() == before
+
+
+SNAPSHOT_ON_A_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from risk import ActionType, Guard
+from risk.audit.store import AuditQuery
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+tmp = Path(sys.argv[1])
+guard = Guard(audit=f"sqlite:///{tmp}/audit.db", home=tmp / "home", model=None, online=False)
+ran = []
+
+@guard.tool(ActionType.FILE_WRITE)
+def write(path: str) -> None:
+    ran.append(path)
+
+try:
+    write(str(tmp / "big.bin"))
+except OSError as exc:
+    print("raised", exc.errno)
+outcome, = guard.audit.query(AuditQuery(kind="outcome"))
+print("ran", len(ran), "|", outcome.outcome, outcome.detail["error"].split(":")[0])
+print("kept", sorted(p.name for p in (tmp / "home" / "snapshots").iterdir()))
+"""
+
+
+def test_a_guarded_write_whose_snapshot_fails_does_not_run_and_leaves_no_partial_copy(tmp_path: Path) -> None:
+    """The allowed decision had no outcome, and the half-written copy stayed in the snapshots folder, which by
+    default shares the disk with the audit trail."""
+    (tmp_path / "big.bin").write_bytes(b"x" * (2 << 20))
+    script = tmp_path / "full.py"
+    script.write_text(SNAPSHOT_ON_A_FULL_DISK)
+    ran = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert ran.stdout.splitlines() == ["raised 27", "ran 0 | error not run", "kept []"], ran.stderr

@@ -105,7 +105,10 @@ class ToolGovernor:
             if not decision.allowed:
                 return self._refuse(allowed, GovernedCall(tool, f"{tool}: {decision.explain()}", (decision,)))
             allowed.append(decision)
-        undos = tuple(self.guard.undo_step(d, *_undo(call.action_type, d, self.guard)) for d in allowed)
+        try:
+            undos = tuple(self.guard.undo_step(d, *_undo(call.action_type, d, self.guard)) for d in allowed)
+        except OSError as exc:  # no way back (a snapshot the disk had no room for): the call may not run
+            return self._refuse(allowed, GovernedCall(tool, f"denied: {tool}: its undo could not be prepared: {exc}"))
         return GovernedCall(tool, "; ".join(d.explain() for d in allowed), tuple(allowed), undos)
 
     def finish(self, call: GovernedCall, *, error: str | None, size: int | None = None, over: bool = True) -> None:
