@@ -8,6 +8,7 @@ Every transition is handed to `record` (the audit trail) with the actor who made
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
@@ -31,6 +32,10 @@ class Recorder(Protocol):
 
 
 MOVE_ATTEMPTS = 100  # compare-and-set retries; each loses only to another worker's completed move
+# A move and its record are made under the agent's lock (striped: any guard of this process, over any store), or
+# two moves in between each other's set and record (a terminate and a reset) put the trail's last word for the
+# agent at odds with its status. Moves are rare; a lock is held for one set and one append.
+_MOVE_LOCKS = tuple(threading.Lock() for _ in range(64))
 
 
 class KillSwitch:
@@ -98,6 +103,12 @@ class KillSwitch:
         A move that stops an agent stands even if it cannot be recorded (stopping is the safe side). One that
         `releases` it (approve, resume, reset) is undone if it cannot be recorded, and raises AuditError: an
         agent must not be let act again by a decision the trail does not show."""
+        with _MOVE_LOCKS[hash(agent_id) % len(_MOVE_LOCKS)]:
+            return self._move_now(agent_id, step, actor, releasing=releasing)
+
+    def _move_now(
+        self, agent_id: str, step: Callable[[AgentState], AgentState | None], actor: str, *, releasing: bool
+    ) -> AgentState:
         for _ in range(MOVE_ATTEMPTS):
             old = self._state.get_state(agent_id)
             new = step(old)

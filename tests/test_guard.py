@@ -32,6 +32,7 @@ from risk import (
     StepStatus,
 )
 from risk.audit.store import AuditQuery, verify_store
+from risk.killswitch import KillSwitch
 from risk.resources import readings
 from risk.scoring.model import ModelError
 from risk.state import AgentState, MemoryState
@@ -930,3 +931,30 @@ def test_a_guarded_write_whose_snapshot_fails_does_not_run_and_leaves_no_partial
     script.write_text(SNAPSHOT_ON_A_FULL_DISK)
     ran = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert ran.stdout.splitlines() == ["raised 27", "ran 0 | error not run", "kept []"], ran.stderr
+
+
+def test_a_kill_switch_move_and_its_record_are_not_split_by_another_move() -> None:
+    """A terminate set its state, and a reset (of the now terminated agent) set and recorded its own before the
+    terminate's record: the trail's last word was 'terminated' for an agent that was running."""
+    state = MemoryState()
+    recorded: list[tuple[str, str]] = []
+    recording, release = threading.Event(), threading.Event()
+
+    def record(agent_id: str, fields: dict[str, Any], *, strict: bool = False) -> None:
+        if fields["outcome"] == "terminated":
+            recording.set()
+            release.wait(10)  # the terminate's record is slow to write
+        recorded.append((fields["detail"]["from"], fields["detail"]["to"]))
+
+    switch = KillSwitch(state, record)
+    terminating = threading.Thread(target=switch.terminate, args=("a",), kwargs={"actor": "t", "reason": "x"})
+    terminating.start()
+    assert recording.wait(10)
+    resetting = threading.Thread(target=switch.reset, args=("a",), kwargs={"actor": "r"})
+    resetting.start()
+    resetting.join(0.5)  # unlocked, the reset is made and recorded meanwhile
+    release.set()
+    terminating.join(10)
+    resetting.join(10)
+    assert recorded == [("running", "terminated"), ("terminated", "running")]
+    assert state.get_state("a").status is AgentStatus.RUNNING
