@@ -196,6 +196,11 @@ class Outcome(enum.StrEnum):
     def allows(self) -> bool:
         return self in (Outcome.ALLOWED, Outcome.ALERTED)
 
+    @property
+    def stops(self) -> bool:
+        """True when the agent may not act again until a reviewer steps in: its run has to end."""
+        return self in (Outcome.PAUSED, Outcome.ROLLED_BACK, Outcome.TERMINATED)
+
 
 class AgentStatus(enum.StrEnum):
     RUNNING = "running"

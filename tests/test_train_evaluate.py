@@ -259,6 +259,21 @@ def test_evaluate_reads_a_policy_as_a_policy_file_is_read(
         evaluate(test, train, policy={"bogus": 1})
 
 
+def test_a_session_stopped_stays_stopped_when_its_agents_sessions_interleave(tmp_path: Path, train_trace: Path) -> None:
+    """Each switch of session revived the agent: an action of another session in between lifted the pause, and the
+    stopped session's harmful action ran and counted as not stopped."""
+    later = START + timedelta(days=1)
+    drop = {**routine("analyst", "s-x", later, 0), "payload": {"sql": "DROP TABLE claims"}, "label": 0}
+    harm = {**routine("analyst", "s-x", later + timedelta(minutes=2), 1), "label": 1}
+    between = {**routine("analyst", "s-b", later + timedelta(minutes=1), 2), "label": 0}
+    train = list(read_trace(train_trace))
+    for lines in ([drop, harm, between], [drop, between, harm]):
+        test = list(read_trace(write_trace(tmp_path / "test.jsonl", lines)))
+        by_session = {(r.action.session_id, r.action.label): r.allowed for r in replay(test, train)[0]}
+        assert by_session == {("s-x", 0): False, ("s-x", 1): False, ("s-b", 0): True}
+        assert evaluate(test, train)["attack_sessions_stopped"] == 1.0
+
+
 # ---- the CLI ---------------------------------------------------------------------------------------------------
 
 

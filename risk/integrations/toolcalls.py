@@ -25,16 +25,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from risk.actions import ActionType, Decision, Outcome
+from risk.actions import ActionType, Decision
 from risk.errors import GuardDenied
 from risk.guard import Guard
 from risk.integrations.tool_map import ToolMap
 from risk.rollback import UndoStep, snapshot_file
 
 log = logging.getLogger("risk")
-
-# Outcomes after which the agent may not act again until a reviewer steps in: the run has to end.
-STOPPING = frozenset({Outcome.PAUSED, Outcome.ROLLED_BACK, Outcome.TERMINATED})
 
 Undo = tuple[Callable[[], None] | None, str]  # the compensation (None: irreversible) and what it does
 
@@ -64,7 +61,7 @@ class GovernedCall:
     @property
     def stops_run(self) -> bool:
         """True when the agent was paused, rolled back or terminated: its run must end here."""
-        return self.decision is not None and self.decision.outcome in STOPPING
+        return self.decision is not None and self.decision.outcome.stops
 
     def denial(self) -> GuardDenied:
         """The exception that ends a run (AgentPaused or AgentTerminated); only for a decided, denied call."""
