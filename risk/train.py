@@ -6,8 +6,9 @@ so each training row describes an action against the profile its agent had at th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 
 from risk.actions import ActionType
 from risk.audit.postgres import _redacted
-from risk.audit.record import canonical_json
+from risk.audit.record import AuditRecord, canonical_json
 from risk.audit.store import AuditQuery, AuditStore, open_audit
 from risk.features import BASELINE_ACTIONS, MODEL_FEATURES, model_input
 from risk.resources import readings
@@ -24,6 +25,8 @@ from risk.scoring.behavior import Assessment, BehaviorScorer, combined
 from risk.scoring.model import CALIBRATION_HOLDOUT_ROWS, DEFAULT_MODEL, BehaviorModel, fit_model, save_model
 from risk.scoring.rules import RuleScorer
 from risk.traces import TraceAction, read_trace
+
+log = logging.getLogger("risk")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,22 +111,34 @@ def history(source: str) -> list[TraceAction]:
 
 
 def _allowed_decisions(store: AuditStore) -> list[TraceAction]:
-    out, offset = [], 0
-    while page := store.query(AuditQuery(kind="decision", outcome="allowed", limit=10_000, offset=offset)):
-        for r in page:
-            out.append(
-                TraceAction(
-                    ts=datetime.fromisoformat(r.ts).timestamp(),
-                    agent_id=r.agent_id,
-                    session_id=r.session_id,
-                    action_type=ActionType.parse(r.action_type or "custom"),
-                    resource=r.resource or "",
-                    payload=r.payload,
-                    label=0,
-                )
-            )
+    """The allowed decisions, each with the outcome its tool reported (how it went, rows and bytes), as a trace
+    holds them: replayed as successes that touched nothing, the error rate and the data volume were constant,
+    and the model could not see either."""
+    outcomes = {
+        r.action_id: {k: r.detail.get(k) for k in ("status", "rows", "bytes")}
+        for r in _all(store, AuditQuery(kind="outcome"))
+        if r.action_id is not None and isinstance(r.detail, dict)
+    }
+    return [
+        TraceAction(
+            ts=datetime.fromisoformat(r.ts).timestamp(),
+            agent_id=r.agent_id,
+            session_id=r.session_id,
+            action_type=ActionType.parse(r.action_type or "custom"),
+            resource=r.resource or "",
+            payload=r.payload,
+            label=0,
+            extra={"outcome": outcomes[r.action_id]} if r.action_id in outcomes else {},
+        )
+        for r in _all(store, AuditQuery(kind="decision", outcome="allowed"))
+    ]
+
+
+def _all(store: AuditStore, query: AuditQuery) -> Iterator[AuditRecord]:
+    offset = 0
+    while page := store.query(replace(query, limit=10_000, offset=offset)):
+        yield from page
         offset += len(page)
-    return out
 
 
 def train(
@@ -157,9 +172,14 @@ def train(
         max_samples=max_samples,
         seed=seed,
     )
+    without_payloads = sum(a.payload is None for a in actions)
+    if "://" in source and without_payloads == len(actions):
+        log.warning("%s keeps no payloads (its guards ran without keep_payloads=True): the model learns nothing "
+                    "of payload sizes and signals", _redacted(source))  # fmt: skip
     card = {
         "training": {
             "source": _redacted(source),  # cards are shipped and committed: never with a password
+            "actions_without_payload": without_payloads,
             "benign_actions": rows.actions,
             "rows": int(rows.X.shape[0]),
             "agents": rows.agents,

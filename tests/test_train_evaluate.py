@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -19,7 +20,7 @@ from risk.evaluate import DEFAULT_EVALUATION_POLICY, evaluate, replay
 from risk.features import BASELINE_ACTIONS, MODEL_FEATURES
 from risk.scoring.model import DEFAULT_MODEL, load_model, resolve_model
 from risk.traces import read_trace
-from risk.train import score_trace, train, training_rows
+from risk.train import history, score_trace, train, training_rows
 
 START = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
 METRIC_KEYS = {
@@ -272,6 +273,25 @@ def test_a_session_stopped_stays_stopped_when_its_agents_sessions_interleave(tmp
         by_session = {(r.action.session_id, r.action.label): r.allowed for r in replay(test, train)[0]}
         assert by_session == {("s-x", 0): False, ("s-x", 1): False, ("s-b", 0): True}
         assert evaluate(test, train)["attack_sessions_stopped"] == 1.0
+
+
+def test_history_from_an_audit_trail_holds_the_outcomes_its_tools_reported(tmp_path: Path, train_trace: Path) -> None:
+    """Replayed from a trail, every action was a success that touched nothing: the error rate and the data volume
+    were constant, and a model trained from the trail could not see either. With payloads kept, the trail's
+    history gives the trace's feature rows."""
+    trace = list(read_trace(train_trace))
+    clock = {"now": 0.0}
+    guard = Guard(audit=f"sqlite:///{tmp_path}/audit.db", home=tmp_path, model=None, online=False, keep_payloads=True,
+                  clock=lambda: clock["now"])  # fmt: skip
+    for a in trace:
+        clock["now"] = a.ts
+        decision = guard.check(a.action_type, a.resource, a.payload, agent_id=a.agent_id, session_id=a.session_id)
+        success, rows, size = a.outcome()
+        guard.record_outcome(decision.action_id, success=success, rows=rows, bytes=size, error=None if success else "x")
+    guard.close()
+    from_trail = history(f"sqlite:///{tmp_path}/audit.db")
+    assert [a.outcome() for a in from_trail] == [a.outcome() for a in trace]
+    assert np.array_equal(training_rows(from_trail).X, training_rows(trace).X)
 
 
 # ---- the CLI ---------------------------------------------------------------------------------------------------
