@@ -126,19 +126,27 @@ if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('SADD', KEYS[1], ARGV[1])
 return 1
 """
+# The members go in chunks (unpack fails past about 8,000 values, after the writes before it: Redis does not
+# undo a script) and never past the cap, as in memory; the scalar part is written last, so a script that fails
+# leaves it as it was and the update is tried again whole.
 _REPLACE_PROFILE = """
 local current = redis.call('GET', KEYS[1]) or ''
 if current ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
 local cap = tonumber(ARGV[3])
 local at = 4
 for i = 2, #KEYS do
   local n = tonumber(ARGV[at])
-  if n > 0 and redis.call('SCARD', KEYS[i]) < cap then
-    redis.call('SADD', KEYS[i], unpack(ARGV, at + 1, at + n))
+  local first, last = at + 1, at + n
+  local size = redis.call('SCARD', KEYS[i])
+  while first <= last and size < cap do
+    local upto = math.min(last, first + math.min(1000, cap - size) - 1)
+    redis.call('SADD', KEYS[i], unpack(ARGV, first, upto))
+    first = upto + 1
+    size = redis.call('SCARD', KEYS[i])
   end
-  at = at + n + 1
+  at = last + 1
 end
+redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
 PROFILE_UPDATE_ATTEMPTS = 100  # optimistic retries; each loses only to another worker's completed update

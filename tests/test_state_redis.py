@@ -648,3 +648,23 @@ def test_guards_made_and_closed_over_a_redis_url_leave_no_connections_behind(
     gc.collect()
     assert len(server.client_list()) <= clients + 1  # connections still closing on the server's side, at most
     assert not [o for o in gc.get_objects() if isinstance(o, RedisState)]
+
+
+def test_an_action_with_thousands_of_new_destinations_is_kept_whole_and_the_cap_holds(
+    url: str, server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past about 8,000 members the script's unpack failed after it had written the count: every such action kept
+    its count and lost its destinations. And the cap was checked once per set, so a set could grow past it."""
+    state = RedisState.from_url(url)
+    profiles = RedisProfiles(state)
+    many = tuple(f"recipient:r{i}" for i in range(9000))
+    profiles.record("agent", denied=False, blamed=(), action=ActionSeen(T0, "api_call", "chat", "chat", many))
+    probe = Probe("chat", "chat", ("recipient:r0", "recipient:r8999"))
+    assert profiles.read("agent", probe, lambda p: (p.actions, len(p.destinations))) == (1, 2)
+    (key,) = [k for k in server.scan_iter(match=f"{state.prefix}*destinations*")]
+    assert server.scard(key) == 9000
+    monkeypatch.setattr("risk.state_redis.MAX_REMEMBERED", 9500)
+    more = tuple(f"recipient:s{i}" for i in range(2000))
+    profiles.record("agent", denied=False, blamed=(), action=ActionSeen(T0 + 1, "api_call", "chat", "chat", more))
+    assert server.scard(key) == 9500
+    state.close()
