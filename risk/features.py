@@ -7,6 +7,7 @@ built from them read the same way. The README's feature table documents each one
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -114,7 +115,20 @@ def destinations(resource: str, payload: Any) -> tuple[tuple[str, ...], tuple[st
     every = dict(primary)
     for text in _texts(payload):
         _scan(text, every)
-    return tuple(primary), tuple(every)
+    return tuple(dict.fromkeys(map(_bounded, primary))), tuple(dict.fromkeys(map(_bounded, every)))
+
+
+MAX_DESTINATION_CHARS = 256
+
+
+def _bounded(destination: str) -> str:
+    """A destination as profiles remember it: one longer than MAX_DESTINATION_CHARS by its kind and a digest, so
+    the agent's set of destinations (up to MAX_REMEMBERED of them) stays small however long the names an action
+    sends to (a recipient argument of a megabyte was kept whole, for every action)."""
+    if len(destination) <= MAX_DESTINATION_CHARS:
+        return destination
+    kind, _, value = destination.partition(":")
+    return f"{kind}:sha256:{hashlib.sha256(value.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
 
 def named_destinations(task: str, dests: Iterable[str]) -> frozenset[str]:
