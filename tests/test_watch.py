@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import multiprocessing
 import os
+import py_compile
 import shutil
 import socket
 import sqlite3
@@ -397,6 +398,32 @@ def test_imports_inside_a_watch_need_no_policy_entry(make: Callable[..., Guard],
             stdlib_text.read_text()
 
     assert all(not r.resource.endswith((".py", ".pyc")) for r in decisions(guard))
+
+
+def test_the_interpreters_folders_are_judged_by_where_a_path_really_leads(
+    make: Callable[..., Guard], work: Path, tmp_path: Path
+) -> None:
+    """Reads of modules and the import system's bytecode writes under sys.prefix are not checked: judged by the
+    path as written, `sys.prefix/../../secret/settings.py` read any .py file unchecked (and through a link a .py
+    name there, any file), and py_compile, whose write goes through the same function, wrote a bytecode cache
+    into a blocked folder, which its next import ran."""
+    secret = tmp_path / "secret"
+    (secret / "__pycache__").mkdir(parents=True)
+    (secret / "settings.py").write_text("PASSWORD = 'hunter2'\n")
+    (work / "leak.py").symlink_to(secret / "settings.py")
+    (work / "evil.py").write_text("print('hijacked')\n")
+    around = os.path.join(sys.prefix, *[".."] * len(Path(sys.prefix).parts))  # the root, from sys.prefix
+    guard = make(allowed_resources=[f"{work}/*"])
+
+    with guard.watch():
+        for path in (f"{around}{secret}/settings.py", f"{around}{work}/leak.py"):
+            with pytest.raises(ActionDenied):
+                Path(path).read_text()
+        cache = f"{around}{secret}/__pycache__/settings.cpython-311.pyc"
+        with pytest.raises(ActionDenied):
+            py_compile.compile(str(work / "evil.py"), cfile=cache)
+
+    assert list((secret / "__pycache__").iterdir()) == []
 
 
 def test_the_guards_own_work_is_not_intercepted(make: Callable[..., Guard], work: Path) -> None:

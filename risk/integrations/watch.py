@@ -73,6 +73,7 @@ _current: contextvars.ContextVar[Watch | None] = contextvars.ContextVar("risk_wa
 # Opening with any of these flags can change the file: a write.
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _PREFIXES = tuple({os.path.join(p, "") for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)})
+_REAL_PREFIXES = tuple({os.path.join(os.path.realpath(p), "") for p in _PREFIXES})
 _MODULE_SUFFIXES = tuple({*all_suffixes(), ".pyc"})
 _RISK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
 _INTEGRATIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
@@ -92,7 +93,11 @@ _DELEGATED = _codes(
     getattr(subprocess.Popen, "_posix_spawn", None),
 )
 # The import system writes bytecode caches through this function.
-_WRITE_BYTECODE = _codes(getattr(sys.modules.get("_frozen_importlib_external"), "_write_atomic", None))
+_IMPORT_SYSTEM = sys.modules.get("_frozen_importlib_external")
+_WRITE_BYTECODE = _codes(getattr(_IMPORT_SYSTEM, "_write_atomic", None))
+# The import system's own bytecode writes go through SourceFileLoader.set_data; py_compile and compileall call
+# _write_atomic directly, with any file name.
+_SET_DATA = _codes(getattr(getattr(_IMPORT_SYSTEM, "SourceFileLoader", None), "set_data", None))
 
 
 @contextmanager
@@ -455,19 +460,22 @@ def _guard_at_work(frame: FrameType | None) -> bool:
 
 
 def _library_module(path: str) -> bool:
-    """A Python module of the interpreter or its installed packages: reading it is an import or a traceback."""
-    return path.startswith(_PREFIXES) and path.endswith(_MODULE_SUFFIXES)
+    """A Python module of the interpreter or its installed packages: reading it is an import or a traceback.
+    Judged by the file the path reaches: `sys.prefix/../../secret.py`, or a link there to any file, is not one."""
+    if not path.endswith(_MODULE_SUFFIXES):
+        return False
+    real = os.path.realpath(path)
+    return real.startswith(_REAL_PREFIXES) and real.endswith(_MODULE_SUFFIXES)
 
 
 def _bytecode_cache(path: str, caller: FrameType) -> bool:
-    """The import system writing a bytecode cache (or its temporary file) under the interpreter's folders."""
-    folder, name = os.path.split(path)
-    return (
-        caller.f_code in _WRITE_BYTECODE
-        and path.startswith(_PREFIXES)
-        and os.path.basename(folder) == "__pycache__"
-        and ".pyc" in name
-    )
+    """The import system writing a bytecode cache (or its temporary file) under the interpreter's folders: from
+    SourceFileLoader.set_data (py_compile, which writes any file name it is given, is not it), where the path
+    really leads."""
+    if caller.f_code not in _WRITE_BYTECODE or caller.f_back is None or caller.f_back.f_code not in _SET_DATA:
+        return False
+    folder, name = os.path.split(os.path.realpath(path))
+    return folder.startswith(_REAL_PREFIXES) and os.path.basename(folder) == "__pycache__" and ".pyc" in name
 
 
 # ---- names ---------------------------------------------------------------------------------------
