@@ -10,6 +10,7 @@ import py_compile
 import shutil
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -424,6 +425,32 @@ def test_the_interpreters_folders_are_judged_by_where_a_path_really_leads(
             py_compile.compile(str(work / "evil.py"), cfile=cache)
 
     assert list((secret / "__pycache__").iterdir()) == []
+
+
+def test_a_permission_change_or_database_through_a_link_is_judged_by_the_file_too(
+    make: Callable[..., Guard], work: Path, tmp_path: Path
+) -> None:
+    """Permission changes and databases are not file action types, so the guard does not resolve their links:
+    chmod and sqlite3.connect through a link the agent made were judged by the link's name alone."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    key, db = secret / "key", secret / "app.db"
+    key.write_text("k")
+    key.chmod(0o600)
+    sqlite3.connect(db).close()
+    (work / "key").symlink_to(key)
+    (work / "db").symlink_to(db)
+    (work / "folder").symlink_to(secret)
+    guard = make(allowed_resources=[f"{work}/*"])
+
+    with guard.watch():
+        with pytest.raises(ActionDenied):
+            os.chmod(work / "key", 0o666)
+        for database in (work / "db", work / "folder" / "new.db"):
+            with pytest.raises(ActionDenied):
+                sqlite3.connect(database)
+
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and not (secret / "new.db").exists()
 
 
 def test_the_guards_own_work_is_not_intercepted(make: Callable[..., Guard], work: Path) -> None:

@@ -189,6 +189,14 @@ class Watch:
             raise GuardDenied.for_decision(decision)
         return decision
 
+    def _check_file(self, atype: ActionType, path: str, payload: dict[str, Any] | None) -> Decision:
+        """Check an action of a type the guard does not resolve symlinks for (a permission change, a database) on
+        the file `path` names, and on the file it leads to: a link the agent made to a blocked file was judged by
+        its own name, so chmod and sqlite3.connect through it reached the file."""
+        decision = self._check(atype, path, payload)
+        real = os.path.realpath(path)
+        return decision if real == path else self._check(atype, real, {**(payload or {}), "through": path})
+
     def _refuse(self, atype: ActionType, resource: str, code: str, message: str) -> ActionDenied:
         """A denial of an action the guard cannot be asked about; logged, since no audit record can say why."""
         shown = resource if len(resource) <= 200 else resource[:200] + "..."
@@ -280,13 +288,13 @@ class Watch:
 
     def _on_chmod(self, args: tuple[Any, ...], caller: FrameType) -> None:
         path = _path(args[0], args[2])
-        decision = self._check(ActionType.PERMISSION_CHANGE, path, {"event": "os.chmod", "mode": oct(args[1])})
+        decision = self._check_file(ActionType.PERMISSION_CHANGE, path, {"event": "os.chmod", "mode": oct(args[1])})
         self._keep(decision, _permission_undo(path))
 
     def _on_chown(self, args: tuple[Any, ...], caller: FrameType) -> None:
         path = _path(args[0], args[3])
         payload = {"event": "os.chown", "uid": args[1], "gid": args[2]}
-        decision = self._check(ActionType.PERMISSION_CHANGE, path, payload)
+        decision = self._check_file(ActionType.PERMISSION_CHANGE, path, payload)
         self._keep(decision, _permission_undo(path))
 
     # ---- processes -----------------------------------------------------------------------------
@@ -392,7 +400,7 @@ class Watch:
             return
         # SQL statements raise no audit event: a connection that may write is checked as a write.
         atype = ActionType.DATABASE_QUERY if query.get("mode") == ["ro"] else ActionType.DATABASE_WRITE
-        decision = self._check(atype, _path(database), {"event": "sqlite3.connect"})
+        decision = self._check_file(atype, _path(database), {"event": "sqlite3.connect"})
         if atype is ActionType.DATABASE_WRITE:
             self._irreversible(decision)
 
