@@ -254,6 +254,25 @@ def test_blocked_subprocess_never_starts_and_an_allowed_one_runs(make: Callable[
     assert spawns[1].resource == spawns[2].resource == f"/bin/sh -c 'touch {blocked_marker}'"
 
 
+def test_the_environment_a_program_is_given_is_in_its_record(make: Callable[..., Guard], work: Path) -> None:
+    """`git status` with GIT_CONFIG_* runs any command (core.fsmonitor), as LD_PRELOAD or PATH run other code: the
+    variables that differ from this process's were dropped, and the trail said only `git status`."""
+    guard = make(keep_payloads=True)
+    added = {**os.environ, "GIT_CONFIG_KEY_0": "core.fsmonitor", "GIT_CONFIG_VALUE_0": "touch pwned"}
+
+    with guard.watch():
+        subprocess.run(["true"], env=added, check=True)
+        os.waitpid(os.posix_spawnp("true", ["true"], {"LD_PRELOAD": "/tmp/evil.so"}), 0)
+        subprocess.run(["true"], check=True)
+
+    spawns = [r for r in decisions(guard) if r.action_type == "process_spawn"]
+    assert [r.payload.get("env") for r in spawns] == [
+        {"GIT_CONFIG_KEY_0": "core.fsmonitor", "GIT_CONFIG_VALUE_0": "touch pwned"},
+        {"LD_PRELOAD": "/tmp/evil.so"},
+        None,
+    ]
+
+
 def test_a_command_line_too_long_to_check_is_denied(make: Callable[..., Guard], work: Path) -> None:
     guard = make()
     with guard.watch(), pytest.raises(ActionDenied) as denied:

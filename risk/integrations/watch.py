@@ -48,7 +48,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib.machinery import all_suffixes
 from pathlib import Path
@@ -299,25 +299,31 @@ class Watch:
 
     # ---- processes -----------------------------------------------------------------------------
 
-    def _spawn(self, event: str, program: Any, argv: Any, cwd: Any = None) -> None:
-        """Check a new program as its command line: the program that runs, then its arguments."""
+    def _spawn(self, event: str, program: Any, argv: Any, cwd: Any = None, env: Any = None) -> None:
+        """Check a new program as its command line: the program that runs, then its arguments. The environment
+        variables it is given that this process lacks or has otherwise go in the payload, for the rules and the
+        trail: `git status` with GIT_CONFIG_* (or LD_PRELOAD, PATH) runs what they say, and its record said only
+        `git status`."""
         command = [_text(program), *(_text(a) for a in list(argv)[1:])]
-        payload = {"event": event, "argv": command, "cwd": _text(cwd) if cwd is not None else None}
+        payload: dict[str, Any] = {"event": event, "argv": command, "cwd": _text(cwd) if cwd is not None else None}
+        if isinstance(env, Mapping):
+            given = {_text(k): _text(v) for k, v in env.items()}
+            payload["env"] = {k: v for k, v in sorted(given.items()) if os.environ.get(k) != v} or None
         self._irreversible(self._check(ActionType.PROCESS_SPAWN, shlex.join(command), payload))
 
     def _on_popen(self, args: tuple[Any, ...], caller: FrameType) -> None:
-        executable, argv, cwd, _env = args
-        self._spawn("subprocess.Popen", executable, argv, cwd)
+        executable, argv, cwd, env = args
+        self._spawn("subprocess.Popen", executable, argv, cwd, env)
 
     def _on_system(self, args: tuple[Any, ...], caller: FrameType) -> None:
         # os.system runs its command through the shell: the same command line as Popen(..., shell=True).
         self._spawn("os.system", "/bin/sh", ["/bin/sh", "-c", args[0]])
 
     def _on_exec(self, args: tuple[Any, ...], caller: FrameType) -> None:
-        self._spawn(event="os.exec", program=args[0], argv=args[1])
+        self._spawn(event="os.exec", program=args[0], argv=args[1], env=args[2] if len(args) > 2 else None)
 
     def _on_posix_spawn(self, args: tuple[Any, ...], caller: FrameType) -> None:
-        self._spawn(event="os.posix_spawn", program=args[0], argv=args[1])
+        self._spawn(event="os.posix_spawn", program=args[0], argv=args[1], env=args[2] if len(args) > 2 else None)
 
     def _on_multiprocessing_spawn(self, args: tuple[Any, ...], caller: FrameType) -> None:
         self._spawn(event="multiprocessing.spawnv_passfds", program=args[0], argv=args[1])
