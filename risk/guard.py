@@ -138,6 +138,7 @@ class Guard:
         self.keep_payloads = keep_payloads
         self.home = Path(home) if home is not None else default_home()
         self.audit: AuditStore = open_audit(audit) if audit is None or isinstance(audit, str) else audit
+        self._owns_audit = audit is None or isinstance(audit, str)
         self._owns_state = state is None or isinstance(state, str)  # opened here, so closed with the guard
         try:
             self._state: StateStore = open_state(state) if state is None or isinstance(state, str) else state
@@ -162,7 +163,11 @@ class Guard:
                 strict=True,
             )
         except BaseException:  # a model that does not load, an audit trail that refuses the policy record, ...
-            self.close()  # or its audit store's thread and connections, and its Redis client, stay open for good
+            # What it opened itself, or its audit store's thread and connections, and its Redis client, stay open
+            # for good; never what the caller passed in (the service's one trail for every tenant's guard).
+            if self._owns_audit:
+                self.audit.close()
+            self._close_state()
             raise
 
     @classmethod
@@ -733,6 +738,9 @@ class Guard:
     def close(self) -> None:
         """Close the audit store, and the state store if the guard opened it (from a URL, or the default)."""
         self.audit.close()
+        self._close_state()
+
+    def _close_state(self) -> None:
         close_state = getattr(self._state, "close", None) if self._owns_state and hasattr(self, "_state") else None
         if close_state is not None:  # the in-process store holds nothing to close
             close_state()

@@ -31,7 +31,7 @@ from risk import (
     StateError,
     StepStatus,
 )
-from risk.audit.store import AuditQuery, verify_store
+from risk.audit.store import AuditQuery, open_audit, verify_store
 from risk.killswitch import KillSwitch
 from risk.resources import readings
 from risk.scoring.model import ModelError
@@ -895,6 +895,13 @@ def test_a_guard_that_cannot_be_made_closes_what_it_opened(tmp_path: Path) -> No
         with pytest.raises(ModelError):
             Guard(audit=f"sqlite:///{tmp_path}/audit.db", home=tmp_path, model="no-such-model")
     assert opened() == before
+    # A store passed in is the caller's, shared by its other guards (the service's one trail): it stays open.
+    shared = open_audit(f"sqlite:///{tmp_path}/shared.db")
+    running = Guard(audit=shared, home=tmp_path, model=None, online=False)
+    with pytest.raises(ModelError):
+        Guard(audit=shared, home=tmp_path, model="no-such-model")
+    assert running.check(ActionType.FILE_READ, "/srv/reports/q1.csv").allowed
+    shared.close()
 
 
 SNAPSHOT_ON_A_FULL_DISK = """
