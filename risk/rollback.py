@@ -102,7 +102,7 @@ class UndoLog:
                         else:
                             del self._steps[agent]
         for gone in expired:
-            _discard(gone)
+            discard(gone)
         return missed
 
     def rollback(
@@ -129,7 +129,7 @@ class UndoLog:
                     try:
                         step.undo()
                         step.status, step.error = StepStatus.UNDONE, ""
-                        _discard(step)
+                        discard(step)
                     except Exception as exc:  # an undo that fails is reported, and the others still run
                         step.status, step.error = StepStatus.FAILED, f"{type(exc).__name__}: {exc}"
                 results.append(StepResult(step.action_id, step.description, step.status, step.error))
@@ -213,7 +213,8 @@ def settle(undo: Callable[[], None] | None) -> None:
         undo.settle()
 
 
-def _discard(step: UndoStep) -> None:
+def discard(step: UndoStep) -> None:
+    """Delete the snapshot a step keeps, if any: for a step of an action that will not run."""
     if isinstance(step.undo, SnapshotUndo):
         with contextlib.suppress(OSError):
             step.undo.discard()

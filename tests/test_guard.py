@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -965,3 +966,21 @@ def test_a_kill_switch_move_and_its_record_are_not_split_by_another_move() -> No
     resetting.join(10)
     assert recorded == [("running", "terminated"), ("terminated", "running")]
     assert state.get_state("a").status is AgentStatus.RUNNING
+
+
+def test_a_governed_call_whose_second_snapshot_fails_leaves_no_first_one(tmp_path: Path) -> None:
+    """The call was refused, but the copy of the first file it would write stayed in the snapshots folder."""
+    from risk.integrations.tool_map import ToolMap
+    from risk.integrations.toolcalls import ToolGovernor
+
+    (tmp_path / "a.txt").write_text("a")
+    unreadable = tmp_path / "b.sock"  # opening a socket's name fails (ENXIO), as a full disk fails the copy
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(unreadable))
+    guard = make_guard(tmp_path, model=None, online=False)
+    governor = ToolGovernor(guard, ToolMap.from_config({"write_files": (ActionType.FILE_WRITE, "paths")}))
+    call = governor.check("write_files", {"paths": [str(tmp_path / "a.txt"), str(unreadable)]})
+    server.close()
+    assert not call.allowed and "could not be prepared" in call.message
+    assert list((tmp_path / "home" / "snapshots").iterdir()) == []
+    assert [r.outcome for r in records(guard, kind="outcome")] == ["error", "error"]

@@ -288,6 +288,7 @@ def test_a_call_checked_before_and_after_its_approval_leaves_no_decision_without
     """With pre_approval_tool_input_guardrails the SDK runs the guardrails twice for one call: the first allowed
     decision was left without an outcome, as if its action might still be running."""
     target = tmp_path / "notes.txt"
+    target.write_text("v0")
 
     @function_tool(needs_approval=True)
     def write_file(path: str, text: str) -> str:
@@ -317,3 +318,7 @@ def test_a_call_checked_before_and_after_its_approval_leaves_no_decision_without
     assert len(decisions) == 2 and all(d.action_id in outcomes for d in decisions)
     assert [outcomes[d.action_id].outcome for d in decisions] == ["error", "success"]
     assert "checked again" in outcomes[decisions[0].action_id].detail["error"]
+    # Only the call that ran is undone: the first check's snapshot, kept, put back the file as it was before the
+    # wait for the approval, over what others wrote meanwhile.
+    assert [s.action_id for s in guard.rollback().steps] == [decisions[1].action_id]
+    assert target.read_text() == "v0" and list((tmp_path / "home" / "snapshots").iterdir()) == []

@@ -98,7 +98,7 @@ def _governed(tool: FunctionTool, governor: ToolGovernor, pending: dict[str, Gov
         # before it runs: the first check's action is this one, and never runs as itself.
         earlier = pending.pop(context.tool_call_id, None)
         if earlier is not None:
-            governor.finish(earlier, error="not run: checked again before it ran (after its approval)")
+            governor.abandon(earlier, "checked again before it ran (after its approval)")
         # An argument left out still acts with its default (a non-strict tool may omit it): check that too.
         call = governor.check(tool.name, {**schema_defaults(tool.params_json_schema), **args})
         if call.stops_run:

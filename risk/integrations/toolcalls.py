@@ -29,7 +29,7 @@ from risk.actions import ActionType, Decision
 from risk.errors import GuardDenied
 from risk.guard import Guard
 from risk.integrations.tool_map import ToolMap
-from risk.rollback import UndoStep, snapshot_file
+from risk.rollback import UndoStep, discard, snapshot_file
 
 log = logging.getLogger("risk")
 
@@ -102,11 +102,22 @@ class ToolGovernor:
             if not decision.allowed:
                 return self._refuse(allowed, GovernedCall(tool, f"{tool}: {decision.explain()}", (decision,)))
             allowed.append(decision)
+        undos: list[UndoStep] = []
         try:
-            undos = tuple(self.guard.undo_step(d, *_undo(call.action_type, d, self.guard)) for d in allowed)
+            for d in allowed:
+                undos.append(self.guard.undo_step(d, *_undo(call.action_type, d, self.guard)))
         except OSError as exc:  # no way back (a snapshot the disk had no room for): the call may not run
+            for made in undos:
+                discard(made)
             return self._refuse(allowed, GovernedCall(tool, f"denied: {tool}: its undo could not be prepared: {exc}"))
-        return GovernedCall(tool, "; ".join(d.explain() for d in allowed), tuple(allowed), undos)
+        return GovernedCall(tool, "; ".join(d.explain() for d in allowed), tuple(allowed), tuple(undos))
+
+    def abandon(self, call: GovernedCall, why: str) -> None:
+        """Record that an allowed call will not run after all (`why`), and delete its snapshots: kept, a rollback
+        would put back the files as they were at this check, over what others wrote since."""
+        for step in call.undos:
+            discard(step)
+        self._refuse(call.decisions if call.allowed else (), GovernedCall(call.tool, why))
 
     def finish(self, call: GovernedCall, *, error: str | None, size: int | None = None, over: bool = True) -> None:
         """Record what an allowed call did (`error` None for success, `size` its answer's bytes if known)
