@@ -24,7 +24,7 @@ from services import free_port
 from risk import ActionType, PolicyError
 from risk.audit.record import AuditRecord
 from risk.audit.store import open_audit, records, verify_store
-from risk.integrations.tool_map import ToolMap, action_type_for
+from risk.integrations.tool_map import ToolMap, action_type_for, conform
 
 UPSTREAM = Path(__file__).resolve().parent / "mcp_upstream.py"
 T = TypeVar("T")
@@ -600,3 +600,22 @@ def test_arguments_that_name_no_resource_are_an_error(arguments: dict[str, Any],
 def test_bad_tools_section_is_a_policy_error(section: Any, message: str) -> None:
     with pytest.raises(PolicyError, match=message):
         ToolMap.from_config(section)
+
+
+def test_conform_reads_inside_an_optional_as_pydantic_does() -> None:
+    """Optional[UUID] and Optional[list[int]] put the format and the items inside anyOf: a UUID in braces and
+    [1.0] were checked as sent, while the tool read the canonical UUID and [1]."""
+    import uuid
+
+    import pydantic
+
+    class Args(pydantic.BaseModel):
+        order: uuid.UUID | None = None
+        ids: list[int] | None = None
+
+    order = "12345678-1234-5678-1234-567812345678"
+    read = conform({"order": f"{{{order}}}", "ids": [1.0, 2]}, Args.model_json_schema())
+    assert read == {"order": order, "ids": [1, 2]}
+    assert Args(**read) == Args(order=f"{{{order}}}", ids=[1.0, 2])  # what the tool gets
+    with pytest.raises(ValueError, match="'ids' must be integer"):
+        conform({"ids": [1.5]}, Args.model_json_schema())

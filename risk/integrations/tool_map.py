@@ -350,6 +350,11 @@ def conform(arguments: Mapping[str, Any], schema: Mapping[str, Any] | None) -> d
     >>> schema = {"properties": {"id": {"type": "integer"}, "ids": {"type": "array", "items": {"type": "integer"}}}}
     >>> conform({"id": 1.0, "ids": [2, 3.0], "path": "decoy.txt"}, schema)
     {'id': 1, 'ids': [2, 3]}
+    >>> optional_uuid = {"anyOf": [{"type": "null"}, {"type": "string", "format": "uuid"}]}
+    >>> conform({"id": "2"}, {"properties": {"id": optional_uuid}})
+    Traceback (most recent call last):
+    ...
+    ValueError: argument 'id' must be a UUID, as the tool's schema says, not '2'
     >>> conform({"id": "01"}, schema)
     Traceback (most recent call last):
     ...
@@ -370,12 +375,17 @@ def _conformed(name: str, value: Any, spec: Any) -> Any:
         return value
     declared = _declared_types(spec)
     if declared:
-        kind = next((k for t, k in _JSON_TYPES if isinstance(value, t)), None)  # bool first: True is an int
+        kind = _kind(value)
         if kind == "number" and "number" not in declared and "integer" in declared and value.is_integer():
             value, kind = int(value), "integer"
-        if kind not in declared and not (kind == "integer" and "number" in declared):
+        if not _accepts(declared, kind):
             raise ValueError(f"argument {name!r} must be {' or '.join(sorted(declared))}, as the tool's schema "
                              f"says, not {value!r}")  # fmt: skip
+    alternatives = spec.get("anyOf") or spec.get("oneOf")
+    if "type" not in spec and isinstance(alternatives, list):  # Optional[UUID], Optional[list[int]], a union
+        kind = _kind(value)
+        chosen = next((a for a in alternatives if isinstance(a, Mapping) and _accepts(_declared_types(a), kind)), None)
+        return value if chosen is None else _conformed(name, value, chosen)
     if isinstance(value, str) and spec.get("format") == "uuid":
         try:
             return str(uuid.UUID(value))
@@ -384,6 +394,14 @@ def _conformed(name: str, value: Any, spec: Any) -> Any:
     if isinstance(value, list) and isinstance(spec.get("items"), Mapping):
         return [_conformed(name, item, spec["items"]) for item in value]
     return value
+
+
+def _kind(value: Any) -> str | None:
+    return next((k for t, k in _JSON_TYPES if isinstance(value, t)), None)  # bool first: True is an int
+
+
+def _accepts(declared: set[str], kind: str | None) -> bool:
+    return kind in declared or (kind == "integer" and "number" in declared)
 
 
 def _declared_types(spec: Mapping[str, Any]) -> set[str]:
