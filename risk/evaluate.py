@@ -175,7 +175,8 @@ def metrics(replayed: Sequence[Replayed], enforced: Sequence[Replayed] | None = 
     """AUROC and true-positive rates per action from `replayed`, and what was denied, per action and per
     session, from `enforced` (the same replay under the policy that counts; by default `replayed` itself)."""
     enforced = replayed if enforced is None else enforced
-    labelled = [r for r in replayed if r.action.label is not None]
+    # A NaN score is an action denied without a check (its session was stopped earlier): it has no score to rank.
+    labelled = [r for r in replayed if r.action.label is not None and not math.isnan(r.risk_score)]
     y = np.array([r.action.label for r in labelled])
     scores = np.array([r.risk_score for r in labelled])
     out: dict[str, Any] = {"actions": len(replayed), "labelled": len(labelled), "harmful": int(y.sum())}

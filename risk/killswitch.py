@@ -32,9 +32,9 @@ class Recorder(Protocol):
 
 
 MOVE_ATTEMPTS = 100  # compare-and-set retries; each loses only to another worker's completed move
-# A move and its record are made under the agent's lock (striped: any guard of this process, over any store), or
-# two moves in between each other's set and record (a terminate and a reset) put the trail's last word for the
-# agent at odds with its status. Moves are rare; a lock is held for one set and one append.
+# A move and its record are made under the agent's lock (striped by store and agent, for every guard of the
+# process), or two moves in between each other's set and record (a terminate and a reset) put the trail's last
+# word for the agent at odds with its status. Moves are rare; a lock is held for one set and one append.
 _MOVE_LOCKS = tuple(threading.Lock() for _ in range(64))
 
 
@@ -103,7 +103,7 @@ class KillSwitch:
         A move that stops an agent stands even if it cannot be recorded (stopping is the safe side). One that
         `releases` it (approve, resume, reset) is undone if it cannot be recorded, and raises AuditError: an
         agent must not be let act again by a decision the trail does not show."""
-        with _MOVE_LOCKS[hash(agent_id) % len(_MOVE_LOCKS)]:
+        with _MOVE_LOCKS[hash((id(self._state), agent_id)) % len(_MOVE_LOCKS)]:  # per store and agent
             return self._move_now(agent_id, step, actor, releasing=releasing)
 
     def _move_now(

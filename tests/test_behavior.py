@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import shutil
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -1162,6 +1164,10 @@ def test_a_service_reload_of_a_damaged_model_keeps_the_running_one(
 
 def test_save_model_refuses_to_write_over_a_model_or_outside_its_folder(tmp_path: Path) -> None:
     first = save_model(small_model("t", "1"), tmp_path, {})
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (first, first.with_suffix(".json")):  # as open() makes files, not a temporary file's 0600
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask
     sha = json.loads(first.with_suffix(".json").read_text())["sha256"]
     with pytest.raises(ModelError, match="exists"):
         save_model(fit_model(benign_rows(), MODEL_FEATURES, name="t", version="1", seed=1), tmp_path, {})

@@ -405,3 +405,20 @@ def test_arguments_are_checked_as_the_tools_schema_reads_them(guards: Callable[.
     assert ran == [] and not secret.exists()
     decisions = guard.audit.query(AuditQuery(kind="decision", limit=100))
     assert [(d.resource, d.decision) for d in decisions] == [("bank.account/1", "deny")] * 7 + [(str(secret), "deny")]
+
+
+def test_a_bytes_argument_that_is_not_text_is_checked(guards: Callable[..., Guard], tmp_path: Path) -> None:
+    """Read as JSON, bytes that are not UTF-8 (an image) raised before the check, and the call failed."""
+
+    @tool
+    def save_image(path: str, data: bytes) -> str:
+        """Save an image."""
+        Path(path).write_bytes(data)
+        return "saved"
+
+    (governed,) = govern_tools(
+        [save_image], make_guard(guards, tmp_path), {"save_image": (ActionType.FILE_WRITE, "path")}
+    )
+    image = tmp_path / "x.png"
+    assert governed.invoke({"path": str(image), "data": b"\x89PNG\r\n\x1a\n\x00"}) == "saved"
+    assert image.read_bytes().startswith(b"\x89PNG")

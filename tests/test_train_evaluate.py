@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from risk import Guard, PolicyError
 from risk.cli import app
-from risk.evaluate import DEFAULT_EVALUATION_POLICY, evaluate, replay
+from risk.evaluate import DEFAULT_EVALUATION_POLICY, evaluate, metrics, replay
 from risk.features import BASELINE_ACTIONS, MODEL_FEATURES
 from risk.scoring.model import DEFAULT_MODEL, load_model, resolve_model
 from risk.traces import read_trace
@@ -270,8 +270,10 @@ def test_a_session_stopped_stays_stopped_when_its_agents_sessions_interleave(tmp
     train = list(read_trace(train_trace))
     for lines in ([drop, harm, between], [drop, between, harm]):
         test = list(read_trace(write_trace(tmp_path / "test.jsonl", lines)))
-        by_session = {(r.action.session_id, r.action.label): r.allowed for r in replay(test, train)[0]}
+        replayed = replay(test, train)[0]
+        by_session = {(r.action.session_id, r.action.label): r.allowed for r in replayed}
         assert by_session == {("s-x", 0): False, ("s-x", 1): False, ("s-b", 0): True}
+        assert metrics(replayed)["attack_sessions_stopped"] == 1.0  # an action denied unchecked has no score
         assert evaluate(test, train)["attack_sessions_stopped"] == 1.0
 
 

@@ -177,7 +177,8 @@ class SQLiteAuditStore:
             if _identity(path) != opened:
                 raise AuditError(
                     f"audit record not written to {self.url}: {path} was deleted or replaced since the store opened "
-                    "it, so records written now would be lost; restore it, or restart to open the trail at that path"
+                    "it, so records written now would be lost; move that same file back, or restart to open the trail "
+                    "at that path (a copy restored there is another file)"
                 )
 
     def _read_head(self) -> tuple[int, str]:

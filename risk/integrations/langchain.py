@@ -123,7 +123,9 @@ class GovernedTool(BaseTool):
             read = parsed if isinstance(parsed, dict) else tool_input
             given = {key: value for key, value in read.items() if key in visible}
         # As JSON reads them (a UUID, a date or a nested model as the text and objects the tool was given).
-        arguments: dict[str, Any] = to_jsonable_python({**_model_defaults(self.tool), **given}, fallback=str)
+        arguments: dict[str, Any] = to_jsonable_python(
+            {**_model_defaults(self.tool), **given}, fallback=str, bytes_mode="base64"
+        )  # bytes that are not UTF-8 (an image) as base64: as text, they raised before the check
         return arguments
 
 

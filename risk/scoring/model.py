@@ -163,6 +163,9 @@ def _write_atomically(path: Path, write: Any) -> str:
     SHA-256 of what was written."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(handle, 0o666 & ~umask)  # as open() would make it: mkstemp's 0600 kept other users' services out
         with os.fdopen(handle, "wb") as out:
             write(out)
         os.replace(temporary, path)
