@@ -115,7 +115,7 @@ def destinations(resource: str, payload: Any) -> tuple[tuple[str, ...], tuple[st
     every = dict(primary)
     for text in _texts(payload):
         _scan(text, every)
-    return tuple(dict.fromkeys(map(_bounded, primary))), tuple(dict.fromkeys(map(_bounded, every)))
+    return tuple(map(_bounded, primary)), tuple(map(_bounded, every))
 
 
 MAX_DESTINATION_CHARS = 256

@@ -629,7 +629,7 @@ class Guard:
                 if not decision.allowed:
                     raise GuardDenied.for_decision(decision)
                 try:
-                    undo, description = self._prepare_undo(atype, decision, connection, compensate, args, kwargs)
+                    undo, description = self.prepare_undo(atype, decision, connection, compensate, args, kwargs)
                 except BaseException as exc:  # no way back (a snapshot the disk had no room for): the tool may not run
                     why = f"not run: its undo could not be prepared: {type(exc).__name__}: {exc}"
                     self.record_outcome(decision.action_id, success=False, error=why, agent_id=decision.agent_id)
@@ -686,17 +686,20 @@ class Guard:
 
         return decorate
 
-    def _prepare_undo(
+    def prepare_undo(
         self,
         atype: ActionType,
         decision: Decision,
-        connection: Any,
-        compensate: Callable[..., Any] | None,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        connection: Any = None,
+        compensate: Callable[..., Any] | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
     ) -> tuple[Callable[[], None] | None, str]:
+        """How to undo an allowed action before it runs, and what that does: `compensate(*args, **kwargs)`, a
+        savepoint on `connection`, a snapshot of the file a write or delete touches, or None (irreversible).
+        Raises OSError when the snapshot cannot be made."""
         if compensate is not None:
-            return (lambda: compensate(*args, **kwargs)), f"compensate with {compensate.__name__}"
+            return (lambda: compensate(*args, **(kwargs or {}))), f"compensate with {compensate.__name__}"
         if connection is not None:
             return savepoint(
                 connection, f"risk_{decision.action_id}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import numpy as np
 from risk.actions import ActionType
 from risk.audit.postgres import _redacted
 from risk.audit.record import AuditRecord, canonical_json
-from risk.audit.store import AuditQuery, AuditStore, open_audit
+from risk.audit.store import AuditStore, open_audit, records
 from risk.features import BASELINE_ACTIONS, MODEL_FEATURES, model_input
 from risk.resources import readings
 from risk.scoring.behavior import Assessment, BehaviorScorer, combined
@@ -113,12 +113,14 @@ def history(source: str) -> list[TraceAction]:
 def _allowed_decisions(store: AuditStore) -> list[TraceAction]:
     """The allowed decisions, each with the outcome its tool reported (how it went, rows and bytes), as a trace
     holds them: replayed as successes that touched nothing, the error rate and the data volume were constant,
-    and the model could not see either."""
-    outcomes = {
-        r.action_id: {k: r.detail.get(k) for k in ("status", "rows", "bytes")}
-        for r in _all(store, AuditQuery(kind="outcome"))
-        if r.action_id is not None and isinstance(r.detail, dict)
-    }
+    and the model could not see either. One pass over the trail, in sequence order."""
+    decisions: list[AuditRecord] = []
+    outcomes: dict[str, dict[str, Any]] = {}
+    for r in records(store):
+        if r.kind == "decision" and r.outcome == "allowed":
+            decisions.append(r)
+        elif r.kind == "outcome" and r.action_id is not None and isinstance(r.detail, dict):
+            outcomes[r.action_id] = {k: r.detail.get(k) for k in ("status", "rows", "bytes")}
     return [
         TraceAction(
             ts=datetime.fromisoformat(r.ts).timestamp(),
@@ -130,15 +132,8 @@ def _allowed_decisions(store: AuditStore) -> list[TraceAction]:
             label=0,
             extra={"outcome": outcomes[r.action_id]} if r.action_id in outcomes else {},
         )
-        for r in _all(store, AuditQuery(kind="decision", outcome="allowed"))
+        for r in decisions
     ]
-
-
-def _all(store: AuditStore, query: AuditQuery) -> Iterator[AuditRecord]:
-    offset = 0
-    while page := store.query(replace(query, limit=10_000, offset=offset)):
-        yield from page
-        offset += len(page)
 
 
 def train(

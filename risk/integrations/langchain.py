@@ -116,12 +116,13 @@ class GovernedTool(BaseTool):
         if isinstance(tool_input, str):
             given = {visible[0]: tool_input} if visible else {"input": tool_input}
         else:
+            read: str | dict[str, Any]
             try:
-                parsed = self.tool._parse_input(dict(tool_input), tool_call_id)
+                read = self.tool._parse_input(dict(tool_input), tool_call_id)
             except Exception:  # pydantic's or the tool's own validation error
-                parsed = tool_input
-            read = parsed if isinstance(parsed, dict) else tool_input
-            given = {key: value for key, value in read.items() if key in visible}
+                read = tool_input
+            given = {key: value for key, value in (read if isinstance(read, dict) else tool_input).items()
+                     if key in visible}  # fmt: skip
         # As JSON reads them (a UUID, a date or a nested model as the text and objects the tool was given).
         arguments: dict[str, Any] = to_jsonable_python(
             {**_model_defaults(self.tool), **given}, fallback=str, bytes_mode="base64"

@@ -373,9 +373,9 @@ def conform(arguments: Mapping[str, Any], schema: Mapping[str, Any] | None) -> d
 def _conformed(name: str, value: Any, spec: Any) -> Any:
     if not isinstance(spec, Mapping):
         return value
+    kind = _kind(value)
     declared = _declared_types(spec)
     if declared:
-        kind = _kind(value)
         if kind == "number" and "number" not in declared and "integer" in declared and value.is_integer():
             value, kind = int(value), "integer"
         if not _accepts(declared, kind):
@@ -383,7 +383,6 @@ def _conformed(name: str, value: Any, spec: Any) -> Any:
                              f"says, not {value!r}")  # fmt: skip
     alternatives = spec.get("anyOf") or spec.get("oneOf")
     if "type" not in spec and isinstance(alternatives, list):  # Optional[UUID], Optional[list[int]], a union
-        kind = _kind(value)
         chosen = next((a for a in alternatives if isinstance(a, Mapping) and _accepts(_declared_types(a), kind)), None)
         return value if chosen is None else _conformed(name, value, chosen)
     if isinstance(value, str) and spec.get("format") == "uuid":

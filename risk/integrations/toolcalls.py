@@ -6,7 +6,7 @@ says what action type a call is and which resources it touches; each resource is
 whole call. File writes and deletes are snapshotted before an allowed call runs, for rollback.
 
 >>> import tempfile
->>> from risk import Guard
+>>> from risk import ActionType, Guard
 >>> guard = Guard(blocked_resources=["/etc/*"], audit=f"sqlite:///{tempfile.mkdtemp()}/audit.db", model=None)
 >>> governor = ToolGovernor(guard, ToolMap.from_config({"read_file": (ActionType.FILE_READ, "path")}))
 >>> governor.check("read_file", {"path": "/etc/shadow"}).allowed
@@ -21,19 +21,17 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from risk.actions import ActionType, Decision
+from risk.actions import Decision
 from risk.errors import GuardDenied
 from risk.guard import Guard
 from risk.integrations.tool_map import ToolMap
-from risk.rollback import UndoStep, discard, snapshot_file
+from risk.rollback import UndoStep, discard
 
 log = logging.getLogger("risk")
-
-Undo = tuple[Callable[[], None] | None, str]  # the compensation (None: irreversible) and what it does
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +103,7 @@ class ToolGovernor:
         undos: list[UndoStep] = []
         try:
             for d in allowed:
-                undos.append(self.guard.undo_step(d, *_undo(call.action_type, d, self.guard)))
+                undos.append(self.guard.undo_step(d, *self.guard.prepare_undo(call.action_type, d)))
         except OSError as exc:  # no way back (a snapshot the disk had no room for): the call may not run
             for made in undos:
                 discard(made)
@@ -138,9 +136,3 @@ class ToolGovernor:
                 d.action_id, success=False, error=f"not run: {refusal.message}", agent_id=d.agent_id
             )
         return refusal
-
-
-def _undo(action_type: ActionType, decision: Decision, guard: Guard) -> Undo:
-    if action_type in (ActionType.FILE_WRITE, ActionType.FILE_DELETE):
-        return snapshot_file(decision.resource, guard.home / "snapshots")  # the path the tool opens
-    return None, f"{action_type.value} on {decision.resource} has no undo"

@@ -137,12 +137,12 @@ def save_model(model: BehaviorModel, directory: str | Path, card: dict[str, Any]
     card_path = artifact.with_suffix(".json")
     if not replace and (artifact.exists() or card_path.exists()):
         raise ModelError(f"{artifact} exists: train under another version, or replace it deliberately (--force)")
-    written = _write_atomically(artifact, lambda f: joblib.dump(model, f, compress=3))
+    _write_atomically(artifact, lambda f: joblib.dump(model, f, compress=3))
     full_card = {
         "name": model.name,
         "version": model.version,
         "artifact": artifact.name,
-        "sha256": written,
+        "sha256": _sha256(artifact),
         "features": list(model.features),
         "libraries": {
             "python": platform.python_version(),
@@ -158,9 +158,8 @@ def save_model(model: BehaviorModel, directory: str | Path, card: dict[str, Any]
     return artifact
 
 
-def _write_atomically(path: Path, write: Any) -> str:
-    """Write a file through `write(file)` to a temporary name beside `path`, then rename it over `path`; the
-    SHA-256 of what was written."""
+def _write_atomically(path: Path, write: Any) -> None:
+    """Write a file through `write(file)` to a temporary name beside `path`, then rename it over `path`."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         umask = os.umask(0)
@@ -172,7 +171,6 @@ def _write_atomically(path: Path, write: Any) -> str:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return _sha256(path)
 
 
 def resolve_model(spec: str | Path) -> Path:
