@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -69,16 +69,17 @@ class Catalog:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._lock = threading.RLock()
+        self._lock: AbstractContextManager[Any] = threading.RLock()
         if url.startswith("sqlite:///"):
             self._postgres = False
             self.where = url
             self._conn: Any = self._connect_sqlite()
         elif url.startswith(("postgresql://", "postgres://")):
-            from risk.audit.postgres import _redacted
+            from risk.audit.postgres import ConnectionWatch, _redacted
 
             self._postgres = True
             self.where = _redacted(url)
+            self._watch = self._lock = ConnectionWatch(f"the catalog {self.where}", CatalogError)
             self._conn = self._connect_postgres()
             self._used = time.monotonic()
         else:
@@ -136,8 +137,10 @@ class Catalog:
         if self._postgres:
             from risk.audit.postgres import still_open
 
+            self._watch.watch(self._conn)  # see ConnectionWatch
             if not still_open(self._conn, self._used):  # the server dropped it: reconnect
                 self._conn = self._connect_postgres()
+                self._watch.watch(self._conn)
             self._used = time.monotonic()
         return self._conn
 
@@ -158,9 +161,15 @@ class Catalog:
         from risk.audit.postgres import connection_defaults
 
         try:
-            return psycopg.connect(self.url, autocommit=True, **connection_defaults(conninfo_to_dict(self.url)))
+            conn = psycopg.connect(self.url, autocommit=True, **connection_defaults(conninfo_to_dict(self.url)))
         except psycopg.Error as exc:
             raise CatalogError(f"cannot connect to the catalog {self.where}: {exc}") from None
+        try:
+            self._watch.adopt(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            raise CatalogError(f"cannot configure the connection to the catalog {self.where}: {exc}") from exc
+        return conn
 
     def _migrate(self) -> None:
         if self._postgres:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pytest
-from services import unavailable
+from services import StallingProxy, unavailable
 from together import run_together
 
 import risk.audit.postgres
@@ -27,7 +28,7 @@ from risk import ActionType, AuditError, Guard
 from risk.audit.postgres import _SELECT, PostgresAuditStore
 from risk.audit.record import COLUMNS, GENESIS_HASH, StoredRecord
 from risk.audit.store import AuditQuery, open_audit, purge, verify_store, where_clause
-from risk.catalog import Catalog
+from risk.catalog import Catalog, CatalogError
 from risk.tenants import decisions_of
 
 try:
@@ -670,3 +671,95 @@ def test_a_connection_the_server_dropped_while_idle_is_replaced_before_the_next_
         assert verify_store(store).ok
     finally:
         catalog.close()
+
+
+# ---- a server that stops answering ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stalling(url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[StallingProxy, str]]:
+    """A proxy in front of the test's server that can stop answering, its URL (connections give up after 2 s),
+    and a statement deadline of 1 s."""
+    monkeypatch.setattr(risk.audit.postgres, "STATEMENT_DEADLINE", 1.0)
+    parts = urlsplit(url)
+    proxy = StallingProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    user, at, _ = parts.netloc.rpartition("@")
+    query = urlencode({**dict(parse_qsl(parts.query)), "connect_timeout": "2"}, quote_via=quote)
+    yield proxy, urlunsplit(parts._replace(netloc=f"{user}{at}127.0.0.1:{proxy.port}", query=query))
+    proxy.close()
+
+
+def finished_within(seconds: float, *calls: Callable[[], object]) -> list[BaseException | None]:
+    """Run `calls` at once, each in a thread; what each raised (None if nothing). Fails if any is still running
+    after `seconds`: a statement the server never answers held its caller, and every caller queued behind it."""
+    raised: list[BaseException | None] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            calls[i]()
+        except BaseException as exc:
+            raised[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds)
+    assert not any(t.is_alive() for t in threads), f"still waiting after {seconds} s"
+    return raised
+
+
+def test_a_server_that_stops_answering_fails_the_statements_at_their_deadline_and_the_store_recovers(
+    open_store: Callable[..., PostgresAuditStore], stalling: tuple[StallingProxy, str]
+) -> None:
+    """A server stalled with its connection up (the proxy holds every byte) held an append for ever, and every
+    other append of the process behind the store's lock, with no error to count: now each fails (the action
+    is denied) once the statement has gone 1 s unanswered, and the store reconnects when the server is back."""
+    proxy, proxied = stalling
+    store = open_store(proxied)
+    store.append(body(1))
+    proxy.stall.set()
+    raised = finished_within(30, lambda: store.append(body(2)), lambda: store.append(body(3)), store.head)
+    assert all(isinstance(exc, AuditError) for exc in raised), raised
+    proxy.stall.clear()
+    last = store.append(body(4))
+    result = verify_store(store)
+    assert result.ok
+    assert [r.record().action_id for r in store.stored()][-1] == "act-agent-1-4"
+    assert last.seq == result.count
+
+
+def test_a_guard_and_the_catalog_over_a_stalled_server_deny_and_fail_instead_of_waiting(
+    make_guard: Callable[..., Guard], stalling: tuple[StallingProxy, str]
+) -> None:
+    proxy, proxied = stalling
+    guard = make_guard(audit=proxied)
+    catalog = Catalog(proxied)
+    try:
+        assert guard.check(ActionType.FILE_READ, "/srv/reports/q1.csv").allowed
+        proxy.stall.set()
+        decisions: list[Any] = []
+        raised = finished_within(
+            30,
+            lambda: decisions.append(guard.check(ActionType.FILE_READ, "/srv/reports/q2.csv")),
+            lambda: catalog.run("SELECT value FROM risk_generations WHERE name = 'model'"),
+        )
+        assert raised[0] is None and isinstance(raised[1], CatalogError), raised
+        assert not decisions[0].allowed and decisions[0].reason_codes[0] == "audit_unavailable"
+        assert guard.audit_failures == 1
+        proxy.stall.clear()
+        assert guard.check(ActionType.FILE_READ, "/srv/reports/q3.csv").allowed
+        assert catalog.run("SELECT value FROM risk_generations WHERE name = 'model'").rows == [(0,)]
+    finally:
+        proxy.stall.clear()
+        catalog.close()
+
+
+def test_the_statement_deadline_follows_the_servers_statement_timeout(
+    open_store: Callable[..., PostgresAuditStore], schema: str
+) -> None:
+    """A URL (or role) that lets statements run longer on the server gets as long here, and a little more, so
+    the server's own error comes first; without one a statement gets STATEMENT_DEADLINE."""
+    assert open_store()._lock.seconds == risk.audit.postgres.STATEMENT_DEADLINE
+    longer = open_store(in_schema(POSTGRES_URL, schema, "statement_timeout=40s"))
+    assert longer._lock.seconds == 40 + risk.audit.postgres.STATEMENT_GRACE

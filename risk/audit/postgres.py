@@ -4,8 +4,10 @@
 `?options=-csearch_path%3Dmy_schema` to keep the tables in a schema of their own, or `sslmode=require`.
 An append waits at most 5 s for a lock another session holds before it fails (and the action is denied),
 unless the URL, the role or the database sets `lock_timeout` itself (`options=-clock_timeout%3D2s`); a
-connection attempt gives up after 10 s unless the URL sets `connect_timeout`, and a server gone silent is
-noticed within about 10 s (TCP keepalives, `tcp_user_timeout`) unless the URL sets those.
+connection attempt gives up after 10 s unless the URL sets `connect_timeout`, a server gone silent is
+noticed within about 10 s (TCP keepalives, `tcp_user_timeout`) unless the URL sets those, and a statement
+left unanswered by a server that stalls with its connection up fails after 15 s, or the server's own
+`statement_timeout` and 5 s more (see `ConnectionWatch`).
 
 Records go in `risk_audit` with the same layout as the SQLite store: the exact hashed text (`body`), its
 chain hash, and a few columns copied out for queries. Appends are optimistic, as in SQLite (see
@@ -25,11 +27,14 @@ edit a migration once released: append a new one.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import socket
 import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,6 +49,8 @@ except ImportError:  # psycopg is optional: the SQLite store does not need it, a
     _DRIVER_MISSING = True
 else:
     _DRIVER_MISSING = False
+
+log = logging.getLogger("risk")
 
 # Each entry brings the schema from version i to i + 1. Written out rather than built from INDEXED, so a
 # migration that has run somewhere never changes. COLLATE "C" orders `ts` bytewise, as SQLite does, whatever
@@ -122,6 +129,98 @@ def connection_defaults(params: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in _CONNECTION_DEFAULTS.items() if not params.get(name)}
 
 
+# Seconds a statement may go unanswered before its connection is cut off, when the server sets no
+# statement_timeout; with one, that plus STATEMENT_GRACE, so the server's own error comes first.
+STATEMENT_DEADLINE = 15.0
+STATEMENT_GRACE = 5.0
+WATCH_INTERVAL = 0.25  # seconds between the watchdog's looks: a cut comes at most this late
+
+
+class ConnectionWatch:
+    """The lock a store's one connection is used under (reentrant), and a bound on how long a statement may go
+    unanswered on it.
+
+    A server that stalls with its connection up (a proxy or a pooler holding requests, a host hung behind a
+    live address) sends no error, and TCP sees nothing wrong, as the data it sent was acknowledged: a statement
+    waited for ever, and every request of the process queued behind the lock. A watchdog thread now shuts the
+    socket of a statement past its deadline down (without closing the descriptor, which stays the
+    connection's), so the statement fails at once as on a dropped connection, the action is denied, and the
+    next use reconnects. Waiting for the lock is bounded by the same deadline: behind a statement that will
+    not answer, a request fails with `busy(message)` instead of waiting its turn to stall too.
+    """
+
+    def __init__(self, where: str, busy: Callable[[str], Exception]) -> None:
+        self.where = where
+        self.seconds = STATEMENT_DEADLINE
+        self._busy = busy
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._cutting = threading.Lock()  # a cut and the end of the hold it cuts come one after the other
+        self._fd: int | None = None
+        self._since: float | None = None
+        _watch(self)
+
+    def adopt(self, conn: psycopg.Connection[Any]) -> None:
+        """Take the deadline from the server's statement_timeout on a new connection (pg_settings gives it in ms)."""
+        row = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout'").fetchone()
+        timeout_ms = int(row[0]) if row else 0
+        self.seconds = timeout_ms / 1000 + STATEMENT_GRACE if timeout_ms else STATEMENT_DEADLINE
+
+    def watch(self, conn: psycopg.Connection[Any], *, bounded: bool = True) -> None:
+        """Statements on `conn` from now until the lock is released must answer within the deadline (call with
+        the lock held); `bounded=False` lets them take as long as the server allows (a purge)."""
+        with self._cutting:
+            self._fd = None if conn.closed else conn.fileno()
+            self._since = time.monotonic() if bounded else None
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(timeout=self.seconds + WATCH_INTERVAL):
+            raise self._busy(
+                f"{self.where} is busy: a statement on its connection has not been answered for {self.seconds:g} s"
+            )
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if not self._depth:
+            with self._cutting:
+                self._fd = self._since = None
+        self._lock.release()
+
+    def _cut_if_late(self, now: float) -> None:
+        with self._cutting:
+            if self._fd is None or self._since is None or now - self._since <= self.seconds:
+                return
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self._fd)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+            self._since = None
+        log.warning("no answer from %s within %g s: its connection was cut off", self.where, self.seconds)
+
+
+_watched: weakref.WeakSet[ConnectionWatch] = weakref.WeakSet()
+_watched_lock = threading.Lock()
+_watchdog_pid: int | None = None  # the process the watchdog thread runs in (a forked child has none)
+
+
+def _watch(watch: ConnectionWatch) -> None:
+    global _watchdog_pid
+    with _watched_lock:
+        _watched.add(watch)
+        if _watchdog_pid != os.getpid():
+            _watchdog_pid = os.getpid()
+            threading.Thread(target=_watchdog, name="risk-postgres-watchdog", daemon=True).start()
+
+
+def _watchdog() -> None:
+    while True:
+        time.sleep(WATCH_INTERVAL)
+        with _watched_lock:
+            watches = list(_watched)
+        now = time.monotonic()
+        for watch in watches:
+            watch._cut_if_late(now)
+
+
 class PostgresAuditStore:
     """Append-only, hash-chained audit records in PostgreSQL. Safe for threads, processes and hosts.
 
@@ -135,7 +234,7 @@ class PostgresAuditStore:
         self._where = _redacted(url)  # for messages: never print a password
         if _DRIVER_MISSING:
             raise AuditError(f"the PostgreSQL audit store {self._where} needs psycopg 3: pip install 'psycopg[binary]'")
-        self._lock = threading.Lock()
+        self._lock = ConnectionWatch(f"the audit store {self._where}", AuditError)
         self._appender = ChainAppender(self._read_head, self._insert, budget=_APPEND_BUDGET)
         self._closed = False
         self._conn = self._connect()
@@ -209,7 +308,8 @@ class PostgresAuditStore:
     def delete_through(self, seq: int) -> int:
         with self._lock:
             try:
-                return self._connection().execute("DELETE FROM risk_audit WHERE seq <= %s", (seq,)).rowcount
+                conn = self._connection(bounded=False)  # a purge of years may take as long as the server lets it
+                return conn.execute("DELETE FROM risk_audit WHERE seq <= %s", (seq,)).rowcount
             except psycopg.Error as exc:
                 raise AuditError(f"purge failed on {self._where}: {exc}") from exc
 
@@ -225,12 +325,15 @@ class PostgresAuditStore:
             except psycopg.Error as exc:
                 raise AuditError(f"cannot read audit store {self._where}: {exc}") from exc
 
-    def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
-        """The open connection, replacing one the server dropped. Call with the lock held."""
+    def _connection(self, *, bounded: bool = True) -> psycopg.Connection[tuple[Any, ...]]:
+        """The open connection, replacing one the server dropped, watched until the lock is released (see
+        `ConnectionWatch`). Call with the lock held."""
         if self._closed:
             raise AuditError(f"the audit store {self._where} is closed")
+        self._lock.watch(self._conn, bounded=bounded)
         if not still_open(self._conn, self._used):
             self._conn = self._connect()
+            self._lock.watch(self._conn, bounded=bounded)
         self._used = time.monotonic()
         return self._conn
 
@@ -250,6 +353,7 @@ class PostgresAuditStore:
             # Bound lock waits unless the URL, role or database already chose a limit ("0" means none).
             if _setting(conn, "lock_timeout") == "0":
                 conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT}'")
+            self._lock.adopt(conn)
         except psycopg.Error as exc:
             conn.close()
             raise AuditError(f"cannot configure the connection to {self._where}: {exc}") from exc
