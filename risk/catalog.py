@@ -132,6 +132,8 @@ class Catalog:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self._postgres:
+                self._watch.close()
 
     def _connection(self) -> Any:
         if self._postgres:

@@ -142,11 +142,11 @@ class ConnectionWatch:
 
     A server that stalls with its connection up (a proxy or a pooler holding requests, a host hung behind a
     live address) sends no error, and TCP sees nothing wrong, as the data it sent was acknowledged: a statement
-    waited for ever, and every request of the process queued behind the lock. A watchdog thread now shuts the
-    socket of a statement past its deadline down (without closing the descriptor, which stays the
-    connection's), so the statement fails at once as on a dropped connection, the action is denied, and the
-    next use reconnects. Waiting for the lock is bounded by the same deadline: behind a statement that will
-    not answer, a request fails with `busy(message)` instead of waiting its turn to stall too.
+    waited for ever, and every request of the process queued behind the lock. A watchdog thread now shuts down
+    the socket of a statement past its deadline, so the statement fails at once as on a dropped connection,
+    the action is denied, and the next use reconnects. Waiting for the lock is bounded by the same deadline:
+    behind a statement that will not answer, a request fails with `busy(message)` instead of waiting its turn
+    to stall too.
     """
 
     def __init__(self, where: str, busy: Callable[[str], Exception]) -> None:
@@ -155,8 +155,11 @@ class ConnectionWatch:
         self._busy = busy
         self._lock = threading.RLock()
         self._depth = 0
-        self._cutting = threading.Lock()  # a cut and the end of the hold it cuts come one after the other
-        self._fd: int | None = None
+        self._cutting = threading.Lock()  # a cut and the end of the statement it cuts come one after the other
+        self._conn: psycopg.Connection[Any] | None = None
+        # A descriptor of the watched connection's socket of our own: the connection may close its own, and the
+        # number then name another file, by the time the watchdog cuts.
+        self._socket: socket.socket | None = None
         self._since: float | None = None
         _watch(self)
 
@@ -170,8 +173,17 @@ class ConnectionWatch:
         """Statements on `conn` from now until the lock is released must answer within the deadline (call with
         the lock held); `bounded=False` lets them take as long as the server allows (a purge)."""
         with self._cutting:
-            self._fd = None if conn.closed else conn.fileno()
+            if conn is not self._conn:
+                self._forget_socket()
+                self._conn = conn
+                if not conn.closed:
+                    self._socket = socket.socket(fileno=os.dup(conn.fileno()))
             self._since = time.monotonic() if bounded else None
+
+    def close(self) -> None:
+        with self._cutting:
+            self._forget_socket()
+            self._conn = None
 
     def __enter__(self) -> None:
         if not self._lock.acquire(timeout=self.seconds + WATCH_INTERVAL):
@@ -184,15 +196,20 @@ class ConnectionWatch:
         self._depth -= 1
         if not self._depth:
             with self._cutting:
-                self._fd = self._since = None
+                self._since = None
         self._lock.release()
+
+    def _forget_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
     def _cut_if_late(self, now: float) -> None:
         with self._cutting:
-            if self._fd is None or self._since is None or now - self._since <= self.seconds:
+            if self._socket is None or self._since is None or now - self._since <= self.seconds:
                 return
-            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self._fd)) as sock:
-                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)
             self._since = None
         log.warning("no answer from %s within %g s: its connection was cut off", self.where, self.seconds)
 
@@ -317,6 +334,7 @@ class PostgresAuditStore:
         with self._lock:
             self._closed = True
             self._conn.close()
+            self._lock.close()
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
