@@ -273,16 +273,29 @@ def demo(
 @app.command("mcp-proxy")
 def mcp_proxy(
     upstream: Annotated[list[str], typer.Argument(help="The upstream MCP server's command, after --.")],
-    policy: Annotated[Path, typer.Option("--policy", help="Policy file with a tools: section.")],
+    policy: Annotated[
+        Path, typer.Option("--policy", help="Policy file with a tools: section (and optionally tool_timeout).")
+    ],
     http: Annotated[
         str | None, typer.Option(help="Serve streamable HTTP at HOST:PORT (path /mcp) instead of stdio.")
     ] = None,
+    tool_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds the upstream has to answer a tool call (else the client gets an error result and the "
+            "call is recorded as one that may have run); overrides the policy file's tool_timeout, default 60."
+        ),
+    ] = None,
 ) -> None:
-    """Serve MCP, checking every tool call of the upstream server before it runs."""
+    """Serve MCP, checking every tool call of the upstream server before it runs.
+
+    If the upstream server exits, every later call is refused and the proxy exits with status 1: over HTTP at
+    once, on stdio when the client closes the connection.
+    """
     try:
         import anyio
 
-        from risk.integrations.mcp_proxy import GatewayPolicy, serve
+        from risk.integrations.mcp_proxy import GatewayPolicy, UpstreamGone, serve
     except ModuleNotFoundError as exc:
         raise _fail(f"risk mcp-proxy needs the mcp package ({exc}): pip install 'agent-risk[mcp]'") from None
     address = None
@@ -292,11 +305,13 @@ def mcp_proxy(
             raise _fail(f"--http must be HOST:PORT such as 127.0.0.1:8765, not {http!r}")
         address = (host, int(port))
     try:
-        gateway = GatewayPolicy.from_file(policy)
+        gateway = GatewayPolicy.from_file(policy, tool_timeout=tool_timeout)
     except (RiskError, ValueError) as exc:
         raise _fail(str(exc)) from None
     try:  # on stdio, stdout is the protocol's: every message of ours goes to stderr
         anyio.run(functools.partial(serve, gateway, upstream, http=address))
+    except UpstreamGone as exc:
+        raise _fail(str(exc), code=1) from None
     except OSError as exc:
         raise _fail(f"cannot start the upstream server {upstream[0]!r}: {exc}") from None
     except BaseExceptionGroup as group:  # raised inside the upstream connection's task group

@@ -6,7 +6,9 @@ The tool-map tests at the end need no MCP at all.
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -410,6 +412,246 @@ def test_a_call_the_client_gave_up_on_is_still_undone_by_a_rollback(tmp_path: Pa
     (outcome,) = [r for r in trail if r.kind == "outcome"]
     assert outcome.outcome == "error" and "it may have run" in outcome.detail["error"]
     assert [r.outcome for r in trail if r.kind == "rollback"] == ["undone"]
+
+
+STALLING = """
+import os
+import time
+from pathlib import Path
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("stalling")
+
+
+@server.tool()
+def write_when_released(path: str, content: str, release: str) -> str:
+    \"\"\"Write `content` to `path` once the file `release` exists (or after a minute).\"\"\"
+    for _ in range(1200):
+        if Path(release).exists():
+            break
+        time.sleep(0.05)
+    Path(path).write_text(content)
+    return "wrote"
+
+
+@server.tool()
+def write_and_exit(path: str, content: str) -> str:
+    \"\"\"Write `content` to `path`, then exit without answering.\"\"\"
+    Path(path).write_text(content)
+    os._exit(3)
+
+
+@server.tool()
+def write_file(path: str, content: str) -> str:
+    \"\"\"Write `content` to `path`.\"\"\"
+    Path(path).write_text(content)
+    return "wrote"
+
+
+if __name__ == "__main__":
+    server.run()
+"""
+
+
+def stalling_gateway(tmp_path: Path, *, mode: str = "block", extra: str = "") -> tuple[Path, Path]:
+    """The STALLING upstream and a policy mapping its tools as file writes; `extra` is added to the policy."""
+    upstream = tmp_path / "stalling.py"
+    upstream.write_text(STALLING, encoding="utf-8")
+    policy = policy_file(tmp_path, mode=mode)
+    with policy.open("a", encoding="utf-8") as more:
+        more.write('  write_when_released: {action_type: file_write, resource: "{path}"}\n')
+        more.write('  write_and_exit: {action_type: file_write, resource: "{path}"}\n')
+        more.write(extra)
+    return policy, upstream
+
+
+@pytest.mark.parametrize("set_in", ["policy file", "command line"])
+def test_a_call_the_upstream_does_not_answer_in_time_is_an_error_and_still_undone_by_a_rollback(
+    tmp_path: Path, set_in: str
+) -> None:
+    """An upstream that hung held the client's call forever; now the client gets an error result after the
+    timeout, and the call is recorded as one that may have run: the write it made later is rolled back."""
+    in_file = "tool_timeout: 0.5\n" if set_in == "policy file" else "tool_timeout: 600\n"
+    policy, upstream = stalling_gateway(tmp_path, mode="rollback")
+    policy.write_text(in_file + policy.read_text(), encoding="utf-8")  # top-level, before the tools: section
+    server = proxy_command(policy, upstream)
+    if set_in == "command line":  # overrides the file's 600
+        server.args[server.args.index("--") : 0] = ["--tool-timeout", "0.5"]
+    notes = tmp_path / "allowed" / "notes.txt"
+    notes.write_text("before", encoding="utf-8")
+    release = tmp_path / "release"
+
+    async def scenario(session: ClientSession) -> tuple[types.CallToolResult, types.CallToolResult]:
+        with anyio.fail_after(30):  # a safety bound: the gateway's timeout is what ends this call
+            stalled = await session.call_tool(
+                "write_when_released", {"path": str(notes), "content": "overwritten", "release": str(release)}
+            )
+        release.touch()  # the upstream was never stopped: it writes now, after the client was told it timed out
+        with anyio.fail_after(30):
+            while notes.read_text(encoding="utf-8") != "overwritten":
+                await anyio.sleep(0.05)
+        return stalled, await session.call_tool("write_file", {"path": f"{tmp_path}/locked/k.txt", "content": "x"})
+
+    stalled, blocked = through(server, scenario)
+
+    assert stalled.is_error
+    assert text(stalled) == (
+        "write_when_released: the upstream server did not answer within 0.5 s; the call may have run"
+    )
+    assert blocked.is_error and "rolled_back" in text(blocked)
+    assert notes.read_text(encoding="utf-8") == "before"  # its undo was not settled at the timeout
+    trail = audit(tmp_path)
+    (outcome,) = [r for r in trail if r.kind == "outcome"]
+    assert outcome.outcome == "error"
+    assert outcome.detail["error"] == "no answer, it may have run: the upstream server did not answer within 0.5 s"
+    assert [r.outcome for r in trail if r.kind == "rollback"] == ["undone"]
+
+
+@pytest.mark.parametrize(
+    ("in_file", "flag", "message"),
+    [
+        ("tool_timeout: 0\n", [], "tool_timeout must be a number of seconds above 0, not 0"),
+        ("tool_timeout: never\n", [], "tool_timeout must be a number of seconds above 0, not 'never'"),
+        ("tool_timeout: .inf\n", [], "tool_timeout must be a number of seconds above 0, not inf"),
+        ("", ["--tool-timeout", "-1"], "--tool-timeout must be a number of seconds above 0, not -1.0"),
+    ],
+)
+def test_a_tool_timeout_that_is_no_bound_stops_the_gateway(
+    tmp_path: Path, in_file: str, flag: list[str], message: str
+) -> None:
+    policy = policy_file(tmp_path)
+    policy.write_text(in_file + policy.read_text(), encoding="utf-8")
+    command = [sys.executable, "-m", "risk.cli", "mcp-proxy", "--policy", str(policy), *flag]
+    ran = subprocess.run([*command, "--", sys.executable, str(UPSTREAM)], capture_output=True, text=True,
+                         check=False, stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
+    assert ran.returncode == 2
+    assert message in " ".join(ran.stderr.split()) and "Traceback" not in ran.stderr
+
+
+class RawClient:
+    """An MCP client speaking JSON-RPC lines to the gateway's stdin and stdout itself, so the test can close
+    the connection and see the gateway's exit status and stderr (the SDK's client owns its process)."""
+
+    def __init__(self, policy: Path, upstream: Path) -> None:
+        server = proxy_command(policy, upstream)
+        self.stderr = policy.parent / "gateway.stderr"
+        with self.stderr.open("w", encoding="utf-8") as errors:
+            self.process = subprocess.Popen(
+                [server.command, *server.args],
+                cwd=server.cwd,
+                env=server.env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+            )
+        self.last_id = 0
+        hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
+        assert "result" in self.request("initialize", hello)
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+
+    def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The gateway's answer to one request (notifications it sends meanwhile are skipped)."""
+        self.last_id += 1
+        self.send({"jsonrpc": "2.0", "id": self.last_id, "method": method, "params": params})
+        assert self.process.stdout is not None
+        while True:
+            ready, _, _ = select.select([self.process.stdout], [], [], 30)  # a safety bound
+            assert ready, f"no answer to {method} in 30 s"
+            line = self.process.stdout.readline()
+            assert line, f"the gateway closed its output before answering {method}"
+            message: dict[str, Any] = json.loads(line)
+            if message.get("id") == self.last_id:
+                return message
+
+    def close(self) -> tuple[int, str]:
+        """Close the connection; the gateway's exit status and what it wrote on stderr."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.close()
+        status = self.process.wait(timeout=60)
+        self.process.stdout.close()
+        return status, self.stderr.read_text(encoding="utf-8")
+
+
+def test_after_the_upstream_exits_no_call_is_checked_and_the_gateway_exits_with_an_error(tmp_path: Path) -> None:
+    """The gateway went on after its upstream died: every later call was checked and recorded as allowed, then
+    failed with "Connection closed", and it exited 0. Now the call in flight gets an error result saying the
+    upstream exited (recorded as one that may have run), later calls are refused unchecked, and the gateway
+    exits with status 1 saying why."""
+    policy, upstream = stalling_gateway(tmp_path)
+    notes = tmp_path / "allowed" / "notes.txt"
+    client = RawClient(policy, upstream)
+    try:
+        in_flight = client.request(
+            "tools/call", {"name": "write_and_exit", "arguments": {"path": str(notes), "content": "x"}}
+        )
+        later = client.request(
+            "tools/call", {"name": "write_file", "arguments": {"path": f"{tmp_path}/allowed/b.txt", "content": "y"}}
+        )
+        listed = client.request("tools/list", {})
+    finally:
+        status, stderr = client.close()
+
+    assert in_flight["result"]["isError"] is True
+    assert in_flight["result"]["content"][0]["text"] == (
+        "write_and_exit: the upstream server exited before it answered; the call may have run"
+    )
+    assert notes.read_text(encoding="utf-8") == "x"  # it did run
+    assert later["result"]["isError"] is True
+    assert "the upstream MCP server has exited" in later["result"]["content"][0]["text"]
+    assert not (tmp_path / "allowed" / "b.txt").exists()
+    assert "the upstream MCP server has exited" in listed["error"]["message"]
+    assert status == 1
+    assert "the upstream MCP server has exited, so no tool can run; restart the gateway" in " ".join(stderr.split())
+    assert "Traceback" not in stderr
+    trail = audit(tmp_path)
+    assert [(r.resource, r.decision) for r in trail if r.kind == "decision"] == [(str(notes), "allow")]
+    (outcome,) = [r for r in trail if r.kind == "outcome"]
+    assert outcome.outcome == "error"
+    assert outcome.detail["error"] == "no answer, it may have run: the upstream server exited before it answered"
+    assert verify_store(open_audit(f"sqlite:///{tmp_path}/audit.db", create=False)).ok
+
+
+def test_over_http_the_gateway_stops_when_the_upstream_exits(tmp_path: Path) -> None:
+    port = free_port()
+    policy, upstream = stalling_gateway(tmp_path)
+    command = [sys.executable, "-m", "risk.cli", "mcp-proxy", "--policy", str(policy), "--http", f"127.0.0.1:{port}"]
+    proxy = subprocess.Popen([*command, "--", sys.executable, str(upstream)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
+    try:
+        assert proxy.stderr is not None
+        for line in proxy.stderr:
+            if "Uvicorn running on" in line:
+                break
+        else:
+            pytest.fail(f"the proxy exited with {proxy.wait()} before it listened")
+
+        async def main() -> types.CallToolResult:
+            async with (
+                streamable_http_client(f"http://127.0.0.1:{port}/mcp") as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                return await session.call_tool("write_and_exit", {"path": f"{tmp_path}/allowed/h.txt", "content": "x"})
+
+        in_flight = anyio.run(main)
+        status = proxy.wait(timeout=60)  # it stops by itself
+        stderr = proxy.stderr.read()
+    finally:
+        if proxy.poll() is None:
+            proxy.kill()
+            proxy.wait(timeout=30)
+
+    assert in_flight.is_error and "exited before it answered; the call may have run" in text(in_flight)
+    assert status == 1
+    assert "the upstream MCP server has exited" in stderr
+    (outcome,) = [r for r in audit(tmp_path) if r.kind == "outcome"]
+    assert "the upstream server exited before it answered" in outcome.detail["error"]
 
 
 def test_a_tools_entry_the_upstream_does_not_list_stops_the_gateway(tmp_path: Path) -> None:

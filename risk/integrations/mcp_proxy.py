@@ -11,6 +11,12 @@ whose text says why, so the model can read it; the upstream's answer to an allow
 unchanged and its success or error is recorded as the action's outcome. Only tools are
 proxied: the upstream's resources and prompts are not offered to the client.
 
+The upstream has `tool_timeout` seconds (policy file or `--tool-timeout`, default 60) to answer a call; one
+it does not answer in time, or does not answer because it exited, comes back to the client as an error
+result, and its outcome is recorded as of a call that may have run. Once the upstream has exited, every
+later call is refused without a check (nothing can run it) and the gateway ends with `UpstreamGone`: over
+HTTP at once, on stdio when the client closes the connection (the client's stdin read cannot be cut short).
+
 A call is checked as the upstream will read its arguments, from the tool's input schema in `tools/list`:
 an argument left out has its default, and one sent as JSON text where the tool does not take plain text is
 decoded, as the MCP SDK's servers decode it. A call to a tool the upstream does not list is refused.
@@ -21,23 +27,28 @@ Needs the `mcp` extra: `pip install 'agent-risk[mcp]'`.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp.types as types
 import uvicorn
+from anyio.streams.memory import MemoryObjectSendStream
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
 
-from risk.errors import PolicyError
+from risk.errors import PolicyError, RiskError
 from risk.guard import Guard
 from risk.integrations.tool_map import ToolMap, conform, schema_defaults
 from risk.integrations.toolcalls import ToolGovernor
@@ -45,33 +56,75 @@ from risk.policy import load_policy_file
 
 MAX_ERROR_CHARS = 500
 MAX_LIST_PAGES = 100  # tools/list pages read to find a tool the client never listed
+DEFAULT_TOOL_TIMEOUT = 60.0  # seconds the upstream has to answer a tools/call (the TypeScript SDK's request default)
+UPSTREAM_GONE = "the upstream MCP server has exited, so no tool can run; restart the gateway"
+HTTP_SHUTDOWN_SECONDS = 5  # for answers still being sent when the gateway stops serving HTTP
+
+log = logging.getLogger("risk")
+
+
+class UpstreamGone(RiskError):
+    """The upstream MCP server exited while the gateway served it; restart the gateway."""
 
 
 @dataclass(frozen=True, slots=True)
 class GatewayPolicy:
-    """A policy file read for the gateway: the guard it configures and its `tools:` section."""
+    """A policy file read for the gateway: the guard it configures, its `tools:` section and its `tool_timeout`
+    (seconds the upstream has to answer a call)."""
 
     guard: Guard
     tools: ToolMap
+    tool_timeout: float = DEFAULT_TOOL_TIMEOUT
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> GatewayPolicy:
+    def from_file(cls, path: str | Path, *, tool_timeout: float | None = None, **overrides: Any) -> GatewayPolicy:
+        """The policy in the file at `path`; `tool_timeout` (say from the command line) overrides the file's."""
         fields = load_policy_file(path)
         tools = ToolMap.from_config(fields.pop("tools", None))
-        return cls(Guard.from_fields(fields, source=str(path), **overrides), tools)
+        in_file = fields.pop("tool_timeout", DEFAULT_TOOL_TIMEOUT)
+        if tool_timeout is None:
+            timeout = _seconds(in_file, f"{path}: tool_timeout")
+        else:
+            timeout = _seconds(tool_timeout, "--tool-timeout")
+        return cls(Guard.from_fields(fields, source=str(path), **overrides), tools, timeout)
+
+
+def _seconds(value: Any, source: str) -> float:
+    """`value` as seconds for the upstream to answer a call: finite and above 0, since a call that may wait
+    forever is what the timeout is there to prevent."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise PolicyError(f"{source} must be a number of seconds above 0, not {value!r}")
+    return float(value)
 
 
 class GovernedTools:
-    """Tool calls checked by a guard before `upstream` runs them, their outcomes recorded after."""
+    """Tool calls checked by a guard before `upstream` runs them, their outcomes recorded after.
 
-    def __init__(self, guard: Guard, tools: ToolMap, upstream: ClientSession, *, session_id: str | None = None):
+    `upstream_gone` is set once the upstream has exited (see `relay_upstream`); `timeout` is the seconds it
+    has to answer a call.
+    """
+
+    def __init__(
+        self,
+        guard: Guard,
+        tools: ToolMap,
+        upstream: ClientSession,
+        *,
+        session_id: str | None = None,
+        timeout: float = DEFAULT_TOOL_TIMEOUT,
+        upstream_gone: anyio.Event | None = None,
+    ):
         self.governor = ToolGovernor(guard, tools, session_id=session_id)
         self.upstream = upstream
+        self.timeout = timeout
+        self.upstream_gone = upstream_gone or anyio.Event()
         self.schemas: dict[str, dict[str, Any]] = {}  # tool name -> its input schema, from the last tools/list
 
     async def list_tools(
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
+        if self.upstream_gone.is_set():
+            raise MCPError(code=types.CONNECTION_CLOSED, message=UPSTREAM_GONE)
         result = await self.upstream.list_tools(params=params)
         self.schemas.update({tool.name: tool.input_schema for tool in result.tools})
         return result
@@ -80,6 +133,8 @@ class GovernedTools:
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         arguments = params.arguments or {}
+        if self.upstream_gone.is_set():  # refused unchecked: a check would record as allowed a call that cannot run
+            return _error_result(f"denied: {UPSTREAM_GONE}")
         schema = await self._input_schema(params.name)
         if schema is None:  # nothing says how the upstream reads the arguments: they cannot be checked
             return _error_result(f"denied: {params.name} is not a tool the upstream lists")
@@ -91,10 +146,15 @@ class GovernedTools:
         if not call.allowed:
             return _error_result(call.message)
         try:
-            result = await self.upstream.call_tool(params.name, arguments)
-        except MCPError as exc:  # the upstream refused the request: the client gets its error as it was
-            self.governor.finish(call, error=_clip(f"upstream error {exc.code}: {exc.message}"))
-            raise
+            result = await self.upstream.call_tool(params.name, arguments, read_timeout_seconds=self.timeout)
+        except MCPError as exc:
+            unanswered = self._unanswered(exc)
+            if unanswered is None:  # the upstream refused the request: the client gets its error as it was
+                self.governor.finish(call, error=_clip(f"upstream error {exc.code}: {exc.message}"))
+                raise
+            # It may have run (or may still be running, after a timeout): its undo stays unsettled, as for a cancel.
+            self.governor.finish(call, error=f"no answer, it may have run: {unanswered}", over=False)
+            return _error_result(f"{params.name}: {unanswered}; the call may have run")
         except BaseException as exc:  # the upstream failed, or the client gave up waiting: it may still be running
             why = f"{type(exc).__name__}: {exc}"
             self.governor.finish(call, error=_clip(f"no answer, it may have run: {why}"), over=False)
@@ -103,6 +163,15 @@ class GovernedTools:
         error = _clip(_text(result) or "the tool reported an error") if result.is_error else None
         self.governor.finish(call, error=error, size=size)
         return result
+
+    def _unanswered(self, exc: MCPError) -> str | None:
+        """Why the upstream gave no answer, when `exc` says it gave none: it exited, or it took too long (the SDK
+        then sent it a cancel); None for an error the upstream itself answered."""
+        if exc.code == types.CONNECTION_CLOSED and self.upstream_gone.is_set():
+            return "the upstream server exited before it answered"
+        if exc.code == types.REQUEST_TIMEOUT:
+            return f"the upstream server did not answer within {self.timeout:g} s"
+        return None
 
     async def read_schemas(self) -> dict[str, dict[str, Any]]:
         """Every tool's input schema, from the upstream's list (as many pages as MAX_LIST_PAGES)."""
@@ -164,42 +233,94 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
+async def relay_upstream(
+    source: AsyncIterable[SessionMessage | Exception],
+    sink: MemoryObjectSendStream[SessionMessage | Exception],
+    gone: anyio.Event,
+) -> None:
+    """Pass the upstream's messages on to its session, and set `gone` when they end: the upstream exited, closed
+    its output or could no longer be written to. `gone` is set before the session learns of the end, so a call
+    the session then fails with "Connection closed" is known to have lost its upstream."""
+    async with sink:
+        try:
+            async for message in source:
+                await sink.send(message)
+        except anyio.BrokenResourceError:  # the session closed first: the gateway is stopping, not the upstream
+            return
+        gone.set()
+        log.error("risk mcp-proxy: %s", UPSTREAM_GONE)
+
+
 async def serve(policy: GatewayPolicy, upstream_command: Sequence[str], *, http: tuple[str, int] | None = None) -> None:
     """Serve MCP, governing the upstream server that `upstream_command` starts (and stops with the proxy).
 
     On stdin and stdout by default, returning when the client closes the connection; with `http=(host, port)`,
     as streamable HTTP at `http://host:port/mcp`, until the process is interrupted. Every client shares the
-    one upstream connection and the policy's agent.
+    one upstream connection and the policy's agent. Raises UpstreamGone when the upstream exited meanwhile:
+    over HTTP the gateway stops serving at once; on stdio it refuses every call until the client closes.
     """
     if not upstream_command:
         raise ValueError("no upstream server command: put it after '--', e.g. -- python server.py")
     command, *args = upstream_command
     # The upstream is ours to start, with the environment we were given (its keys, its settings).
     upstream_process = StdioServerParameters(command=command, args=args, env=dict(os.environ))
+    gone = anyio.Event()
     async with (
         stdio_client(upstream_process, errlog=sys.stderr) as (read, write),
-        ClientSession(read, write) as upstream,
+        anyio.create_task_group() as relay,
     ):
-        hello = await upstream.initialize()
-        gate = GovernedTools(policy.guard, policy.tools, upstream, session_id=os.urandom(8).hex())
-        # An entry for a tool or argument the upstream lacks would never apply: the tool would be read by the
-        # defaults instead (a misspelt `send_mail` left `send_email` unmapped).
-        schemas = await gate.read_schemas()
-        try:
-            policy.tools.check_against({name: list(schema.get("properties") or ()) for name, schema in schemas.items()})
-        except ValueError as exc:
-            raise PolicyError(f"tools: {exc}") from None
-        server: Server[Any] = Server(
-            hello.server_info.name,
-            version=hello.server_info.version,
-            instructions=hello.instructions,
-            on_list_tools=gate.list_tools,
-            on_call_tool=gate.call_tool,
-        )
-        if http is None:
-            async with stdio_server() as (client_read, client_write):
-                await server.run(client_read, client_write, server.create_initialization_options())
-            return
-        host, port = http
-        app = server.streamable_http_app(host=host)
-        await uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).serve()
+        to_session, from_upstream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+        relay.start_soon(relay_upstream, read, to_session, gone)
+        async with ClientSession(from_upstream, write) as upstream:
+            await _serve_upstream(policy, upstream, gone, http)
+        relay.cancel_scope.cancel()
+    if gone.is_set():
+        raise UpstreamGone(UPSTREAM_GONE)
+
+
+async def _serve_upstream(
+    policy: GatewayPolicy, upstream: ClientSession, gone: anyio.Event, http: tuple[str, int] | None
+) -> None:
+    """Serve the client side, governing calls to `upstream` (see `serve`), until the client leaves or, over
+    HTTP, the upstream is gone."""
+    hello = await upstream.initialize()
+    gate = GovernedTools(
+        policy.guard,
+        policy.tools,
+        upstream,
+        session_id=os.urandom(8).hex(),
+        timeout=policy.tool_timeout,
+        upstream_gone=gone,
+    )
+    # An entry for a tool or argument the upstream lacks would never apply: the tool would be read by the
+    # defaults instead (a misspelt `send_mail` left `send_email` unmapped).
+    schemas = await gate.read_schemas()
+    try:
+        policy.tools.check_against({name: list(schema.get("properties") or ()) for name, schema in schemas.items()})
+    except ValueError as exc:
+        raise PolicyError(f"tools: {exc}") from None
+    server: Server[Any] = Server(
+        hello.server_info.name,
+        version=hello.server_info.version,
+        instructions=hello.instructions,
+        on_list_tools=gate.list_tools,
+        on_call_tool=gate.call_tool,
+    )
+    if http is None:  # its stdin read cannot be cut short: once the upstream is gone, calls are refused until then
+        async with stdio_server() as (client_read, client_write):
+            await server.run(client_read, client_write, server.create_initialization_options())
+        return
+    host, port = http
+    app = server.streamable_http_app(host=host)
+    web = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=HTTP_SHUTDOWN_SECONDS)
+    )
+
+    async def stop_when_the_upstream_is_gone() -> None:
+        await gone.wait()
+        web.should_exit = True  # a graceful stop: answers being sent (a call the exit failed) still go out
+
+    async with anyio.create_task_group() as watch:
+        watch.start_soon(stop_when_the_upstream_is_gone)
+        await web.serve()
+        watch.cancel_scope.cancel()
