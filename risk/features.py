@@ -16,6 +16,7 @@ from typing import Any
 from risk.actions import ActionType, Reason
 from risk.profiles import AgentProfile
 from risk.redaction import emails
+from risk.resources import payload_texts
 from risk.scoring.rules import noisy_or
 
 FEATURES: tuple[str, ...] = (
@@ -113,7 +114,7 @@ def destinations(resource: str, payload: Any) -> tuple[tuple[str, ...], tuple[st
     if isinstance(payload, dict):
         _recipients(payload, primary)
     every = dict(primary)
-    for text in _texts(payload):
+    for text in payload_texts(payload):
         _scan(text, every)
     return tuple(map(_bounded, primary)), tuple(map(_bounded, every))
 
@@ -171,18 +172,6 @@ def _scan(text: str, found: dict[str, None]) -> None:
             found[f"host:{m.group(1).lower().removeprefix('www.')}"] = None
     for m in _IBAN.finditer(text):
         found[f"iban:{m.group()}"] = None
-
-
-def _texts(payload: Any) -> Iterable[str]:
-    stack = [payload]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, str):
-            yield value
-        elif isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, list | tuple):
-            stack.extend(value)
 
 
 def _recipients(payload: dict[str, Any], found: dict[str, None]) -> None:

@@ -281,7 +281,7 @@ class Guard:
                 assessment, score, reasons, model_failure = self._assess(
                     agent, now, atype, read.canonical, payload, payload_json, task, score, reasons
                 )
-                violations = self._violations(agent, now, atype, read, score, model_failure)
+                violations = self._violations(agent, now, atype, read, payload, score, model_failure)
                 if state.approved_fingerprint is not None:
                     fingerprint = _fingerprint(agent, atype, read, payload_json)
                 if fingerprint == state.approved_fingerprint and self.killswitch.use_approval(agent, state):
@@ -380,10 +380,17 @@ class Guard:
         return assessment, score, reasons, None
 
     def _violations(
-        self, agent: str, now: float, atype: ActionType, read: Readings, score: float, model_failure: Reason | None
+        self,
+        agent: str,
+        now: float,
+        atype: ActionType,
+        read: Readings,
+        payload: Any,
+        score: float,
+        model_failure: Reason | None,
     ) -> list[Reason]:
         """The policy rules, the risk threshold and the data-volume limits this action breaks."""
-        violations = self._compiled.violations(atype, read)
+        violations = self._compiled.violations(atype, read, payload)
         if model_failure is not None:
             violations.append(model_failure)
         limit = self.policy.max_risk_score

@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Valid
 
 from risk.actions import ActionType, KillSwitchMode, Reason
 from risk.errors import PolicyError
-from risk.resources import Readings, normalized_path
+from risk.resources import Readings, normalized_path, payload_tables
+from risk.resources import readings as resource_readings
 
 
 class PatternSet:
@@ -190,7 +191,7 @@ class CompiledPolicy:
         )
         self._blocked = PatternSet(policy.blocked_resources, ignore_case=True)
 
-    def violations(self, action_type: ActionType, readings: Readings) -> list[Reason]:
+    def violations(self, action_type: ActionType, readings: Readings, payload: Any = None) -> list[Reason]:
         """The policy rules this action breaks, empty when it complies."""
         found: list[Reason] = []
         if self._allowed_types is not None and action_type not in self._allowed_types:
@@ -215,12 +216,29 @@ class CompiledPolicy:
         if blocked is not None:
             pattern = self._blocked.first_match(blocked)
             found.append(_violation("resource_blocked", f"resource {blocked!r} matches blocked pattern {pattern!r}"))
+        elif action_type in _DATABASE and self._blocked.patterns and (table := self._blocked_table(payload)):
+            named, reading = table
+            pattern = self._blocked.first_match(reading)
+            found.append(
+                _violation("resource_blocked", f"table {named!r} in the SQL matches blocked pattern {pattern!r}")
+            )
         if self._allowed is not None:
             outside = next((r for r in readings.all if not self._allowed.matches(r)), None)
             if outside is not None:
                 found.append(_violation("resource_not_allowed", f"resource {outside!r} matches no allowed pattern"))
         return found
 
+    def _blocked_table(self, payload: Any) -> tuple[str, str] | None:
+        """A table the payload's SQL names (see `sql_tables`) with a reading a blocked pattern matches, and that
+        reading: the resource names one table, and the query it carries may read another."""
+        for table in payload_tables(payload):
+            reading = next((r for r in resource_readings(table).all if self._blocked.matches(r)), None)
+            if reading is not None:
+                return table, reading
+        return None
+
+
+_DATABASE = frozenset({ActionType.DATABASE_QUERY, ActionType.DATABASE_WRITE})
 
 # A tool that expands globs opens whatever `members.pi[i]` or `dirlin[k]/x` matches (members.pii, a symlink's
 # target), which no reading of the string shows. Expanding them here would judge what the file system holds at

@@ -11,7 +11,9 @@ import functools
 import os
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 MAX_RESOURCE_LENGTH = 4096
@@ -227,3 +229,64 @@ def _resolved_path(path: str) -> str | None:
         return real if real != os.path.abspath(path) else None
     except (OSError, ValueError):
         return None
+
+
+# ---- tables named in SQL ------------------------------------------------------------------------------------
+
+# String literals and comments, which hide nothing and name nothing, and quoted identifiers, which are names:
+# matched in one left-to-right pass, so whichever starts first wins (`'--'` is a literal, `-- it's` a comment).
+_SQL_NOISE = re.compile(r"""'(?:[^']|'')*'|--[^\n]*|/\*.*?\*/|("(?:[^"]|"")*"|`[^`]*`|\[[^\]]*\])""", re.S)
+_SQL_PART = r"""(?:"(?:[^"]|"")*"|`[^`]*`|\[[^\]]*\]|[^\W\d][\w$]*)"""
+_SQL_NAME = re.compile(rf"{_SQL_PART}(?:\s*\.\s*{_SQL_PART})*")
+# The words after which SQL names a table: SELECT ... FROM, JOIN, INSERT/MERGE INTO, UPDATE, DELETE FROM, TRUNCATE,
+# COPY, ALTER/DROP/CREATE TABLE, and words that may stand between those and the name.
+_SQL_TABLE_WORD = re.compile(r"""\b(?:from|join|into|update|truncate|copy|table|using)(?:\s+|(?=["`\[]))""", re.I)
+_SQL_SKIPPED = re.compile(r"(?:(?:only|lateral|table|if|not|exists)\s+)*", re.I)
+_SQL_NEXT_TABLE = re.compile(r"(?:\s+(?:as\s+)?[^\W\d][\w$]*)?\s*,\s*", re.I)  # an alias, then a comma
+_SQL_DOTS = re.compile(r"\s*\.\s*")
+
+
+@functools.lru_cache(maxsize=4096)  # an agent sends the same queries again and again
+def sql_tables(text: str) -> tuple[str, ...]:
+    """The tables `text`, read as SQL, names: after FROM (and each of a comma-separated list), JOIN, INTO,
+    UPDATE, TRUNCATE, COPY and TABLE, with comments and string literals left out, quotes kept as written.
+    A heuristic, not a parser: it errs toward naming more (a function after FROM, a word in prose), since a
+    name only counts where it matches a blocked pattern.
+
+    >>> sql_tables('SELECT a FROM data.deidentified.claims c, "data"."phi".patients p -- FROM x.secrets')
+    ('data.deidentified.claims', '"data"."phi".patients')
+    >>> sql_tables("INSERT INTO audit.log SELECT * FROM data . phi . x WHERE note = 'from y.pii'")
+    ('audit.log', 'data.phi.x')
+    """
+    if not _SQL_TABLE_WORD.search(text):
+        return ()
+    code = _SQL_NOISE.sub(lambda m: m.group(1) or " ", text)
+    found: dict[str, None] = {}
+    for word in _SQL_TABLE_WORD.finditer(code):
+        at = _SQL_SKIPPED.match(code, word.end()).end()  # type: ignore[union-attr]  # matches empty at worst
+        while name := _SQL_NAME.match(code, at):
+            found[_SQL_DOTS.sub(".", name.group())] = None
+            following = _SQL_NEXT_TABLE.match(code, name.end())
+            if following is None:
+                break
+            at = following.end()
+    return tuple(found)
+
+
+def payload_texts(payload: Any) -> Iterator[str]:
+    """Every string value in `payload`, at any depth (keys left out)."""
+    stack = [payload]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+
+
+def payload_tables(payload: Any) -> Iterator[str]:
+    """The tables the SQL anywhere in `payload` names (see `sql_tables`)."""
+    for text in payload_texts(payload):
+        yield from sql_tables(text)

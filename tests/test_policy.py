@@ -187,6 +187,56 @@ def test_blocked_message_names_the_reading_and_the_pattern(seed_guard: Guard) ->
     assert "'data.phi.*'" in blocked.message
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM data.phi.patients",
+        'SELECT p.name FROM data.deidentified.claims c JOIN "data"."phi"."patients" p ON p.id = c.member',
+        "SELECT * FROM data.deidentified.claims, data . phi . patients WHERE 1 = 1",
+        "SELECT * FROM (SELECT * FROM ｄａｔａ.phi.patients) AS sub",
+        "INSERT INTO exports.out SELECT * FROM data./* hidden */phi.patients",
+        "SELECT '--' AS x FROM [data].[phi].patients",
+        "select ssn from data.deidentified.members_pii, members.PII",
+        "DELETE FROM prod.users",
+    ],
+)
+def test_a_blocked_table_in_the_sql_of_a_database_action_is_blocked_whatever_resource_it_names(
+    seed_guard: Guard, sql: str
+) -> None:
+    """The resource names one table and the query the action carries may read another: an agent allowed to
+    query data.deidentified.* read data.phi.patients by naming the allowed table as its resource."""
+    for payload in ({"sql": sql}, {"tool": "run_sql", "args": {"query": [sql]}}):
+        decision = seed_guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims", payload)
+        assert not decision.allowed, decision.explain()
+        blocked = next(r for r in decision.reasons if r.code == "resource_blocked")
+        assert "in the SQL matches blocked pattern" in blocked.message
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT count(*) FROM claims",
+        "SELECT * FROM data.deidentified.claims WHERE note = 'copied from data.phi.patients'",
+        "SELECT 1 -- FROM data.phi.patients",
+        "SELECT * FROM data.deidentified.claims /* not data.phi.x */",
+    ],
+)
+def test_sql_that_names_no_blocked_table_is_judged_by_its_resource(seed_guard: Guard, sql: str) -> None:
+    decision = seed_guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims", {"sql": sql})
+    assert decision.allowed, decision.explain()
+
+
+def test_only_database_actions_have_their_payload_read_as_sql(tmp_path: Path) -> None:
+    """A message that quotes a query sends text, it reads no table."""
+    guard = make_guard(tmp_path, blocked_resources=SEED["blocked_resources"])
+    try:
+        text = {"body": "run SELECT * FROM data.phi.patients to see them"}
+        assert guard.check(ActionType.NETWORK_REQUEST, "mail.send/ops@example.com", text).allowed
+        assert not guard.check(ActionType.DATABASE_WRITE, "data.deidentified.claims", text).allowed
+    finally:
+        guard.close()
+
+
 # ---- symlinks ------------------------------------------------------------------------------------------------
 
 
