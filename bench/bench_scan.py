@@ -20,6 +20,7 @@ from typing import Any
 from risk.actions import ActionType
 from risk.features import destinations
 from risk.redaction import mask_text
+from risk.resources import sql_tables
 from risk.scoring.rules import payload_signals
 
 # What the email and download-to-shell rules were before they were written not to rescan.
@@ -27,19 +28,23 @@ PLAIN_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 PLAIN_DOWNLOAD_TO_SHELL = re.compile(r"(?:curl|wget)[^|]*\|\s*(?:ba|z)?sh\b")
 
 # (name, the text repeated, what follows it once): a long run of address characters, a long tail after a "curl",
-# a secret named again and again with no value, a run of "www." with no host.
+# a secret named again and again with no value, a run of "www." with no host, a list of tables after a
+# FROM that goes on and on, and SQL quotes and comments opened and never closed.
 TEXTS = [
     ("token then @", "a", "@"),
     ("dotted run", "a.", "@"),
     ("many curls", "curl ", ""),
     ("secret words", "the password is ", "x"),
     ("www. run", "www.", "com"),
+    ("SQL list", "from a, ", ""),
+    ("SQL openings", "/*'\"[", ""),
 ]
 
 SCANS: dict[str, Callable[[str], object]] = {
     "payload rules": lambda text: payload_signals({"body": text}, ActionType.API_CALL),
     "destinations": lambda text: destinations("svc.send", {"body": text}),
     "masking": mask_text,
+    "SQL tables": lambda text: (sql_tables.cache_clear(), sql_tables(text)),
     "plain email pattern (baseline)": PLAIN_EMAIL.search,
     "plain download-to-shell pattern (baseline)": PLAIN_DOWNLOAD_TO_SHELL.search,
 }

@@ -217,28 +217,31 @@ class CompiledPolicy:
             pattern = self._blocked.first_match(blocked)
             found.append(_violation("resource_blocked", f"resource {blocked!r} matches blocked pattern {pattern!r}"))
         elif action_type in _DATABASE and self._blocked.patterns and (table := self._blocked_table(payload)):
-            named, reading = table
-            pattern = self._blocked.first_match(reading)
-            found.append(
-                _violation("resource_blocked", f"table {named!r} in the SQL matches blocked pattern {pattern!r}")
-            )
+            found.append(table)
         if self._allowed is not None:
             outside = next((r for r in readings.all if not self._allowed.matches(r)), None)
             if outside is not None:
                 found.append(_violation("resource_not_allowed", f"resource {outside!r} matches no allowed pattern"))
         return found
 
-    def _blocked_table(self, payload: Any) -> tuple[str, str] | None:
-        """A table the payload's SQL names (see `sql_tables`) with a reading a blocked pattern matches, and that
-        reading: the resource names one table, and the query it carries may read another."""
-        for table in payload_tables(payload):
+    def _blocked_table(self, payload: Any) -> Reason | None:
+        """The violation of a table the payload's SQL names (see `sql_tables`) that a blocked pattern matches
+        under some reading: the resource names one table, and the query it carries may read another."""
+        for count, table in enumerate(dict.fromkeys(payload_tables(payload)), start=1):
+            if count > MAX_SQL_TABLES:
+                return _violation(
+                    "sql_too_many_tables", f"the SQL names more than {MAX_SQL_TABLES} tables, too many to check"
+                )
             reading = next((r for r in resource_readings(table).all if self._blocked.matches(r)), None)
             if reading is not None:
-                return table, reading
+                pattern = self._blocked.first_match(reading)
+                return _violation("resource_blocked", f"table {table!r} in the SQL matches blocked pattern {pattern!r}")
         return None
 
 
 _DATABASE = frozenset({ActionType.DATABASE_QUERY, ActionType.DATABASE_WRITE})
+# Each table is read every way a resource is (tens of microseconds for a new name); an honest query names a few.
+MAX_SQL_TABLES = 1000
 
 # A tool that expands globs opens whatever `members.pi[i]` or `dirlin[k]/x` matches (members.pii, a symlink's
 # target), which no reading of the string shows. Expanding them here would judge what the file system holds at

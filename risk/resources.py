@@ -233,10 +233,15 @@ def _resolved_path(path: str) -> str | None:
 
 # ---- tables named in SQL ------------------------------------------------------------------------------------
 
-# String literals and comments, which hide nothing and name nothing, and quoted identifiers, which are names:
-# matched in one left-to-right pass, so whichever starts first wins (`'--'` is a literal, `-- it's` a comment).
-_SQL_NOISE = re.compile(r"""'(?:[^']|'')*'|--[^\n]*|/\*.*?\*/|("(?:[^"]|"")*"|`[^`]*`|\[[^\]]*\])""", re.S)
-_SQL_PART = r"""(?:"(?:[^"]|"")*"|`[^`]*`|\[[^\]]*\]|[^\W\d][\w$]*)"""
+# Literals, comments and quoted identifiers, matched in one left-to-right pass, so whichever starts first wins:
+# `'--'` is a literal, and `-- it's` a comment. One left open runs to the end of the text: matched only when
+# closed, each of a run of openings (`/*/*/*...`) would scan the rest of the text, and the pass be quadratic.
+_SQL_TOKENS = re.compile(
+    r"""(?P<literal>'(?:[^']|'')*(?:'|\Z))|(?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))"""
+    r"""|"(?:[^"]|"")*(?:"|\Z)|`[^`]*(?:`|\Z)|\[[^\]]*(?:\]|\Z)""",
+    re.S,
+)
+_SQL_PART = r"""(?:"(?:[^"]|"")*(?:"|\Z)|`[^`]*(?:`|\Z)|\[[^\]]*(?:\]|\Z)|[^\W\d][\w$]*)"""
 _SQL_NAME = re.compile(rf"{_SQL_PART}(?:\s*\.\s*{_SQL_PART})*")
 # The words after which SQL names a table: SELECT ... FROM, JOIN, INSERT/MERGE INTO, UPDATE, DELETE FROM, TRUNCATE,
 # COPY, ALTER/DROP/CREATE TABLE, and words that may stand between those and the name.
@@ -244,32 +249,53 @@ _SQL_TABLE_WORD = re.compile(r"""\b(?:from|join|into|update|truncate|copy|table|
 _SQL_SKIPPED = re.compile(r"(?:(?:only|lateral|table|if|not|exists)\s+)*", re.I)
 _SQL_NEXT_TABLE = re.compile(r"(?:\s+(?:as\s+)?[^\W\d][\w$]*)?\s*,\s*", re.I)  # an alias, then a comma
 _SQL_DOTS = re.compile(r"\s*\.\s*")
+_SQL_COMMENT = re.compile(r"--[^\n]*|/\*.*?(?:\*/|\Z)", re.S)
 
 
 @functools.lru_cache(maxsize=4096)  # an agent sends the same queries again and again
 def sql_tables(text: str) -> tuple[str, ...]:
     """The tables `text`, read as SQL, names: after FROM (and each of a comma-separated list), JOIN, INTO,
-    UPDATE, TRUNCATE, COPY and TABLE, with comments and string literals left out, quotes kept as written.
-    A heuristic, not a parser: it errs toward naming more (a function after FROM, a word in prose), since a
-    name only counts where it matches a blocked pattern.
+    UPDATE, TRUNCATE, COPY and TABLE, quotes kept as written.
 
-    >>> sql_tables('SELECT a FROM data.deidentified.claims c, "data"."phi".patients p -- FROM x.secrets')
-    ('data.deidentified.claims', '"data"."phi".patients')
-    >>> sql_tables("INSERT INTO audit.log SELECT * FROM data . phi . x WHERE note = 'from y.pii'")
-    ('audit.log', 'data.phi.x')
+    A heuristic, not a parser, that errs toward naming more, since a name counts only where it matches a
+    blocked pattern: a comment separates names (`data./**/phi.x` is data.phi.x) and is read too (MySQL runs
+    `/*! ... */`), and so is a string literal (`EXECUTE`, `dblink` and `query_to_xml` run one as SQL), but
+    neither hides what follows it; a function after FROM, or a word in prose, is named as well.
+
+    >>> sql_tables('SELECT a FROM data.deidentified.claims c, "data"."phi".patients p -- see FROM x.pii')
+    ('data.deidentified.claims', '"data"."phi".patients', 'x.pii')
+    >>> sql_tables("SELECT '--' FROM data . /* the */ phi . x WHERE id IN (SELECT query_to_xml('TABLE y.pii'))")
+    ('data.phi.x', 'y.pii')
     """
     if not _SQL_TABLE_WORD.search(text):
         return ()
-    code = _SQL_NOISE.sub(lambda m: m.group(1) or " ", text)
+    inner: list[str] = []
+
+    def spaced(token: re.Match[str]) -> str:
+        if token.lastgroup is None:  # a quoted identifier: part of a name
+            return token.group()
+        # Read once more on its own (a literal unescaped, comments in it as spaces), not deeper: each character
+        # is read at most twice, however the text nests.
+        if token.lastgroup == "literal":
+            inner.append(_SQL_COMMENT.sub(" ", token.group()[1:].replace("''", "'")))
+        else:
+            inner.append(token.group()[2:])
+        return " "
+
     found: dict[str, None] = {}
-    for word in _SQL_TABLE_WORD.finditer(code):
-        at = _SQL_SKIPPED.match(code, word.end()).end()  # type: ignore[union-attr]  # matches empty at worst
-        while name := _SQL_NAME.match(code, at):
-            found[_SQL_DOTS.sub(".", name.group())] = None
-            following = _SQL_NEXT_TABLE.match(code, name.end())
-            if following is None:
-                break
-            at = following.end()
+    for code in (_SQL_TOKENS.sub(spaced, text), *inner):
+        read_to = 0  # a word inside a list already read starts no list of its own: each list is read once
+        for word in _SQL_TABLE_WORD.finditer(code):
+            if word.start() < read_to:
+                continue
+            at = _SQL_SKIPPED.match(code, word.end()).end()  # type: ignore[union-attr]  # matches empty at worst
+            while name := _SQL_NAME.match(code, at):
+                found[_SQL_DOTS.sub(".", name.group())] = None
+                read_to = name.end()
+                following = _SQL_NEXT_TABLE.match(code, read_to)
+                if following is None:
+                    break
+                at = following.end()
     return tuple(found)
 
 

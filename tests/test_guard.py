@@ -875,7 +875,7 @@ def test_settings_of_another_type_are_refused_not_used(tmp_path: Path, text: str
 def test_a_risk_score_that_is_not_a_number_counts_as_above_the_threshold(tmp_path: Path) -> None:
     """NaN compares false with everything: a threshold written as `score > limit` would let it through."""
     guard = make_guard(tmp_path, max_risk_score=0.5, model=None)
-    violations = guard._violations("a", 0.0, ActionType.FILE_READ, readings("/reports/x.csv"), float("nan"), None)
+    violations = guard._violations("a", 0.0, ActionType.FILE_READ, readings("/reports/x.csv"), None, float("nan"), None)
     assert [v.code for v in violations] == ["risk_above_threshold"]
 
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from risk import ActionType, Guard, KillSwitchMode, Outcome, PolicyError
-from risk.policy import CompiledPolicy, Policy, load_policy_file
+from risk.policy import MAX_SQL_TABLES, CompiledPolicy, Policy, load_policy_file
 from risk.resources import normalized_path, readings
 
 SEED = {
@@ -198,6 +198,13 @@ def test_blocked_message_names_the_reading_and_the_pattern(seed_guard: Guard) ->
         "SELECT '--' AS x FROM [data].[phi].patients",
         "select ssn from data.deidentified.members_pii, members.PII",
         "DELETE FROM prod.users",
+        # Literals and comments are read too: EXECUTE, dblink and query_to_xml run a literal as SQL, MySQL runs
+        # /*! ... */, and what a comment or literal says does not hide what follows it.
+        "DO $$ BEGIN EXECUTE 'SELECT * FROM data.phi.patients'; END $$",
+        "SELECT query_to_xml('SELECT * FROM data./**/phi.patients', true, false, '')",
+        "SELECT /*! FROM data.phi.patients */ 1",
+        "SELECT 1 -- it's\n FROM data.phi.patients WHERE a = 'x'",
+        "SELECT '--' AS x FROM data.phi.patients",
     ],
 )
 def test_a_blocked_table_in_the_sql_of_a_database_action_is_blocked_whatever_resource_it_names(
@@ -216,14 +223,21 @@ def test_a_blocked_table_in_the_sql_of_a_database_action_is_blocked_whatever_res
     "sql",
     [
         "SELECT count(*) FROM claims",
-        "SELECT * FROM data.deidentified.claims WHERE note = 'copied from data.phi.patients'",
-        "SELECT 1 -- FROM data.phi.patients",
         "SELECT * FROM data.deidentified.claims /* not data.phi.x */",
+        "SELECT * FROM data.deidentified.claims WHERE note = 'a data.phi.x mention'",
     ],
 )
 def test_sql_that_names_no_blocked_table_is_judged_by_its_resource(seed_guard: Guard, sql: str) -> None:
     decision = seed_guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims", {"sql": sql})
     assert decision.allowed, decision.explain()
+
+
+def test_sql_naming_more_tables_than_can_be_checked_is_denied(seed_guard: Guard) -> None:
+    many = "SELECT * FROM " + ", ".join(f"data.deidentified.t{i}" for i in range(MAX_SQL_TABLES + 1))
+    decision = seed_guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims", {"sql": many})
+    assert not decision.allowed and "sql_too_many_tables" in decision.reason_codes
+    just = "SELECT * FROM " + ", ".join(f"data.deidentified.t{i}" for i in range(MAX_SQL_TABLES))
+    assert seed_guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims", {"sql": just}).allowed
 
 
 def test_only_database_actions_have_their_payload_read_as_sql(tmp_path: Path) -> None:
