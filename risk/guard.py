@@ -216,6 +216,12 @@ class Guard:
         """
         return self._decide(action_type, resource, payload, agent_id, session_id, task)
 
+    def blocks(self, resource: str) -> bool:
+        """Whether a blocked pattern of the policy matches a reading of `resource`; nothing is recorded. The watch
+        asks it of the address a connection reaches, when it checks the connection under the name looked up for
+        that address (the allow-list speaks of the name; a block of either denies)."""
+        return self._compiled.blocked_reading(readings(resource)) is not None
+
     @contextlib.contextmanager
     def working_on(self, task: str) -> Iterator[None]:
         """Inside the block, every check that passes no `task` carries this one: those of guarded tools and of

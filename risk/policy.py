@@ -212,7 +212,7 @@ class CompiledPolicy:
                     "resource_glob_characters", "file resource has glob characters (*, ?, [ or ]) a tool may expand"
                 )
             )
-        blocked = next((r for r in readings.all if self._blocked.matches(r)), None)
+        blocked = self.blocked_reading(readings)
         if blocked is not None:
             pattern = self._blocked.first_match(blocked)
             found.append(_violation("resource_blocked", f"resource {blocked!r} matches blocked pattern {pattern!r}"))
@@ -224,6 +224,10 @@ class CompiledPolicy:
                 found.append(_violation("resource_not_allowed", f"resource {outside!r} matches no allowed pattern"))
         return found
 
+    def blocked_reading(self, readings: Readings) -> str | None:
+        """The first reading a blocked pattern matches, if any."""
+        return next((r for r in readings.all if self._blocked.matches(r)), None)
+
     def _blocked_table(self, payload: Any) -> Reason | None:
         """The violation of a table the payload's SQL names (see `sql_tables`) that a blocked pattern matches
         under some reading: the resource names one table, and the query it carries may read another."""
@@ -232,7 +236,7 @@ class CompiledPolicy:
                 return _violation(
                     "sql_too_many_tables", f"the SQL names more than {MAX_SQL_TABLES} tables, too many to check"
                 )
-            reading = next((r for r in resource_readings(table).all if self._blocked.matches(r)), None)
+            reading = self.blocked_reading(resource_readings(table))
             if reading is not None:
                 pattern = self._blocked.first_match(reading)
                 return _violation("resource_blocked", f"table {table!r} in the SQL matches blocked pattern {pattern!r}")

@@ -231,6 +231,11 @@ class RemoteGuard(Guard):
         outcome, score = (Outcome.ALLOWED, 0.0) if allowed else (Outcome.BLOCKED, 1.0)
         return Decision(action_id, agent, allowed, outcome, score, (why,), atype, resource, resource)
 
+    def blocks(self, resource: str) -> bool:
+        """Unknown here, where no policy is: the service holds it. True, so that the watch asks the service about
+        the address too (a check, which its allow-list applies to as well)."""
+        return True
+
     def record_outcome(
         self,
         action_id: str,

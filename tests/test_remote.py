@@ -12,6 +12,7 @@ import hashlib
 import http.server
 import json
 import shutil
+import socket
 import sqlite3
 import threading
 import time
@@ -226,6 +227,20 @@ def test_rollback_mode_undoes_the_agents_work_and_pauses_it(deployment: Deploy, 
     assert (stopped.allowed, stopped.outcome) == (False, Outcome.ROLLED_BACK)
     assert target.read_text() == "before"
     assert pair.reviewer.status("bot").status is AgentStatus.PAUSED
+
+
+def test_a_watched_connection_through_a_name_to_a_blocked_address_is_denied(deployment: Deploy) -> None:
+    """The watch asks whether the address a name leads to is blocked; a remote guard, which holds no policy to
+    tell, has the service check the address."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        pair = deployment(blocked_resources=[f"127.0.0.1:{port}"], mode=KillSwitchMode.BLOCK)
+        with pair.agent.watch(), pytest.raises(ActionDenied) as denied:
+            socket.create_connection(("localhost", port), timeout=5)
+    assert (denied.value.decision.resource, denied.value.decision.reasons[0].code) == (
+        f"127.0.0.1:{port}",
+        "resource_blocked",
+    )
 
 
 def test_bad_input_raises_value_error_before_anything_is_sent(deployment: Deploy) -> None:

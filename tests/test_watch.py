@@ -283,6 +283,14 @@ def test_a_command_line_too_long_to_check_is_denied(make: Callable[..., Guard], 
 # ---- network -----------------------------------------------------------------------------------------
 
 
+def assert_never_reached(listener: socket.socket) -> None:
+    """Connect once, unwatched: the first connection the server accepts is this one, so no earlier one reached it."""
+    with socket.create_connection(listener.getsockname(), timeout=5) as probe:
+        accepted, peer = listener.accept()
+        accepted.close()
+        assert peer == probe.getsockname()
+
+
 def test_blocked_connect_to_a_real_server_never_connects(make: Callable[..., Guard], listener: socket.socket) -> None:
     port = listener.getsockname()[1]
     guard = make(allowed_action_types=[ActionType.NETWORK_REQUEST], blocked_resources=[f"127.0.0.1:{port}"])
@@ -290,12 +298,7 @@ def test_blocked_connect_to_a_real_server_never_connects(make: Callable[..., Gua
     with guard.watch(), socket.socket() as client, pytest.raises(ActionDenied):
         client.connect(("127.0.0.1", port))
 
-    # Connect once more, unwatched: the first connection the server accepts is this one, so the
-    # watched one never reached it.
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as probe:
-        accepted, peer = listener.accept()
-        accepted.close()
-        assert peer == probe.getsockname()
+    assert_never_reached(listener)
     [record] = decisions(guard)
     assert (record.resource, record.outcome) == (f"127.0.0.1:{port}", "blocked")
 
@@ -317,6 +320,56 @@ def test_allowed_connect_reaches_the_server_and_names_resolved_in_the_watch_are_
     assert {(r.action_type, r.resource, r.outcome) for r in records} == {
         ("network_request", f"localhost:{port}", "allowed")
     }
+
+
+@pytest.mark.parametrize(
+    ("family", "host"),
+    [
+        (socket.AF_INET, "127.1"),
+        (socket.AF_INET, "2130706433"),
+        (socket.AF_INET, "0x7f.1"),
+        (socket.AF_INET, "0177.0.0.1"),
+        (socket.AF_INET6, "::ffff:127.0.0.1"),
+    ],
+)
+def test_another_spelling_of_a_blocked_address_is_the_blocked_address(
+    make: Callable[..., Guard], listener: socket.socket, family: socket.AddressFamily, host: str
+) -> None:
+    """The C library reads all of these as 127.0.0.1: checked as written, each reached a blocked 127.0.0.1."""
+    port = listener.getsockname()[1]
+    guard = make(blocked_resources=[f"127.0.0.1:{port}"], keep_payloads=True)
+
+    with guard.watch(), socket.socket(family) as client, pytest.raises(ActionDenied):
+        client.connect((host, port))
+
+    assert_never_reached(listener)
+    [record] = decisions(guard)
+    assert (record.resource, record.outcome) == (f"127.0.0.1:{port}", "blocked")
+    assert record.payload["address"] == f"127.0.0.1:{port}"
+    if not host.isdigit():  # a long number is masked in the kept payload, as a phone number would be
+        assert record.payload["written"] == (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+
+@pytest.mark.parametrize("how", ["create_connection", "connect"])
+def test_a_blocked_address_is_not_reached_through_a_name_that_resolves_to_it(
+    make: Callable[..., Guard], listener: socket.socket, how: str
+) -> None:
+    """Checked under the name alone, a connection to `localhost` reached a blocked 127.0.0.1: through the lookup
+    the watch saw (create_connection), or through the name given to the socket, which resolves it unseen."""
+    port = listener.getsockname()[1]
+    guard = make(allowed_resources=[f"localhost:{port}"], blocked_resources=[f"127.0.0.1:{port}"], keep_payloads=True)
+
+    with guard.watch(), pytest.raises(ActionDenied) as denied:
+        if how == "create_connection":
+            socket.create_connection(("localhost", port), timeout=5)
+        else:
+            with socket.socket(socket.AF_INET) as client:
+                client.connect(("localhost", port))
+
+    assert_never_reached(listener)
+    assert denied.value.decision.resource == f"127.0.0.1:{port}"
+    blocked = [r for r in decisions(guard) if r.outcome == "blocked"]
+    assert [(r.resource, r.payload["name"]) for r in blocked] == [(f"127.0.0.1:{port}", f"localhost:{port}")]
 
 
 def test_a_blocked_name_is_not_even_looked_up(make: Callable[..., Guard]) -> None:

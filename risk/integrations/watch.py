@@ -38,6 +38,7 @@ False
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import logging
 import os
 import shlex
@@ -332,20 +333,17 @@ class Watch:
 
     def _on_connect(self, args: tuple[Any, ...], caller: FrameType) -> None:
         sock, address = args
-        resource, payload = self._destination(sock, address)
-        self._irreversible(self._check(ActionType.NETWORK_REQUEST, resource, {"event": "socket.connect", **payload}))
+        self._irreversible(self._check_destination("socket.connect", sock, address))
 
     def _on_sendto(self, args: tuple[Any, ...], caller: FrameType) -> None:
         sock, address = args
-        resource, payload = self._destination(sock, address)
-        self._irreversible(self._check(ActionType.NETWORK_REQUEST, resource, {"event": "socket.sendto", **payload}))
+        self._irreversible(self._check_destination("socket.sendto", sock, address))
 
     def _on_sendmsg(self, args: tuple[Any, ...], caller: FrameType) -> None:
         sock, address = args
         if address is None:  # to the connected peer, checked when the socket connected
             return
-        resource, payload = self._destination(sock, address)
-        self._irreversible(self._check(ActionType.NETWORK_REQUEST, resource, {"event": "socket.sendmsg", **payload}))
+        self._irreversible(self._check_destination("socket.sendmsg", sock, address))
 
     def _on_gethostbyname(self, args: tuple[Any, ...], caller: FrameType) -> None:
         # gethostbyname and gethostbyname_ex: the name itself goes out to DNS, a channel of its own.
@@ -382,17 +380,52 @@ class Watch:
         except OSError:
             return  # the lookup itself will fail the same way
         for *_, sockaddr in found:
-            self._names[str(sockaddr[0])] = name
+            self._names[_unmapped(str(sockaddr[0]))] = name
 
-    def _destination(self, sock: socket.socket, address: Any) -> tuple[str, dict[str, Any]]:
-        """The resource a socket address names, `host:port` (a looked-up name where this watch knows one)."""
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple):
-            host, port = str(address[0]), address[1]
-            return _host_port(self._names.get(host, host), port), {"address": _host_port(host, port)}
-        if sock.family == getattr(socket, "AF_UNIX", None):
-            path = _text(address)
-            return "unix:" + (f"@{path[1:]}" if path.startswith("\0") else path), {}
-        return f"{sock.family.name}:{address!r}", {}
+    def _check_destination(self, event: str, sock: socket.socket, address: Any) -> Decision:
+        """Check a connection or datagram to `address`, `host:port` for an IP socket.
+
+        An address is read as the C library reads it, so `127.1`, `2130706433`, `0x7f.1` and (IPv4-mapped)
+        `::ffff:127.0.0.1` are all 127.0.0.1: checked as written, each reached a blocked 127.0.0.1. It is checked
+        under the name a lookup in this watch resolved to it, if any, and must not be blocked itself either: a
+        blocked address was reached through a name that resolves to it (`localhost`). A name the program gives
+        the socket itself is checked, then resolved here to see the addresses it leads to. The payload's
+        `address` is the address connected to, `written` the host as the program wrote it where that differs,
+        and `name` (in the check of an address) the name the connection was made through."""
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(address, tuple):
+            return self._check(ActionType.NETWORK_REQUEST, _socket_destination(sock, address), {"event": event})
+        written, port = _text(address[0]), address[1]
+        payload: dict[str, Any] = {"event": event}
+        ip = _numeric_address(written, sock.family)
+        if ip is None:  # a name the socket resolves itself, without an event
+            decision = self._check(ActionType.NETWORK_REQUEST, _host_port(written, port), payload)
+            self._check_addresses(self._addresses(written, sock.family), written, port, payload)
+            return decision
+        payload["address"] = _host_port(ip, port)
+        if ip != written:
+            payload["written"] = _host_port(written, port)
+        name = self._names.get(ip)
+        if name is None:
+            return self._check(ActionType.NETWORK_REQUEST, _host_port(ip, port), payload)
+        self._check_addresses([ip], name, port, payload)
+        return self._check(ActionType.NETWORK_REQUEST, _host_port(name, port), payload)
+
+    def _check_addresses(self, addresses: list[str], name: str, port: Any, payload: dict[str, Any]) -> None:
+        """Check those of the addresses a connection through `name` reaches that the policy blocks (the allow-list
+        speaks of the name), so a blocked address is denied, and recorded under the address."""
+        for ip in addresses:
+            if self.guard.blocks(destination := _host_port(ip, port)):
+                self._check(ActionType.NETWORK_REQUEST, destination, {**payload, "name": _host_port(name, port)})
+
+    def _addresses(self, name: str, family: int) -> list[str]:
+        """The addresses `name` resolves to, as the socket resolves it; a name that no longer resolves is denied,
+        since where the connection goes cannot be told."""
+        try:
+            found = socket.getaddrinfo(name, None, family)
+        except (OSError, UnicodeError) as exc:
+            message = f"{name} did not resolve again to see where the connection goes: {exc}"
+            raise self._refuse(ActionType.NETWORK_REQUEST, name, "address_unknown", message) from None
+        return list(dict.fromkeys(_unmapped(str(sockaddr[0])) for *_, sockaddr in found))
 
     # ---- SQLite --------------------------------------------------------------------------------
 
@@ -524,6 +557,35 @@ def _descriptor_path(fd: int) -> str:
 def _host_port(host: str, port: Any) -> str:
     host = f"[{host}]" if ":" in host else host
     return host if port is None else f"{host}:{_text(port)}"
+
+
+def _socket_destination(sock: socket.socket, address: Any) -> str:
+    """The resource a socket address of a family other than IP names: `unix:/path` (`unix:@name` abstract)."""
+    if sock.family == getattr(socket, "AF_UNIX", None):
+        path = _text(address)
+        return "unix:" + (f"@{path[1:]}" if path.startswith("\0") else path)
+    return f"{sock.family.name}:{address!r}"
+
+
+def _numeric_address(host: str, family: int) -> str | None:
+    """The address `host` is when the C library reads it as a number, as a socket does: `127.1`, `2130706433` and
+    `0x7f.1` are 127.0.0.1, and an IPv4-mapped IPv6 address is given in its IPv4 form. None for a host name."""
+    if host in ("", "<broadcast>"):  # the socket module's own names for the wildcard and the broadcast address
+        return "255.255.255.255" if host else "0.0.0.0" if family == socket.AF_INET else "::"
+    try:
+        found = socket.getaddrinfo(host, None, family, 0, 0, socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError):
+        return None
+    return _unmapped(str(found[0][4][0]))
+
+
+def _unmapped(ip: str) -> str:
+    """An IPv4-mapped IPv6 address (`::ffff:127.0.0.1`) as the IPv4 address it reaches; any other as it is."""
+    try:
+        mapped = ipaddress.IPv6Address(ip).ipv4_mapped
+    except ValueError:
+        return ip
+    return str(mapped) if mapped is not None else ip
 
 
 def _is_address(host: str) -> bool:
