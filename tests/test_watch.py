@@ -632,6 +632,29 @@ def test_a_forked_child_is_denied_instead_of_sharing_the_guard(make: Callable[..
     assert not (work / "child.txt").exists()
 
 
+def write_in_worker(path: str) -> tuple[int, str]:
+    """A pool task: which worker ran it, and what became of its write."""
+    try:
+        Path(path).write_text("x")
+        return os.getpid(), "written"
+    except ActionDenied as exc:
+        return os.getpid(), exc.decision.reason_codes[0]
+
+
+def test_a_fork_pools_replacement_workers_are_denied_like_any_forked_child(
+    make: Callable[..., Guard], work: Path
+) -> None:
+    """The pool replaces a worker that exited (here after each task) from a thread of its own, which carries no
+    watch: the replacement ran every task after the first unwatched."""
+    guard = make()
+    paths = [str(work / f"task-{i}.txt") for i in range(3)]
+    with guard.watch(), multiprocessing.get_context("fork").Pool(1, maxtasksperchild=1) as pool:
+        results = [pool.apply(write_in_worker, (path,)) for path in paths]
+    assert len({pid for pid, _ in results}) == 3  # each task in a new worker: two of them replacements
+    assert [verdict for _, verdict in results] == ["forked_process"] * 3
+    assert not any(os.path.exists(path) for path in paths)
+
+
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
 def test_multiprocessing_starting_a_new_interpreter_is_a_checked_process_spawn(
     make: Callable[..., Guard], work: Path, method: str

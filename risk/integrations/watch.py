@@ -107,9 +107,11 @@ def watch(guard: Guard, agent_id: str | None = None, *, session_id: str | None =
     install()
     active = Watch(guard, agent_id, session_id)
     token = _current.set(active)
+    _open_watches.append(active)
     try:
         yield active
     finally:
+        _open_watches.remove(active)
         _current.reset(token)
         for undo in active.unsettled.values():  # the files as the block left them: a later change is kept
             undo.settle()
@@ -117,6 +119,9 @@ def watch(guard: Guard, agent_id: str | None = None, *, session_id: str | None =
 
 _install_lock = threading.Lock()
 _installed = False
+# Every watch open in this process, in any thread, latest last (list appends and removals hold the GIL: no lock,
+# which a fork could leave held in the child).
+_open_watches: list[Watch] = []
 
 
 def install() -> None:
@@ -126,7 +131,17 @@ def install() -> None:
         if not _installed:
             sys.addaudithook(_audit_hook)
             _check_multiprocessing_spawns()
+            os.register_at_fork(after_in_child=_watch_forked_child)
             _installed = True
+
+
+def _watch_forked_child() -> None:
+    """In a child forked while a watch is open anywhere in the parent, put a watch in the one thread the child
+    has, so its actions are denied (`forked_process`) like those of a child forked inside the watch: a fork-method
+    `multiprocessing.Pool` replaces a dead worker from a thread of its own, which carries no watch, and that
+    worker ran unwatched."""
+    if _current.get() is None and _open_watches:
+        _current.set(_open_watches[-1])
 
 
 def _check_multiprocessing_spawns() -> None:
@@ -170,9 +185,6 @@ class Watch:
         """Check the action behind one audit event; raise the guard's denial to stop it."""
         if (caller.f_code in _DELEGATED and event != "shutil.rmtree") or _guard_at_work(caller):
             return
-        if os.getpid() != self.pid:
-            # A forked child shares the parent's audit connection, which must not cross a fork: deny.
-            raise self._refuse(ActionType.PROCESS_SPAWN, event, "forked_process", _FORKED)
         token = _current.set(None)  # the guard's own file, socket and SQLite work must not come back here
         try:
             _HANDLERS[event](self, args, caller)
@@ -182,6 +194,10 @@ class Watch:
     # ---- deciding ------------------------------------------------------------------------------
 
     def _check(self, atype: ActionType, resource: str, payload: dict[str, Any] | None) -> Decision:
+        if os.getpid() != self.pid:
+            # A forked child shares the parent's audit connection, which must not cross a fork: deny. What needs
+            # no check (a module read, os.devnull) goes on, so the child can start and report its errors.
+            raise self._refuse(atype, resource, "forked_process", _FORKED)
         if len(resource) > MAX_RESOURCE_LENGTH:
             message = f"the resource is {len(resource)} characters long, over the limit of {MAX_RESOURCE_LENGTH}"
             raise self._refuse(atype, resource, "resource_too_long", message)
