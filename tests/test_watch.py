@@ -442,6 +442,47 @@ def test_sqlite_connections_are_checked_as_writes_unless_read_only(make: Callabl
     ]
 
 
+@pytest.mark.parametrize("opened", ["memory", "read-only"])
+def test_an_attach_or_vacuum_into_a_file_is_checked_as_opening_it(
+    make: Callable[..., Guard], work: Path, opened: str
+) -> None:
+    """An in-memory connection is no action and a `mode=ro` one is checked as a query, yet ATTACH and VACUUM INTO
+    wrote any file through them."""
+    database = work / "app.db"
+    sqlite3.connect(database).close()
+    guard = make(allowed_action_types=[ActionType.DATABASE_QUERY])
+    attached, vacuumed, named = work / "attached.db", work / "vacuumed.db", work / "named.db"
+
+    with guard.watch():
+        connection = sqlite3.connect(":memory:" if opened == "memory" else f"file:{database}?mode=ro", uri=True)
+        for statement, parameters in [
+            (f"ATTACH '{attached}' AS a", ()),
+            (f"VACUUM INTO '{vacuumed}'", ()),
+            ("VACUUM INTO ?", (str(vacuumed),)),
+            ("ATTACH ? AS n", (str(named),)),  # the authorizer is told no name: denied unseen
+        ]:
+            with pytest.raises(sqlite3.DatabaseError, match=r"not authorized|authorization denied"):
+                connection.execute(statement, parameters)
+        connection.execute("ATTACH ':memory:' AS scratch")  # in memory: no action
+        connection.execute(f"ATTACH 'file:{database}?mode=ro' AS ro")  # a query, allowed
+        with pytest.raises(ActionDenied) as denied:  # made without sqlite3.connect, so without the authorizer
+            sqlite3.Connection(":memory:")
+    connection.execute(f"ATTACH '{attached}' AS a")  # outside the watch, nothing is intercepted
+    connection.close()
+
+    assert denied.value.decision.reason_codes == ("sqlite_unwatched",)
+    assert not vacuumed.exists() and not named.exists()
+    checked = [(r.action_type, r.resource, r.outcome) for r in decisions(guard)]
+    opening = [("database_query", str(database), "allowed")] if opened == "read-only" else []
+    assert checked == [
+        *opening,
+        ("database_write", str(attached), "blocked"),
+        ("database_write", str(vacuumed), "blocked"),
+        ("database_write", str(vacuumed), "blocked"),
+        ("database_query", str(database), "allowed"),
+    ]
+
+
 # ---- scope: what is and is not intercepted -----------------------------------------------------------
 
 

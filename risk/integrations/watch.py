@@ -16,7 +16,8 @@ What is not intercepted, on purpose:
   `sys.exec_prefix` or `sys.base_exec_prefix`, so imports and tracebacks need no policy entry, and the
   import system's own bytecode-cache writes in `__pycache__` folders there;
 - `os.devnull`, which holds nothing to read and keeps nothing written;
-- in-memory SQLite databases;
+- in-memory SQLite databases (an `ATTACH` of a file, or a `VACUUM INTO` one, on a connection opened in a
+  watch is checked as a connection to that file is);
 - the steps of a `shutil.rmtree`, which is checked once for the whole tree, and the `os.posix_spawn` that
   `subprocess` makes for a command it already checked.
 
@@ -44,6 +45,7 @@ import os
 import shlex
 import shutil
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -131,6 +133,7 @@ def install() -> None:
         if not _installed:
             sys.addaudithook(_audit_hook)
             _check_multiprocessing_spawns()
+            _authorize_sqlite_connections()
             os.register_at_fork(after_in_child=_watch_forked_child)
             _installed = True
 
@@ -166,6 +169,41 @@ def _check_multiprocessing_spawns() -> None:
 
     spawnv_passfds._risk_checked = True  # type: ignore[attr-defined]
     util.spawnv_passfds = spawnv_passfds
+
+
+# Set while the wrapper _authorize_sqlite_connections puts in place opens a connection.
+_connecting: contextvars.ContextVar[bool] = contextvars.ContextVar("risk_sqlite_connecting", default=False)
+# Frames of the watch's own wrappers, which stand between an event and the code that called for it.
+_WRAPPERS: set[CodeType] = set()
+
+
+def _authorize_sqlite_connections() -> None:
+    """Give the SQLite connections opened in a watch the authorizer that checks their ATTACH statements.
+
+    The `sqlite3.connect/handle` event comes before the connection can take an authorizer, so `sqlite3.connect`
+    (and `sqlite3.dbapi2.connect`, the same function) is wrapped to set it once the connection is made; a
+    connection made otherwise inside a watch is denied (see Watch._on_sqlite_handle).
+    """
+    import sqlite3.dbapi2 as dbapi2
+
+    connect: Callable[..., sqlite3.Connection] = sqlite3.connect
+    if getattr(connect, "_risk_checked", False):
+        return
+
+    def authorized_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        token = _connecting.set(True)
+        try:
+            connection = connect(*args, **kwargs)
+        finally:
+            _connecting.reset(token)
+        if _current.get() is not None and not _guard_at_work(sys._getframe(1)):
+            connection.set_authorizer(_authorize_attach)
+        return connection
+
+    authorized_connect._risk_checked = True  # type: ignore[attr-defined]
+    _WRAPPERS.add(authorized_connect.__code__)
+    authorized_connect.__doc__ = connect.__doc__
+    sqlite3.connect = dbapi2.connect = authorized_connect  # type: ignore[assignment]
 
 
 class Watch:
@@ -446,7 +484,24 @@ class Watch:
     # ---- SQLite --------------------------------------------------------------------------------
 
     def _on_sqlite_connect(self, args: tuple[Any, ...], caller: FrameType) -> None:
-        database = _text(args[0])
+        self._check_database(_text(args[0]), "sqlite3.connect")
+
+    def _on_sqlite_handle(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        # SQL statements raise no audit event; the authorizer sqlite3.connect gives the connection sees each ATTACH.
+        if not _connecting.get():
+            message = "a SQLite connection not made by sqlite3.connect gets no check of the files it attaches"
+            raise self._refuse(ActionType.DATABASE_WRITE, _text(type(args[0]).__name__), "sqlite_unwatched", message)
+
+    def _on_sqlite_attach(self, args: tuple[Any, ...], caller: FrameType) -> None:
+        if args[0] is None:  # a bound parameter or an expression: SQLite tells the authorizer no name
+            message = "ATTACH names its database by a parameter or an expression, which SQLite does not show"
+            raise self._refuse(ActionType.DATABASE_WRITE, "ATTACH", "database_unnamed", message)
+        self._check_database(_text(args[0]), "sqlite3.attach")
+
+    def _check_database(self, database: str, event: str) -> None:
+        """Check opening the database `database` names (a path or a `file:` URI), by a connection or an ATTACH:
+        as a write, since SQL statements raise no audit event, or as a query for a `mode=ro` URI. An in-memory
+        database is no action."""
         query: dict[str, list[str]] = {}
         if database.startswith("file:"):
             parts = urlsplit(database)
@@ -455,7 +510,7 @@ class Watch:
             return
         # SQL statements raise no audit event: a connection that may write is checked as a write.
         atype = ActionType.DATABASE_QUERY if query.get("mode") == ["ro"] else ActionType.DATABASE_WRITE
-        decision = self._check_file(atype, _path(database), {"event": "sqlite3.connect"})
+        decision = self._check_file(atype, _path(database), {"event": event})
         if atype is ActionType.DATABASE_WRITE:
             self._irreversible(decision)
 
@@ -491,6 +546,8 @@ _HANDLERS: dict[str, Callable[[Watch, tuple[Any, ...], FrameType], None]] = {
     "socket.getnameinfo": Watch._on_getnameinfo,
     "multiprocessing.spawnv_passfds": Watch._on_multiprocessing_spawn,  # called by the wrapper install() puts in place
     "sqlite3.connect": Watch._on_sqlite_connect,
+    "sqlite3.connect/handle": Watch._on_sqlite_handle,
+    "sqlite3.attach": Watch._on_sqlite_attach,  # not an audit event: raised by _authorize_attach
     "sqlite3.load_extension": Watch._on_sqlite_extension,
 }
 
@@ -507,12 +564,30 @@ def _audit_hook(
         active.intercept(event, args, sys._getframe(1))
 
 
+def _authorize_attach(action: int, name: str | None, *_: Any) -> int:
+    """The SQLite authorizer of the connections opened in a watch: an ATTACH opens a database file (VACUUM INTO
+    writes its file through one), checked as a connection to it is, by the watch active where the statement
+    runs; an in-memory or `mode=ro` connection, not checked as a write, wrote files so. A denied statement fails
+    with SQLite's `not authorized` (`authorization denied` for VACUUM INTO)."""
+    active = _current.get() if action == sqlite3.SQLITE_ATTACH else None
+    if active is None:
+        return sqlite3.SQLITE_OK
+    try:
+        active.intercept("sqlite3.attach", (name,), sys._getframe(1))
+    except GuardDenied:
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
 # ---- which events are whose ----------------------------------------------------------------------
 
 
 def _guard_at_work(frame: FrameType | None) -> bool:
     """Whether the innermost code outside the standard and installed libraries is the guard's own."""
     while frame is not None:
+        if frame.f_code in _WRAPPERS:  # the watch's own wrapper: whose work it is, its caller says
+            frame = frame.f_back
+            continue
         filename = frame.f_code.co_filename
         if filename.startswith(_RISK_DIR):
             return not filename.startswith(_INTEGRATIONS_DIR)
