@@ -47,7 +47,7 @@ from risk.policy import CompiledPolicy, Policy, load_policy_file
 from risk.profiles import MemoryProfiles, ProfileStore
 from risk.redaction import mask, mask_text
 from risk.resources import Readings, readings
-from risk.rollback import RollbackReport, UndoLog, UndoStep, savepoint, settle, snapshot_file
+from risk.rollback import RollbackReport, UndoLog, UndoStep, savepoint, settle, snapshot_file, sweep_snapshots
 from risk.scoring.behavior import Assessment, BehaviorScorer, combined
 from risk.scoring.model import DEFAULT_MODEL, BehaviorModel, load_installed
 from risk.scoring.online import OnlineScorer
@@ -149,6 +149,7 @@ class Guard:
             versions = (RULES_VERSION, self._behavior.version if self._behavior else "")
             self.model_version = "+".join(v for v in versions if v)
             self._undo = UndoLog()
+            sweep_snapshots(self.home / "snapshots")  # those of processes that ended, which no rollback reaches
             self.killswitch = KillSwitch(self._state, self._record_event)
             self.audit_failures = 0
             self._unsaved_stops = beside.unsaved_stops  # agent -> a stop the state store refused (see _trip)

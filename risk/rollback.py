@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import enum
+import fcntl
 import itertools
 import os
 import shutil
@@ -247,10 +248,7 @@ def snapshot_file(path: str | os.PathLike[str], snapshot_dir: Path) -> tuple[Cal
 
         return SnapshotUndo(remove, target, folder=folder), f"remove {target}, which did not exist before"
     before = os.stat(target)
-    snapshot_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):  # made by an earlier version, or by hand, open to others
-        snapshot_dir.chmod(0o700)
-    copy = snapshot_dir / uuid.uuid4().hex
+    copy = new_copy(snapshot_dir)
     try:
         with target.open("rb") as source, os.fdopen(os.open(copy, _NEW_FILE, 0o600), "wb") as kept:
             shutil.copyfileobj(source, kept)
@@ -290,6 +288,88 @@ def snapshot_file(path: str | os.PathLike[str], snapshot_dir: Path) -> tuple[Cal
                 raise
 
     return SnapshotUndo(restore, target, copy, folder), f"restore {target} to its earlier contents"
+
+
+def new_copy(snapshot_dir: Path) -> Path:
+    """A path for a new snapshot in `snapshot_dir` (made if need be, readable by this user only), named after this
+    process's claim on the folder (see `sweep_snapshots`)."""
+    with _claims_lock:
+        claim = _claims.get(snapshot_dir)
+        if claim is None or claim[0] != os.getpid():  # a forked child makes a claim of its own
+            claim = _claims[snapshot_dir] = (os.getpid(), _claim(snapshot_dir))
+    return snapshot_dir / f"{claim[1]}-{uuid.uuid4().hex}"
+
+
+def _private_folder(folder: Path) -> None:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # made by an earlier version, or by hand, open to others
+        folder.chmod(0o700)
+
+
+def _owners(snapshot_dir: Path) -> Path:
+    return snapshot_dir.with_name(f"{snapshot_dir.name}-owners")
+
+
+def _claim(snapshot_dir: Path) -> str:
+    """A new token, whose file among the owners of `snapshot_dir` this process holds locked for as long as it
+    lives: its snapshots are named after it. The file is locked before it gets its name, so no sweep ever finds
+    it unlocked."""
+    _private_folder(snapshot_dir)
+    owners = _owners(snapshot_dir)
+    _private_folder(owners)
+    token = uuid.uuid4().hex[:16]
+    fd = os.open(owners / f".{token}", _NEW_FILE, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # released by the OS when the process ends, however it ends
+    os.rename(owners / f".{token}", owners / token)
+    _held.append(fd)  # open for the life of the process
+    return token
+
+
+_claims: dict[Path, tuple[int, str]] = {}  # snapshot folder -> (pid, token) of this process's claim on it
+_claims_lock = threading.Lock()
+_held: list[int] = []
+
+
+def sweep_snapshots(snapshot_dir: Path) -> int:
+    """Delete the snapshots in `snapshot_dir` of processes that ended, and return how many: undo steps live in
+    the process that made them, so no rollback can reach those any more, and they are copies of what the
+    agents changed (records, secrets), kept nowhere else's retention. A snapshot of a live process, and one
+    made by a version that named none (no `-` in its name), stay."""
+    owners = _owners(snapshot_dir)
+    try:  # the snapshots first: a claim made after the listing of its snapshot is then listed too
+        names, claims = os.listdir(snapshot_dir), set(os.listdir(owners))
+    except FileNotFoundError:
+        return 0
+    ended: set[str] = set()
+    for token in claims:
+        try:
+            fd = os.open(owners / token, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its process lives (this one's own claim included)
+            pass
+        else:
+            ended.add(token)
+        finally:
+            os.close(fd)
+    deleted = 0
+    for name in names:
+        token, dash, _ = name.partition("-")
+        # One whose owner is gone was being swept when that sweep stopped: its process had ended.
+        if dash and (token in ended or token not in claims):
+            copy = snapshot_dir / name
+            if copy.is_dir() and not copy.is_symlink():
+                shutil.rmtree(copy, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    copy.unlink()
+            deleted += 1
+    for token in ended:  # last, so a sweep cut short finds the rest of its snapshots next time
+        with contextlib.suppress(OSError):
+            (owners / token).unlink()
+    return deleted
 
 
 def link_undo(path: str | os.PathLike[str]) -> tuple[Callable[[], None] | None, str]:

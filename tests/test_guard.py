@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -984,3 +985,65 @@ def test_a_governed_call_whose_second_snapshot_fails_leaves_no_first_one(tmp_pat
     assert not call.allowed and "could not be prepared" in call.message
     assert list((tmp_path / "home" / "snapshots").iterdir()) == []
     assert [r.outcome for r in records(guard, kind="outcome")] == ["error", "error"]
+
+
+SNAPSHOT_AND_WAIT = """
+import sys
+from risk import ActionType, Guard
+home, path, then = sys.argv[1], sys.argv[2], sys.argv[3]
+guard = Guard(audit=f"sqlite:///{home}/audit-{then}.db", home=home, model=None)
+@guard.tool(ActionType.FILE_WRITE)
+def write(path: str, data: str) -> None:
+    open(path, "w").write(data)
+write(path, "written by " + then)
+print("snapshotted", flush=True)
+if then == "wait":  # until told to roll back: its snapshot must still be there; then write again and wait
+    sys.stdin.readline()
+    print("complete", guard.rollback().complete, flush=True)
+    write(path, "written again")
+    print("snapshotted", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_the_snapshots_of_a_process_that_ended_are_deleted_by_the_next_guard_and_a_live_ones_kept(
+    tmp_path: Path,
+) -> None:
+    """Undo steps live in the process that made them, so after a crash or a restart their snapshots (copies of
+    the files the agent changed) stayed on disk for good, where no rollback could use them."""
+    home, script = tmp_path / "home", tmp_path / "snap.py"
+    script.write_text(SNAPSHOT_AND_WAIT)
+    (tmp_path / "gone.txt").write_text("before")
+    (tmp_path / "live.txt").write_text("before")
+    snapshots = home / "snapshots"
+    ended = subprocess.run(
+        [sys.executable, str(script), str(home), str(tmp_path / "gone.txt"), "exit"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ended.stdout == "snapshotted\n", ended.stderr
+    (gone,) = snapshots.iterdir()
+    legacy = snapshots / uuid.uuid4().hex  # named as versions before owners were: left alone
+    legacy.write_text("old")
+    live = subprocess.Popen(
+        [sys.executable, str(script), str(home), str(tmp_path / "live.txt"), "wait"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert live.stdout is not None and live.stdin is not None
+        assert live.stdout.readline() == "snapshotted\n"  # its guard swept the ended process's snapshot
+        left = set(snapshots.iterdir())
+        assert gone not in left and legacy in left and len(left) == 2
+        make_guard(tmp_path, model=None).close()
+        assert set(snapshots.iterdir()) == left  # the live process's snapshot stays
+        live.stdin.write("\n")
+        live.stdin.flush()
+        assert live.stdout.readline() == "complete True\n"  # and it could restore from it
+        assert (tmp_path / "live.txt").read_text() == "before"
+        assert live.stdout.readline() == "snapshotted\n"
+        assert len(list(snapshots.iterdir())) == 2
+    finally:
+        live.kill()  # a crash: no clean-up of its own
+        live.wait(30)
+    make_guard(tmp_path, model=None).close()
+    assert list(snapshots.iterdir()) == [legacy]
+    assert list((home / "snapshots-owners").iterdir()) == []

@@ -50,7 +50,6 @@ import stat
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib.machinery import all_suffixes
@@ -62,7 +61,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from risk.actions import ActionType, Decision, Outcome, Reason
 from risk.errors import ActionDenied, GuardDenied
 from risk.resources import MAX_RESOURCE_LENGTH
-from risk.rollback import SnapshotUndo, link_undo, snapshot_file
+from risk.rollback import SnapshotUndo, link_undo, new_copy, snapshot_file
 
 if TYPE_CHECKING:
     from risk.guard import Guard
@@ -707,7 +706,7 @@ def _file_undo(path: str, snapshot_dir: Path) -> Undo:
 def _tree_undo(path: str, snapshot_dir: Path) -> Undo:
     if os.path.islink(path) or not os.path.isdir(path):
         return None, f"{path} is not a folder (rmtree removes nothing)"
-    copy = snapshot_dir / uuid.uuid4().hex
+    copy = new_copy(snapshot_dir)
     shutil.copytree(path, copy, symlinks=True)
 
     def restore() -> None:
