@@ -13,9 +13,11 @@ idempotency key, so a record sent twice (the process died between sending and fo
 
 from __future__ import annotations
 
+import contextvars
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import re
 import threading
@@ -104,10 +106,13 @@ class RemoteGuard(Guard):
             raise PolicyError(f"on_error must be 'deny' (the default) or 'allow', got {on_error!r}")
         if not isinstance(agent_id, str) or not agent_id:
             raise PolicyError("agent_id must be a non-empty string")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+            raise PolicyError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.api_key = api_key
         self.agent_id = agent_id
         self.endpoint = endpoint.rstrip("/")
         self.on_error = on_error
+        self.timeout = float(timeout)
         self.home = Path(home) if home is not None else default_home()
         self.spool = Spool(Path(spool) if spool is not None else self.home / default_spool_name(self.endpoint, api_key))
         shared = self.home / "spool.jsonl"  # where every guard spooled before: whose records it holds is unknown
@@ -344,29 +349,30 @@ class RemoteGuard(Guard):
     def _call(self, method: str, path: str, *, json: Any = None) -> dict[str, Any]:
         """The JSON answer; _Unreachable when the service is down or failing, ServiceError when it refuses or
         the request could not be made here (only a failure on the way to the service may fail open)."""
+        # canonical_json, as the embedded guard records a payload: values JSON lacks go as their text.
+        content = None if json is None else canonical_json(json)
         try:
-            # canonical_json, as the embedded guard records a payload: values JSON lacks go as their text.
-            response = self._client.request(method, path, content=None if json is None else canonical_json(json),
-                                            headers={"Content-Type": "application/json"})  # fmt: skip
+            response, body = self._send(method, path, content)
         except _TRANSPORT_FAILURES as exc:
             raise _Unreachable(self._redacted(f"{type(exc).__name__}: {exc}")) from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             why = self._redacted(f"{type(exc).__name__}: {exc}")
             raise ServiceError(f"{method} {path}: the request could not be sent: {why}", 0) from None
         if response.status_code >= 500:
-            raise _Unreachable(f"HTTP {response.status_code} from {path}")
+            raise _ServerError(f"HTTP {response.status_code} from {path}")
         if response.is_redirect:  # an endpoint that moved (http to https, say) is wrong until it is changed
             where = self._redacted(response.headers.get("Location", "?"))
             raise ServiceError(f"{method} {path}: HTTP {response.status_code}: the endpoint redirects to {where}",
                                response.status_code)  # fmt: skip
         try:
-            answer = response.json()
-        except ValueError:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
             answer = None
         # A refusal is a refusal whatever its body: a proxy's or an ingress's 401, 403 or 404 page is HTML, and
         # taken for an outage it let the action through with on_error="allow".
         if response.status_code >= 400:
-            detail = answer.get("detail", answer) if isinstance(answer, dict) else answer or response.text[:200]
+            text = body[:200].decode("utf-8", "replace")
+            detail = answer.get("detail", answer) if isinstance(answer, dict) else answer or text
             why = self._redacted(f"{method} {path}: HTTP {response.status_code}: {detail}")
             raise ServiceError(why, response.status_code)
         if answer is None:
@@ -374,6 +380,40 @@ class RemoteGuard(Guard):
         if not isinstance(answer, dict):
             raise _Unreachable(f"HTTP {response.status_code} from {path} with an unexpected body")
         return answer
+
+    def _send(self, method: str, path: str, content: bytes | None) -> tuple[httpx.Response, bytes]:
+        """The response and its whole body, within `timeout` seconds in all, or _Unreachable.
+
+        httpx's timeout bounds each read, and a service that trickles its answer a byte at a time starts a new
+        read with every byte: it would hold the caller for as long as it trickles. So the request runs in a
+        thread of its own, which the caller waits for until the deadline; a thread left behind stops reading
+        (and drops the connection) at the next part of the answer that comes, or at httpx's timeout."""
+        deadline = time.monotonic() + self.timeout
+        result: list[tuple[httpx.Response, bytes] | Exception] = []
+
+        def send() -> None:
+            try:
+                with self._client.stream(method, path, content=content,
+                                         headers={"Content-Type": "application/json"}) as response:  # fmt: skip
+                    parts = []
+                    for part in response.iter_bytes():
+                        if time.monotonic() > deadline:
+                            return  # the caller went on without it
+                        parts.append(part)
+                result.append((response, b"".join(parts)))
+            except Exception as exc:  # raised in the caller's thread
+                result.append(exc)
+
+        # In the caller's context, so what instruments httpx (a trace's span) sees the request as the caller's.
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(send,), daemon=True,
+                                  name="risk-remote-request")  # fmt: skip
+        worker.start()
+        worker.join(self.timeout)
+        if not result:
+            raise _Unreachable(f"no complete answer within {self.timeout} s")
+        if isinstance(result[0], Exception):
+            raise result[0]
+        return result[0]
 
     def _redacted(self, text: str) -> str:
         """`text` without the key's secret (an httpx error may quote the Authorization header)."""
@@ -460,6 +500,10 @@ ROLLBACK_WINDOW: float = Policy.model_fields["rollback_window"].default
 
 class _Unreachable(Exception):
     """The service did not answer, or answered with a server error."""
+
+
+class _ServerError(_Unreachable):
+    """The service answered with a server error (5xx)."""
 
 
 # Failures on the way to the service, which may be an outage. Every other httpx error (a header it cannot send,

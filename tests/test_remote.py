@@ -351,6 +351,9 @@ def test_remote_mode_refuses_policy_arguments_and_a_missing_key() -> None:
         Guard(endpoint="http://127.0.0.1:1")
     with pytest.raises(ValueError, match="on_error"):
         Guard(endpoint="http://127.0.0.1:1", api_key="k", on_error="maybe")
+    for timeout in (0, -1.0, float("nan"), None, "5"):
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            Guard(endpoint="http://127.0.0.1:1", api_key="k", timeout=timeout)
 
 
 def test_a_wrong_key_is_denied_not_failed_open(service: Running, tmp_path: Path) -> None:
@@ -711,3 +714,65 @@ def test_an_outcome_stored_after_the_client_gave_up_waiting_is_not_stored_again_
         outcomes = audit.query(mine)
         guard.close()
     assert [r.action_id for r in outcomes] == [ran.action_id]
+
+
+@contextmanager
+def _trickling(where: str) -> Iterator[str]:
+    """A server on 127.0.0.1 that answers every request with an allowing decision, a byte at a time, for as long
+    as the client reads: from its status line on (`where="headers"`), or after its headers (`"body"`)."""
+    answer = {"action_id": "a" * 32, "agent_id": "bot", "allowed": True, "outcome": "allowed", "risk_score": 0.0,
+              "reasons": []}  # fmt: skip
+    body = json.dumps(answer).encode() + b" " * 1_000_000
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_slowly(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)  # the request (small, in one piece on loopback)
+            if where == "body":
+                conn.sendall(head)
+            for byte in head + body if where == "headers" else body:
+                if stop.wait(0.05):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:  # the client gave up and closed the connection
+                    return
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer_slowly, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+@pytest.mark.parametrize("on_error", ["deny", "allow"])
+def test_a_service_that_trickles_its_answer_is_unreachable_once_the_timeout_has_passed(
+    tmp_path: Path, where: str, on_error: str
+) -> None:
+    """httpx's timeout bounds each read, and every trickled byte starts a new one; `timeout` bounds the whole
+    request, after which the service is taken as unreachable: denied, or let through and spooled."""
+    with _trickling(where) as url:
+        guard = Guard(endpoint=url, api_key="k", agent_id="bot", on_error=on_error, timeout=1.0, home=tmp_path)
+        decided: list[Any] = []
+        checking = threading.Thread(target=lambda: decided.append(guard.check(ActionType.API_CALL, "svc.call")))
+        checking.start()
+        checking.join(30)  # a safety bound: the trickle alone would last 14 hours
+        assert decided, "check() still waits on the trickling service"
+        guard.close()
+    [decision] = decided
+    code = "fail_open" if on_error == "allow" else "service_unavailable"
+    assert (decision.allowed, decision.reasons[0].code) == (on_error == "allow", code)
+    assert "no complete answer within 1.0 s" in decision.reasons[0].message and decision.action_id != "a" * 32
+    assert [r["action_id"] for r in guard.spool.read()] == [decision.action_id]
