@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ from risk.state import AgentState
 log = logging.getLogger("risk")
 
 SPOOL_BATCH = 500  # records per request when the spool is sent
+SPOOL_FAILURES_SET_ASIDE = 3  # flushes a record fails alone in, while later ones are stored, before it is set aside
+FAILING_IN_A_ROW = 10  # records failing alone in a row, none stored between them: the service is failing, not they
+SPOOL_RETRY_SECONDS = 30.0  # after a send that left records for the service, the next one is not before this
 KEEPALIVE_SECONDS = 2.0  # below the service's keep-alive timeout (uvicorn's default 5 s)
 LET_THROUGH_KEPT = 100_000  # fail-open action ids remembered, to spool an outcome the service cannot place yet
 
@@ -120,6 +124,8 @@ class RemoteGuard(Guard):
             log.warning("%s holds records spooled by an older version; send them with Guard(spool=...) and "
                         "the key that spooled them", shared)  # fmt: skip
         self.fail_open_count = 0
+        self._failing_alone: dict[Any, int] = {}  # idempotency key -> flushes it failed alone in, later ones stored
+        self._spool_retry_at = 0.0  # time.monotonic() before which sending the spool waits, unless flush() asks
         self._let_through: OrderedDict[str, None] = OrderedDict()  # action ids let through fail-open, newest last
         self._lock = threading.Lock()
         self.audit_failures = 0
@@ -423,43 +429,82 @@ class RemoteGuard(Guard):
             return text.replace(key, f"rk_{key_id}_<redacted>").replace(secret, "<redacted>")
         return text.replace(key, "<redacted key>")
 
-    def _send_spool(self) -> None:
+    def _send_spool(self, *, now: bool = False) -> None:
         """Send what the spool holds, now that the service answers; keep what it could not take yet, and set
-        aside (in `<spool>.rejected.jsonl`, for a person to look at) what it refused to store."""
+        aside (in `<spool>.rejected.jsonl`, for a person to look at) what it refused to store, and what it failed
+        on alone (a server error on that record, while it stores the records after it) in
+        SPOOL_FAILURES_SET_ASIDE flushes.
+
+        Records go in order, and a record the service fails on keeps every later record of its action behind it:
+        an outcome reaches the service after its decision, or the service cannot place it. After a send that
+        left records for the service, the next waits SPOOL_RETRY_SECONDS, unless `now` (`flush()`)."""
+        if not now and time.monotonic() < self._spool_retry_at:
+            return
         if not self.spool.pending():
             return
+        flush = _Flush()
         with self.spool.batches(SPOOL_BATCH) as batches:
             for batch in batches:
-                refused = self._report(batch)
-                if refused is None:
-                    return
-                if refused:
-                    log.error("the service refused %d spooled records; kept in %s", len(refused), self.spool.rejected)
-                    self.spool.set_aside([{**r, "refused": refused[r.get("idempotency_key")]} for r in batch
-                                          if r.get("idempotency_key") in refused])  # fmt: skip
-                batches.sent(len(batch))
+                if not self._report(batch, flush):
+                    break
+            set_aside = list(flush.refused)
+            for record, error, stored_before in flush.failing:
+                key = record.get("idempotency_key")
+                if flush.stored > stored_before:  # records after it were stored: it is this one the service fails on
+                    self._failing_alone[key] = self._failing_alone.get(key, 0) + 1
+                if self._failing_alone.get(key, 0) < SPOOL_FAILURES_SET_ASIDE:
+                    continue
+                why = f"{error} on this record alone, in {SPOOL_FAILURES_SET_ASIDE} flushes that stored later records"
+                behind = flush.held.get(record.get("action_id"), [])
+                set_aside += [{**record, "refused": why}] + [
+                    {**r, "refused": f"kept behind {record['kind']} {key!r} of its action, set aside: {why}"}
+                    for r in behind
+                ]
+                flush.done += [record, *behind]
+            if set_aside:
+                log.error("%d spooled records set aside in %s", len(set_aside), self.spool.rejected)
+                self.spool.set_aside(set_aside)
+            for record in flush.done:
+                self._failing_alone.pop(record.get("idempotency_key"), None)
+            batches.sent(flush.done)
+            left_waiting = bool(batches.unsent())
+        self._spool_retry_at = time.monotonic() + SPOOL_RETRY_SECONDS if left_waiting else 0.0
 
-    def _report(self, batch: list[dict[str, Any]]) -> dict[Any, Any] | None:
-        """Send `batch` to /v1/reports: what the service refused to store (idempotency key -> why), or None when
-        it could not take the batch now (unreachable, or a key or role problem: kept until that is fixed)."""
+    def _report(self, batch: list[dict[str, Any]], flush: _Flush) -> bool:
+        """Send `batch` to /v1/reports, noting in `flush` what became of each record; False when the service
+        cannot take records now (unreachable, a key or role problem, or failing on every record it is sent):
+        those not noted stay in the spool."""
+        for record in batch:  # after a record of their action the service failed on: kept behind it, not sent
+            if record.get("action_id") in flush.held:
+                flush.held[record["action_id"]].append(record)
+        batch = [r for r in batch if r.get("action_id") not in flush.held]
+        if not batch:
+            return True
         try:
             answer = self._call("POST", "/v1/reports", json={"records": batch})
         except ServiceError as exc:
             if exc.status not in (413, 422):
                 log.error("spooled records not sent: %s", exc)
-                return None
+                return False
             if len(batch) == 1:
-                return {batch[0].get("idempotency_key"): str(exc)}
+                flush.refused.append({**batch[0], "refused": str(exc)})
+                flush.done.append(batch[0])
+                return True
             # The request as a whole was refused (too large, or one record invalid): send it in halves, so only
-            # a record refused on its own is set aside. Halves the service stored already are duplicates if
-            # the batch is sent again.
-            half = len(batch) // 2
-            first = self._report(batch[:half])
-            second = self._report(batch[half:]) if first is not None else None
-            return None if first is None or second is None else first | second
+            # a record refused on its own is set aside.
+            return self._in_halves(batch, flush)
+        except _ServerError as exc:
+            if len(batch) > 1:  # the service failed on one record (those before it are stored), or on every one
+                return self._in_halves(batch, flush)
+            log.warning("spooled record %s not sent yet: %s", batch[0].get("idempotency_key"), exc)
+            flush.failing.append((batch[0], str(exc), flush.stored))
+            if batch[0].get("action_id") is not None:
+                flush.held.setdefault(batch[0]["action_id"], [])
+            flush.failing_in_a_row += 1
+            return flush.failing_in_a_row < FAILING_IN_A_ROW
         except _Unreachable as exc:
             log.warning("spooled records not sent yet: %s", exc)
-            return None
+            return False
         accepted, duplicates, rejected = answer.get("accepted"), answer.get("duplicates"), answer.get("rejected")
         if not (
             type(accepted) is int
@@ -469,12 +514,23 @@ class RemoteGuard(Guard):
             and accepted + duplicates + len(rejected) == len(batch)
         ):  # an answer that does not account for every record: none of them is known to be stored
             log.warning("spooled records not sent yet: /v1/reports answered %.200r", answer)
-            return None
-        return {r.get("idempotency_key"): r.get("reason") for r in rejected}
+            return False
+        refused = {r.get("idempotency_key"): r.get("reason") for r in rejected}
+        flush.refused += [{**r, "refused": refused[r.get("idempotency_key")]} for r in batch
+                          if r.get("idempotency_key") in refused]  # fmt: skip
+        flush.done += batch
+        flush.stored += accepted + duplicates
+        flush.failing_in_a_row = 0
+        return True
+
+    def _in_halves(self, batch: list[dict[str, Any]], flush: _Flush) -> bool:
+        """`_report` of the first half of `batch`, then, if the service took it, of the second."""
+        half = len(batch) // 2
+        return self._report(batch[:half], flush) and self._report(batch[half:], flush)
 
     def flush(self) -> int:
-        """Send the spool now; returns how many records are still waiting."""
-        self._send_spool()
+        """Send the spool now, without the wait after a send that left records; returns how many still wait."""
+        self._send_spool(now=True)
         return self.spool.pending()
 
     def close(self) -> None:
@@ -504,6 +560,19 @@ class _Unreachable(Exception):
 
 class _ServerError(_Unreachable):
     """The service answered with a server error (5xx)."""
+
+
+@dataclass
+class _Flush:
+    """What one sending of the spool made of its records."""
+
+    done: list[dict[str, Any]] = field(default_factory=list)  # stored, duplicates or refused: they leave the spool
+    refused: list[dict[str, Any]] = field(default_factory=list)  # each with the service's reason, to set aside
+    failing: list[tuple[dict[str, Any], str, int]] = field(default_factory=list)  # a server error on it alone,
+    # with how many records were stored before it: more stored after it show the service failing on this one
+    held: dict[Any, list[dict[str, Any]]] = field(default_factory=dict)  # a failing record's action -> its later ones
+    stored: int = 0
+    failing_in_a_row: int = 0
 
 
 # Failures on the way to the service, which may be an outage. Every other httpx error (a header it cannot send,
@@ -536,7 +605,7 @@ class Spool:
     >>> spool.add({"idempotency_key": "k1"}); spool.add({"idempotency_key": "k2"})
     >>> with spool.batches(1) as batches:
     ...     for batch in batches:
-    ...         batches.sent(len(batch))
+    ...         batches.sent(batch)
     ...         break
     >>> spool.pending(), spool.read()
     (1, [{'idempotency_key': 'k2'}])
@@ -636,18 +705,16 @@ class _Batches:
     def __init__(self, records: list[dict[str, Any]], size: int) -> None:
         self._records = records
         self._size = size
-        self._sent = 0
+        self._sent: set[int] = set()
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
-        """Batches in order, stopping at the first one not marked `sent`: records go to the service in order."""
-        while self._sent < len(self._records):
-            before = self._sent
-            yield self._records[self._sent : self._sent + self._size]
-            if self._sent == before:
-                return
+        """Batches in order; who sends them stops where the service cannot take more."""
+        for start in range(0, len(self._records), self._size):
+            yield self._records[start : start + self._size]
 
-    def sent(self, count: int) -> None:
-        self._sent += count
+    def sent(self, records: list[dict[str, Any]]) -> None:
+        """Mark records of the batches as done with: they leave the spool."""
+        self._sent.update(id(r) for r in records)
 
     def unsent(self) -> list[dict[str, Any]]:
-        return self._records[self._sent :]
+        return [r for r in self._records if id(r) not in self._sent]

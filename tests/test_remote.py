@@ -716,6 +716,70 @@ def test_an_outcome_stored_after_the_client_gave_up_waiting_is_not_stored_again_
     assert [r.action_id for r in outcomes] == [ran.action_id]
 
 
+def _fail_writing(audit_db: Path, action_id: str | None = None) -> None:
+    """A store fault in the service's audit trail: no record of `action_id` (of any action, without one) can be
+    written; the service answers a report holding one with a 503."""
+    only = f"WHEN NEW.action_id = '{action_id}'" if action_id is not None else ""
+    with sqlite3.connect(audit_db) as db:
+        db.execute(f"CREATE TRIGGER store_fault BEFORE INSERT ON audit {only} BEGIN SELECT json('injected'); END")
+
+
+def _trail(running: Running, tenant: str) -> list[tuple[str, str]]:
+    return [(r.kind, r.action_id) for r in running.app.state.service.audit.query(AuditQuery(agent_prefix=f"{tenant}/"))
+            if r.kind in ("decision", "outcome")]  # fmt: skip
+
+
+def test_a_spooled_record_the_service_fails_on_holds_up_only_its_own_action_then_is_set_aside(tmp_path: Path) -> None:
+    """A record the service answers with a server error on its own (a store fault its content triggers) stays
+    spooled with its action's outcome, and the records after it are stored; once it has failed so in three
+    flushes that stored later records, it is set aside with its outcome, with the error, and nothing is lost."""
+    guard, settings, port, tenant = guard_of_a_service_down(tmp_path, on_error="allow")
+    first = guard.check(ActionType.API_CALL, "svc.first")
+    failing = guard.check(ActionType.API_CALL, "svc.failing")
+    guard.record_outcome(failing.action_id, success=True)  # spooled after its decision
+    after = [guard.check(ActionType.API_CALL, f"svc.after.{i}") for i in range(3)]
+    guard.record_outcome(after[0].action_id, success=True)
+    waiting = [("decision", failing.action_id), ("outcome", failing.action_id)]
+    with serve(settings, port=port) as running:
+        _fail_writing(tmp_path / "service" / "audit.db", failing.action_id)
+        assert guard.flush() == 2
+        assert [(r["kind"], r["action_id"]) for r in guard.spool.read()] == waiting
+        stored = [("decision", first.action_id), *[("decision", d.action_id) for d in after]]
+        assert _trail(running, tenant) == [*stored, ("outcome", after[0].action_id)]
+        for attempt in (2, 3):  # a denial decided here (no request can carry the resource) comes after it
+            denied = guard.check(ActionType.FILE_READ, f"/reports/\ud800/{attempt}")
+            decided = guard.check(ActionType.API_CALL, "svc.up")  # answered by the service
+            assert decided.allowed and guard.spool.pending() == 3  # a check's send waits after one that left records
+            assert guard.flush() == (2 if attempt == 2 else 0)
+            stored += [("decision", decided.action_id), ("decision", denied.action_id)]
+        assert _trail(running, tenant) == [*stored[:4], ("outcome", after[0].action_id), *stored[4:]]
+        assert guard.check(ActionType.API_CALL, "svc.up").allowed and guard.spool.pending() == 0
+    guard.close()
+    set_aside = [json.loads(line) for line in guard.spool.rejected.read_text().splitlines()]
+    assert [(r["kind"], r["action_id"]) for r in set_aside] == waiting
+    assert "HTTP 503" in set_aside[0]["refused"] and "3 flushes" in set_aside[0]["refused"]
+    assert failing.action_id in set_aside[1]["refused"]  # held behind its decision, set aside with it
+
+
+def test_a_service_failing_on_every_spooled_record_sets_none_aside(tmp_path: Path) -> None:
+    """A store that fails on every record is an outage, not a record the service fails on: however often the
+    spool is sent meanwhile, every record stays in it, in order, and all are stored once the store is mended."""
+    guard, settings, port, tenant = guard_of_a_service_down(tmp_path, on_error="allow")
+    ran = [guard.check(ActionType.API_CALL, f"svc.{i}") for i in range(12)]
+    db = tmp_path / "service" / "audit.db"
+    with serve(settings, port=port) as running:
+        _fail_writing(db)
+        for _ in range(5):
+            assert guard.flush() == len(ran)
+        assert [r["action_id"] for r in guard.spool.read()] == [d.action_id for d in ran]
+        with sqlite3.connect(db) as mend:
+            mend.execute("DROP TRIGGER store_fault")
+        assert guard.flush() == 0
+        assert _trail(running, tenant) == [("decision", d.action_id) for d in ran]
+    guard.close()
+    assert not guard.spool.rejected.exists()
+
+
 @contextmanager
 def _trickling(where: str) -> Iterator[str]:
     """A server on 127.0.0.1 that answers every request with an allowing decision, a byte at a time, for as long
