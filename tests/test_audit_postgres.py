@@ -30,6 +30,7 @@ from risk.audit.record import COLUMNS, GENESIS_HASH, StoredRecord
 from risk.audit.store import AuditQuery, open_audit, purge, verify_store, where_clause
 from risk.catalog import Catalog, CatalogError
 from risk.tenants import decisions_of
+from risk.train import train
 
 try:
     import psycopg
@@ -763,3 +764,20 @@ def test_the_statement_deadline_follows_the_servers_statement_timeout(
     assert open_store()._lock.seconds == risk.audit.postgres.STATEMENT_DEADLINE
     longer = open_store(in_schema(POSTGRES_URL, schema, "statement_timeout=40s"))
     assert longer._lock.seconds == 40 + risk.audit.postgres.STATEMENT_GRACE
+
+
+def test_a_model_trained_from_a_trail_names_it_in_its_card_without_the_password(
+    make_guard: Callable[..., Guard], url: str, tmp_path: Path
+) -> None:
+    """Cards are shipped and committed beside their models: the source URL they name must not carry a password,
+    in the URL's user part or as a parameter."""
+    guard = make_guard(blocked_resources=[])
+    for i in range(30):
+        guard.check(ActionType.DATABASE_QUERY, f"data.deidentified.t{i % 3}", {"sql": "SELECT 1"})
+    guard.close()
+    user, _, rest = url.partition("@")
+    for with_password in (f"{user}:s3cret@{rest}", f"{url}&password=s3cret"):  # trust auth takes any password
+        _, artifact = train(with_password, tmp_path / "models", name="from-trail", replace=True)
+        card = artifact.with_suffix(".json").read_text()
+        assert "s3cret" not in card
+        assert "***" in json.loads(card)["training"]["source"]
