@@ -123,6 +123,23 @@ def test_removal_rename_and_rmtree_are_checked_before_they_happen(make: Callable
     assert deletes == [str(keep), str(tree), str(tree / "sub")]
 
 
+def test_rollback_of_a_rename_over_a_symbolic_link_puts_the_link_back(make: Callable[..., Guard], work: Path) -> None:
+    """The rename replaces the link itself; its undo renamed the file back and left no link where one was, and
+    the rollback still said it was complete."""
+    (work / "real.txt").write_text("what the link reaches")
+    (work / "link.txt").symlink_to("real.txt")
+    (work / "draft.txt").write_text("draft")
+    guard = make()
+    with guard.watch():
+        os.replace(work / "draft.txt", work / "link.txt")
+    assert not (work / "link.txt").is_symlink()
+    report = guard.rollback()
+    assert report.complete, report.not_undone
+    assert (work / "draft.txt").read_text() == "draft"
+    assert os.readlink(work / "link.txt") == "real.txt"
+    assert (work / "real.txt").read_text() == "what the link reaches"
+
+
 def test_rollback_restores_what_was_written_removed_and_renamed_under_watch(
     make: Callable[..., Guard], work: Path
 ) -> None:

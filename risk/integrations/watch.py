@@ -716,11 +716,16 @@ def _tree_undo(path: str, snapshot_dir: Path) -> Undo:
 
 
 def _rename_undo(source: str, target: str, snapshot_dir: Path) -> Undo:
-    """Rename back, and give the target what it held before (a file or an empty folder), if anything."""
+    """Rename back, and give the target what it held before (a file, a symbolic link or an empty folder), if
+    anything."""
     restore_target: Callable[[], None] | None = None
-    if os.path.isfile(target) and not os.path.islink(target):
+    if os.path.islink(target):  # the rename replaces the link itself, not what it points to
+        restore_target, described = link_undo(target)
+        if restore_target is None:
+            return None, f"rename {target} back to {source}, but not {described}"
+    elif os.path.isfile(target):
         restore_target, _ = snapshot_file(target, snapshot_dir)
-    elif os.path.isdir(target) and not os.path.islink(target):  # rename onto an empty folder replaces it
+    elif os.path.isdir(target):  # rename onto an empty folder replaces it
 
         def restore_target() -> None:
             os.makedirs(target, exist_ok=True)
