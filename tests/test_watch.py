@@ -123,6 +123,26 @@ def test_removal_rename_and_rmtree_are_checked_before_they_happen(make: Callable
     assert deletes == [str(keep), str(tree), str(tree / "sub")]
 
 
+def test_rollback_undoes_a_write_and_then_a_rename_of_the_file(make: Callable[..., Guard], work: Path) -> None:
+    """Renamed back, the file is as the write left it, which the write's undo read as a change someone made after
+    the block (the block ended with no file there): it failed with FileChanged and kept the agent's text."""
+    (work / "notes.txt").write_text("original")
+    guard = make()
+    with guard.watch():
+        (work / "notes.txt").write_text("the agent's")
+        os.rename(work / "notes.txt", work / "moved.txt")
+    report = guard.rollback()
+    assert report.complete, report.not_undone
+    assert (work / "notes.txt").read_text() == "original" and not (work / "moved.txt").exists()
+    with guard.watch():  # again, and a person edits the file once the block is over: that edit is kept
+        (work / "notes.txt").write_text("the agent's")
+        os.rename(work / "notes.txt", work / "moved.txt")
+    (work / "moved.txt").write_text("a person's edit, after")
+    report = guard.rollback()
+    assert [s.status for s in report.steps] == [StepStatus.UNDONE, StepStatus.FAILED]
+    assert (work / "notes.txt").read_text() == "a person's edit, after"
+
+
 def test_rollback_of_a_rename_over_a_symbolic_link_puts_the_link_back(make: Callable[..., Guard], work: Path) -> None:
     """The rename replaces the link itself; its undo renamed the file back and left no link where one was, and
     the rollback still said it was complete."""

@@ -319,6 +319,11 @@ class Watch:
         # Both names change: the source disappears and the target gets its contents.
         self._check(ActionType.FILE_WRITE, source, payload)
         decision = self._check(ActionType.FILE_WRITE, target, payload)
+        # An earlier action on the source is over: noted as it left the file, which the rename's undo brings
+        # back (a write then a rename was undone as if someone had changed the file since).
+        earlier = self.unsettled.pop(Path(os.path.realpath(source)), None)
+        if earlier is not None:
+            earlier.settle()
         self._keep(decision, _rename_undo(source, target, self._snapshots))
 
     def _on_truncate(self, args: tuple[Any, ...], caller: FrameType) -> None:
