@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -781,3 +782,27 @@ def test_a_model_trained_from_a_trail_names_it_in_its_card_without_the_password(
         card = artifact.with_suffix(".json").read_text()
         assert "s3cret" not in card
         assert "***" in json.loads(card)["training"]["source"]
+
+
+def test_a_child_forked_during_a_statement_never_cuts_the_parents_connection(
+    open_store: Callable[..., PostgresAuditStore], url: str
+) -> None:
+    """The child inherited the parent's watches with the statement under way: its own watchdog (started by the
+    first store it opened) found that statement unanswered past its deadline and shut down the socket, which is
+    the parent's connection too."""
+    store = open_store()
+    store.append(body(1))
+    connection = store._conn
+    store._lock.seconds = 0.5
+    with store._lock:
+        store._lock.watch(store._conn)  # a statement under way, as another thread of the parent forks
+        pid = os.fork()
+        if pid == 0:  # the child: a store of its own, then time for its watchdog to look
+            try:
+                PostgresAuditStore(url).close()
+                time.sleep(2)
+            finally:
+                os._exit(0)
+    os.waitpid(pid, 0)
+    assert store.append(body(2)).seq == 2
+    assert store._conn is connection  # whole, not replaced after a cut (the idle check would hide the cut)

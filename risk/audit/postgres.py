@@ -228,6 +228,17 @@ def _watch(watch: ConnectionWatch) -> None:
             threading.Thread(target=_watchdog, name="risk-postgres-watchdog", daemon=True).start()
 
 
+def _forget_in_child() -> None:
+    """A forked child holds copies of the parent's watches, whose sockets are the parent's connections: a cut
+    from the child's watchdog would break the parent's connection, and a statement the parent was running at
+    the fork would look unanswered there for ever. The child watches only what it opens itself."""
+    global _watched, _watched_lock, _watchdog_pid
+    _watched, _watched_lock, _watchdog_pid = weakref.WeakSet(), threading.Lock(), None
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def _watchdog() -> None:
     while True:
         time.sleep(WATCH_INTERVAL)
