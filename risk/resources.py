@@ -237,12 +237,17 @@ def _resolved_path(path: str) -> str | None:
 # `'--'` is a literal, and `-- it's` a comment. One left open runs to the end of the text: matched only when
 # closed, each of a run of openings (`/*/*/*...`) would scan the rest of the text, and the pass be quadratic.
 _SQL_TOKENS = re.compile(
-    r"""(?P<literal>'(?:[^']|'')*(?:'|\Z))|(?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))"""
+    r"""(?P<unicode>\b[uU]&(?:"(?:[^"]|"")*(?:"|\Z)|'(?:[^']|'')*(?:'|\Z)))"""
+    r"""|(?P<literal>'(?:[^']|'')*(?:'|\Z))|(?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))"""
     r"""|"(?:[^"]|"")*(?:"|\Z)|`[^`]*(?:`|\Z)|\[[^\]]*(?:\]|\Z)""",
     re.S,
 )
+_SQL_UNICODE_ESCAPE = re.compile(r"\\(?:\\|[0-9A-Fa-f]{4}|\+[0-9A-Fa-f]{6})")  # in U&"..." and U&'...'
 _SQL_PART = r"""(?:"(?:[^"]|"")*(?:"|\Z)|`[^`]*(?:`|\Z)|\[[^\]]*(?:\]|\Z)|[^\W\d][\w$]*)"""
 _SQL_NAME = re.compile(rf"{_SQL_PART}(?:\s*\.\s*{_SQL_PART})*")
+# A qualified name anywhere, starting only where a name can start (never inside one: each start reads on to the
+# name's end, and a start at every character of a long word would be quadratic).
+_SQL_QUALIFIED = re.compile(rf"""(?<![\w$"`\[\].]){_SQL_PART}(?:\s*\.\s*{_SQL_PART})+""")
 # The words after which SQL names a table: SELECT ... FROM, JOIN, INSERT/MERGE INTO, UPDATE, DELETE FROM, TRUNCATE,
 # COPY, ALTER/DROP/CREATE TABLE, and words that may stand between those and the name.
 _SQL_TABLE_WORD = re.compile(r"""\b(?:from|join|into|update|truncate|copy|table|using)(?:\s+|(?=["`\[]))""", re.I)
@@ -255,7 +260,8 @@ _SQL_COMMENT = re.compile(r"--[^\n]*|/\*.*?(?:\*/|\Z)", re.S)
 @functools.lru_cache(maxsize=4096)  # an agent sends the same queries again and again
 def sql_tables(text: str) -> tuple[str, ...]:
     """The tables `text`, read as SQL, names: after FROM (and each of a comma-separated list), JOIN, INTO,
-    UPDATE, TRUNCATE, COPY and TABLE, quotes kept as written.
+    UPDATE, TRUNCATE, COPY and TABLE, and every qualified name anywhere (a table in parentheses, or after a
+    function or a column list in a FROM list, is one), quotes kept as written and `U&"..."` escapes decoded.
 
     A heuristic, not a parser, that errs toward naming more, since a name counts only where it matches a
     blocked pattern: a comment separates names (`data./**/phi.x` is data.phi.x) and is read too (MySQL runs
@@ -272,14 +278,18 @@ def sql_tables(text: str) -> tuple[str, ...]:
     inner: list[str] = []
 
     def spaced(token: re.Match[str]) -> str:
-        if token.lastgroup is None:  # a quoted identifier: part of a name
-            return token.group()
+        kind, text = token.lastgroup, token.group()
+        if kind == "unicode":  # U&"d\0061ta" is the identifier "data"; U&'...' a literal
+            text = _SQL_UNICODE_ESCAPE.sub(_unescaped, text[2:])
+            kind = "literal" if text.startswith("'") else None
+        if kind is None:  # a quoted identifier: part of a name
+            return text
         # Read once more on its own (a literal unescaped, comments in it as spaces), not deeper: each character
         # is read at most twice, however the text nests.
-        if token.lastgroup == "literal":
-            inner.append(_SQL_COMMENT.sub(" ", token.group()[1:].replace("''", "'")))
+        if kind == "literal":
+            inner.append(_SQL_COMMENT.sub(" ", text[1:].replace("''", "'")))
         else:
-            inner.append(token.group()[2:])
+            inner.append(text[2:])
         return " "
 
     found: dict[str, None] = {}
@@ -296,7 +306,19 @@ def sql_tables(text: str) -> tuple[str, ...]:
                 if following is None:
                     break
                 at = following.end()
+        for name in _SQL_QUALIFIED.finditer(code):
+            found[_SQL_DOTS.sub(".", name.group())] = None
     return tuple(found)
+
+
+def _unescaped(escape: re.Match[str]) -> str:
+    digits = escape.group()[1:].lstrip("+")
+    if digits == "\\":
+        return digits
+    try:
+        return chr(int(digits, 16))
+    except (ValueError, OverflowError):  # past the last code point: PostgreSQL refuses it, so it names nothing
+        return escape.group()
 
 
 def payload_texts(payload: Any) -> Iterator[str]:

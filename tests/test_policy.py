@@ -205,6 +205,14 @@ def test_blocked_message_names_the_reading_and_the_pattern(seed_guard: Guard) ->
         "SELECT /*! FROM data.phi.patients */ 1",
         "SELECT 1 -- it's\n FROM data.phi.patients WHERE a = 'x'",
         "SELECT '--' AS x FROM data.phi.patients",
+        # A qualified name counts anywhere: in parentheses, or after a function or a column list in a FROM list.
+        "SELECT * FROM ONLY (data.phi.patients)",
+        "SELECT * FROM data.deidentified.claims AS c(id, amount), data.phi.patients",
+        "SELECT * FROM ROWS FROM (generate_series(1, 2)), data.phi.patients",
+        "SELECT * FROM data.deidentified.claims c, (data.phi.patients CROSS JOIN data.deidentified.x)",
+        # PostgreSQL's Unicode escapes, in a name and in a literal run as SQL.
+        'SELECT * FROM U&"d\\0061ta".phi.patients',
+        "SELECT query_to_xml(U&'SELECT * FROM data.ph\\0069.patients', true, false, '')",
     ],
 )
 def test_a_blocked_table_in_the_sql_of_a_database_action_is_blocked_whatever_resource_it_names(
@@ -223,8 +231,8 @@ def test_a_blocked_table_in_the_sql_of_a_database_action_is_blocked_whatever_res
     "sql",
     [
         "SELECT count(*) FROM claims",
-        "SELECT * FROM data.deidentified.claims /* not data.phi.x */",
-        "SELECT * FROM data.deidentified.claims WHERE note = 'a data.phi.x mention'",
+        "SELECT c.amount FROM data.deidentified.claims c /* totals, not phi */",
+        "SELECT * FROM data.deidentified.claims WHERE note = 'from the phi team'",
     ],
 )
 def test_sql_that_names_no_blocked_table_is_judged_by_its_resource(seed_guard: Guard, sql: str) -> None:
