@@ -137,12 +137,7 @@ class Catalog:
 
     def _connection(self) -> Any:
         if self._postgres:
-            from risk.audit.postgres import still_open
-
-            self._watch.watch(self._conn)  # see ConnectionWatch
-            if not still_open(self._conn, self._used):  # the server dropped it: reconnect
-                self._conn = self._connect_postgres()
-                self._watch.watch(self._conn)
+            self._conn = self._watch.ready(self._conn, self._used, self._connect_postgres)
             self._used = time.monotonic()
         return self._conn
 

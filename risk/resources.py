@@ -236,9 +236,10 @@ def _resolved_path(path: str) -> str | None:
 # Literals, comments and quoted identifiers, matched in one left-to-right pass, so whichever starts first wins:
 # `'--'` is a literal, and `-- it's` a comment. One left open runs to the end of the text: matched only when
 # closed, each of a run of openings (`/*/*/*...`) would scan the rest of the text, and the pass be quadratic.
+_SQL_COMMENT_PATTERN = r"--[^\n]*|/\*.*?(?:\*/|\Z)"
 _SQL_TOKENS = re.compile(
     r"""(?P<unicode>\b[uU]&(?:"(?:[^"]|"")*(?:"|\Z)|'(?:[^']|'')*(?:'|\Z)))"""
-    r"""|(?P<literal>'(?:[^']|'')*(?:'|\Z))|(?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))"""
+    rf"""|(?P<literal>'(?:[^']|'')*(?:'|\Z))|(?P<comment>{_SQL_COMMENT_PATTERN})"""
     r"""|"(?:[^"]|"")*(?:"|\Z)|`[^`]*(?:`|\Z)|\[[^\]]*(?:\]|\Z)""",
     re.S,
 )
@@ -254,7 +255,7 @@ _SQL_TABLE_WORD = re.compile(r"""\b(?:from|join|into|update|truncate|copy|table|
 _SQL_SKIPPED = re.compile(r"(?:(?:only|lateral|table|if|not|exists)\s+)*", re.I)
 _SQL_NEXT_TABLE = re.compile(r"(?:\s+(?:as\s+)?[^\W\d][\w$]*)?\s*,\s*", re.I)  # an alias, then a comma
 _SQL_DOTS = re.compile(r"\s*\.\s*")
-_SQL_COMMENT = re.compile(r"--[^\n]*|/\*.*?(?:\*/|\Z)", re.S)
+_SQL_COMMENT = re.compile(_SQL_COMMENT_PATTERN, re.S)
 
 
 @functools.lru_cache(maxsize=4096)  # an agent sends the same queries again and again

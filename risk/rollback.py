@@ -181,12 +181,16 @@ class SnapshotUndo:
             _UNDONE[self.target] = _file_state(self.target)
 
     def discard(self) -> None:
-        if self.copy is None:
-            return
-        if self.copy.is_dir() and not self.copy.is_symlink():
-            shutil.rmtree(self.copy, ignore_errors=True)
-        else:
-            self.copy.unlink(missing_ok=True)
+        if self.copy is not None:
+            _remove_copy(self.copy)
+
+
+def _remove_copy(copy: Path) -> None:
+    """Delete a snapshot: a file's copy, or a folder's (the watch's undo of an rmtree)."""
+    if copy.is_dir() and not copy.is_symlink():
+        shutil.rmtree(copy, ignore_errors=True)
+    else:
+        copy.unlink(missing_ok=True)
 
 
 _UNSETTLED = object()
@@ -330,16 +334,16 @@ _claims_lock = threading.Lock()
 _held: list[int] = []
 
 
-def sweep_snapshots(snapshot_dir: Path) -> int:
-    """Delete the snapshots in `snapshot_dir` of processes that ended, and return how many: undo steps live in
-    the process that made them, so no rollback can reach those any more, and they are copies of what the
-    agents changed (records, secrets), kept nowhere else's retention. A snapshot of a live process, and one
-    made by a version that named none (no `-` in its name), stay."""
+def sweep_snapshots(snapshot_dir: Path) -> None:
+    """Delete the snapshots in `snapshot_dir` of processes that ended: undo steps live in the process that made
+    them, so no rollback can reach those any more, and they are copies of what the agents changed (records,
+    secrets), kept nowhere else's retention. A snapshot of a live process, and one made by a version that named
+    none (no `-` in its name), stay."""
     owners = _owners(snapshot_dir)
     try:  # the snapshots first: a claim made after the listing of its snapshot is then listed too
         names, claims = os.listdir(snapshot_dir), set(os.listdir(owners))
     except FileNotFoundError:
-        return 0
+        return
     ended: set[str] = set()
     for token in claims:
         try:
@@ -354,22 +358,15 @@ def sweep_snapshots(snapshot_dir: Path) -> int:
             ended.add(token)
         finally:
             os.close(fd)
-    deleted = 0
     for name in names:
         token, dash, _ = name.partition("-")
         # One whose owner is gone was being swept when that sweep stopped: its process had ended.
         if dash and (token in ended or token not in claims):
-            copy = snapshot_dir / name
-            if copy.is_dir() and not copy.is_symlink():
-                shutil.rmtree(copy, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    copy.unlink()
-            deleted += 1
+            with contextlib.suppress(OSError):
+                _remove_copy(snapshot_dir / name)
     for token in ended:  # last, so a sweep cut short finds the rest of its snapshots next time
         with contextlib.suppress(OSError):
             (owners / token).unlink()
-    return deleted
 
 
 def link_undo(path: str | os.PathLike[str]) -> tuple[Callable[[], None] | None, str]:

@@ -180,6 +180,19 @@ class ConnectionWatch:
                     self._socket = socket.socket(fileno=os.dup(conn.fileno()))
             self._since = time.monotonic() if bounded else None
 
+    def ready(
+        self, conn: psycopg.Connection[Any], used: float, reconnect: Callable[[], psycopg.Connection[Any]], *,
+        bounded: bool = True,
+    ) -> psycopg.Connection[Any]:  # fmt: skip
+        """`conn`, last used at `used`, or a new one from `reconnect` where the server dropped it (`still_open`),
+        watched from the idle check on (see `watch`). Call with the lock held."""
+        self.watch(conn, bounded=bounded)
+        if still_open(conn, used):
+            return conn
+        conn = reconnect()
+        self.watch(conn, bounded=bounded)
+        return conn
+
     def close(self) -> None:
         with self._cutting:
             self._forget_socket()
@@ -359,10 +372,7 @@ class PostgresAuditStore:
         `ConnectionWatch`). Call with the lock held."""
         if self._closed:
             raise AuditError(f"the audit store {self._where} is closed")
-        self._lock.watch(self._conn, bounded=bounded)
-        if not still_open(self._conn, self._used):
-            self._conn = self._connect()
-            self._lock.watch(self._conn, bounded=bounded)
+        self._conn = self._lock.ready(self._conn, self._used, self._connect, bounded=bounded)
         self._used = time.monotonic()
         return self._conn
 
