@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TypeVar
@@ -68,8 +69,10 @@ class Service:
         return await run_in_threadpool(work)
 
     def close(self) -> None:
-        self.audit.close()
-        self.catalog.close()
-        close_state = getattr(self.state, "close", None)
-        if close_state is not None:
-            close_state()
+        """Close every store, even when one before it fails to (busy behind a stalled statement), then raise."""
+        with ExitStack() as closing:
+            close_state = getattr(self.state, "close", None)
+            if close_state is not None:
+                closing.callback(close_state)
+            closing.callback(self.catalog.close)
+            closing.callback(self.audit.close)

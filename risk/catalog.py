@@ -80,8 +80,9 @@ class Catalog:
             self._postgres = True
             self.where = _redacted(url)
             self._watch = self._lock = ConnectionWatch(f"the catalog {self.where}", CatalogError)
-            self._conn = self._connect_postgres()
-            self._used = time.monotonic()
+            with self._lock:  # the opening statements are watched as every other
+                self._conn = self._connect_postgres()
+                self._used = time.monotonic()
         else:
             raise ValueError(f"unsupported catalog URL {url!r}; use sqlite:///path.db or postgresql://user@host/db")
         self._migrate()
@@ -99,7 +100,7 @@ class Catalog:
                 raise CatalogError(f"catalog {self.where}: {exc}") from exc
             except Exception as exc:
                 if self._postgres and _is_psycopg_error(exc):
-                    raise CatalogError(f"catalog {self.where}: {exc}") from exc
+                    raise CatalogError(f"catalog {self.where}: {self._watch.failure(exc)}") from exc
                 raise
 
     @contextmanager
@@ -111,7 +112,13 @@ class Catalog:
                 if self._postgres:
                     with conn.transaction():
                         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-                        yield
+                        # Idle in the transaction while the body does other work (an audit append): each of
+                        # its statements is watched on its own, and so is the COMMIT (or ROLLBACK).
+                        self._watch.idle()
+                        try:
+                            yield
+                        finally:
+                            self._watch.watch(conn)
                 else:
                     conn.execute("BEGIN IMMEDIATE")
                     try:
@@ -126,7 +133,7 @@ class Catalog:
                 raise
             except Exception as exc:
                 if self._postgres and _is_psycopg_error(exc):
-                    raise CatalogError(f"catalog {self.where}: {exc}") from exc
+                    raise CatalogError(f"catalog {self.where}: {self._watch.failure(exc)}") from exc
                 raise
 
     def close(self) -> None:
@@ -161,11 +168,14 @@ class Catalog:
             conn = psycopg.connect(self.url, autocommit=True, **connection_defaults(conninfo_to_dict(self.url)))
         except psycopg.Error as exc:
             raise CatalogError(f"cannot connect to the catalog {self.where}: {exc}") from None
+        self._watch.watch(conn)
         try:
             self._watch.adopt(conn)
         except psycopg.Error as exc:
             conn.close()
-            raise CatalogError(f"cannot configure the connection to the catalog {self.where}: {exc}") from exc
+            raise CatalogError(
+                f"cannot configure the connection to the catalog {self.where}: {self._watch.failure(exc)}"
+            ) from exc
         return conn
 
     def _migrate(self) -> None:
@@ -174,15 +184,18 @@ class Catalog:
             from risk.errors import AuditError
 
             try:
-                apply_migrations(
-                    self._conn, _MIGRATIONS, table=_VERSION_TABLE, lock=_MIGRATION_LOCK, what="catalog",
-                    where=self.where,
-                )  # fmt: skip
+                with self._lock:
+                    apply_migrations(
+                        self._connection(), _MIGRATIONS, table=_VERSION_TABLE, lock=_MIGRATION_LOCK, what="catalog",
+                        where=self.where, watch=self._watch,
+                    )  # fmt: skip
             except AuditError as exc:
                 raise CatalogError(str(exc)) from exc
             except Exception as exc:
                 if _is_psycopg_error(exc):
-                    raise CatalogError(f"cannot prepare the catalog in {self.where}: {exc}") from exc
+                    raise CatalogError(
+                        f"cannot prepare the catalog in {self.where}: {self._watch.failure(exc)}"
+                    ) from exc
                 raise
             return
         with self.transaction():

@@ -25,6 +25,8 @@ from services import StallingProxy, unavailable
 from together import run_together
 
 import risk.audit.postgres
+from api.service import Service
+from api.settings import Settings
 from risk import ActionType, AuditError, Guard
 from risk.audit.postgres import _SELECT, PostgresAuditStore
 from risk.audit.record import COLUMNS, GENESIS_HASH, StoredRecord
@@ -723,6 +725,13 @@ def test_a_server_that_stops_answering_fails_the_statements_at_their_deadline_an
     proxy.stall.set()
     raised = finished_within(30, lambda: store.append(body(2)), lambda: store.append(body(3)), store.head)
     assert all(isinstance(exc, AuditError) for exc in raised), raised
+    # The one whose statement was cut says so (psycopg's words blamed the server for closing the connection);
+    # the others gave up waiting behind it, were cut too, or could not connect again.
+    messages = [str(exc) for exc in raised]
+    assert any("no answer within 1 s, so the connection was cut off" in m for m in messages), messages
+    assert all("no answer within 1 s" in m or "is busy" in m or "connection timeout expired" in m for m in messages), (
+        "\n".join(messages)
+    )
     proxy.stall.clear()
     last = store.append(body(4))
     result = verify_store(store)
@@ -755,6 +764,98 @@ def test_a_guard_and_the_catalog_over_a_stalled_server_deny_and_fail_instead_of_
     finally:
         proxy.stall.clear()
         catalog.close()
+
+
+def test_a_pooler_that_holds_a_new_connections_first_statements_fails_them_at_their_deadline(
+    open_store: Callable[..., PostgresAuditStore], stalling: tuple[StallingProxy, str], server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A new connection (a store or catalog opening, or a reconnect after the server dropped the old one) ran
+    its first statements, the session settings, before the watch took it: a pooler that accepts the connection
+    and then holds its queries stalled the opening, or the reconnect with every request of the process
+    queued behind the lock, for ever."""
+    proxy, proxied = stalling
+    store = open_store(proxied)
+    store.append(body(1))
+    monkeypatch.setattr(risk.audit.postgres, "IDLE_CHECK_SECONDS", 0.0)  # the dropped connection is noticed
+    server.execute("SELECT pg_terminate_backend(%s)", (store._conn.info.backend_pid,))
+    adopt = risk.audit.postgres.ConnectionWatch.adopt
+
+    def held(self: Any, conn: Any) -> None:  # the server takes the connection, then answers nothing
+        proxy.stall.set()
+        adopt(self, conn)
+
+    monkeypatch.setattr(risk.audit.postgres.ConnectionWatch, "adopt", held)
+    openings: list[tuple[Callable[[], object], type[Exception]]] = [
+        (lambda: store.append(body(2)), AuditError),  # the reconnect
+        (lambda: open_store(proxied), AuditError),
+        (lambda: Catalog(proxied), CatalogError),
+    ]
+    for opening, error in openings:
+        raised = finished_within(30, opening)[0]
+        assert isinstance(raised, error) and "no answer within 1 s, so the connection was cut off" in str(raised)
+        proxy.stall.clear()
+    monkeypatch.setattr(risk.audit.postgres.ConnectionWatch, "adopt", adopt)
+    assert store.append(body(2)).seq == 2
+    assert verify_store(store).ok
+
+
+def test_a_connection_cut_off_just_after_its_answer_is_replaced_not_used_again(
+    store: PostgresAuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watchdog may cut a connection whose statement has been answered while the lock is still held. The
+    connection looked whole for the idle check's second after, and the next statement failed on it."""
+    monkeypatch.setattr(risk.audit.postgres, "IDLE_CHECK_SECONDS", 60.0)  # no round trip would notice
+    store.append(body(1))
+    connection = store._conn
+    store._lock.seconds = 0.2
+    with store._lock:
+        store._connection().execute("SELECT 1")
+        time.sleep(0.6)  # answered, and the holder still busy: the watchdog cuts the connection
+    assert store.append(body(2)).seq == 2
+    assert store._conn is not connection
+    assert verify_store(store).ok
+
+
+def test_a_catalog_transaction_doing_other_work_between_its_statements_is_not_cut_off(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A policy change appends its audit record inside the catalog transaction, which sat idle meanwhile under
+    a deadline that ran from its last statement: a slow append (answered within its own deadline) had the
+    catalog's connection cut off, and the change rolled back after its record was written."""
+    monkeypatch.setattr(risk.audit.postgres, "STATEMENT_DEADLINE", 0.3)
+    catalog = Catalog(url)
+    try:
+        with catalog.transaction():
+            time.sleep(0.8)
+            catalog.run("UPDATE risk_generations SET value = value + 1 WHERE name = 'model'")
+            time.sleep(0.8)
+        assert catalog.run("SELECT value FROM risk_generations WHERE name = 'model'").rows == [(1,)]
+        assert not catalog._watch._cut
+    finally:
+        catalog.close()
+
+
+def test_closing_the_service_closes_every_store_though_one_is_busy_behind_a_stalled_statement(
+    stalling: tuple[StallingProxy, str], tmp_path: Path
+) -> None:
+    """The audit store's close waits for its lock only as long as a statement may take, then fails: the
+    catalog and the state were left open behind it."""
+    proxy, proxied = stalling
+    service = Service.start(Settings(home=tmp_path, database_url=proxied, model=None))
+    service.audit.append(body(1))
+    proxy.stall.set()
+    purging = threading.Thread(target=lambda: service.audit.delete_through(0), daemon=True)  # purges wait on
+    purging.start()
+    time.sleep(0.2)
+    try:
+        with pytest.raises(AuditError, match="is busy"):
+            service.close()
+        assert service.catalog._conn.closed
+    finally:
+        proxy.stall.clear()
+        purging.join(timeout=30)
+        service.audit.close()
 
 
 def test_the_statement_deadline_follows_the_servers_statement_timeout(

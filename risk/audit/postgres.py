@@ -154,13 +154,13 @@ class ConnectionWatch:
         self.seconds = STATEMENT_DEADLINE
         self._busy = busy
         self._lock = threading.RLock()
-        self._depth = 0
         self._cutting = threading.Lock()  # a cut and the end of the statement it cuts come one after the other
         self._conn: psycopg.Connection[Any] | None = None
         # A descriptor of the watched connection's socket of our own: the connection may close its own, and the
         # number then name another file, by the time the watchdog cuts.
         self._socket: socket.socket | None = None
         self._since: float | None = None
+        self._cut = False  # whether the watchdog cut the watched connection off
         _watch(self)
 
     def adopt(self, conn: psycopg.Connection[Any]) -> None:
@@ -170,12 +170,13 @@ class ConnectionWatch:
         self.seconds = timeout_ms / 1000 + STATEMENT_GRACE if timeout_ms else STATEMENT_DEADLINE
 
     def watch(self, conn: psycopg.Connection[Any], *, bounded: bool = True) -> None:
-        """Statements on `conn` from now until the lock is released must answer within the deadline (call with
-        the lock held); `bounded=False` lets them take as long as the server allows (a purge)."""
+        """Statements on `conn` from now until this hold of the lock is released must answer within the deadline
+        (call with the lock held); `bounded=False` lets them take as long as the server allows (a purge)."""
         with self._cutting:
             if conn is not self._conn:
                 self._forget_socket()
                 self._conn = conn
+                self._cut = False
                 if not conn.closed:
                     self._socket = socket.socket(fileno=os.dup(conn.fileno()))
             self._since = time.monotonic() if bounded else None
@@ -184,14 +185,28 @@ class ConnectionWatch:
         self, conn: psycopg.Connection[Any], used: float, reconnect: Callable[[], psycopg.Connection[Any]], *,
         bounded: bool = True,
     ) -> psycopg.Connection[Any]:  # fmt: skip
-        """`conn`, last used at `used`, or a new one from `reconnect` where the server dropped it (`still_open`),
-        watched from the idle check on (see `watch`). Call with the lock held."""
+        """`conn`, last used at `used`, or a new one from `reconnect` where the server dropped it (`still_open`)
+        or the watchdog cut it off, watched from the idle check on (see `watch`). Call with the lock held.
+
+        `reconnect` is called with the lock held, and should `watch` the new connection before its first
+        statement: a pooler that takes the connection and then holds its queries would otherwise stall there."""
         self.watch(conn, bounded=bounded)
-        if still_open(conn, used):
+        # A cut may come just after the statement's answer: the connection is dead, though it looks whole for
+        # the idle check's second.
+        if not self._cut and still_open(conn, used):
             return conn
+        with contextlib.suppress(psycopg.Error):
+            conn.close()
         conn = reconnect()
         self.watch(conn, bounded=bounded)
         return conn
+
+    def failure(self, exc: BaseException) -> str:
+        """Why a statement on the watched connection failed with `exc`, for a message: after a cut, psycopg's
+        own words ("server closed the connection unexpectedly") would blame the server for closing it."""
+        if self._cut:
+            return f"no answer within {self.seconds:g} s, so the connection was cut off"
+        return str(exc)
 
     def close(self) -> None:
         with self._cutting:
@@ -203,14 +218,17 @@ class ConnectionWatch:
             raise self._busy(
                 f"{self.where} is busy: a statement on its connection has not been answered for {self.seconds:g} s"
             )
-        self._depth += 1
 
     def __exit__(self, *exc: object) -> None:
-        self._depth -= 1
-        if not self._depth:
-            with self._cutting:
-                self._since = None
+        # Every hold ends with its statements answered, so a transaction whose body holds the lock again for
+        # each statement is not cut off while it does other work between them (see Catalog.transaction).
+        self.idle()
         self._lock.release()
+
+    def idle(self) -> None:
+        """The statements so far are answered: none is under way until the next `watch`."""
+        with self._cutting:
+            self._since = None
 
     def _forget_socket(self) -> None:
         if self._socket is not None:
@@ -221,6 +239,7 @@ class ConnectionWatch:
         with self._cutting:
             if self._socket is None or self._since is None or now - self._since <= self.seconds:
                 return
+            self._cut = True
             with contextlib.suppress(OSError):
                 self._socket.shutdown(socket.SHUT_RDWR)
             self._since = None
@@ -278,16 +297,17 @@ class PostgresAuditStore:
         self._lock = ConnectionWatch(f"the audit store {self._where}", AuditError)
         self._appender = ChainAppender(self._read_head, self._insert, budget=_APPEND_BUDGET)
         self._closed = False
-        self._conn = self._connect()
-        self._used = time.monotonic()
-        try:
-            _migrate(self._conn, create=create, where=self._where)
-        except psycopg.Error as exc:
-            self._conn.close()
-            raise AuditError(f"cannot prepare the audit table in {self._where}: {exc}") from exc
-        except BaseException:
-            self._conn.close()
-            raise
+        with self._lock:  # the opening statements are watched as every other
+            self._conn = self._connect()
+            self._used = time.monotonic()
+            try:
+                _migrate(self._conn, create=create, where=self._where, watch=self._lock)
+            except psycopg.Error as exc:
+                self._conn.close()
+                raise AuditError(f"cannot prepare the audit table in {self._where}: {self._lock.failure(exc)}") from exc
+            except BaseException:
+                self._conn.close()
+                raise
 
     def append(self, body: dict[str, Any]) -> Sealed:
         return self._appender.append(body, self._where)
@@ -319,7 +339,7 @@ class PostgresAuditStore:
                 # DataError is a NUL in an indexed column; ValueError an unpaired surrogate.
                 raise AuditRecordError(f"audit record not written to {self._where}: {exc}") from exc
             except psycopg.Error as exc:
-                raise AuditError(f"audit record not written to {self._where}: {exc}") from exc
+                raise AuditError(f"audit record not written to {self._where}: {self._lock.failure(exc)}") from exc
 
     def stored(self, after_seq: int | None = None) -> Iterator[StoredRecord]:
         # Keyset pagination: each page starts after the last seq seen, so a page costs the same however deep.
@@ -352,7 +372,7 @@ class PostgresAuditStore:
                 conn = self._connection(bounded=False)  # a purge of years may take as long as the server lets it
                 return conn.execute("DELETE FROM risk_audit WHERE seq <= %s", (seq,)).rowcount
             except psycopg.Error as exc:
-                raise AuditError(f"purge failed on {self._where}: {exc}") from exc
+                raise AuditError(f"purge failed on {self._where}: {self._lock.failure(exc)}") from exc
 
     def close(self) -> None:
         with self._lock:
@@ -365,7 +385,7 @@ class PostgresAuditStore:
             try:
                 return self._connection().execute(sql, params).fetchall()
             except psycopg.Error as exc:
-                raise AuditError(f"cannot read audit store {self._where}: {exc}") from exc
+                raise AuditError(f"cannot read audit store {self._where}: {self._lock.failure(exc)}") from exc
 
     def _connection(self, *, bounded: bool = True) -> psycopg.Connection[tuple[Any, ...]]:
         """The open connection, replacing one the server dropped, watched until the lock is released (see
@@ -388,6 +408,7 @@ class PostgresAuditStore:
             raise AuditError(
                 f"cannot connect to the PostgreSQL audit store at {_server(params)} ({self._where}): {reason}"
             ) from None
+        self._lock.watch(conn)
         try:
             # Bound lock waits unless the URL, role or database already chose a limit ("0" means none).
             if _setting(conn, "lock_timeout") == "0":
@@ -395,7 +416,7 @@ class PostgresAuditStore:
             self._lock.adopt(conn)
         except psycopg.Error as exc:
             conn.close()
-            raise AuditError(f"cannot configure the connection to {self._where}: {exc}") from exc
+            raise AuditError(f"cannot configure the connection to {self._where}: {self._lock.failure(exc)}") from exc
         return conn
 
 
@@ -418,27 +439,31 @@ def _inserting(rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
     return sql, [*(value for row in rows for value in row), rows[0][0]]
 
 
-def _migrate(conn: psycopg.Connection[tuple[Any, ...]], *, create: bool, where: str) -> None:
+def _migrate(conn: psycopg.Connection[tuple[Any, ...]], *, create: bool, where: str, watch: ConnectionWatch) -> None:
     """Bring the schema up to date, or check that it already is (the usual case: no lock taken)."""
     if not create and _version(conn) is None:
         raise AuditError(f"there is no audit trail in {where}: check --audit and the schema (search_path)")
     apply_migrations(
-        conn, _MIGRATIONS, table="risk_schema_version", lock=_MIGRATION_LOCK, what="audit table", where=where
-    )
+        conn, _MIGRATIONS, table="risk_schema_version", lock=_MIGRATION_LOCK, what="audit table", where=where,
+        watch=watch,
+    )  # fmt: skip
 
 
 def apply_migrations(
     conn: psycopg.Connection[tuple[Any, ...]], migrations: tuple[str, ...], *, table: str, lock: int, what: str,
-    where: str,
+    where: str, watch: ConnectionWatch,
 ) -> None:  # fmt: skip
     """Apply the `migrations` not yet recorded in the version `table`, once, under the advisory `lock`.
 
     Each entry brings the schema from version i to i + 1; processes starting at once wait for each other on
     the lock, and whoever waited finds the work done. A schema newer than `migrations` is an AuditError.
+    Call with `watch` held on `conn`: the check is bounded as any statement, the migrations are not (an index
+    built on a large trail, or another process's build waited for, takes as long as it takes).
     """
     version = _version(conn, table)
     if version == len(migrations):
         return
+    watch.watch(conn, bounded=False)
     with conn.transaction():
         # Held until the transaction ends. Whoever waited finds the work done when it gets the lock.
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
