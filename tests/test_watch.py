@@ -367,12 +367,16 @@ def test_allowed_connect_reaches_the_server_and_names_resolved_in_the_watch_are_
         (socket.AF_INET, "0x7f.1"),
         (socket.AF_INET, "0177.0.0.1"),
         (socket.AF_INET6, "::ffff:127.0.0.1"),
+        (socket.AF_INET, "0.0.0.0"),  # the unspecified address reaches the loopback address
+        (socket.AF_INET, "0"),
+        (socket.AF_INET, ""),  # the socket module's name for it
+        (socket.AF_INET6, "::ffff:0.0.0.0"),
     ],
 )
 def test_another_spelling_of_a_blocked_address_is_the_blocked_address(
     make: Callable[..., Guard], listener: socket.socket, family: socket.AddressFamily, host: str
 ) -> None:
-    """The C library reads all of these as 127.0.0.1: checked as written, each reached a blocked 127.0.0.1."""
+    """A connection to each of these reaches 127.0.0.1: checked as written, each reached a blocked 127.0.0.1."""
     port = listener.getsockname()[1]
     guard = make(blocked_resources=[f"127.0.0.1:{port}"], keep_payloads=True)
 

@@ -438,7 +438,7 @@ class Watch:
         except OSError:
             return  # the lookup itself will fail the same way
         for *_, sockaddr in found:
-            self._names[_unmapped(str(sockaddr[0]))] = name
+            self._names[_reached(str(sockaddr[0]))] = name
 
     def _check_destination(self, event: str, sock: socket.socket, address: Any) -> Decision:
         """Check a connection or datagram to `address`, `host:port` for an IP socket.
@@ -483,7 +483,7 @@ class Watch:
         except (OSError, UnicodeError) as exc:
             message = f"{name} did not resolve again to see where the connection goes: {exc}"
             raise self._refuse(ActionType.NETWORK_REQUEST, name, "address_unknown", message) from None
-        return list(dict.fromkeys(_unmapped(str(sockaddr[0])) for *_, sockaddr in found))
+        return list(dict.fromkeys(_reached(str(sockaddr[0])) for *_, sockaddr in found))
 
     # ---- SQLite --------------------------------------------------------------------------------
 
@@ -663,24 +663,32 @@ def _socket_destination(sock: socket.socket, address: Any) -> str:
 
 
 def _numeric_address(host: str, family: int) -> str | None:
-    """The address `host` is when the C library reads it as a number, as a socket does: `127.1`, `2130706433` and
-    `0x7f.1` are 127.0.0.1, and an IPv4-mapped IPv6 address is given in its IPv4 form. None for a host name."""
+    """The address a connection to `host` reaches (`_reached`) when the C library reads it as a number, as a
+    socket does: `127.1`, `2130706433` and `0x7f.1` are 127.0.0.1, and so are `0.0.0.0`, `0` and `""` (the
+    socket module's name for the unspecified address). None for a host name."""
     if host in ("", "<broadcast>"):  # the socket module's own names for the wildcard and the broadcast address
-        return "255.255.255.255" if host else "0.0.0.0" if family == socket.AF_INET else "::"
+        return "255.255.255.255" if host else _LOOPBACK["0.0.0.0" if family == socket.AF_INET else "::"]
     try:
         found = socket.getaddrinfo(host, None, family, 0, 0, socket.AI_NUMERICHOST)
     except (OSError, UnicodeError):
         return None
-    return _unmapped(str(found[0][4][0]))
+    return _reached(str(found[0][4][0]))
 
 
-def _unmapped(ip: str) -> str:
-    """An IPv4-mapped IPv6 address (`::ffff:127.0.0.1`) as the IPv4 address it reaches; any other as it is."""
+# Where a connection to the unspecified address goes (Linux and the BSDs): checked as written, `0.0.0.0`
+# reached a blocked 127.0.0.1.
+_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def _reached(ip: str) -> str:
+    """The address a connection to `ip` reaches: an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`) is the IPv4
+    address, the unspecified address this host's loopback address; any other is itself."""
     try:
         mapped = ipaddress.IPv6Address(ip).ipv4_mapped
     except ValueError:
-        return ip
-    return str(mapped) if mapped is not None else ip
+        mapped = None
+    ip = str(mapped) if mapped is not None else ip
+    return _LOOPBACK.get(ip, ip)
 
 
 def _is_address(host: str) -> bool:
