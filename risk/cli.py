@@ -295,7 +295,7 @@ def mcp_proxy(
     try:
         import anyio
 
-        from risk.integrations.mcp_proxy import GatewayPolicy, UpstreamGone, serve
+        from risk.integrations.mcp_proxy import GatewayPolicy, UpstreamFailed, UpstreamGone, serve
     except ModuleNotFoundError as exc:
         raise _fail(f"risk mcp-proxy needs the mcp package ({exc}): pip install 'agent-risk[mcp]'") from None
     address = None
@@ -315,12 +315,12 @@ def mcp_proxy(
     except OSError as exc:
         raise _fail(f"cannot start the upstream server {upstream[0]!r}: {exc}") from None
     except BaseExceptionGroup as group:  # raised inside the upstream connection's task group
-        wrong: BaseException | None = group.subgroup(PolicyError)
+        wrong: BaseException | None = group.subgroup((PolicyError, UpstreamFailed))
         if wrong is None:
             raise
         while isinstance(wrong, BaseExceptionGroup):
             wrong = wrong.exceptions[0]
-        raise _fail(str(wrong)) from None
+        raise _fail(str(wrong), code=1 if isinstance(wrong, UpstreamFailed) else 2) from None
     finally:
         gateway.guard.close()
 

@@ -21,6 +21,7 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from services import free_port
 
 from risk import ActionType, PolicyError
@@ -652,6 +653,87 @@ def test_over_http_the_gateway_stops_when_the_upstream_exits(tmp_path: Path) -> 
     assert "the upstream MCP server has exited" in stderr
     (outcome,) = [r for r in audit(tmp_path) if r.kind == "outcome"]
     assert "the upstream server exited before it answered" in outcome.detail["error"]
+
+
+LIST_STALLING = """
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import mcp.types as types
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+
+HANG = Path(sys.argv[1])
+
+
+async def list_tools(ctx, params):
+    while HANG.exists():  # answers tools/list only while the file HANG does not exist
+        await anyio.sleep(0.05)
+    arguments = {"path": {"type": "string"}, "content": {"type": "string"}}
+    return types.ListToolsResult(
+        tools=[types.Tool(name="write_file", input_schema={"type": "object", "properties": arguments})]
+    )
+
+
+async def main():
+    server = Server("list-stalling", on_list_tools=list_tools)
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+anyio.run(main)
+"""
+
+
+def list_stalling_gateway(tmp_path: Path) -> tuple[StdioServerParameters, Path]:
+    """A gateway with a tool_timeout of 0.5 s before an upstream that does not answer tools/list while the file
+    it is given exists; that file."""
+    upstream = tmp_path / "list_stalling.py"
+    upstream.write_text(LIST_STALLING, encoding="utf-8")
+    policy = policy_file(tmp_path)
+    policy.write_text("tool_timeout: 0.5\n" + policy.read_text(), encoding="utf-8")
+    server = proxy_command(policy, upstream)
+    hang = tmp_path / "hang"
+    server.args.append(str(hang))
+    return server, hang
+
+
+def test_a_tools_list_the_upstream_does_not_answer_in_time_is_an_error_and_a_call_needing_it_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Only tools/call had a timeout: a client's tools/list, or a call to a tool the gateway had not seen (which
+    reads the list again), waited for ever on an upstream that hung."""
+    server, hang = list_stalling_gateway(tmp_path)
+
+    async def scenario(session: ClientSession) -> tuple[str, types.CallToolResult]:
+        hang.touch()
+        with anyio.fail_after(30):  # a safety bound: the gateway's timeout is what ends these
+            with pytest.raises(MCPError) as listed:
+                await session.list_tools()
+            return listed.value.error.message, await session.call_tool("read_secrets", {})
+
+    message, call = through(server, scenario)
+    assert message == "the upstream server did not answer tools/list within 0.5 s"
+    assert call.is_error
+    assert text(call) == "denied: read_secrets: the upstream server did not answer tools/list within 0.5 s"
+    assert not [r for r in audit(tmp_path) if r.kind == "decision"]
+
+
+def test_an_upstream_that_does_not_answer_the_gateways_start_stops_it_with_an_error(tmp_path: Path) -> None:
+    """The gateway reads the upstream's tools/list before it serves: that waited for ever, the client's
+    initialize with it."""
+    server, hang = list_stalling_gateway(tmp_path)
+    hang.touch()
+    ran = subprocess.run([server.command, *server.args], cwd=server.cwd, env=server.env, stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert ran.returncode == 1, ran.stderr
+    assert (
+        "cannot read the upstream MCP server's tools: the upstream server did not answer tools/list within 0.5 s"
+        in (" ".join(ran.stderr.split()))
+    )
+    assert "Traceback" not in ran.stderr
 
 
 def test_a_tools_entry_the_upstream_does_not_list_stops_the_gateway(tmp_path: Path) -> None:

@@ -13,9 +13,12 @@ proxied: the upstream's resources and prompts are not offered to the client.
 
 The upstream has `tool_timeout` seconds (policy file or `--tool-timeout`, default 60) to answer a call; one
 it does not answer in time, or does not answer because it exited, comes back to the client as an error
-result, and its outcome is recorded as of a call that may have run. Once the upstream has exited, every
-later call is refused without a check (nothing can run it) and the gateway ends with `UpstreamGone`: over
-HTTP at once, on stdio when the client closes the connection (the client's stdin read cannot be cut short).
+result, and its outcome is recorded as of a call that may have run. A tools/list has as long: one it does not
+answer in time is an error to the client (and a call that needed it is refused), and at the start, where the
+gateway reads the upstream's list before it serves, it ends the gateway with `UpstreamFailed`. Once the
+upstream has exited, every later call is refused without a check (nothing can run it) and the gateway ends
+with `UpstreamGone`: over HTTP at once, on stdio when the client closes the connection (the client's stdin
+read cannot be cut short).
 
 A call is checked as the upstream will read its arguments, from the tool's input schema in `tools/list`:
 an argument left out has its default, and one sent as JSON text where the tool does not take plain text is
@@ -65,6 +68,10 @@ log = logging.getLogger("risk")
 
 class UpstreamGone(RiskError):
     """The upstream MCP server exited while the gateway served it; restart the gateway."""
+
+
+class UpstreamFailed(RiskError):
+    """The gateway could not read the upstream MCP server's tools before serving: not answered in time, or refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +132,7 @@ class GovernedTools:
     ) -> types.ListToolsResult:
         if self.upstream_gone.is_set():
             raise MCPError(code=types.CONNECTION_CLOSED, message=UPSTREAM_GONE)
-        result = await self.upstream.list_tools(params=params)
+        result = await self._upstream_list(params)
         self.schemas.update({tool.name: tool.input_schema for tool in result.tools})
         return result
 
@@ -135,7 +142,10 @@ class GovernedTools:
         arguments = params.arguments or {}
         if self.upstream_gone.is_set():  # refused unchecked: a check would record as allowed a call that cannot run
             return _error_result(f"denied: {UPSTREAM_GONE}")
-        schema = await self._input_schema(params.name)
+        try:
+            schema = await self._input_schema(params.name)
+        except MCPError as exc:  # the upstream's list, read again for a tool not in it, did not come
+            return _error_result(f"denied: {params.name}: {exc.message}")
         if schema is None:  # nothing says how the upstream reads the arguments: they cannot be checked
             return _error_result(f"denied: {params.name} is not a tool the upstream lists")
         try:
@@ -177,14 +187,21 @@ class GovernedTools:
         """Every tool's input schema, from the upstream's list (as many pages as MAX_LIST_PAGES)."""
         cursor: str | None = None
         for _ in range(MAX_LIST_PAGES):
-            page = await self.upstream.list_tools(
-                params=types.PaginatedRequestParams(cursor=cursor) if cursor else None
-            )
+            page = await self._upstream_list(types.PaginatedRequestParams(cursor=cursor) if cursor else None)
             self.schemas.update({tool.name: tool.input_schema for tool in page.tools})
             cursor = page.next_cursor
             if not cursor:
                 break
         return self.schemas
+
+    async def _upstream_list(self, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        """A page of the upstream's tools/list, which has as long as a call to be answered."""
+        try:
+            with anyio.fail_after(self.timeout):
+                return await self.upstream.list_tools(params=params)
+        except TimeoutError:
+            message = f"the upstream server did not answer tools/list within {self.timeout:g} s"
+            raise MCPError(code=types.REQUEST_TIMEOUT, message=message) from None
 
     async def _input_schema(self, name: str) -> dict[str, Any] | None:
         if name not in self.schemas:  # added since the gateway started, perhaps: read the upstream's list again
@@ -283,7 +300,7 @@ async def _serve_upstream(
 ) -> None:
     """Serve the client side, governing calls to `upstream` (see `serve`), until the client leaves or, over
     HTTP, the upstream is gone."""
-    hello = await upstream.initialize()
+    hello = await upstream.initialize()  # unbounded: an upstream may take long to start (npx fetching it)
     gate = GovernedTools(
         policy.guard,
         policy.tools,
@@ -294,7 +311,10 @@ async def _serve_upstream(
     )
     # An entry for a tool or argument the upstream lacks would never apply: the tool would be read by the
     # defaults instead (a misspelt `send_mail` left `send_email` unmapped).
-    schemas = await gate.read_schemas()
+    try:
+        schemas = await gate.read_schemas()
+    except MCPError as exc:  # without the list no call can be checked as the upstream reads it
+        raise UpstreamFailed(f"cannot read the upstream MCP server's tools: {exc.message}") from None
     try:
         policy.tools.check_against({name: list(schema.get("properties") or ()) for name, schema in schemas.items()})
     except ValueError as exc:
