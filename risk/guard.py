@@ -47,7 +47,17 @@ from risk.policy import CompiledPolicy, Policy, load_policy_file
 from risk.profiles import MemoryProfiles, ProfileStore
 from risk.redaction import mask, mask_text
 from risk.resources import Readings, readings
-from risk.rollback import RollbackReport, UndoLog, UndoStep, savepoint, settle, snapshot_file, sweep_snapshots
+from risk.rollback import (
+    RollbackReport,
+    UndoLog,
+    UndoStep,
+    adopt_snapshots,
+    keep,
+    savepoint,
+    settle,
+    snapshot_file,
+    sweep_snapshots,
+)
 from risk.scoring.behavior import Assessment, BehaviorScorer, combined
 from risk.scoring.model import DEFAULT_MODEL, BehaviorModel, load_installed
 from risk.scoring.online import OnlineScorer
@@ -149,7 +159,8 @@ class Guard:
             versions = (RULES_VERSION, self._behavior.version if self._behavior else "")
             self.model_version = "+".join(v for v in versions if v)
             self._undo = UndoLog()
-            sweep_snapshots(self.home / "snapshots")  # those of processes that ended, which no rollback reaches
+            # Those of processes that ended, which no rollback reaches any more.
+            sweep_snapshots(self.home / "snapshots", self._clock() - self._rollback_window())
             self.killswitch = KillSwitch(self._state, self._record_event)
             self.audit_failures = 0
             self._unsaved_stops = beside.unsaved_stops  # agent -> a stop the state store refused (see _trip)
@@ -568,7 +579,11 @@ class Guard:
                 },
             )
 
-        return self._undo.rollback(agent, self._clock() - self._rollback_window(), record, only=only)
+        since = self._clock() - self._rollback_window()
+        if only is None:  # what a process that ended (a crash, a restart) did for the agent is undone too
+            for adopted in adopt_snapshots(self.home / "snapshots", agent, since):
+                self._undo.register(adopted)
+        return self._undo.rollback(agent, since, record, only=only)
 
     def _rollback_window(self) -> float:
         """Seconds of history a rollback undoes (the remote guard's is the policy default: its policy is the
@@ -580,12 +595,15 @@ class Guard:
     ) -> None:
         """Attach an undo (a compensation) to an allowed action; `None` marks it irreversible."""
         step = UndoStep(action_id, agent_id or self.agent_id, self._clock(), description, undo)
+        keep(step)
         self._undo.register(step, keep_since=self._clock() - self._rollback_window())
 
     def undo_step(self, decision: Decision, undo: Callable[[], None] | None, description: str) -> UndoStep:
         """How to undo an allowed action (`None`: irreversible), made before its tool runs, so that a rollback of
         the agent that begins while the tool runs is known to have missed it; `keep_undo` once the tool returns."""
-        return UndoStep(decision.action_id, decision.agent_id, self._clock(), description, undo)
+        step = UndoStep(decision.action_id, decision.agent_id, self._clock(), description, undo)
+        keep(step)  # before the tool runs: a crash in it leaves the record too
+        return step
 
     def keep_undo(self, step: UndoStep, record_outcome: Callable[[], None], *, over: bool = True) -> None:
         """Keep `step` for rollback now that its tool has returned, then `record_outcome`. If a rollback of the

@@ -3,6 +3,10 @@
 Every allowed action may leave an `UndoStep`. Rolling an agent back runs the steps inside the window in
 reverse order, once each: a step that was undone stays undone when rollback runs again, and a step that
 failed is reported, never hidden.
+
+A file's step outlives its process: beside its snapshot is a record of the step (`<snapshot>.step`, JSON),
+so that after a crash or a restart a guard asked to roll the agent back takes over the steps the ended
+process left (`adopt_snapshots`). Savepoints and compensations live and end with their process.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import contextlib
 import enum
 import fcntl
 import itertools
+import json
+import logging
 import os
 import shutil
 import stat
@@ -31,6 +37,9 @@ class StepStatus(enum.StrEnum):
 
 
 _started = itertools.count()
+# Steps taken over from ended processes come before every step of this one (their actions ran earlier):
+# numbered down from -1, the newest first.
+_adopted = itertools.count(-1, -1)
 
 
 @dataclass
@@ -72,6 +81,10 @@ class RollbackReport:
 
 
 _RETRYABLE = frozenset({StepStatus.PENDING, StepStatus.FAILED})
+_UNSETTLED = object()  # a file undo whose action is not over yet
+_UNSEEN = object()  # a file state not given: read the file now
+
+log = logging.getLogger("risk")
 
 
 class UndoLog:
@@ -145,28 +158,45 @@ class UndoLog:
 
 class SnapshotUndo:
     """The undo of a file action: put back a copy kept under the snapshots folder (or remove the file the action
-    made). `settle` notes the file as the action left it; the undo then refuses (raises FileChanged) if the file
-    changed since, so a rollback never throws away, or brings back over, what someone else wrote after.
-    `discard` deletes the copy, once the step is undone or past every rollback's window."""
+    made, or copy back a folder it removed). `settle` notes the file as the action left it; the undo then
+    refuses (raises FileChanged) if the file changed since, so a rollback never throws away, or brings back
+    over, what someone else wrote after. `discard` deletes the copy and its record, once the step is undone or
+    past every rollback's window.
 
-    def __init__(
-        self, restore: Callable[[], None], target: Path, copy: Path | None = None, folder: _Folder | None = None
-    ) -> None:
-        self._restore = restore
-        self.target = target
-        self.copy = copy
-        self._folder = folder
-        self._before = _file_state(target)  # what the undo puts back
-        self._left: object = _UNSETTLED
+    Everything the undo needs is `plan` (JSON: see `_restorer`) and the snapshot at `stem`; `keep` writes both
+    with the step to the record at `stem.step`, for a process that takes the step over (`adopt_snapshots`).
+    """
+
+    def __init__(self, plan: dict[str, Any], stem: Path, *, before: Any = _UNSEEN, left: Any = _UNSETTLED) -> None:
+        self.plan = plan
+        self.stem = stem
+        self.target = Path(plan["target"])
+        self.copy = stem if plan["kind"] != "remove" else None
+        self._restore = _restorer(plan, stem)
+        self._before = _file_state(self.target) if before is _UNSEEN else before  # what the undo puts back
+        self._left = left
+        self._step: UndoStep | None = None  # the step whose record is kept
+
+    @property
+    def record(self) -> Path:
+        return self.stem.with_name(f"{self.stem.name}.step")
+
+    def keep(self, step: UndoStep) -> None:
+        """Write the record of `step` (whose undo this is), and again whenever the file is settled."""
+        self._step = step
+        self._write_record()
 
     def settle(self) -> None:
         """Note the file as it is now, once: the first call is when the action was over."""
         if self._left is _UNSETTLED:
             self._left = _file_state(self.target)
+            if self._step is not None:
+                self._write_record()
 
     def __call__(self) -> None:
-        if self._folder is not None:  # a moved or replaced folder is the first thing to say
-            with self._folder.opened():
+        folder = self._restore.folder
+        if folder is not None:  # a moved or replaced folder is the first thing to say
+            with folder.opened():
                 pass
         # As the action left it, as this undo would leave it, or as the last undo of the file left it (that of a
         # later or overlapping action on it, such as a watched write inside a guarded tool): anything else is a
@@ -181,8 +211,33 @@ class SnapshotUndo:
             _UNDONE[self.target] = _file_state(self.target)
 
     def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.record.unlink()
         if self.copy is not None:
             _remove_copy(self.copy)
+
+    def _write_record(self) -> None:
+        """Write the record; one that cannot be written is logged: the step still works in this process."""
+        step = self._step
+        assert step is not None
+        kept = {
+            "agent_id": step.agent_id,
+            "action_id": step.action_id,
+            "ts": float(step.ts),
+            "started": step.started,
+            "description": step.description,
+            "plan": self.plan,
+            "before": self._before,
+            "left": "unsettled" if self._left is _UNSETTLED else self._left,
+        }
+        # Whole or not at all: written beside it, then renamed over it.
+        staging = self.stem.with_name(f"{self.stem.name}.step.new")
+        try:
+            with os.fdopen(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as out:
+                json.dump(kept, out)
+            os.replace(staging, self.record)
+        except OSError as exc:
+            log.error("the undo of %s is not kept beyond this process: %s", step.action_id, exc)
 
 
 def _remove_copy(copy: Path) -> None:
@@ -193,7 +248,6 @@ def _remove_copy(copy: Path) -> None:
         copy.unlink(missing_ok=True)
 
 
-_UNSETTLED = object()
 _UNDONE: dict[Path, tuple[int, int] | None] = {}  # each file an undo put back, as it left it
 _UNDONE_LOCK = threading.Lock()
 
@@ -216,6 +270,13 @@ def settle(undo: Callable[[], None] | None) -> None:
     """Note a file undo's file as its action left it (see SnapshotUndo); other undos have nothing to note."""
     if isinstance(undo, SnapshotUndo):
         undo.settle()
+
+
+def keep(step: UndoStep) -> None:
+    """Keep the record of a file undo's step beside its snapshot, so the step outlives this process (see
+    `adopt_snapshots`); other undos live only in it."""
+    if isinstance(step.undo, SnapshotUndo):
+        step.undo.keep(step)
 
 
 def discard(step: UndoStep) -> None:
@@ -241,16 +302,16 @@ def snapshot_file(path: str | os.PathLike[str], snapshot_dir: Path) -> tuple[Cal
     if target.is_dir():
         return None, f"directory {target} (not snapshotted)"
     try:
-        folder = _Folder(target.parent)
+        folder = os.stat(target.parent)
     except OSError as exc:
         return None, f"{target}: its folder cannot be read ({exc.strerror}; not snapshotted)"
+    plan: dict[str, Any] = {
+        "target": str(target),
+        "folder": [str(target.parent), folder.st_dev, folder.st_ino],
+    }
     if not target.exists():
-
-        def remove() -> None:
-            with folder.opened() as fd, contextlib.suppress(FileNotFoundError):
-                os.unlink(target.name, dir_fd=fd)
-
-        return SnapshotUndo(remove, target, folder=folder), f"remove {target}, which did not exist before"
+        plan["kind"] = "remove"
+        return SnapshotUndo(plan, new_copy(snapshot_dir)), f"remove {target}, which did not exist before"
     before = os.stat(target)
     copy = new_copy(snapshot_dir)
     try:
@@ -259,6 +320,59 @@ def snapshot_file(path: str | os.PathLike[str], snapshot_dir: Path) -> tuple[Cal
     except BaseException:  # a full disk, say: a partial copy restores nothing, and would fill it for good
         copy.unlink(missing_ok=True)
         raise
+    plan.update(
+        kind="file",
+        owner=[before.st_uid, before.st_gid],
+        mode=stat.S_IMODE(before.st_mode),
+        times=[before.st_atime_ns, before.st_mtime_ns],
+    )
+    return SnapshotUndo(plan, copy), f"restore {target} to its earlier contents"
+
+
+def snapshot_tree(path: str, snapshot_dir: Path) -> tuple[Callable[[], None] | None, str]:
+    """Keep a copy of the folder `path` and everything in it, and return an undo that copies it back."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        return None, f"{path} is not a folder (rmtree removes nothing)"
+    copy = new_copy(snapshot_dir)
+    shutil.copytree(path, copy, symlinks=True)
+    return SnapshotUndo({"kind": "tree", "target": path}, copy), f"restore the folder {path} and everything in it"
+
+
+class _Restore:
+    """A restore to run, and the folder it acts in (None: a folder's copy, put back where it was)."""
+
+    def __init__(self, run: Callable[[], None], folder: _Folder | None) -> None:
+        self._run = run
+        self.folder = folder
+
+    def __call__(self) -> None:
+        self._run()
+
+
+def _restorer(plan: dict[str, Any], copy: Path) -> _Restore:
+    """What puts back the file (or folder) `plan` describes, from the copy at `copy`. `plan` holds, by its kind:
+    `remove` (the action made the file: delete it), `file` (restore the copy, with the owner, mode and times of
+    the file then) or `tree` (copy the folder back); `target`, and for a file the folder it was in (its path,
+    device and inode)."""
+    target = Path(plan["target"])
+    if plan["kind"] == "tree":
+
+        def copy_back() -> None:
+            shutil.copytree(copy, target, symlinks=True, dirs_exist_ok=True)
+
+        return _Restore(copy_back, None)
+    folder_path, device, inode = plan["folder"]
+    folder = _Folder(Path(folder_path), (device, inode))
+    if plan["kind"] == "remove":
+
+        def remove() -> None:
+            with folder.opened() as fd, contextlib.suppress(FileNotFoundError):
+                os.unlink(target.name, dir_fd=fd)
+
+        return _Restore(remove, folder)
+    uid, gid = plan["owner"]
+    mode = plan["mode"]
+    atime_ns, mtime_ns = plan["times"]
 
     def fill(out: Any) -> None:
         """Give the open file `out` the snapshot's contents, owner and mode."""
@@ -266,8 +380,8 @@ def snapshot_file(path: str | os.PathLike[str], snapshot_dir: Path) -> tuple[Cal
             shutil.copyfileobj(source, out)
         out.flush()
         with contextlib.suppress(PermissionError):  # only root gives a file to another owner
-            os.fchown(out.fileno(), before.st_uid, before.st_gid)
-        os.fchmod(out.fileno(), stat.S_IMODE(before.st_mode))  # after the owner: chown drops setuid
+            os.fchown(out.fileno(), uid, gid)
+        os.fchmod(out.fileno(), mode)  # after the owner: chown drops setuid
 
     def restore() -> None:
         with folder.opened() as fd:
@@ -278,20 +392,20 @@ def snapshot_file(path: str | os.PathLike[str], snapshot_dir: Path) -> tuple[Cal
                     # the agent's contents. Not atomic, as no rename can keep the links.
                     with os.fdopen(os.open(target.name, _EXISTING_FILE, dir_fd=fd), "wb") as out:
                         fill(out)
-                    os.utime(target.name, ns=(before.st_atime_ns, before.st_mtime_ns), dir_fd=fd)
+                    os.utime(target.name, ns=(atime_ns, mtime_ns), dir_fd=fd)
                     return
             staging = f".risk-{uuid.uuid4().hex[:12]}"  # short: a long file name leaves room for it
             try:
                 with os.fdopen(os.open(staging, _NEW_FILE, 0o600, dir_fd=fd), "wb") as out:
                     fill(out)
-                os.utime(staging, ns=(before.st_atime_ns, before.st_mtime_ns), dir_fd=fd)
+                os.utime(staging, ns=(atime_ns, mtime_ns), dir_fd=fd)
                 os.replace(staging, target.name, src_dir_fd=fd, dst_dir_fd=fd)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(staging, dir_fd=fd)
                 raise
 
-    return SnapshotUndo(restore, target, copy, folder), f"restore {target} to its earlier contents"
+    return _Restore(restore, folder)
 
 
 def new_copy(snapshot_dir: Path) -> Path:
@@ -334,16 +448,61 @@ _claims_lock = threading.Lock()
 _held: list[int] = []
 
 
-def sweep_snapshots(snapshot_dir: Path) -> None:
-    """Delete the snapshots in `snapshot_dir` of processes that ended: undo steps live in the process that made
-    them, so no rollback can reach those any more, and they are copies of what the agents changed (records,
-    secrets), kept nowhere else's retention. A snapshot of a live process, and one made by a version that named
-    none (no `-` in its name), stay."""
+def sweep_snapshots(snapshot_dir: Path, keep_since: float) -> None:
+    """Delete the snapshots in `snapshot_dir` that processes which ended left, except those of steps newer than
+    `keep_since`, which a rollback of their agent takes over (`adopt_snapshots`): the rest no rollback reaches,
+    and they are copies of what the agents changed (records, secrets), kept nowhere else's retention. A
+    snapshot of a live process, and one made by a version that named none (no `-` in its name), stay."""
+    names, ended = _left_by_ended(snapshot_dir)
+    kept = {name[: -len(".step")] for name, step in _records(snapshot_dir, names, ended) if step["ts"] >= keep_since}
+    for name in names:
+        token, dash, _ = name.partition("-")
+        if dash and token in ended and name.partition(".")[0] not in kept:
+            with contextlib.suppress(OSError):
+                _remove_copy(snapshot_dir / name)
+    owners = _owners(snapshot_dir)
+    for token in ended:  # last, so a sweep cut short finds the rest of its snapshots next time
+        with contextlib.suppress(OSError):
+            (owners / token).unlink()
+
+
+def adopt_snapshots(snapshot_dir: Path, agent_id: str, since: float) -> list[UndoStep]:
+    """The file undo steps of `agent_id` newer than `since` that processes which ended (a crash, a restart)
+    left in `snapshot_dir`, made this process's: their snapshots and records are renamed after its claim, so a
+    sweep keeps them while it lives, and of two processes taking them over at once only one gets each."""
+    names, ended = _left_by_ended(snapshot_dir)
+    found = sorted(
+        ((name, step) for name, step in _records(snapshot_dir, names, ended) if step["agent_id"] == agent_id),
+        key=lambda found: (found[1]["ts"], found[1]["started"]),
+    )
+    steps: list[UndoStep] = []
+    for name, kept in reversed([f for f in found if f[1]["ts"] >= since]):
+        old = snapshot_dir / name[: -len(".step")]
+        stem = new_copy(snapshot_dir)
+        try:  # the snapshot first, as the claim (a sweep keeps it by its record, renamed after)
+            if kept["plan"]["kind"] != "remove":
+                os.rename(old, stem)
+            os.rename(snapshot_dir / name, stem.with_name(f"{stem.name}.step"))
+            undo = SnapshotUndo(
+                kept["plan"], stem, before=_state(kept["before"]),
+                left=_UNSETTLED if kept["left"] == "unsettled" else _state(kept["left"]),
+            )  # fmt: skip
+        except (OSError, KeyError, TypeError, ValueError) as exc:  # another process took it, or a bad record
+            log.warning("undo record %s not taken over: %s", name, exc)
+            continue
+        step = UndoStep(kept["action_id"], agent_id, kept["ts"], kept["description"], undo, started=next(_adopted))
+        keep(step)
+        steps.append(step)
+    return steps[::-1]
+
+
+def _left_by_ended(snapshot_dir: Path) -> tuple[list[str], set[str]]:
+    """The names in `snapshot_dir`, and the tokens in them of processes that ended."""
     owners = _owners(snapshot_dir)
     try:  # the snapshots first: a claim made after the listing of its snapshot is then listed too
         names, claims = os.listdir(snapshot_dir), set(os.listdir(owners))
     except FileNotFoundError:
-        return
+        return [], set()
     ended: set[str] = set()
     for token in claims:
         try:
@@ -358,15 +517,29 @@ def sweep_snapshots(snapshot_dir: Path) -> None:
             ended.add(token)
         finally:
             os.close(fd)
+    # A snapshot whose owner is gone was being swept, or taken over, when that stopped: its process had ended.
+    ended.update(token for token, dash, _ in (name.partition("-") for name in names) if dash and token not in claims)
+    return names, ended
+
+
+def _records(snapshot_dir: Path, names: list[str], ended: set[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The undo records among `names` left by the `ended` processes that can be read."""
     for name in names:
-        token, dash, _ = name.partition("-")
-        # One whose owner is gone was being swept when that sweep stopped: its process had ended.
-        if dash and (token in ended or token not in claims):
-            with contextlib.suppress(OSError):
-                _remove_copy(snapshot_dir / name)
-    for token in ended:  # last, so a sweep cut short finds the rest of its snapshots next time
-        with contextlib.suppress(OSError):
-            (owners / token).unlink()
+        if name.endswith(".step") and name.partition("-")[0] in ended:
+            try:
+                step = json.loads((snapshot_dir / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(step, dict) and _RECORD_FIELDS.items() <= {k: type(v) for k, v in step.items()}.items():
+                yield name, step
+
+
+_RECORD_FIELDS = {"agent_id": str, "action_id": str, "ts": float, "started": int, "description": str, "plan": dict}
+
+
+def _state(kept: Any) -> tuple[int, int] | None:
+    """A file state (see `_file_state`) as a record keeps it."""
+    return None if kept is None else (int(kept[0]), int(kept[1]))
 
 
 def link_undo(path: str | os.PathLike[str]) -> tuple[Callable[[], None] | None, str]:
@@ -399,12 +572,15 @@ class FolderChanged(OSError):
 
 
 class _Folder:
-    """A folder by identity (device and inode), so an undo can tell that it was moved or replaced."""
+    """A folder by identity (device and inode, as it is now unless given), so an undo can tell that it was moved
+    or replaced."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, identity: tuple[int, int] | None = None) -> None:
         self.path = path
-        found = os.stat(path)
-        self._identity = (found.st_dev, found.st_ino)
+        if identity is None:
+            found = os.stat(path)
+            identity = (found.st_dev, found.st_ino)
+        self._identity = identity
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[int]:

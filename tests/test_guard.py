@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 from together import run_together
 
+import risk.rollback
 from risk import (
     ActionDenied,
     ActionType,
@@ -669,12 +671,18 @@ def test_snapshots_are_deleted_once_undone_or_past_the_rollback_window(tmp_path:
         (work / f"f{i}").write_text("before")
         write(str(work / f"f{i}"), "agent")
         clock.now += 30
-    assert len(list(snapshots.iterdir())) == 3
+    assert kept(snapshots) == (3, 3)
     assert [len(steps) for steps in guard._undo._steps.values()] == [3]
     report = guard.rollback()  # at 150 s: the writes of 90 and 120 s
     assert report.complete and len(report.steps) == 2
     assert [(work / f"f{i}").read_text() for i in range(5)] == ["agent"] * 3 + ["before"] * 2
-    assert len(list(snapshots.iterdir())) == 1  # the write of 60 s, until the next write leaves it behind
+    assert kept(snapshots) == (1, 1)  # the write of 60 s, until the next write leaves it behind
+
+
+def kept(snapshots: Path) -> tuple[int, int]:
+    """How many snapshots, and how many records of their steps, are in the folder `snapshots`."""
+    names = [p.name for p in snapshots.iterdir()]
+    return sum(not n.endswith(".step") for n in names), sum(n.endswith(".step") for n in names)
 
 
 def test_rollback_restores_a_sqlite_table_exactly(tmp_path: Path) -> None:
@@ -988,6 +996,7 @@ def test_a_governed_call_whose_second_snapshot_fails_leaves_no_first_one(tmp_pat
 
 
 SNAPSHOT_AND_WAIT = """
+import os
 import sys
 from risk import ActionType, Guard
 home, path, then = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -995,33 +1004,42 @@ guard = Guard(audit=f"sqlite:///{home}/audit-{then}.db", home=home, model=None)
 @guard.tool(ActionType.FILE_WRITE)
 def write(path: str, data: str) -> None:
     open(path, "w").write(data)
+    if then == "crash":  # in the middle of the action, before the guard hears it returned
+        os._exit(3)
 write(path, "written by " + then)
 print("snapshotted", flush=True)
 if then == "wait":  # until told to roll back: its snapshot must still be there; then write again and wait
     sys.stdin.readline()
     print("complete", guard.rollback().complete, flush=True)
+    sys.stdin.readline()
     write(path, "written again")
     print("snapshotted", flush=True)
     sys.stdin.readline()
 """
 
 
-def test_the_snapshots_of_a_process_that_ended_are_deleted_by_the_next_guard_and_a_live_ones_kept(
-    tmp_path: Path,
-) -> None:
-    """Undo steps live in the process that made them, so after a crash or a restart their snapshots (copies of
-    the files the agent changed) stayed on disk for good, where no rollback could use them."""
+def test_a_rollback_undoes_what_a_process_that_ended_did_and_a_live_ones_steps_stay_its_own(tmp_path: Path) -> None:
+    """Undo steps lived only in the process that made them: after a crash or a restart, what the agent had done
+    could not be rolled back, and its snapshots were deleted. Now a record of each file step is kept beside
+    its snapshot, and a rollback of the agent in another process takes over the steps ended processes left,
+    including one whose tool crashed its process; a live process's steps stay its own."""
     home, script = tmp_path / "home", tmp_path / "snap.py"
     script.write_text(SNAPSHOT_AND_WAIT)
-    (tmp_path / "gone.txt").write_text("before")
-    (tmp_path / "live.txt").write_text("before")
+    for name in ("gone.txt", "edited.txt", "crashed.txt", "live.txt"):
+        (tmp_path / name).write_text("before")
     snapshots = home / "snapshots"
-    ended = subprocess.run(
-        [sys.executable, str(script), str(home), str(tmp_path / "gone.txt"), "exit"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert ended.stdout == "snapshotted\n", ended.stderr
-    (gone,) = snapshots.iterdir()
+    for name, then, status, out in (
+        ("gone.txt", "exit", 0, "snapshotted\n"),
+        ("edited.txt", "exit", 0, "snapshotted\n"),
+        ("crashed.txt", "crash", 3, ""),
+    ):
+        ended = subprocess.run(
+            [sys.executable, str(script), str(home), str(tmp_path / name), then],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert (ended.returncode, ended.stdout) == (status, out), ended.stderr
+    assert (tmp_path / "crashed.txt").read_text() == "written by crash"
+    (tmp_path / "edited.txt").write_text("a person's edit, after the agent's")
     legacy = snapshots / uuid.uuid4().hex  # named as versions before owners were: left alone
     legacy.write_text("old")
     live = subprocess.Popen(
@@ -1030,20 +1048,35 @@ def test_the_snapshots_of_a_process_that_ended_are_deleted_by_the_next_guard_and
     )  # fmt: skip
     try:
         assert live.stdout is not None and live.stdin is not None
-        assert live.stdout.readline() == "snapshotted\n"  # its guard swept the ended process's snapshot
-        left = set(snapshots.iterdir())
-        assert gone not in left and legacy in left and len(left) == 2
-        make_guard(tmp_path, model=None).close()
-        assert set(snapshots.iterdir()) == left  # the live process's snapshot stays
+        assert live.stdout.readline() == "snapshotted\n"  # its guard's sweep kept the steps inside the window
+        assert kept(snapshots) == (4 + 1, 4)  # with the legacy copy
+        guard = make_guard(tmp_path, model=None)
+        report = guard.rollback()  # the same agent, "default"
+        assert len(report.steps) == 3, report
+        assert [(tmp_path / n).read_text() for n in ("gone.txt", "edited.txt", "crashed.txt", "live.txt")] == [
+            "before", "a person's edit, after the agent's", "before", "written by wait",
+        ]  # fmt: skip
+        (failed,) = report.not_undone  # a change after the action is not thrown away, as in the process itself
+        assert failed.status == StepStatus.FAILED and "changed after the action" in failed.error
+        assert sorted(r.outcome for r in records(guard, kind="rollback")) == ["failed", "undone", "undone"]
+        assert [s.status for s in guard.rollback().steps] == [StepStatus.FAILED]  # the undone ones run once
+        assert make_guard(tmp_path, model=None).rollback().steps == ()  # and steps go to one process only
+        guard.close()
+        assert kept(snapshots) == (2 + 1, 2)  # the live process's snapshot, and the failed step's
         live.stdin.write("\n")
         live.stdin.flush()
         assert live.stdout.readline() == "complete True\n"  # and it could restore from it
         assert (tmp_path / "live.txt").read_text() == "before"
+        live.stdin.write("\n")
+        live.stdin.flush()
         assert live.stdout.readline() == "snapshotted\n"
-        assert len(list(snapshots.iterdir())) == 2
     finally:
         live.kill()  # a crash: no clean-up of its own
         live.wait(30)
     make_guard(tmp_path, model=None).close()
-    assert list(snapshots.iterdir()) == [legacy]
-    assert list((home / "snapshots-owners").iterdir()) == []
+    assert kept(snapshots) == (2 + 1, 2)  # inside the rollback window: a rollback of the agent may take it over
+    make_guard(tmp_path, model=None, clock=lambda: time.time() + 3600).close()  # an hour on, past the window
+    # What is left besides the legacy copy is this process's: the failed step it took over, and its claim.
+    own = risk.rollback._claims[snapshots][1]
+    assert [p for p in snapshots.iterdir() if not p.name.startswith(own)] == [legacy]
+    assert [p.name for p in (home / "snapshots-owners").iterdir()] == [own]

@@ -61,7 +61,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from risk.actions import ActionType, Decision, Outcome, Reason
 from risk.errors import ActionDenied, GuardDenied
 from risk.resources import MAX_RESOURCE_LENGTH
-from risk.rollback import SnapshotUndo, link_undo, new_copy, snapshot_file
+from risk.rollback import SnapshotUndo, link_undo, snapshot_file, snapshot_tree
 
 if TYPE_CHECKING:
     from risk.guard import Guard
@@ -309,7 +309,7 @@ class Watch:
     def _on_rmtree(self, args: tuple[Any, ...], caller: FrameType) -> None:
         path = _path(args[0], args[1])
         decision = self._check(ActionType.FILE_DELETE, path, {"event": "shutil.rmtree"})
-        self._keep(decision, _tree_undo(path, self._snapshots))
+        self._keep(decision, snapshot_tree(path, self._snapshots))
 
     def _on_rename(self, args: tuple[Any, ...], caller: FrameType) -> None:
         source, target = _path(args[0], args[2]), _path(args[1], args[3])
@@ -714,18 +714,6 @@ def _file_undo(path: str, snapshot_dir: Path) -> Undo:
     if not stat.S_ISREG(mode):  # a device or a pipe: copying it could block or never end
         return None, f"{path} is not a regular file (not snapshotted)"
     return snapshot_file(real, snapshot_dir)
-
-
-def _tree_undo(path: str, snapshot_dir: Path) -> Undo:
-    if os.path.islink(path) or not os.path.isdir(path):
-        return None, f"{path} is not a folder (rmtree removes nothing)"
-    copy = new_copy(snapshot_dir)
-    shutil.copytree(path, copy, symlinks=True)
-
-    def restore() -> None:
-        shutil.copytree(copy, path, symlinks=True, dirs_exist_ok=True)
-
-    return SnapshotUndo(restore, Path(path), copy), f"restore the folder {path} and everything in it"
 
 
 def _rename_undo(source: str, target: str, snapshot_dir: Path) -> Undo:
