@@ -230,12 +230,16 @@ class SnapshotUndo:
             "before": self._before,
             "left": "unsettled" if self._left is _UNSETTLED else self._left,
         }
-        # Whole or not at all: written beside it, then renamed over it.
-        staging = self.stem.with_name(f"{self.stem.name}.step.new")
+        data = json.dumps(kept).encode()
         try:
-            with os.fdopen(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as out:
-                json.dump(kept, out)
-            os.replace(staging, self.record)
+            fd = os.open(self.record, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                # Over what was there, padded with spaces to its length, in one write that a crash of the process
+                # cannot cut in two. Not truncated, nor written beside and renamed over: ext4 then flushes the
+                # file to disk at close, which made the record cost ten times as much.
+                os.pwrite(fd, data.ljust(os.fstat(fd).st_size), 0)
+            finally:
+                os.close(fd)
         except OSError as exc:
             log.error("the undo of %s is not kept beyond this process: %s", step.action_id, exc)
 
