@@ -579,6 +579,10 @@ class Guard:
                 },
             )
 
+        return self._undo_steps(agent, record, only)
+
+    def _undo_steps(self, agent: str, record: Callable[[UndoStep], None], only: UndoStep | None) -> RollbackReport:
+        """Run the agent's undo steps inside the window (or just `only`), `record` seeing each result."""
         since = self._clock() - self._rollback_window()
         if only is None:  # what a process that ended (a crash, a restart) did for the agent is undone too
             for adopted in adopt_snapshots(self.home / "snapshots", agent, since):

@@ -50,7 +50,7 @@ from risk.errors import PolicyError, RiskError, StateError
 from risk.guard import Guard, current_task
 from risk.policy import Policy
 from risk.resources import readings
-from risk.rollback import RollbackReport, UndoLog, UndoStep
+from risk.rollback import RollbackReport, UndoLog, UndoStep, sweep_snapshots
 from risk.state import AgentState
 
 log = logging.getLogger("risk")
@@ -131,6 +131,7 @@ class RemoteGuard(Guard):
         self.audit_failures = 0
         self._clock = clock
         self._undo = UndoLog()
+        sweep_snapshots(self.home / "snapshots", self._clock() - self._rollback_window())  # see Guard.__init__
         self._client = httpx.Client(
             base_url=self.endpoint,
             headers={"Authorization": f"Bearer {api_key}"},
@@ -337,7 +338,7 @@ class RemoteGuard(Guard):
                 }
             )
 
-        report = self._undo.rollback(agent, self._clock() - self._rollback_window(), record, only=only)
+        report = self._undo_steps(agent, record, only)
         self._send_spool()
         return report
 

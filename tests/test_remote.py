@@ -14,6 +14,8 @@ import json
 import shutil
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -215,6 +217,32 @@ def test_rollback_restores_a_file_the_agent_overwrote(deployment: Deploy, tmp_pa
     assert report.complete and [s.status.value for s in report.steps] == ["undone"]
     assert target.read_text() == "original"
     assert [(r.action_id, r.outcome) for r in pair.records("rollback")] == [(report.steps[0].action_id, "undone")]
+
+
+ENDED_WRITER = """
+import sys, time
+from risk.rollback import UndoStep, keep, snapshot_file
+from pathlib import Path
+home, path = Path(sys.argv[1]), sys.argv[2]
+undo, described = snapshot_file(path, home / "snapshots")  # as a guarded write of the agent "bot" begins
+keep(UndoStep("e0d" * 8, "bot", time.time(), described, undo))
+Path(path).write_text("written by a process that then crashed")
+"""
+
+
+def test_rollback_takes_over_the_file_steps_a_process_that_ended_left(deployment: Deploy, tmp_path: Path) -> None:
+    """After a crash, what the agent's process had written could not be rolled back, by either guard."""
+    pair = deployment(mode=KillSwitchMode.BLOCK)
+    target = tmp_path / "report.txt"
+    target.write_text("original")
+    (tmp_path / "writer.py").write_text(ENDED_WRITER)
+    ended = subprocess.run([sys.executable, str(tmp_path / "writer.py"), str(tmp_path), str(target)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert ended.returncode == 0, ended.stderr
+    report = pair.agent.rollback("bot")
+    assert report.complete and [(s.action_id, s.status.value) for s in report.steps] == [("e0d" * 8, "undone")]
+    assert target.read_text() == "original"
+    assert [(r.action_id, r.outcome) for r in pair.records("rollback")] == [("e0d" * 8, "undone")]
 
 
 def test_rollback_mode_undoes_the_agents_work_and_pauses_it(deployment: Deploy, tmp_path: Path) -> None:
