@@ -520,7 +520,8 @@ class Tenants:
         self._settled(agent)
 
     def rollback(self, tenant: str, agent_id: str, actor: str) -> RollbackReport:
-        """Undo what the agent's undo steps in this process can undo (see the README: steps live in process)."""
+        """Undo what the agent's undo steps can undo: this process's, and those ended processes left in its home
+        (see the README's Rollback)."""
         agent = namespaced(tenant, check_agent(agent_id))
         return self.guard(tenant, agent_id).rollback(agent, actor=actor)
 
