@@ -29,7 +29,8 @@ PLAIN_DOWNLOAD_TO_SHELL = re.compile(r"(?:curl|wget)[^|]*\|\s*(?:ba|z)?sh\b")
 
 # (name, the text repeated, what follows it once): a long run of address characters, a long tail after a "curl",
 # a secret named again and again with no value, a run of "www." with no host, a list of tables after a
-# FROM that goes on and on, and SQL quotes and comments opened and never closed.
+# FROM that goes on and on, SQL quotes and comments opened and never closed, and Unicode-escaped names each
+# followed by a comment but no UESCAPE.
 TEXTS = [
     ("token then @", "a", "@"),
     ("dotted run", "a.", "@"),
@@ -38,6 +39,7 @@ TEXTS = [
     ("www. run", "www.", "com"),
     ("SQL list", "from a, ", ""),
     ("SQL openings", "/*'\"[", ""),
+    ('U&"x" run', 'U&"x" /* a */ ', ""),
 ]
 
 SCANS: dict[str, Callable[[str], object]] = {

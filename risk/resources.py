@@ -237,13 +237,17 @@ def _resolved_path(path: str) -> str | None:
 # `'--'` is a literal, and `-- it's` a comment. One left open runs to the end of the text: matched only when
 # closed, each of a run of openings (`/*/*/*...`) would scan the rest of the text, and the pass be quadratic.
 _SQL_COMMENT_PATTERN = r"--[^\n]*|/\*.*?(?:\*/|\Z)"
+# Whitespace and comments, which PostgreSQL skips between tokens; atomic, so a failed match after it never
+# reads a comment again to end it at a later `*/`.
+_SQL_GAP = rf"(?>\s|{_SQL_COMMENT_PATTERN})*+"
 _SQL_TOKENS = re.compile(
-    r"""(?P<unicode>\b[uU]&(?:"(?:[^"]|"")*(?:"|\Z)|'(?:[^']|'')*(?:'|\Z)))"""
+    # U&"d\0061ta", or with an escape character of its own: U&"d!0061ta" UESCAPE '!'.
+    r"""(?P<unicode>\b[uU]&(?P<escaped>"(?:[^"]|"")*(?:"|\Z)|'(?:[^']|'')*(?:'|\Z))"""
+    rf"""(?:{_SQL_GAP}\b[uU][eE][sS][cC][aA][pP][eE]{_SQL_GAP}'(?P<escape>[^'])')?)"""
     rf"""|(?P<literal>'(?:[^']|'')*(?:'|\Z))|(?P<comment>{_SQL_COMMENT_PATTERN})"""
     r"""|"(?:[^"]|"")*(?:"|\Z)|`[^`]*(?:`|\Z)|\[[^\]]*(?:\]|\Z)""",
     re.S,
 )
-_SQL_UNICODE_ESCAPE = re.compile(r"\\(?:\\|[0-9A-Fa-f]{4}|\+[0-9A-Fa-f]{6})")  # in U&"..." and U&'...'
 _SQL_PART = r"""(?:"(?:[^"]|"")*(?:"|\Z)|`[^`]*(?:`|\Z)|\[[^\]]*(?:\]|\Z)|[^\W\d][\w$]*)"""
 _SQL_NAME = re.compile(rf"{_SQL_PART}(?:\s*\.\s*{_SQL_PART})*")
 # A qualified name anywhere, starting only where a name can start (never inside one: each start reads on to the
@@ -281,7 +285,7 @@ def sql_tables(text: str) -> tuple[str, ...]:
     def spaced(token: re.Match[str]) -> str:
         kind, text = token.lastgroup, token.group()
         if kind == "unicode":  # U&"d\0061ta" is the identifier "data"; U&'...' a literal
-            text = _SQL_UNICODE_ESCAPE.sub(_unescaped, text[2:])
+            text = _unicode_unescaped(token.group("escaped"), token.group("escape") or "\\")
             kind = "literal" if text.startswith("'") else None
         if kind is None:  # a quoted identifier: part of a name
             return text
@@ -312,14 +316,21 @@ def sql_tables(text: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _unescaped(escape: re.Match[str]) -> str:
-    digits = escape.group()[1:].lstrip("+")
-    if digits == "\\":
-        return digits
-    try:
-        return chr(int(digits, 16))
-    except (ValueError, OverflowError):  # past the last code point: PostgreSQL refuses it, so it names nothing
-        return escape.group()
+def _unicode_unescaped(text: str, escape: str) -> str:
+    """`text` (a quoted identifier or literal) with its `escape`-character escapes decoded: `\\0061` (4 hex
+    digits), `\\+000061` (6) and a doubled escape character, which stands for itself."""
+
+    def unescaped(found: re.Match[str]) -> str:
+        digits = found.group()[1:].lstrip("+")
+        if digits == escape:
+            return escape
+        try:
+            return chr(int(digits, 16))
+        except (ValueError, OverflowError):  # past the last code point: PostgreSQL refuses it, so it names nothing
+            return found.group()
+
+    marker = re.escape(escape)
+    return re.sub(rf"{marker}(?:{marker}|[0-9A-Fa-f]{{4}}|\+[0-9A-Fa-f]{{6}})", unescaped, text)
 
 
 def payload_texts(payload: Any) -> Iterator[str]:

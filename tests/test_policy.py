@@ -210,9 +210,12 @@ def test_blocked_message_names_the_reading_and_the_pattern(seed_guard: Guard) ->
         "SELECT * FROM data.deidentified.claims AS c(id, amount), data.phi.patients",
         "SELECT * FROM ROWS FROM (generate_series(1, 2)), data.phi.patients",
         "SELECT * FROM data.deidentified.claims c, (data.phi.patients CROSS JOIN data.deidentified.x)",
-        # PostgreSQL's Unicode escapes, in a name and in a literal run as SQL.
+        # PostgreSQL's Unicode escapes, in a name and in a literal run as SQL, with an escape character of its own.
         'SELECT * FROM U&"d\\0061ta".phi.patients',
         "SELECT query_to_xml(U&'SELECT * FROM data.ph\\0069.patients', true, false, '')",
+        """SELECT * FROM U&"d!0061ta" UESCAPE '!'.phi.patients""",
+        """SELECT * FROM data.U&"ph!+000069"/* c */uescape -- d\n '!' . patients""",
+        """SELECT query_to_xml(U&'SELECT * FROM data.ph#0069.patients' UESCAPE '#', true, false, '')""",
     ],
 )
 def test_a_blocked_table_in_the_sql_of_a_database_action_is_blocked_whatever_resource_it_names(
