@@ -30,7 +30,7 @@ PLAIN_DOWNLOAD_TO_SHELL = re.compile(r"(?:curl|wget)[^|]*\|\s*(?:ba|z)?sh\b")
 # (name, the text repeated, what follows it once): a long run of address characters, a long tail after a "curl",
 # a secret named again and again with no value, a run of "www." with no host, a list of tables after a
 # FROM that goes on and on, SQL quotes and comments opened and never closed, and Unicode-escaped names each
-# followed by a comment but no UESCAPE.
+# followed by a comment but no UESCAPE, and E'...' literals full of backslashes.
 TEXTS = [
     ("token then @", "a", "@"),
     ("dotted run", "a.", "@"),
@@ -40,6 +40,7 @@ TEXTS = [
     ("SQL list", "from a, ", ""),
     ("SQL openings", "/*'\"[", ""),
     ('U&"x" run', 'U&"x" /* a */ ', ""),
+    ("E' backslashes", "E'\\", ""),
 ]
 
 SCANS: dict[str, Callable[[str], object]] = {

@@ -244,6 +244,8 @@ _SQL_TOKENS = re.compile(
     # U&"d\0061ta", or with an escape character of its own: U&"d!0061ta" UESCAPE '!'.
     r"""(?P<unicode>\b[uU]&(?P<escaped>"(?:[^"]|"")*(?:"|\Z)|'(?:[^']|'')*(?:'|\Z))"""
     rf"""(?:{_SQL_GAP}\b[uU][eE][sS][cC][aA][pP][eE]{_SQL_GAP}'(?P<escape>[^'])')?)"""
+    # E'...', where a backslash escapes: E'ph\x69' is 'phi', and E'it\'s' one literal.
+    r"""|(?P<backslashed>\b[eE]'(?:[^'\\]|''|\\.)*(?:'|\Z))"""
     rf"""|(?P<literal>'(?:[^']|'')*(?:'|\Z))|(?P<comment>{_SQL_COMMENT_PATTERN})"""
     r"""|"(?:[^"]|"")*(?:"|\Z)|`[^`]*(?:`|\Z)|\[[^\]]*(?:\]|\Z)""",
     re.S,
@@ -287,6 +289,8 @@ def sql_tables(text: str) -> tuple[str, ...]:
         if kind == "unicode":  # U&"d\0061ta" is the identifier "data"; U&'...' a literal
             text = _unicode_unescaped(token.group("escaped"), token.group("escape") or "\\")
             kind = "literal" if text.startswith("'") else None
+        elif kind == "backslashed":
+            text, kind = _SQL_BACKSLASH_ESCAPE.sub(_backslash_unescaped, text[1:]), "literal"
         if kind is None:  # a quoted identifier: part of a name
             return text
         # Read once more on its own (a literal unescaped, comments in it as spaces), not deeper: each character
@@ -314,6 +318,24 @@ def sql_tables(text: str) -> tuple[str, ...]:
         for name in _SQL_QUALIFIED.finditer(code):
             found[_SQL_DOTS.sub(".", name.group())] = None
     return tuple(found)
+
+
+_SQL_BACKSLASH_ESCAPE = re.compile(r"\\(?:x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)", re.S)
+_SQL_BACKSLASHED = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _backslash_unescaped(found: re.Match[str]) -> str:
+    """An escape of an E'...' literal, as PostgreSQL reads it: `\\x69`, `\\151`, `\\u0069` and `\\U00000069`
+    are all `i`, `\\n` a newline, and a backslash before anything else is that character."""
+    escape = found.group()[1:]
+    if escape[0] in "01234567":
+        return chr(int(escape, 8))
+    if escape[0] in "xuU" and len(escape) > 1:
+        try:
+            return chr(int(escape[1:], 16))
+        except (ValueError, OverflowError):  # past the last code point: PostgreSQL refuses it
+            return found.group()
+    return _SQL_BACKSLASHED.get(escape, escape)
 
 
 def _unicode_unescaped(text: str, escape: str) -> str:

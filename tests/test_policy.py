@@ -216,6 +216,10 @@ def test_blocked_message_names_the_reading_and_the_pattern(seed_guard: Guard) ->
         """SELECT * FROM U&"d!0061ta" UESCAPE '!'.phi.patients""",
         """SELECT * FROM data.U&"ph!+000069"/* c */uescape -- d\n '!' . patients""",
         """SELECT query_to_xml(U&'SELECT * FROM data.ph#0069.patients' UESCAPE '#', true, false, '')""",
+        # And the backslash escapes of an E'...' literal run as SQL (a quote escaped in it ends nothing).
+        r"""SELECT query_to_xml(E'SELECT * FROM data.ph\x69.patients', true, false, '')""",
+        r"""SELECT query_to_xml(e'SELECT * FROM data.ph\151.patients', true, false, '')""",
+        r"""DO $$ BEGIN EXECUTE E'SELECT \'\' FROM data.ph\u0069.patients'; END $$""",
     ],
 )
 def test_a_blocked_table_in_the_sql_of_a_database_action_is_blocked_whatever_resource_it_names(
