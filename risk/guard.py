@@ -585,6 +585,7 @@ class Guard:
         """Run the agent's undo steps inside the window (or just `only`), `record` seeing each result."""
         since = self._clock() - self._rollback_window()
         if only is None:  # what a process that ended (a crash, a restart) did for the agent is undone too
+            sweep_snapshots(self.home / "snapshots", since)  # and what no rollback reaches any more goes
             for adopted in adopt_snapshots(self.home / "snapshots", agent, since):
                 self._undo.register(adopted)
         return self._undo.rollback(agent, since, record, only=only)

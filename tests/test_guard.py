@@ -1073,9 +1073,12 @@ def test_a_rollback_undoes_what_a_process_that_ended_did_and_a_live_ones_steps_s
     finally:
         live.kill()  # a crash: no clean-up of its own
         live.wait(30)
-    make_guard(tmp_path, model=None).close()
+    clock = Clock(time.time())
+    later = make_guard(tmp_path, model=None, clock=clock)
     assert kept(snapshots) == (2 + 1, 2)  # inside the rollback window: a rollback of the agent may take it over
-    make_guard(tmp_path, model=None, clock=lambda: time.time() + 3600).close()  # an hour on, past the window
+    clock.now += 3600  # an hour on, past the window: the next rollback, of any agent, deletes it
+    assert later.rollback("someone else").steps == ()
+    later.close()
     # What is left besides the legacy copy is this process's: the failed step it took over, and its claim.
     own = risk.rollback._claims[snapshots][1]
     assert [p for p in snapshots.iterdir() if not p.name.startswith(own)] == [legacy]
