@@ -444,7 +444,9 @@ class RemoteGuard(Guard):
         if not self.spool.pending():
             return
         flush = _Flush()
-        with self.spool.batches(SPOOL_BATCH) as batches:
+        with self.spool.batches(SPOOL_BATCH, wait=now) as batches:
+            if batches is None:  # another thread or process is sending it
+                return
             for batch in batches:
                 if not self._report(batch, flush):
                     break
@@ -605,7 +607,7 @@ class Spool:
     >>> import tempfile; spool = Spool(Path(tempfile.mkdtemp()) / "s.jsonl")
     >>> spool.add({"idempotency_key": "k1"}); spool.add({"idempotency_key": "k2"})
     >>> with spool.batches(1) as batches:
-    ...     for batch in batches:
+    ...     for batch in batches or ():
     ...         batches.sent(batch)
     ...         break
     >>> spool.pending(), spool.read()
@@ -617,6 +619,7 @@ class Spool:
         self.rejected = path.with_suffix(".rejected.jsonl")
         self.bad = path.with_suffix(".bad")
         self._lock = threading.Lock()
+        self._sending = threading.Lock()
 
     def add(self, record: dict[str, Any]) -> None:
         """Append one record and fsync it: a fail-open action is not lost if the process dies next."""
@@ -674,22 +677,58 @@ class Spool:
             return len(self.read())
 
     @contextmanager
-    def batches(self, size: int) -> Iterator[_Batches]:
-        """Batches of the spooled records; those marked `sent` are removed when the block ends."""
-        with self._locked():
-            records, torn = self._parsed()
-            if torn:  # kept for a human, once: the spool is rewritten without them below
-                log.error("spool %s has %d lines that are not records; moved to %s", self.path, len(torn), self.bad)
-                with self.bad.open("ab") as bad:
-                    bad.write(b"".join(line + b"\n" for line in torn))
+    def batches(self, size: int, *, wait: bool = True) -> Iterator[_Batches | None]:
+        """Batches of the spooled records, for one sender at a time (threads and processes); those marked `sent`
+        are removed when the block ends. None, without `wait`, while another is sending.
+
+        The spool is not locked while the batches are sent, only while it is read and rewritten: records added
+        meanwhile (a fail-open action, an outcome) wait for no request, and stay, after those read."""
+        with self._sender(wait) as sending:
+            if not sending:
+                yield None
+                return
+            with self._locked():
+                records, torn = self._parsed()
+                self._keep_torn(torn)
             batches = _Batches(records, size)
             try:
                 yield batches
             finally:
-                rest = batches.unsent()
-                tmp = self.path.with_suffix(".tmp")
-                tmp.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rest))
-                os.replace(tmp, self.path)
+                with self._locked():
+                    now, torn_now = self._parsed()  # what was read, then what was added since (only a sender removes)
+                    self._keep_torn(torn_now[len(torn) :])
+                    rest = batches.unsent() + now[len(records) :]
+                    tmp = self.path.with_suffix(".tmp")
+                    tmp.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rest))
+                    os.replace(tmp, self.path)
+
+    def _keep_torn(self, torn: list[bytes]) -> None:
+        """Move lines that are not records to `bad`, for a human, once: the spool is rewritten without them."""
+        if torn:
+            log.error("spool %s has %d lines that are not records; moved to %s", self.path, len(torn), self.bad)
+            with self.bad.open("ab") as bad:
+                bad.write(b"".join(line + b"\n" for line in torn))
+
+    @contextmanager
+    def _sender(self, wait: bool) -> Iterator[bool]:
+        """Whether this is the one sender of the spool now, among threads (a lock) and processes (a lock file)."""
+        if not self._sending.acquire(blocking=wait):
+            yield False
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path.with_suffix(".sending"), "a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
+                try:
+                    yield True
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            self._sending.release()
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

@@ -634,6 +634,55 @@ def test_the_outcome_of_a_fail_open_action_reported_once_the_service_is_back_fol
     guard.close()
 
 
+def test_an_action_spooled_while_the_spool_is_being_sent_waits_for_no_request_and_is_kept(tmp_path: Path) -> None:
+    """The spool stayed locked while its records were sent: an action let through meanwhile (or an outcome)
+    waited until the service had answered every request of the send, however slow it was."""
+    answer_reports = threading.Event()
+
+    class SlowReports(http.server.BaseHTTPRequestHandler):  # fails every check; holds /v1/reports until told
+        def do_POST(self) -> None:  # the name http.server calls
+            sent = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            if self.path == "/v1/reports":
+                answer_reports.wait(30)
+                status, body = 200, {"accepted": len(sent["records"]), "duplicates": 0, "rejected": []}
+            else:
+                status, body = 503, {"detail": "down"}
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowReports)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    guard = Guard(endpoint=f"http://127.0.0.1:{server.server_address[1]}", api_key="rk_0123456789abcdef_s",
+                  agent_id="bot", on_error="allow", home=tmp_path, timeout=30)  # fmt: skip
+    try:
+        first = guard.check(ActionType.API_CALL, "svc.first")
+        assert first.allowed and guard.spool.pending() == 1
+        sending = threading.Thread(target=guard.flush)
+        sending.start()
+        time.sleep(0.3)  # the send is under way, held by the service
+        meanwhile: list[Any] = []
+        checking = threading.Thread(target=lambda: meanwhile.append(guard.check(ActionType.API_CALL, "svc.second")))
+        checking.start()
+        checking.join(10)
+        assert not checking.is_alive(), "the action waited for the send"
+        assert meanwhile[0].allowed and meanwhile[0].reasons[0].code == "fail_open"
+        answer_reports.set()
+        sending.join(30)
+        assert [r["resource"] for r in guard.spool.read()] == ["svc.second"]  # sent: the first; kept: the second
+    finally:
+        answer_reports.set()
+        guard.close()
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_spool_larger_than_a_request_may_be_is_sent_in_parts(tmp_path: Path) -> None:
     guard, settings, port, tenant = guard_of_a_service_down(tmp_path, on_error="allow", max_body_bytes=64 * 1024)
     ran = [guard.check(ActionType.API_CALL, f"svc.{i}." + "r" * 4000) for i in range(20)]  # ~80 KB in all: 413
