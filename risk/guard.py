@@ -606,9 +606,7 @@ class Guard:
     def undo_step(self, decision: Decision, undo: Callable[[], None] | None, description: str) -> UndoStep:
         """How to undo an allowed action (`None`: irreversible), made before its tool runs, so that a rollback of
         the agent that begins while the tool runs is known to have missed it; `keep_undo` once the tool returns."""
-        step = UndoStep(decision.action_id, decision.agent_id, self._clock(), description, undo)
-        keep(step)  # before the tool runs: a crash in it leaves the record too
-        return step
+        return UndoStep(decision.action_id, decision.agent_id, self._clock(), description, undo)
 
     def keep_undo(self, step: UndoStep, record_outcome: Callable[[], None], *, over: bool = True) -> None:
         """Keep `step` for rollback now that its tool has returned, then `record_outcome`. If a rollback of the
@@ -617,6 +615,9 @@ class Guard:
         so the file is not noted as the action left it, and a rollback restores whatever it is by then."""
         if over:
             settle(step.undo)  # the file as the tool left it: a later change by another is not undone over
+        # Its record, if not kept since the tool began: a call checked ahead (a person approves it first, then
+        # perhaps never) leaves none that a rollback after this process would take for work that ran.
+        keep(step)
         missed = self._undo.register(step, keep_since=self._clock() - self._rollback_window())
         try:
             record_outcome()
@@ -671,7 +672,9 @@ class Guard:
                     why = f"not run: its undo could not be prepared: {type(exc).__name__}: {exc}"
                     self.record_outcome(decision.action_id, success=False, error=why, agent_id=decision.agent_id)
                     raise
-                return decision, self.undo_step(decision, undo, description)
+                step = self.undo_step(decision, undo, description)
+                keep(step)  # the tool runs next: a crash in it leaves the step's record behind
+                return decision, step
 
             def after(decision: Decision, step: UndoStep, result: Any, error: BaseException | None) -> None:
                 def record() -> None:

@@ -182,9 +182,10 @@ class SnapshotUndo:
         return self.stem.with_name(f"{self.stem.name}.step")
 
     def keep(self, step: UndoStep) -> None:
-        """Write the record of `step` (whose undo this is), and again whenever the file is settled."""
-        self._step = step
-        self._write_record()
+        """Write the record of `step` (whose undo this is), once; `settle` writes it again."""
+        if self._step is None:
+            self._step = step
+            self._write_record()
 
     def settle(self) -> None:
         """Note the file as it is now, once: the first call is when the action was over."""

@@ -322,3 +322,38 @@ def test_a_call_checked_before_and_after_its_approval_leaves_no_decision_without
     # wait for the approval, over what others wrote meanwhile.
     assert [s.action_id for s in guard.rollback().steps] == [decisions[1].action_id]
     assert target.read_text() == "v0" and list((tmp_path / "home" / "snapshots").iterdir()) == []
+
+
+def test_a_call_whose_approval_is_refused_leaves_no_undo_step_for_a_later_process_to_run(
+    guards: Callable[..., Guard], tmp_path: Path
+) -> None:
+    """A call checked before its approval kept the record of its undo step from that check on: refused, the call
+    never ran, and once the process ended a rollback of the agent would have taken the step over and put back
+    the file as it was at the check, over whatever was written since."""
+    target = tmp_path / "notes.txt"
+    target.write_text("v0")
+
+    @function_tool(needs_approval=True)
+    def write_file(path: str, text: str) -> str:
+        """Write text to a file."""
+        Path(path).write_text(text)
+        return "ok"
+
+    call = function_call("write_file", {"path": str(target), "text": "hi"}, call_id="call-1")
+    model = ScriptedModel([[call], [assistant_message("done")]])
+    guard = make_guard(guards, tmp_path)
+    agent = govern(
+        Agent(name="w", model=model, tools=[write_file]), guard, {"write_file": (ActionType.FILE_WRITE, "path")}
+    )
+    config = RunConfig(
+        tracing_disabled=True, tool_execution=ToolExecutionConfig(pre_approval_tool_input_guardrails=True)
+    )
+
+    first = Runner.run_sync(agent, "take notes", run_config=config)
+    state = first.to_state()
+    for interruption in first.interruptions:
+        state.reject(interruption)
+    Runner.run_sync(agent, state, run_config=config)
+
+    assert target.read_text() == "v0"
+    assert [p.name for p in (tmp_path / "home" / "snapshots").iterdir() if p.name.endswith(".step")] == []
