@@ -193,6 +193,44 @@ def purge_command(
     console.print(f"purged {deleted} records older than {before}")
 
 
+@app.command("rollback")
+def rollback_command(
+    agent: Annotated[str, typer.Argument(help="The agent whose actions to undo.")],
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="The agent's policy file: its audit trail, home and window.")
+    ] = None,
+    audit: AuditUrl = None,
+    home: Annotated[Path | None, typer.Option(help="The agent's home, where its snapshots are.")] = None,
+    actor: Annotated[str, typer.Option(help="Who rolls back, as the audit records name them.")] = "operator",
+) -> None:
+    """Undo what the agent did inside its rollback window in processes that have ended (a crash, a restart):
+    the file steps their guards left, newest first, each recorded in the audit trail. Prints the report as
+    JSON. Exit 0 if every step was undone, 1 if any was not."""
+    from risk.guard import Guard
+
+    overrides: dict[str, Any] = {"model": None, "online": False}  # undoing scores nothing
+    if audit:
+        overrides["audit"] = audit
+    if home is not None:
+        overrides["home"] = home
+    try:
+        guard = Guard.from_file(policy, **overrides) if policy is not None else Guard(**overrides)
+    except (RiskError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        report = guard.rollback(agent, actor=actor)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        guard.close()
+    steps = [
+        {"action_id": s.action_id, "description": s.description, "status": s.status.value, "error": s.error}
+        for s in report.steps
+    ]
+    print(json.dumps({"agent_id": agent, "complete": report.complete, "steps": steps}, indent=2))
+    raise typer.Exit(0 if report.complete else 1)
+
+
 @app.command("train")
 def train_command(
     source: Annotated[str, typer.Argument(help="Benign history: a trace file (JSONL) or an audit URL.")],

@@ -24,7 +24,7 @@ from typer.testing import CliRunner, Result
 
 from risk import ActionType, Guard
 from risk.audit.record import FIELDS, GENESIS_HASH
-from risk.audit.store import open_audit
+from risk.audit.store import AuditQuery, open_audit
 from risk.cli import app
 
 POLICY_YAML = """\
@@ -617,3 +617,61 @@ def test_installed_risk_console_script_runs(tmp_path: Path, url: str, six_record
     result = run_process(tmp_path, "audit", "head", "--audit", url, executable=[str(script)])
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["count"] == 6
+
+
+# ---- risk rollback ------------------------------------------------------------------------------------------
+
+ENDED_WRITER = """
+import os, sys
+from risk import ActionType, Guard
+audit, home, path, then = sys.argv[1:]
+guard = Guard(audit=audit, home=home, agent_id="claims-bot", model=None, online=False)
+@guard.tool(ActionType.FILE_WRITE)
+def write(path: str, text: str) -> None:
+    open(path, "w").write(text)
+    if then == "crash":
+        os._exit(3)  # the process dies in the middle of the action
+write(path, "written by the agent")
+"""
+
+
+def test_rollback_undoes_what_an_agent_whose_process_ended_did_and_exits_1_for_a_step_not_undone(
+    tmp_path: Path,
+) -> None:
+    """After the agent's process crashed there was no way to undo its work from the command line (a guard's
+    undo steps lived in its process). Each `risk rollback` runs as a process of its own, as an operator's."""
+    url = f"sqlite:///{tmp_path}/audit.db"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY_YAML + f"audit: {url}\n")
+    script = tmp_path / "writer.py"
+    script.write_text(ENDED_WRITER)
+    crashed, edited = tmp_path / "crashed.txt", tmp_path / "edited.txt"
+    for target, then, status in ((edited, "exit", 0), (crashed, "crash", 3)):
+        target.write_text("before")
+        ended = subprocess.run([sys.executable, str(script), url, str(tmp_path / "home"), str(target), then],
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert ended.returncode == status, ended.stderr
+    edited.write_text("a person's edit, after the agent's")
+
+    def rollback(*more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "risk.cli", "rollback", "claims-bot", "--policy", str(policy),
+                               "--home", str(tmp_path / "home"), *more],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    first = rollback()
+    assert first.returncode == 1, first.stderr
+    report = json.loads(first.stdout)
+    assert not report["complete"]
+    assert [s["status"] for s in report["steps"]] == ["undone", "failed"]  # newest first
+    assert "changed after the action" in report["steps"][1]["error"]
+    assert crashed.read_text() == "before" and edited.read_text() == "a person's edit, after the agent's"
+    store = open_audit(url, create=False)
+    rollbacks = store.query(AuditQuery(kind="rollback", limit=100))
+    store.close()
+    assert sorted((r.outcome, r.actor) for r in rollbacks) == [("failed", "operator"), ("undone", "operator")]
+
+    again = rollback("--actor", "alice")  # the failed step is tried again by the next one; the undone one is not
+    assert again.returncode == 1, again.stderr
+    assert [(s["status"], s["action_id"]) for s in json.loads(again.stdout)["steps"]] == [
+        ("failed", report["steps"][1]["action_id"])
+    ]
