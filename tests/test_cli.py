@@ -1,4 +1,4 @@
-"""The `risk` command: check, and audit verify / head / query / export / purge.
+"""The `risk` command: check, audit verify / head / query / export / purge, and rollback.
 
 Most tests drive the Typer app in process with CliRunner; a few run the real entry point in a subprocess.
 """
@@ -645,9 +645,10 @@ def test_rollback_undoes_what_an_agent_whose_process_ended_did_and_exits_1_for_a
     policy.write_text(POLICY_YAML + f"audit: {url}\n")
     script = tmp_path / "writer.py"
     script.write_text(ENDED_WRITER)
-    crashed, edited = tmp_path / "crashed.txt", tmp_path / "edited.txt"
-    for target, then, status in ((edited, "exit", 0), (crashed, "crash", 3)):
-        target.write_text("before")
+    crashed, edited, made = tmp_path / "crashed.txt", tmp_path / "edited.txt", tmp_path / "made.txt"
+    for target, then, status in ((edited, "exit", 0), (crashed, "crash", 3), (made, "crash", 3)):
+        if target is not made:  # which the agent makes
+            target.write_text("before")
         ended = subprocess.run([sys.executable, str(script), url, str(tmp_path / "home"), str(target), then],
                                capture_output=True, text=True, timeout=120)  # fmt: skip
         assert ended.returncode == status, ended.stderr
@@ -662,16 +663,17 @@ def test_rollback_undoes_what_an_agent_whose_process_ended_did_and_exits_1_for_a
     assert first.returncode == 1, first.stderr
     report = json.loads(first.stdout)
     assert not report["complete"]
-    assert [s["status"] for s in report["steps"]] == ["undone", "failed"]  # newest first
-    assert "changed after the action" in report["steps"][1]["error"]
+    assert [s["status"] for s in report["steps"]] == ["undone", "undone", "failed"]  # newest first
+    assert "changed after the action" in report["steps"][2]["error"]
     assert crashed.read_text() == "before" and edited.read_text() == "a person's edit, after the agent's"
+    assert not made.exists()
     store = open_audit(url, create=False)
     rollbacks = store.query(AuditQuery(kind="rollback", limit=100))
     store.close()
-    assert sorted((r.outcome, r.actor) for r in rollbacks) == [("failed", "operator"), ("undone", "operator")]
+    assert sorted((r.outcome, r.actor) for r in rollbacks) == [("failed", "operator")] + [("undone", "operator")] * 2
 
     again = rollback("--actor", "alice")  # the failed step is tried again by the next one; the undone one is not
     assert again.returncode == 1, again.stderr
     assert [(s["status"], s["action_id"]) for s in json.loads(again.stdout)["steps"]] == [
-        ("failed", report["steps"][1]["action_id"])
+        ("failed", report["steps"][2]["action_id"])
     ]
