@@ -282,11 +282,9 @@ def test_arguments_are_checked_as_the_tools_model_reads_them(guards: Callable[..
     ]  # fmt: skip
 
 
-def test_a_call_checked_before_and_after_its_approval_leaves_no_decision_without_an_outcome(
-    guards: Callable[..., Guard], tmp_path: Path
-) -> None:
-    """With pre_approval_tool_input_guardrails the SDK runs the guardrails twice for one call: the first allowed
-    decision was left without an outcome, as if its action might still be running."""
+def run_past_an_approval(guards: Callable[..., Guard], tmp_path: Path, *, approve: bool) -> tuple[Guard, Path]:
+    """A run whose one call, a write to `notes.txt` (which holds "v0"), needs a person's approval and is checked
+    before it and again after (pre_approval_tool_input_guardrails); the person approves it or refuses it."""
     target = tmp_path / "notes.txt"
     target.write_text("v0")
 
@@ -305,12 +303,20 @@ def test_a_call_checked_before_and_after_its_approval_leaves_no_decision_without
     config = RunConfig(
         tracing_disabled=True, tool_execution=ToolExecutionConfig(pre_approval_tool_input_guardrails=True)
     )
-
     first = Runner.run_sync(agent, "take notes", run_config=config)
     state = first.to_state()
     for interruption in first.interruptions:
-        state.approve(interruption)
+        (state.approve if approve else state.reject)(interruption)
     assert Runner.run_sync(agent, state, run_config=config).final_output == "done"
+    return guard, target
+
+
+def test_a_call_checked_before_and_after_its_approval_leaves_no_decision_without_an_outcome(
+    guards: Callable[..., Guard], tmp_path: Path
+) -> None:
+    """With pre_approval_tool_input_guardrails the SDK runs the guardrails twice for one call: the first allowed
+    decision was left without an outcome, as if its action might still be running."""
+    guard, target = run_past_an_approval(guards, tmp_path, approve=True)
 
     assert target.read_text() == "hi"
     decisions = guard.audit.query(AuditQuery(kind="decision", limit=100))
@@ -330,30 +336,7 @@ def test_a_call_whose_approval_is_refused_leaves_no_undo_step_for_a_later_proces
     """A call checked before its approval kept the record of its undo step from that check on: refused, the call
     never ran, and once the process ended a rollback of the agent would have taken the step over and put back
     the file as it was at the check, over whatever was written since."""
-    target = tmp_path / "notes.txt"
-    target.write_text("v0")
-
-    @function_tool(needs_approval=True)
-    def write_file(path: str, text: str) -> str:
-        """Write text to a file."""
-        Path(path).write_text(text)
-        return "ok"
-
-    call = function_call("write_file", {"path": str(target), "text": "hi"}, call_id="call-1")
-    model = ScriptedModel([[call], [assistant_message("done")]])
-    guard = make_guard(guards, tmp_path)
-    agent = govern(
-        Agent(name="w", model=model, tools=[write_file]), guard, {"write_file": (ActionType.FILE_WRITE, "path")}
-    )
-    config = RunConfig(
-        tracing_disabled=True, tool_execution=ToolExecutionConfig(pre_approval_tool_input_guardrails=True)
-    )
-
-    first = Runner.run_sync(agent, "take notes", run_config=config)
-    state = first.to_state()
-    for interruption in first.interruptions:
-        state.reject(interruption)
-    Runner.run_sync(agent, state, run_config=config)
+    _, target = run_past_an_approval(guards, tmp_path, approve=False)
 
     assert target.read_text() == "v0"
     assert [p.name for p in (tmp_path / "home" / "snapshots").iterdir() if p.name.endswith(".step")] == []
