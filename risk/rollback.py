@@ -163,8 +163,8 @@ class SnapshotUndo:
     over, what someone else wrote after. `discard` deletes the copy and its record, once the step is undone or
     past every rollback's window.
 
-    Everything the undo needs is `plan` (JSON: see `_restorer`) and the snapshot at `stem`; `keep` writes both
-    with the step to the record at `stem.step`, for a process that takes the step over (`adopt_snapshots`).
+    Everything the undo needs is `plan` (JSON: see `_restorer`) and the snapshot at `stem`; `keep` writes the
+    plan, with the step, to the record at `stem.step`, for a process that takes the step over (`adopt_snapshots`).
     """
 
     def __init__(self, plan: dict[str, Any], stem: Path, *, before: Any = _UNSEEN, left: Any = _UNSETTLED) -> None:
@@ -176,6 +176,7 @@ class SnapshotUndo:
         self._before = _file_state(self.target) if before is _UNSEEN else before  # what the undo puts back
         self._left = left
         self._step: UndoStep | None = None  # the step whose record is kept
+        self._discarded = False
 
     @property
     def record(self) -> Path:
@@ -212,6 +213,7 @@ class SnapshotUndo:
             _UNDONE[self.target] = _file_state(self.target)
 
     def discard(self) -> None:
+        self._discarded = True  # a settle after (the watch block ending) writes no record again
         with contextlib.suppress(FileNotFoundError):
             self.record.unlink()
         if self.copy is not None:
@@ -220,7 +222,8 @@ class SnapshotUndo:
     def _write_record(self) -> None:
         """Write the record; one that cannot be written is logged: the step still works in this process."""
         step = self._step
-        assert step is not None
+        if step is None or self._discarded:
+            return
         kept = {
             "agent_id": step.agent_id,
             "action_id": step.action_id,

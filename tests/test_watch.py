@@ -143,6 +143,19 @@ def test_rollback_undoes_a_write_and_then_a_rename_of_the_file(make: Callable[..
     assert (work / "notes.txt").read_text() == "a person's edit, after"
 
 
+def test_a_step_undone_inside_the_block_leaves_no_record_when_the_block_ends(
+    make: Callable[..., Guard], work: Path
+) -> None:
+    """The block's end settles its files, and wrote the record of a step undone inside it again: once the process
+    ended, a rollback would take it over and remove the file the agent made, made again since by someone else."""
+    guard = make()
+    with guard.watch():
+        (work / "made.txt").write_text("the agent's")
+        assert guard.rollback().complete
+    (work / "made.txt").write_text("a person's, after")
+    assert [p.name for p in (guard.home / "snapshots").iterdir()] == []
+
+
 def test_rollback_of_a_rename_over_a_symbolic_link_puts_the_link_back(make: Callable[..., Guard], work: Path) -> None:
     """The rename replaces the link itself; its undo renamed the file back and left no link where one was, and
     the rollback still said it was complete."""
