@@ -168,7 +168,6 @@ class Catalog:
             conn = psycopg.connect(self.url, autocommit=True, **connection_defaults(conninfo_to_dict(self.url)))
         except psycopg.Error as exc:
             raise CatalogError(f"cannot connect to the catalog {self.where}: {exc}") from None
-        self._watch.watch(conn)
         try:
             self._watch.adopt(conn)
         except psycopg.Error as exc:

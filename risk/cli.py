@@ -219,8 +219,6 @@ def rollback_command(
         raise _fail(str(exc)) from None
     try:
         report = guard.rollback(agent, actor=actor)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
     finally:
         guard.close()
     steps = [

@@ -158,9 +158,7 @@ class Guard:
             self._behavior = _behavior_scorer(model, online, beside)
             versions = (RULES_VERSION, self._behavior.version if self._behavior else "")
             self.model_version = "+".join(v for v in versions if v)
-            self._undo = UndoLog()
-            # Those of processes that ended, which no rollback reaches any more.
-            sweep_snapshots(self.home / "snapshots", self._clock() - self._rollback_window())
+            self._undo = self._undo_log()
             self.killswitch = KillSwitch(self._state, self._record_event)
             self.audit_failures = 0
             self._unsaved_stops = beside.unsaved_stops  # agent -> a stop the state store refused (see _trip)
@@ -589,6 +587,12 @@ class Guard:
             for adopted in adopt_snapshots(self.home / "snapshots", agent, since):
                 self._undo.register(adopted)
         return self._undo.rollback(agent, since, record, only=only)
+
+    def _undo_log(self) -> UndoLog:
+        """A new undo log, once the snapshots that ended processes left past the window, which no rollback
+        reaches any more, are deleted."""
+        sweep_snapshots(self.home / "snapshots", self._clock() - self._rollback_window())
+        return UndoLog()
 
     def _rollback_window(self) -> float:
         """Seconds of history a rollback undoes (the remote guard's is the policy default: its policy is the

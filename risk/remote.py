@@ -50,7 +50,7 @@ from risk.errors import PolicyError, RiskError, StateError
 from risk.guard import Guard, current_task
 from risk.policy import Policy
 from risk.resources import readings
-from risk.rollback import RollbackReport, UndoLog, UndoStep, sweep_snapshots
+from risk.rollback import RollbackReport, UndoStep
 from risk.state import AgentState
 
 log = logging.getLogger("risk")
@@ -130,8 +130,7 @@ class RemoteGuard(Guard):
         self._lock = threading.Lock()
         self.audit_failures = 0
         self._clock = clock
-        self._undo = UndoLog()
-        sweep_snapshots(self.home / "snapshots", self._clock() - self._rollback_window())  # see Guard.__init__
+        self._undo = self._undo_log()
         self._client = httpx.Client(
             base_url=self.endpoint,
             headers={"Authorization": f"Bearer {api_key}"},
@@ -683,7 +682,7 @@ class Spool:
 
         The spool is not locked while the batches are sent, only while it is read and rewritten: records added
         meanwhile (a fail-open action, an outcome) wait for no request, and stay, after those read."""
-        with self._sender(wait) as sending:
+        with self._exclusive(self._sending, ".sending", wait=wait) as sending:
             if not sending:
                 yield None
                 return
@@ -710,14 +709,20 @@ class Spool:
                 bad.write(b"".join(line + b"\n" for line in torn))
 
     @contextmanager
-    def _sender(self, wait: bool) -> Iterator[bool]:
-        """Whether this is the one sender of the spool now, among threads (a lock) and processes (a lock file)."""
-        if not self._sending.acquire(blocking=wait):
+    def _locked(self) -> Iterator[None]:
+        with self._exclusive(self._lock, ".lock", wait=True):
+            yield
+
+    @contextmanager
+    def _exclusive(self, among_threads: threading.Lock, suffix: str, *, wait: bool) -> Iterator[bool]:
+        """Hold `among_threads` and the lock file beside the spool named by `suffix` (among processes); whether
+        they were got: without `wait`, False at once where another holds either."""
+        if not among_threads.acquire(blocking=wait):
             yield False
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path.with_suffix(".sending"), "a") as lock:
+            with open(self.path.with_suffix(suffix), "a") as lock:
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -728,17 +733,7 @@ class Spool:
                 finally:
                     fcntl.flock(lock, fcntl.LOCK_UN)
         finally:
-            self._sending.release()
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+            among_threads.release()
 
 
 class _Batches:

@@ -243,7 +243,7 @@ _SQL_GAP = rf"(?>\s|{_SQL_COMMENT_PATTERN})*+"
 _SQL_TOKENS = re.compile(
     # U&"d\0061ta", or with an escape character of its own: U&"d!0061ta" UESCAPE '!'.
     r"""(?P<unicode>\b[uU]&(?P<escaped>"(?:[^"]|"")*(?:"|\Z)|'(?:[^']|'')*(?:'|\Z))"""
-    rf"""(?:{_SQL_GAP}\b[uU][eE][sS][cC][aA][pP][eE]{_SQL_GAP}'(?P<escape>[^'])')?)"""
+    rf"""(?:{_SQL_GAP}\b(?i:uescape){_SQL_GAP}'(?P<escape>[^'])')?)"""
     # E'...', where a backslash escapes: E'ph\x69' is 'phi', and E'it\'s' one literal.
     r"""|(?P<backslashed>\b[eE]'(?:[^'\\]|''|\\.)*(?:'|\Z))"""
     rf"""|(?P<literal>'(?:[^']|'')*(?:'|\Z))|(?P<comment>{_SQL_COMMENT_PATTERN})"""

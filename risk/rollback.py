@@ -172,7 +172,9 @@ class SnapshotUndo:
         self.stem = stem
         self.target = Path(plan["target"])
         self.copy = stem if plan["kind"] != "remove" else None
-        self._restore = _restorer(plan, stem)
+        # The folder the undo acts in, by identity (none for a folder's copy, put back where it was).
+        self._folder = _Folder(Path(plan["folder"][0]), tuple(plan["folder"][1:])) if "folder" in plan else None
+        self._restore = _restorer(plan, stem, self._folder)
         self._before = _file_state(self.target) if before is _UNSEEN else before  # what the undo puts back
         self._left = left
         self._step: UndoStep | None = None  # the step whose record is kept
@@ -196,9 +198,8 @@ class SnapshotUndo:
                 self._write_record()
 
     def __call__(self) -> None:
-        folder = self._restore.folder
-        if folder is not None:  # a moved or replaced folder is the first thing to say
-            with folder.opened():
+        if self._folder is not None:  # a moved or replaced folder is the first thing to say
+            with self._folder.opened():
                 pass
         # As the action left it, as this undo would leave it, or as the last undo of the file left it (that of a
         # later or overlapping action on it, such as a watched write inside a guarded tool): anything else is a
@@ -346,38 +347,25 @@ def snapshot_tree(path: str, snapshot_dir: Path) -> tuple[Callable[[], None] | N
     return SnapshotUndo({"kind": "tree", "target": path}, copy), f"restore the folder {path} and everything in it"
 
 
-class _Restore:
-    """A restore to run, and the folder it acts in (None: a folder's copy, put back where it was)."""
-
-    def __init__(self, run: Callable[[], None], folder: _Folder | None) -> None:
-        self._run = run
-        self.folder = folder
-
-    def __call__(self) -> None:
-        self._run()
-
-
-def _restorer(plan: dict[str, Any], copy: Path) -> _Restore:
-    """What puts back the file (or folder) `plan` describes, from the copy at `copy`. `plan` holds, by its kind:
-    `remove` (the action made the file: delete it), `file` (restore the copy, with the owner, mode and times of
-    the file then) or `tree` (copy the folder back); `target`, and for a file the folder it was in (its path,
-    device and inode)."""
+def _restorer(plan: dict[str, Any], copy: Path, folder: _Folder | None) -> Callable[[], None]:
+    """What puts back the file (or folder) `plan` describes, from the copy at `copy`, acting inside `folder`.
+    `plan` holds, by its kind: `remove` (the action made the file: delete it), `file` (restore the copy, with
+    the owner, mode and times of the file then) or `tree` (copy the folder back); `target`, and for a file the
+    folder it was in (its path, device and inode)."""
     target = Path(plan["target"])
-    if plan["kind"] == "tree":
+    if folder is None:  # a tree
 
         def copy_back() -> None:
             shutil.copytree(copy, target, symlinks=True, dirs_exist_ok=True)
 
-        return _Restore(copy_back, None)
-    folder_path, device, inode = plan["folder"]
-    folder = _Folder(Path(folder_path), (device, inode))
+        return copy_back
     if plan["kind"] == "remove":
 
         def remove() -> None:
             with folder.opened() as fd, contextlib.suppress(FileNotFoundError):
                 os.unlink(target.name, dir_fd=fd)
 
-        return _Restore(remove, folder)
+        return remove
     uid, gid = plan["owner"]
     mode = plan["mode"]
     atime_ns, mtime_ns = plan["times"]
@@ -413,7 +401,7 @@ def _restorer(plan: dict[str, Any], copy: Path) -> _Restore:
                     os.unlink(staging, dir_fd=fd)
                 raise
 
-    return _Restore(restore, folder)
+    return restore
 
 
 def new_copy(snapshot_dir: Path) -> Path:
@@ -479,12 +467,10 @@ def adopt_snapshots(snapshot_dir: Path, agent_id: str, since: float) -> list[Und
     left in `snapshot_dir`, made this process's: their snapshots and records are renamed after its claim, so a
     sweep keeps them while it lives, and of two processes taking them over at once only one gets each."""
     names, ended = _left_by_ended(snapshot_dir)
-    found = sorted(
-        ((name, step) for name, step in _records(snapshot_dir, names, ended) if step["agent_id"] == agent_id),
-        key=lambda found: (found[1]["ts"], found[1]["started"]),
-    )
+    found = [(n, s) for n, s in _records(snapshot_dir, names, ended) if s["agent_id"] == agent_id and s["ts"] >= since]
+    found.sort(key=lambda f: (f[1]["ts"], f[1]["started"]), reverse=True)  # newest first: numbered down from -1
     steps: list[UndoStep] = []
-    for name, kept in reversed([f for f in found if f[1]["ts"] >= since]):
+    for name, kept in found:
         old = snapshot_dir / name[: -len(".step")]
         stem = new_copy(snapshot_dir)
         try:  # the snapshot first, as the claim (a sweep keeps it by its record, renamed after)
@@ -501,7 +487,7 @@ def adopt_snapshots(snapshot_dir: Path, agent_id: str, since: float) -> list[Und
         step = UndoStep(kept["action_id"], agent_id, kept["ts"], kept["description"], undo, started=next(_adopted))
         keep(step)
         steps.append(step)
-    return steps[::-1]
+    return steps
 
 
 def _left_by_ended(snapshot_dir: Path) -> tuple[list[str], set[str]]:
@@ -538,7 +524,7 @@ def _records(snapshot_dir: Path, names: list[str], ended: set[str]) -> Iterator[
                 step = json.loads((snapshot_dir / name).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            if isinstance(step, dict) and _RECORD_FIELDS.items() <= {k: type(v) for k, v in step.items()}.items():
+            if isinstance(step, dict) and all(isinstance(step.get(k), t) for k, t in _RECORD_FIELDS.items()):
                 yield name, step
 
 

@@ -286,10 +286,18 @@ def test_bad_input_raises_value_error_before_anything_is_sent(deployment: Deploy
 @contextmanager
 def _answering(status: int, body: bytes, headers: dict[str, str] | None = None) -> Iterator[str]:
     """A stand-in HTTP server that answers every request with `status`, `headers` and `body`; yields its URL."""
+    with _serving(lambda path, sent: (status, body), headers) as url:
+        yield url
+
+
+@contextmanager
+def _serving(answer: Callable[[str, bytes], tuple[int, bytes]], headers: dict[str, str] | None = None) -> Iterator[str]:
+    """A stand-in HTTP server that answers each POST with the status and body `answer(path, body sent)` gives,
+    and `headers`; yields its URL."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # the name http.server calls
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            status, body = answer(self.path, self.rfile.read(int(self.headers.get("Content-Length", 0))))
             self.send_response(status)
             for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
                 self.send_header(name, value)
@@ -639,48 +647,33 @@ def test_an_action_spooled_while_the_spool_is_being_sent_waits_for_no_request_an
     waited until the service had answered every request of the send, however slow it was."""
     answer_reports = threading.Event()
 
-    class SlowReports(http.server.BaseHTTPRequestHandler):  # fails every check; holds /v1/reports until told
-        def do_POST(self) -> None:  # the name http.server calls
-            sent = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            if self.path == "/v1/reports":
-                answer_reports.wait(30)
-                status, body = 200, {"accepted": len(sent["records"]), "duplicates": 0, "rejected": []}
-            else:
-                status, body = 503, {"detail": "down"}
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def slow_reports(path: str, sent: bytes) -> tuple[int, bytes]:  # fails every check; holds /v1/reports until told
+        if path != "/v1/reports":
+            return 503, b'{"detail": "down"}'
+        answer_reports.wait(30)
+        return 200, json.dumps({"accepted": len(json.loads(sent)["records"]), "duplicates": 0, "rejected": []}).encode()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowReports)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    guard = Guard(endpoint=f"http://127.0.0.1:{server.server_address[1]}", api_key="rk_0123456789abcdef_s",
-                  agent_id="bot", on_error="allow", home=tmp_path, timeout=30)  # fmt: skip
-    try:
-        first = guard.check(ActionType.API_CALL, "svc.first")
-        assert first.allowed and guard.spool.pending() == 1
-        sending = threading.Thread(target=guard.flush)
-        sending.start()
-        time.sleep(0.3)  # the send is under way, held by the service
-        meanwhile: list[Any] = []
-        checking = threading.Thread(target=lambda: meanwhile.append(guard.check(ActionType.API_CALL, "svc.second")))
-        checking.start()
-        checking.join(10)
-        assert not checking.is_alive(), "the action waited for the send"
-        assert meanwhile[0].allowed and meanwhile[0].reasons[0].code == "fail_open"
-        answer_reports.set()
-        sending.join(30)
-        assert [r["resource"] for r in guard.spool.read()] == ["svc.second"]  # sent: the first; kept: the second
-    finally:
-        answer_reports.set()
-        guard.close()
-        server.shutdown()
-        server.server_close()
+    with _serving(slow_reports) as url:
+        guard = Guard(endpoint=url, api_key="rk_0123456789abcdef_s", agent_id="bot", on_error="allow", home=tmp_path,
+                      timeout=30)  # fmt: skip
+        try:
+            first = guard.check(ActionType.API_CALL, "svc.first")
+            assert first.allowed and guard.spool.pending() == 1
+            sending = threading.Thread(target=guard.flush)
+            sending.start()
+            time.sleep(0.3)  # the send is under way, held by the service
+            meanwhile: list[Any] = []
+            checking = threading.Thread(target=lambda: meanwhile.append(guard.check(ActionType.API_CALL, "svc.second")))
+            checking.start()
+            checking.join(10)
+            assert not checking.is_alive(), "the action waited for the send"
+            assert meanwhile[0].allowed and meanwhile[0].reasons[0].code == "fail_open"
+            answer_reports.set()
+            sending.join(30)
+            assert [r["resource"] for r in guard.spool.read()] == ["svc.second"]  # sent: the first; kept: the second
+        finally:
+            answer_reports.set()
+            guard.close()
 
 
 def test_a_spool_larger_than_a_request_may_be_is_sent_in_parts(tmp_path: Path) -> None:

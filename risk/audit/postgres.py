@@ -164,7 +164,10 @@ class ConnectionWatch:
         _watch(self)
 
     def adopt(self, conn: psycopg.Connection[Any]) -> None:
-        """Take the deadline from the server's statement_timeout on a new connection (pg_settings gives it in ms)."""
+        """Watch a new connection from its first statement (call with the lock held, before any other statement
+        on it: a pooler that takes the connection and then holds its queries would stall there), and take the
+        deadline from the server's statement_timeout (pg_settings gives it in ms)."""
+        self.watch(conn)
         row = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout'").fetchone()
         timeout_ms = int(row[0]) if row else 0
         self.seconds = timeout_ms / 1000 + STATEMENT_GRACE if timeout_ms else STATEMENT_DEADLINE
@@ -186,10 +189,8 @@ class ConnectionWatch:
         bounded: bool = True,
     ) -> psycopg.Connection[Any]:  # fmt: skip
         """`conn`, last used at `used`, or a new one from `reconnect` where the server dropped it (`still_open`)
-        or the watchdog cut it off, watched from the idle check on (see `watch`). Call with the lock held.
-
-        `reconnect` is called with the lock held, and should `watch` the new connection before its first
-        statement: a pooler that takes the connection and then holds its queries would otherwise stall there."""
+        or the watchdog cut it off, watched from the idle check on (see `watch`). Call with the lock held;
+        `reconnect` is called with it held, and should `adopt` the new connection before any other statement."""
         self.watch(conn, bounded=bounded)
         # A cut may come just after the statement's answer: the connection is dead, though it looks whole for
         # the idle check's second.
@@ -408,12 +409,11 @@ class PostgresAuditStore:
             raise AuditError(
                 f"cannot connect to the PostgreSQL audit store at {_server(params)} ({self._where}): {reason}"
             ) from None
-        self._lock.watch(conn)
         try:
+            self._lock.adopt(conn)
             # Bound lock waits unless the URL, role or database already chose a limit ("0" means none).
             if _setting(conn, "lock_timeout") == "0":
                 conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT}'")
-            self._lock.adopt(conn)
         except psycopg.Error as exc:
             conn.close()
             raise AuditError(f"cannot configure the connection to {self._where}: {self._lock.failure(exc)}") from exc
