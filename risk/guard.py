@@ -58,7 +58,7 @@ from risk.rollback import (
     snapshot_file,
     sweep_snapshots,
 )
-from risk.scoring.behavior import Assessment, BehaviorScorer, combined
+from risk.scoring.behavior import Assessment, BehaviorScorer, combined, habituated
 from risk.scoring.model import DEFAULT_MODEL, BehaviorModel, load_installed
 from risk.scoring.online import OnlineScorer
 from risk.scoring.rules import RuleScorer
@@ -389,8 +389,7 @@ class Guard:
         except Exception as exc:  # a model that cannot score fails closed, and says why
             log.exception("behavioral scoring failed")
             return None, score, reasons, Reason("model_unavailable", f"the model could not score: {exc}", 1.0, True)
-        if any(assessment.severities):
-            score = combined(score, assessment.severities)
+        score = combined(habituated(score, reasons, assessment.prior_discount), assessment.severities)
         if assessment.reasons:  # a waiver (named_by_task) is a reason without a severity
             reasons = sorted([*reasons, *assessment.reasons], key=heaviest_first)
         return assessment, score, reasons, None

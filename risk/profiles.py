@@ -32,6 +32,7 @@ class AgentProfile:
     prefixes: set[str] = field(default_factory=set)
     destinations: set[str] = field(default_factory=set)
     denied_destinations: set[str] = field(default_factory=set)
+    habits: set[str] = field(default_factory=set)  # habit_key of each action type and resource it ran unflagged
     hour_counts: list[int] = field(default_factory=lambda: [0] * 24)
     transitions: dict[tuple[str, str], int] = field(default_factory=dict)
     transitions_from: dict[str, int] = field(default_factory=dict)
@@ -63,8 +64,9 @@ class AgentProfile:
         prefix: str,
         destinations: tuple[str, ...],
         amounts: tuple[tuple[str, float], ...] = (),
+        flagged: bool = False,
     ) -> None:
-        """Fold one allowed action into the profile."""
+        """Fold one allowed action into the profile; a `flagged` one (alerted and run) does not become a habit."""
         for name, x in amounts:
             seen = self.amounts.get(name)
             if seen is None:
@@ -75,6 +77,8 @@ class AgentProfile:
         self.type_counts[action_type] = self.type_counts.get(action_type, 0) + 1
         _remember(self.resources, resource)
         _remember(self.prefixes, prefix)
+        if not flagged:
+            _remember(self.habits, habit_key(action_type, resource))
         for d in destinations:
             _remember(self.destinations, d)
         self.hour_counts[int(ts // 3600) % 24] += 1
@@ -135,12 +139,21 @@ class AgentProfile:
         return counts
 
 
+def habit_key(action_type: str, resource: str) -> str:
+    """How a profile's `habits` name an action type on a resource.
+
+    >>> habit_key("file_read", "/reports/q3.csv")
+    'file_read /reports/q3.csv'
+    """
+    return f"{action_type} {resource}"
+
+
 def _remember(seen: set[str], value: str) -> None:
     if len(seen) < MAX_REMEMBERED:
         seen.add(value)
 
 
-PROFILE_SETS = ("resources", "prefixes", "destinations", "denied_destinations")
+PROFILE_SETS = ("resources", "prefixes", "destinations", "denied_destinations", "habits")
 
 
 def profile_core(profile: AgentProfile) -> dict[str, Any]:
@@ -216,6 +229,7 @@ class Probe:
     resource: str
     prefix: str
     destinations: tuple[str, ...]
+    habit: str = ""  # the action's habit_key
 
 
 class ProfileStore(Protocol):
@@ -243,9 +257,12 @@ class ActionSeen:
     prefix: str
     destinations: tuple[str, ...]
     amounts: tuple[tuple[str, float], ...] = ()
+    flagged: bool = False  # alerted and run
 
     def fold_into(self, profile: AgentProfile) -> None:
-        profile.record_action(self.ts, self.action_type, self.resource, self.prefix, self.destinations, self.amounts)
+        profile.record_action(
+            self.ts, self.action_type, self.resource, self.prefix, self.destinations, self.amounts, self.flagged
+        )
 
 
 class MemoryProfiles:

@@ -386,6 +386,7 @@ class RedisProfiles:
             "prefixes": [probe.prefix],
             "destinations": list(probe.destinations),
             "denied_destinations": list(probe.destinations),
+            "habits": [probe.habit] if probe.habit else [],
         }
         with self._state._errors("read the profile of agent", agent_id):
             pipe = self._state._client.pipeline(transaction=False)

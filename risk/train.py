@@ -21,7 +21,7 @@ from risk.audit.record import AuditRecord, canonical_json
 from risk.audit.store import AuditStore, open_audit, records
 from risk.features import BASELINE_ACTIONS, MODEL_FEATURES, model_input
 from risk.resources import readings
-from risk.scoring.behavior import Assessment, BehaviorScorer, combined
+from risk.scoring.behavior import Assessment, BehaviorScorer, combined, habituated
 from risk.scoring.model import CALIBRATION_HOLDOUT_ROWS, DEFAULT_MODEL, BehaviorModel, fit_model, save_model
 from risk.scoring.rules import RuleScorer
 from risk.traces import TraceAction, read_trace
@@ -42,7 +42,8 @@ def replay(
     actions: Iterable[TraceAction], scorer: BehaviorScorer | None = None
 ) -> Iterator[tuple[TraceAction, float, Assessment]]:
     """Replay `actions` (sorted by time) through the scorer's profiles, each learned as allowed and run;
-    yield each with its rule score and its assessment against the profile before it."""
+    yield each with its rule score (its priors discounted for a habit, as the guard counts them) and its
+    assessment against the profile before it."""
     scorer = scorer or BehaviorScorer(None, None)
     rules = RuleScorer()
     for number, action in enumerate(sorted(actions, key=lambda a: a.ts)):
@@ -53,7 +54,7 @@ def replay(
             action.agent_id, ts=action.ts, action_type=action.action_type, resource=resource,
             payload=action.payload, payload_bytes=payload_bytes, rule_reasons=reasons, task=action.task,
         )  # fmt: skip
-        yield action, rule_score, assessment
+        yield action, habituated(rule_score, reasons, assessment.prior_discount), assessment
         action_id = f"replay-{number}"
         scorer.observe(action.agent_id, action_id, action.ts, action.action_type, resource, assessment, True)
         success, rows, size = action.outcome()

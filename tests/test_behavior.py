@@ -36,7 +36,7 @@ from risk.features import (
     resource_prefix,
 )
 from risk.profiles import AgentProfile, Probe, profile_core, profile_from_core
-from risk.scoring.behavior import BehaviorScorer, novelty
+from risk.scoring.behavior import HABIT_DISCOUNT, BehaviorScorer, habituated, novelty
 from risk.scoring.calibration import StreamingTailCalibrator, TailCalibrator, severity_from_tail
 from risk.scoring.model import (
     SHIPPED_MODELS,
@@ -725,6 +725,58 @@ def test_a_mature_agent_reading_something_new_gets_no_novelty_reason() -> None:
     assert read.reasons == () and not any(read.severities)
 
 
+def deploy(scorer: BehaviorScorer, ts: float, resource: str, *, allowed: bool | None = True,
+           flagged: bool = False) -> Any:  # fmt: skip
+    """Assess a kubectl run on `resource` and, unless allowed is None, tell the scorer what was decided."""
+    atype, payload = ActionType.PROCESS_SPAWN, {"cmd": "kubectl rollout restart deploy/api"}
+    _, rules = RuleScorer().score(atype, resource, payload)
+    assessment = scorer.assess(
+        "devops", ts=ts, action_type=atype, resource=resource, payload=payload, payload_bytes=40, rule_reasons=rules
+    )
+    if allowed is not None:
+        scorer.observe("devops", f"id-{ts}", ts, atype, resource, assessment, allowed, flagged=flagged)
+    return assessment
+
+
+def test_an_action_type_the_agent_ran_unflagged_on_the_same_resource_is_a_habit_whose_priors_count_half() -> None:
+    scorer = BehaviorScorer(None, None)
+    for i in range(12):
+        deploy(scorer, T0 + 60 * i, "k8s/staging/deployments")
+    first = deploy(scorer, T0 + 900, "k8s/prod/deployments")  # run unflagged: a habit from now on
+    again = deploy(scorer, T0 + 960, "k8s/prod/deployments", allowed=None)
+    assert first.prior_discount == 0.0 and "habitual" not in codes(first)
+    assert again.prior_discount == HABIT_DISCOUNT
+    habit = next(r for r in again.reasons if r.code == "habitual")
+    assert habit.weight == 0.0 and "process_spawn" in habit.message and "count 50%" in habit.message
+    score, rules = RuleScorer().score(ActionType.PROCESS_SPAWN, "k8s/prod/deployments", {})
+    assert score > 0.5 > habituated(score, rules, again.prior_discount)  # 0.58 (type and production) to 0.32
+
+
+def test_a_habit_is_one_action_type_on_one_resource_and_only_what_ran_unflagged() -> None:
+    scorer = BehaviorScorer(None, None)
+    for i in range(12):
+        deploy(scorer, T0 + 60 * i, "k8s/staging/deployments")
+    deploy(scorer, T0 + 900, "k8s/prod/pods", flagged=True)  # alerted and run
+    deploy(scorer, T0 + 960, "k8s/prod/configmaps", allowed=False)  # denied
+    for resource in ("k8s/prod/pods", "k8s/prod/configmaps", "k8s/prod/statefulsets"):
+        assert deploy(scorer, T0 + 1000, resource, allowed=None).prior_discount == 0.0
+    _, rules = RuleScorer().score(ActionType.FILE_DELETE, "k8s/staging/deployments", None)
+    delete = scorer.assess(
+        "devops", ts=T0 + 1000, action_type=ActionType.FILE_DELETE, resource="k8s/staging/deployments",
+        payload=None, payload_bytes=4, rule_reasons=rules,
+    )  # fmt: skip
+    assert delete.prior_discount == 0.0  # its resource is familiar, not this action on it
+
+
+def test_a_habit_counts_with_the_agents_maturity_and_payload_rules_are_never_discounted() -> None:
+    scorer = BehaviorScorer(None, None)
+    for i in range(4):  # maturity 4/10, then 5/10 once the last one is in
+        deploy(scorer, T0 + 60 * i, "k8s/prod/deployments")
+    assert deploy(scorer, T0 + 600, "k8s/prod/deployments", allowed=None).prior_discount == pytest.approx(0.2)
+    _, rules = RuleScorer().score(ActionType.PROCESS_SPAWN, "k8s/prod/deployments", {"cmd": "rm -rf /srv/backups"})
+    assert habituated(0.0, rules, 1.0) == pytest.approx(0.7)  # the destructive shell rule alone is left
+
+
 def test_a_blamed_denial_marks_its_destination_as_denied() -> None:
     scorer = BehaviorScorer(None, None)
     for i in range(12):
@@ -811,10 +863,10 @@ def test_an_amount_far_outside_the_agents_range_is_flagged_whoever_the_payee() -
     everything = pay(scorer, T0 + 3600, "bank.transfer", transfer(KNOWN_IBANS[1], 1_000_000), allowed=None)
     tenfold = pay(scorer, T0 + 3600, "bank.transfer", transfer(KNOWN_IBANS[1], 2_700), allowed=None)
     assert "amount_deviation" not in codes(usual) and not any(usual.severities)
-    for odd in (penny, everything):
-        assert {r.code: r.weight for r in odd.reasons} == {"amount_deviation": pytest.approx(0.6)}
+    for odd in (penny, everything):  # a transfer, as the agent's habit is: only the amount weighs
+        assert {r.code: r.weight for r in odd.reasons} == {"amount_deviation": pytest.approx(0.6), "habitual": 0}
     # 2,700 is ten times the largest so far (270): half-way to the full severity.
-    assert {r.code: r.weight for r in tenfold.reasons} == {"amount_deviation": pytest.approx(0.3)}
+    assert {r.code: r.weight for r in tenfold.reasons} == {"amount_deviation": pytest.approx(0.3), "habitual": 0}
 
 
 def test_an_amount_counts_only_after_a_few_uses_and_a_flagged_one_does_not_widen_the_range() -> None:
@@ -1032,6 +1084,29 @@ def test_guard_with_a_model_blocks_a_first_transfer_to_a_new_iban(tmp_path: Path
     clock.now += 300
     retry = guard.check("api_call", "bank.transfer", transfer(NEW_IBAN, 99))
     assert not retry.allowed and "denied_destination" in retry.reason_codes
+
+
+def test_guard_lets_a_mature_agents_habit_pass_where_the_priors_alone_pause_a_first_time(tmp_path: Path) -> None:
+    """A deploy to production scores 0.58 on its rules (a command in production); the agent's own deploys, run
+    unflagged before, make it a habit that a threshold of 0.5 lets pass, and the audit trail says why."""
+    clock, state = Clock(), MemoryState()
+    cmd = {"cmd": "kubectl rollout restart deploy/api -n prod"}
+    # No batch model, and a streaming model that says nothing before it has learned 250 actions: rules and profiles.
+    learning = make_guard(tmp_path, model=None, online=True, mode="alert", state=state, clock=clock)  # flags nothing
+    for i in range(12):
+        clock.now = T0 + 60 * i
+        learning.record_outcome(learning.check("process_spawn", "k8s/prod/deployments", cmd).action_id)
+    guard = make_guard(tmp_path, model=None, online=True, max_risk_score=0.5, mode="pause", state=state, clock=clock)
+    clock.now += 60
+    routine = guard.check("process_spawn", "k8s/prod/deployments", cmd)
+    assert routine.allowed and routine.risk_score == pytest.approx(0.3194, abs=1e-4)
+    (audited,) = guard.audit.query(AuditQuery(action_id=routine.action_id))
+    assert audited.risk_score == routine.risk_score and any(r["code"] == "habitual" for r in audited.reasons)
+    clock.now += 60
+    other = guard.check("process_spawn", "k8s/prod/statefulsets", cmd)  # a first time there
+    assert other.outcome.value == "paused" and "habitual" not in other.reason_codes
+    guard.close()
+    learning.close()
 
 
 def test_guard_lets_a_new_payee_the_users_task_names_pass_and_audits_why(tmp_path: Path) -> None:

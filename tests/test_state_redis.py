@@ -483,13 +483,17 @@ def test_a_stop_the_state_store_refuses_is_held_by_the_guard_until_the_store_tak
 
 
 def test_redis_profiles_give_the_same_features_as_memory_profiles_on_a_trace(url: str) -> None:
-    """Every feature of every action of a real trace, measured against profiles in Redis and in memory."""
+    """Every feature and habit of every action of a real trace, measured against profiles in Redis and in memory."""
     actions = sorted(read_trace(ROOT / "data" / "synthetic" / "train.jsonl"), key=lambda a: a.ts)[:400]
-    in_memory = [a.features for _, _, a in replay(actions, BehaviorScorer(None, None, MemoryProfiles()))]
+    in_memory = [
+        (a.features, a.prior_discount) for _, _, a in replay(actions, BehaviorScorer(None, None, MemoryProfiles()))
+    ]
     state = RedisState.from_url(url)
-    in_redis = [a.features for _, _, a in replay(actions, BehaviorScorer(None, None, RedisProfiles(state)))]
+    redis = BehaviorScorer(None, None, RedisProfiles(state))
+    in_redis = [(a.features, a.prior_discount) for _, _, a in replay(actions, redis)]
     state.close()
     assert len({a.agent_id for a in actions}) > 1
+    assert 0 < sum(discount > 0 for _, discount in in_memory) < len(actions)  # habits, and first times
     assert in_redis == in_memory
 
 

@@ -25,10 +25,10 @@ from risk.features import (
     named_destinations,
     resource_prefix,
 )
-from risk.profiles import ActionSeen, AgentProfile, MemoryProfiles, Probe, ProfileStore
+from risk.profiles import ActionSeen, AgentProfile, MemoryProfiles, Probe, ProfileStore, habit_key
 from risk.scoring.model import BehaviorModel
 from risk.scoring.online import OnlineScorer
-from risk.scoring.rules import noisy_or
+from risk.scoring.rules import PRIOR_CODES, noisy_or
 
 REASON_FLOOR = 0.05  # behavioral severities below this are noise, not reasons
 
@@ -57,6 +57,29 @@ def novelty(x: Sequence[float], action_type: ActionType) -> list[Reason]:
     return [Reason(FEATURES[i], message, severity * x[i]) for i, severity, message in _NOVELTY_INDEX if x[i] > 0]
 
 
+# How much less the priors (rule action type and resource severities) count for a habit of a mature agent: an action
+# type it ran on the same resource before, unflagged. A devops agent's daily deploy to production is what that agent
+# is for: at full prior, each scored 0.58 and paused it at the threshold 0.5. Halved, not removed: the same command
+# line can do something else there (`kubectl delete --all`), and only the prior still weighs it. Halving kept the
+# harmful actions flagged above 0.5 of every attack type in two synthetic sets of scale 1 (seeds 7 and 11) as they
+# were, and cut the benign ones from 7% to 2 to 3%; removing the priors cut them to 1 to 2% but let bulk deletions,
+# privilege escalations and prompt injections pass.
+HABIT_DISCOUNT = 0.5
+
+
+def habituated(rule_score: float, rule_reasons: Sequence[Reason], discount: float) -> float:
+    """The rule score with the priors among `rule_reasons` counted `1 - discount` times (0: `rule_score`).
+
+    >>> from risk.scoring.rules import RuleScorer
+    >>> score, reasons = RuleScorer().score(ActionType.PROCESS_SPAWN, "k8s/prod/deployments", {})
+    >>> round(score, 4), round(habituated(score, reasons, 0.5), 4)
+    (0.5775, 0.3194)
+    """
+    if not discount:
+        return rule_score
+    return noisy_or([r.weight * (1.0 - discount) if r.code in PRIOR_CODES else r.weight for r in rule_reasons])
+
+
 def combined(rule_score: float, severities: Sequence[float]) -> float:
     """The risk score: the rule score with the behavioral severities folded in by noisy-OR (none: unchanged).
 
@@ -79,6 +102,7 @@ class Assessment:
     unseen_primary: tuple[str, ...]  # where the action itself goes that the agent never went before
     destinations: tuple[str, ...]
     amounts: tuple[tuple[str, float], ...] = ()  # its quantity arguments (see risk.features.amounts)
+    prior_discount: float = 0.0  # how much less the rule priors count: a habit (see HABIT_DISCOUNT)
 
 
 class BehaviorScorer:
@@ -124,7 +148,9 @@ class BehaviorScorer:
         quantities = amounts(action_type, payload)
         named = named_destinations(task, dests) if task else frozenset()
 
-        def measure(profile: AgentProfile) -> tuple[list[float], float, tuple[str, ...]]:
+        habit = habit_key(action_type.value, resource)
+
+        def measure(profile: AgentProfile) -> tuple[list[float], float, tuple[str, ...], bool]:
             x = feature_vector(
                 profile,
                 ts=ts,
@@ -138,13 +164,17 @@ class BehaviorScorer:
                 named=named,
             )
             unseen = tuple(d for d in dests if d not in profile.destinations)
-            return x, maturity(profile), unseen
+            return x, maturity(profile), unseen, habit in profile.habits
 
-        x, weight, unseen = self.profiles.read(agent_id, Probe(resource, prefix, dests), measure)
+        x, weight, unseen, habitual = self.profiles.read(agent_id, Probe(resource, prefix, dests, habit), measure)
         unseen_primary = tuple(d for d in primary if d in unseen and d not in named)
         severities, reasons = [], []
         if waived := [d for d in unseen if d in named]:
             reasons.append(Reason("named_by_task", f"new destinations the task names: {', '.join(waived)}"))
+        discount = HABIT_DISCOUNT * weight if habitual else 0.0
+        if discount:
+            why = f"this agent ran {action_type.value} on this resource before, unflagged: "
+            reasons.append(Reason("habitual", why + f"the action type and resource rules count {1 - discount:.0%}"))
         if weight > 0:
             found = [Reason(r.code, r.message, r.weight * weight) for r in novelty(x, action_type)]
             if found:
@@ -162,7 +192,7 @@ class BehaviorScorer:
             if s >= REASON_FLOOR:
                 reasons.append(Reason("behavior_online", f"the streaming model finds this unusual ({s:.2f})", s))
         return Assessment(
-            tuple(severities), tuple(reasons), tuple(x), weight, prefix, unseen_primary, dests, quantities
+            tuple(severities), tuple(reasons), tuple(x), weight, prefix, unseen_primary, dests, quantities, discount
         )
 
     def observe(
@@ -171,15 +201,15 @@ class BehaviorScorer:
     ) -> None:  # fmt: skip
         """Fold a decision into the agent's profile. Every decision counts toward the denial rate, a denied or
         `flagged` one (not simply allowed: denied, or alerted and run) as a denial. An allowed action shapes the
-        baseline, but a flagged one not with its new destinations and its amounts; `blame` (denied or flagged
-        for what the action itself is) marks those destinations as suspect. The features of an allowed,
+        baseline, but a flagged one not with its new destinations, its amounts, nor as a habit; `blame` (denied or
+        flagged for what the action itself is) marks those destinations as suspect. The features of an allowed,
         unflagged action wait for its outcome, to be learned by the online model."""
         denied = flagged or not allowed
         seen = None
         if allowed:  # it ran
             sent = () if flagged else assessment.destinations
             sent_amounts = () if flagged else assessment.amounts
-            seen = ActionSeen(ts, action_type.value, resource, assessment.prefix, sent, sent_amounts)
+            seen = ActionSeen(ts, action_type.value, resource, assessment.prefix, sent, sent_amounts, flagged)
         # Blame only where the flagged action tried to go, and only places the agent never used.
         self.profiles.record(agent_id, denied=denied, blamed=assessment.unseen_primary if blame else (), action=seen)
         if not denied and self.online is not None:

@@ -211,6 +211,9 @@ def resource_signals(normalized_resource: str) -> tuple[str, ...]:
 
 
 _RESOURCE_SEVERITY = {code: severity for code, severity, _ in RESOURCE_RULES}
+# The rules that judge what an action is and where it acts, not what it carries: priors about any agent, which an
+# agent's own habit can outweigh (risk.scoring.behavior.habituated).
+PRIOR_CODES = frozenset({"action_type", *_RESOURCE_SEVERITY})
 
 
 def noisy_or(severities: list[float]) -> float:
