@@ -59,11 +59,9 @@ def novelty(x: Sequence[float], action_type: ActionType) -> list[Reason]:
 
 # How much less the priors (rule action type and resource severities) count for a habit of a mature agent: an action
 # type it ran on the same resource before, unflagged. A devops agent's daily deploy to production is what that agent
-# is for: at full prior, each scored 0.58 and paused it at the threshold 0.5. Halved, not removed: the same command
-# line can do something else there (`kubectl delete --all`), and only the prior still weighs it. Halving kept the
-# harmful actions flagged above 0.5 of every attack type in two synthetic sets of scale 1 (seeds 7 and 11) as they
-# were, and cut the benign ones from 7% to 2 to 3%; removing the priors cut them to 1 to 2% but let bulk deletions,
-# privilege escalations and prompt injections pass.
+# is for: at full prior, each scored 0.58 and paused it at the threshold 0.5. Halved, not removed: the same resource
+# can see another command (`kubectl delete --all`), and only the prior still weighs it. See the README's "Habits" for
+# what halving and removing did on synthetic data.
 HABIT_DISCOUNT = 0.5
 
 
