@@ -782,9 +782,12 @@ class Guard:
             held.append((self, body))
 
     def close(self) -> None:
-        """Close the audit store, and the state store if the guard opened it (from a URL, or the default)."""
-        self.audit.close()
-        self._close_state()
+        """Close the audit store, and the state store if the guard opened it (from a URL, or the default), though
+        the audit store's close fails (a store busy behind a stalled statement): then raise its error."""
+        try:
+            self.audit.close()
+        finally:
+            self._close_state()
 
     def _close_state(self) -> None:
         close_state = getattr(self._state, "close", None) if self._owns_state and hasattr(self, "_state") else None

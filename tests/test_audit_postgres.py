@@ -858,6 +858,42 @@ def test_closing_the_service_closes_every_store_though_one_is_busy_behind_a_stal
         service.audit.close()
 
 
+def test_closing_a_guard_closes_the_state_store_it_opened_though_its_audit_store_is_busy(
+    stalling: tuple[StallingProxy, str], redis_url: str, tmp_path: Path
+) -> None:
+    """As the service's: the Redis connections of the guard's own state store were left open behind the error."""
+    import redis
+
+    proxy, proxied = stalling
+    name = f"risk-test-{uuid.uuid4().hex[:12]}"
+    guard = Guard(audit=proxied, state=f"{redis_url}&client_name={name}", home=tmp_path, model=None, online=False)
+    server = redis.Redis.from_url(redis_url.partition("?")[0])
+
+    purging = threading.Thread(target=lambda: guard.audit.delete_through(0), daemon=True)  # purges wait on
+
+    def connected() -> int:
+        return sum(client["name"] == name for client in server.client_list())
+
+    try:
+        assert guard.check(ActionType.DATABASE_QUERY, "data.deidentified.claims").allowed
+        assert connected() == 1
+        proxy.stall.set()
+        purging.start()
+        time.sleep(0.2)
+        with pytest.raises(AuditError, match="is busy"):
+            guard.close()
+        deadline = time.monotonic() + 5
+        while connected() and time.monotonic() < deadline:  # the server sees the socket close a moment later
+            time.sleep(0.05)
+        assert connected() == 0
+    finally:
+        proxy.stall.clear()
+        if purging.is_alive():
+            purging.join(timeout=30)
+        guard.audit.close()
+        server.close()
+
+
 def test_the_statement_deadline_follows_the_servers_statement_timeout(
     open_store: Callable[..., PostgresAuditStore], schema: str
 ) -> None:
