@@ -295,7 +295,7 @@ class Guard:
                 reasons.insert(0, why)
             else:
                 assessment, score, reasons, model_failure = self._assess(
-                    agent, now, atype, read.canonical, payload, payload_json, task, score, reasons
+                    agent, now, atype, read, payload, payload_json, task, score, reasons
                 )
                 violations = self._violations(agent, now, atype, read, payload, score, model_failure)
                 if state.approved_fingerprint is not None:
@@ -375,7 +375,7 @@ class Guard:
         )
 
     def _assess(
-        self, agent: str, now: float, atype: ActionType, resource: str, payload: Any, payload_json: bytes,
+        self, agent: str, now: float, atype: ActionType, read: Readings, payload: Any, payload_json: bytes,
         task: str | None, score: float, reasons: list[Reason],
     ) -> tuple[Assessment | None, float, list[Reason], Reason | None]:  # fmt: skip
         """The behavioral scorer's view of the action, folded into the rule score and reasons."""
@@ -383,8 +383,8 @@ class Guard:
             return None, score, reasons, None
         try:
             assessment = self._behavior.assess(
-                agent, ts=now, action_type=atype, resource=resource, payload=payload,
-                payload_bytes=len(payload_json), rule_reasons=reasons, task=task,
+                agent, ts=now, action_type=atype, resource=read.canonical, payload=payload,
+                payload_bytes=len(payload_json), rule_reasons=reasons, task=task, real_resource=read.real,
             )  # fmt: skip
         except Exception as exc:  # a model that cannot score fails closed, and says why
             log.exception("behavioral scoring failed")

@@ -1109,6 +1109,31 @@ def test_guard_lets_a_mature_agents_habit_pass_where_the_priors_alone_pause_a_fi
     learning.close()
 
 
+def test_a_file_reached_through_a_symlink_is_never_a_habit(tmp_path: Path) -> None:
+    """The agent reads the same summary every day; pointed at patient records, the link's read must weigh the PHI
+    rule in full, not halved as the habit of reading that path would have it."""
+    clock, state = Clock(), MemoryState()
+    shared = tmp_path / "shared"
+    (shared / "patients").mkdir(parents=True)
+    (shared / "patients" / "records.csv").write_text("mrn,diagnosis\n")
+    summary = shared / "summary.csv"
+    summary.write_text("month,claims\n")
+    learning = make_guard(tmp_path, model=None, online=True, mode="alert", state=state, clock=clock)
+    for i in range(12):
+        clock.now = T0 + 60 * i
+        learning.record_outcome(learning.check("file_read", str(summary)).action_id)
+    guard = make_guard(tmp_path, model=None, online=True, max_risk_score=0.5, mode="block", state=state, clock=clock)
+    clock.now += 60
+    assert "habitual" in guard.check("file_read", str(summary)).reason_codes  # the path, read as ever
+    summary.unlink()
+    summary.symlink_to(shared / "patients" / "records.csv")
+    clock.now += 60
+    linked = guard.check("file_read", str(summary))
+    assert not linked.allowed and "resource_phi" in linked.reason_codes and "habitual" not in linked.reason_codes
+    guard.close()
+    learning.close()
+
+
 def test_guard_lets_a_new_payee_the_users_task_names_pass_and_audits_why(tmp_path: Path) -> None:
     clock = Clock()
     guard = make_guard(tmp_path, model=payments_model(), online=False, max_risk_score=0.5, mode="block", clock=clock)

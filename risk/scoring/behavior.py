@@ -137,10 +137,13 @@ class BehaviorScorer:
         payload_bytes: int,
         rule_reasons: Sequence[Reason],
         task: str | None = None,
+        real_resource: str | None = None,
     ) -> Assessment:
         """How the action looks against the agent's profile. `task` is the instruction the agent is carrying out,
         as its principal gave it: a destination it names is not new to the agent, nor blamed if the action is
-        flagged, since the principal asked for it (see `risk.features.named_destinations`)."""
+        flagged, since the principal asked for it (see `risk.features.named_destinations`). `real_resource` is
+        where a file resource's symlinks lead, if elsewhere: such an action is never a habit, since a link the
+        agent used every day can be pointed at patient records between two of its reads."""
         prefix = resource_prefix(resource)
         primary, dests = destinations(resource, payload)
         quantities = amounts(action_type, payload)
@@ -162,7 +165,7 @@ class BehaviorScorer:
                 named=named,
             )
             unseen = tuple(d for d in dests if d not in profile.destinations)
-            return x, maturity(profile), unseen, habit in profile.habits
+            return x, maturity(profile), unseen, real_resource is None and habit in profile.habits
 
         x, weight, unseen, habitual = self.profiles.read(agent_id, Probe(resource, prefix, dests, habit), measure)
         unseen_primary = tuple(d for d in primary if d in unseen and d not in named)
