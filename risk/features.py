@@ -20,8 +20,8 @@ from risk.resources import payload_texts
 from risk.scoring.rules import noisy_or
 
 FEATURES: tuple[str, ...] = (
-    "action_type_severity",  # the rule prior of the action type
-    "resource_severity",  # strongest resource rule (PHI, PII, secrets, system, production)
+    "action_type_severity",  # the rule prior of the action type (halved for a habit, as in the risk score)
+    "resource_severity",  # strongest resource rule (PHI, PII, secrets, system, production), halved for a habit
     "payload_severity",  # payload rules combined (destructive SQL or shell, credentials, ...)
     "is_write",
     "is_delete",
@@ -272,10 +272,15 @@ def feature_vector(
     payload_bytes: int,
     action_amounts: tuple[tuple[str, float], ...] = (),
     named: frozenset[str] = frozenset(),
+    prior_discount: float = 0.0,
 ) -> list[float]:
     """The FEATURES of one action, in order, measured against `profile` as it was before the action.
-    Destinations in `named` (those the agent's task names, see `named_destinations`) do not count as new."""
+    Destinations in `named` (those the agent's task names, see `named_destinations`) do not count as new. The
+    rule priors (action type and resource severities) count `1 - prior_discount` times, as in the risk score: for
+    a habit (see risk.scoring.behavior.HABIT_DISCOUNT), so the models weigh them as the score does."""
     action_sev, resource_sev, payload_sev = rule_parts(rule_reasons)
+    action_sev *= 1.0 - prior_discount
+    resource_sev *= 1.0 - prior_discount
     value = action_type.value
     n = profile.actions
     seen_dests, denied_dests = profile.destinations, profile.denied_destinations

@@ -746,6 +746,9 @@ def test_an_action_type_the_agent_ran_unflagged_on_the_same_resource_is_a_habit_
     again = deploy(scorer, T0 + 960, "k8s/prod/deployments", allowed=None)
     assert first.prior_discount == 0.0 and "habitual" not in codes(first)
     assert again.prior_discount == HABIT_DISCOUNT
+    priors = [FEATURES.index("action_type_severity"), FEATURES.index("resource_severity")]
+    assert [first.features[i] for i in priors] == [0.35, 0.35]  # process_spawn, production
+    assert [again.features[i] for i in priors] == [0.175, 0.175]  # the models see them as the score counts them
     habit = next(r for r in again.reasons if r.code == "habitual")
     assert habit.weight == 0.0 and "process_spawn" in habit.message and "count 50%" in habit.message
     score, rules = RuleScorer().score(ActionType.PROCESS_SPAWN, "k8s/prod/deployments", {})
@@ -996,7 +999,7 @@ def run_payments(guard: Guard, clock: Clock) -> list[Any]:
 def test_guard_scores_with_the_shipped_model_and_online_learning_by_default(tmp_path: Path) -> None:
     clock = Clock()
     guard = make_guard(tmp_path, max_risk_score=0.5, clock=clock)
-    assert guard.model_version == "rules-1+default-3+online-hst10x6"
+    assert guard.model_version == "rules-1+default-4+online-hst10x6"
     novel = run_payments(guard, clock)[-1]
     assert not novel.allowed and "new_destination" in novel.reason_codes
 

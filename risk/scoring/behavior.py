@@ -151,7 +151,10 @@ class BehaviorScorer:
 
         habit = habit_key(action_type.value, resource)
 
-        def measure(profile: AgentProfile) -> tuple[list[float], float, tuple[str, ...], bool]:
+        def measure(profile: AgentProfile) -> tuple[list[float], float, tuple[str, ...], float]:
+            weight = maturity(profile)
+            habitual = real_resource is None and habit in profile.habits
+            discount = HABIT_DISCOUNT * weight if habitual else 0.0
             x = feature_vector(
                 profile,
                 ts=ts,
@@ -163,16 +166,16 @@ class BehaviorScorer:
                 payload_bytes=payload_bytes,
                 action_amounts=quantities,
                 named=named,
+                prior_discount=discount,
             )
             unseen = tuple(d for d in dests if d not in profile.destinations)
-            return x, maturity(profile), unseen, real_resource is None and habit in profile.habits
+            return x, weight, unseen, discount
 
-        x, weight, unseen, habitual = self.profiles.read(agent_id, Probe(resource, prefix, dests, habit), measure)
+        x, weight, unseen, discount = self.profiles.read(agent_id, Probe(resource, prefix, dests, habit), measure)
         unseen_primary = tuple(d for d in primary if d in unseen and d not in named)
         severities, reasons = [], []
         if waived := [d for d in unseen if d in named]:
             reasons.append(Reason("named_by_task", f"new destinations the task names: {', '.join(waived)}"))
-        discount = HABIT_DISCOUNT * weight if habitual else 0.0
         if discount:
             why = f"this agent ran {action_type.value} on this resource before, unflagged: "
             reasons.append(Reason("habitual", why + f"the action type and resource rules count {1 - discount:.0%}"))
