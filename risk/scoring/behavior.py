@@ -148,7 +148,6 @@ class BehaviorScorer:
         primary, dests = destinations(resource, payload)
         quantities = amounts(action_type, payload)
         named = named_destinations(task, dests) if task else frozenset()
-
         habit = habit_key(action_type.value, resource)
 
         def measure(profile: AgentProfile) -> tuple[list[float], float, tuple[str, ...], float]:
