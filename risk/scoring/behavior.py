@@ -16,6 +16,7 @@ from typing import Any
 from risk.actions import ActionType, Reason
 from risk.features import (
     FEATURES,
+    FEATURES_VERSION,
     MODEL_FEATURES,
     amounts,
     destinations,
@@ -26,6 +27,7 @@ from risk.features import (
     resource_prefix,
 )
 from risk.profiles import ActionSeen, AgentProfile, MemoryProfiles, Probe, ProfileStore, habit_key
+from risk.resources import Readings
 from risk.scoring.model import BehaviorModel
 from risk.scoring.online import OnlineScorer
 from risk.scoring.rules import PRIOR_CODES, noisy_or
@@ -100,6 +102,7 @@ class Assessment:
     unseen_primary: tuple[str, ...]  # where the action itself goes that the agent never went before
     destinations: tuple[str, ...]
     amounts: tuple[tuple[str, float], ...] = ()  # its quantity arguments (see risk.features.amounts)
+    habit: str = ""  # its habit_key: what the agent's profile remembers if it runs unflagged
     prior_discount: float = 0.0  # how much less the rule priors count: a habit (see HABIT_DISCOUNT)
 
 
@@ -112,7 +115,7 @@ class BehaviorScorer:
         online: OnlineScorer | None,
         profiles: ProfileStore | None = None,
     ) -> None:
-        if model is not None and tuple(model.features) != MODEL_FEATURES:
+        if model is not None and (tuple(model.features), model.features_version) != (MODEL_FEATURES, FEATURES_VERSION):
             raise ValueError(f"model {model.model_version} was trained on other features; retrain it")
         self.model = model
         self.online = online
@@ -137,23 +140,25 @@ class BehaviorScorer:
         payload_bytes: int,
         rule_reasons: Sequence[Reason],
         task: str | None = None,
-        real_resource: str | None = None,
+        read: Readings | None = None,
     ) -> Assessment:
         """How the action looks against the agent's profile. `task` is the instruction the agent is carrying out,
         as its principal gave it: a destination it names is not new to the agent, nor blamed if the action is
-        flagged, since the principal asked for it (see `risk.features.named_destinations`). `real_resource` is
-        where a file resource's symlinks lead, if elsewhere: such an action is never a habit, since a link the
-        agent used every day can be pointed at patient records between two of its reads."""
+        flagged, since the principal asked for it (see `risk.features.named_destinations`). `read` is every
+        reading of `resource` (`risk.resources.readings`, symlinks resolved for a file): destinations are read
+        from each, and a habit is the same action type on a resource that reads alike every way, so neither a
+        link the agent used every day pointed at patient records, nor `https://evil.example/../` before the
+        agent's usual host, is the habit of the path it resembles."""
+        read = read or Readings(resource, (resource,), False)
         prefix = resource_prefix(resource)
-        primary, dests = destinations(resource, payload)
+        primary, dests = destinations(resource, payload, read.all)
         quantities = amounts(action_type, payload)
         named = named_destinations(task, dests) if task else frozenset()
-        habit = habit_key(action_type.value, resource)
+        habit = habit_key(action_type.value, read.identity)
 
         def measure(profile: AgentProfile) -> tuple[list[float], float, tuple[str, ...], float]:
             weight = maturity(profile)
-            habitual = real_resource is None and habit in profile.habits
-            discount = HABIT_DISCOUNT * weight if habitual else 0.0
+            discount = HABIT_DISCOUNT * weight if habit in profile.habits else 0.0
             x = feature_vector(
                 profile,
                 ts=ts,
@@ -195,24 +200,35 @@ class BehaviorScorer:
             if s >= REASON_FLOOR:
                 reasons.append(Reason("behavior_online", f"the streaming model finds this unusual ({s:.2f})", s))
         return Assessment(
-            tuple(severities), tuple(reasons), tuple(x), weight, prefix, unseen_primary, dests, quantities, discount
+            tuple(severities),
+            tuple(reasons),
+            tuple(x),
+            weight,
+            prefix,
+            unseen_primary,
+            dests,
+            quantities,
+            habit,
+            discount,
         )
 
     def observe(
         self, agent_id: str, action_id: str, ts: float, action_type: ActionType, resource: str,
-        assessment: Assessment, allowed: bool, *, flagged: bool = False, blame: bool = False,
+        assessment: Assessment, allowed: bool, *, flagged: bool = False, blame: bool = False, approved: bool = False,
     ) -> None:  # fmt: skip
         """Fold a decision into the agent's profile. Every decision counts toward the denial rate, a denied or
         `flagged` one (not simply allowed: denied, or alerted and run) as a denial. An allowed action shapes the
         baseline, but a flagged one not with its new destinations, its amounts, nor as a habit; `blame` (denied or
-        flagged for what the action itself is) marks those destinations as suspect. The features of an allowed,
-        unflagged action wait for its outcome, to be learned by the online model."""
+        flagged for what the action itself is) marks those destinations as suspect. One that ran by a reviewer's
+        one-time approval (`approved`) makes no habit either: the approval was for that payload, once. The
+        features of an allowed, unflagged action wait for its outcome, to be learned by the online model."""
         denied = flagged or not allowed
         seen = None
         if allowed:  # it ran
             sent = () if flagged else assessment.destinations
             sent_amounts = () if flagged else assessment.amounts
-            seen = ActionSeen(ts, action_type.value, resource, assessment.prefix, sent, sent_amounts, flagged)
+            habit = "" if flagged or approved else assessment.habit
+            seen = ActionSeen(ts, action_type.value, resource, assessment.prefix, sent, sent_amounts, habit)
         # Blame only where the flagged action tried to go, and only places the agent never used.
         self.profiles.record(agent_id, denied=denied, blamed=assessment.unseen_primary if blame else (), action=seen)
         if not denied and self.online is not None:

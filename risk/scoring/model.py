@@ -25,6 +25,7 @@ import sklearn
 from sklearn.ensemble import IsolationForest
 
 from risk.errors import RiskError
+from risk.features import FEATURES_VERSION, MODEL_FEATURES
 from risk.scoring.calibration import TailCalibrator
 from risk.scoring.forest import CompiledForest
 
@@ -65,6 +66,7 @@ class BehaviorModel:
     forest: CompiledForest
     calibrator: TailCalibrator
     feature_samples: list[list[float]]  # per feature, 1,001 quantiles of its benign values, for explanations
+    features_version: int = 1  # risk.features.FEATURES_VERSION when fitted (artifacts from before it: 1)
 
     @property
     def model_version(self) -> str:
@@ -118,7 +120,7 @@ def fit_model(
     calibrator = TailCalibrator((-compiled.score_many(X[held])).tolist())
     levels = np.linspace(0.0, 1.0, 1001)
     samples = [np.quantile(X[:, j], levels).tolist() for j in range(X.shape[1])]
-    return BehaviorModel(name, version, tuple(features), compiled, calibrator, samples)
+    return BehaviorModel(name, version, tuple(features), compiled, calibrator, samples, FEATURES_VERSION)
 
 
 def save_model(model: BehaviorModel, directory: str | Path, card: dict[str, Any], *, replace: bool = False) -> Path:
@@ -144,6 +146,7 @@ def save_model(model: BehaviorModel, directory: str | Path, card: dict[str, Any]
         "artifact": artifact.name,
         "sha256": _sha256(artifact),
         "features": list(model.features),
+        "features_version": model.features_version,
         "libraries": {
             "python": platform.python_version(),
             "numpy": np.__version__,
@@ -236,6 +239,11 @@ def load_model(spec: str | Path) -> BehaviorModel:
     if said != held:
         raise ModelError(f"the model card {card_path} does not describe {artifact}: it says name, version and "
                          f"features {said}, the artifact holds {held}")  # fmt: skip
+    trained_on = (tuple(model.features), model.features_version)
+    if trained_on != (MODEL_FEATURES, FEATURES_VERSION):
+        raise ModelError(f"{artifact} was trained on other features than this version of agent-risk computes (its "
+                         f"features are version {model.features_version}, these {FEATURES_VERSION}, see "
+                         "risk.features.FEATURES_VERSION): retrain it with `risk train`")  # fmt: skip
     return model
 
 
