@@ -114,7 +114,7 @@ def destinations(resource: str, payload: Any, readings: Iterable[str] = ()) -> t
     (('email:a@x.example', 'domain:x.example'), ('host:evil.example',))
     """
     primary: dict[str, None] = {}
-    for text in (resource, *readings):
+    for text in dict.fromkeys((resource, *readings)):  # the resource is one of its readings: scan it once
         _scan(text, primary)
     if isinstance(payload, dict):
         _recipients(payload, primary)

@@ -13,7 +13,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -39,17 +39,14 @@ class Readings:
     over_encoded: bool = False
     too_many_readings: bool = False
     real: str | None = None  # where `canonical` points when symlinks change it (file actions only)
+    # The resource by every reading (symlinks resolved, where they were): two resources are the same only if they
+    # read alike every way, so `/r/x.csv` and `/r/link/../x.csv`, one canonical form for two files, are not, nor
+    # `https://a.example/../b.example/x` and `https://b.example/x`. Made once: lexical readings are cached.
+    identity: str = field(init=False)
 
-    @property
-    def identity(self) -> str:
-        """The resource by every reading (symlinks resolved, where they were): two resources are the same only if
-        they read alike every way, so `/r/x.csv` and `/r/link/../x.csv`, one canonical form for two files, are
-        not, nor `https://a.example/../b.example/x` and `https://b.example/x`.
-
-        >>> readings("https://a.example/../b.example/x").identity == readings("https://b.example/x").identity
-        False
-        """
-        return json.dumps(sorted(self.all))  # ASCII escapes: a lone surrogate cannot break what hashes it
+    def __post_init__(self) -> None:
+        # ASCII escapes: a lone surrogate cannot break what hashes or stores it.
+        object.__setattr__(self, "identity", json.dumps(sorted(self.all)))
 
 
 # Unicode category Cc is exactly C0, DEL and C1; unpaired surrogates (Cs) are no honest resource either.
