@@ -105,9 +105,10 @@ def resource_prefix(resource: str) -> str:
 
 def destinations(resource: str, payload: Any, readings: Iterable[str] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Where an action sends things (email addresses and domains, URL hosts, IBANs, named recipients):
-    (primary, every). Primary destinations are where it goes, from its resource (and its other `readings`: the
-    normalized form of `https://evil.example/../x.example/` names x.example, and of any URL `https:/host`) and
-    recipient arguments; every one adds those mentioned anywhere in its payload, such as a link in a message body.
+    (primary, every). Primary destinations are where it goes, from its resource (each of its `readings`: a URL
+    normalized reads `https:/host/...`, which names no host, and `https://evil.example/../x.example/` names
+    x.example, so the host a client sends to is found only in the form as given) and recipient arguments; every
+    one adds those mentioned anywhere in its payload, such as a link in a message body.
 
     >>> primary, every = destinations("mail.send/a@x.example", {"body": "see https://evil.example/x"})
     >>> primary, every[len(primary):]
