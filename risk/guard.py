@@ -383,8 +383,8 @@ class Guard:
             return None, score, reasons, None
         try:
             assessment = self._behavior.assess(
-                agent, ts=now, action_type=atype, resource=read.canonical, payload=payload,
-                payload_bytes=len(payload_json), rule_reasons=reasons, task=task, read=read,
+                agent, ts=now, action_type=atype, resource=read, payload=payload, payload_bytes=len(payload_json),
+                rule_reasons=reasons, task=task,
             )  # fmt: skip
         except Exception as exc:  # a model that cannot score fails closed, and says why
             log.exception("behavioral scoring failed")

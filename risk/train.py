@@ -52,8 +52,8 @@ def replay(
         rule_score, reasons = rules.score(action.action_type, resource, action.payload)
         payload_bytes = len(canonical_json(action.payload))
         assessment = scorer.assess(
-            action.agent_id, ts=action.ts, action_type=action.action_type, resource=resource,
-            payload=action.payload, payload_bytes=payload_bytes, rule_reasons=reasons, task=action.task, read=read,
+            action.agent_id, ts=action.ts, action_type=action.action_type, resource=read,
+            payload=action.payload, payload_bytes=payload_bytes, rule_reasons=reasons, task=action.task,
         )  # fmt: skip
         yield action, habituated(rule_score, reasons, assessment.prior_discount), assessment
         action_id = f"replay-{number}"

@@ -16,8 +16,6 @@ from typing import Any
 from risk.actions import ActionType, Reason
 from risk.features import (
     FEATURES,
-    FEATURES_VERSION,
-    MODEL_FEATURES,
     amounts,
     destinations,
     feature_vector,
@@ -115,7 +113,7 @@ class BehaviorScorer:
         online: OnlineScorer | None,
         profiles: ProfileStore | None = None,
     ) -> None:
-        if model is not None and (tuple(model.features), model.features_version) != (MODEL_FEATURES, FEATURES_VERSION):
+        if model is not None and not model.scores_these_features:
             raise ValueError(f"model {model.model_version} was trained on other features; retrain it")
         self.model = model
         self.online = online
@@ -135,21 +133,21 @@ class BehaviorScorer:
         *,
         ts: float,
         action_type: ActionType,
-        resource: str,
+        resource: str | Readings,
         payload: Any,
         payload_bytes: int,
         rule_reasons: Sequence[Reason],
         task: str | None = None,
-        read: Readings | None = None,
     ) -> Assessment:
         """How the action looks against the agent's profile. `task` is the instruction the agent is carrying out,
         as its principal gave it: a destination it names is not new to the agent, nor blamed if the action is
-        flagged, since the principal asked for it (see `risk.features.named_destinations`). `read` is every
-        reading of `resource` (`risk.resources.readings`, symlinks resolved for a file): destinations are read
-        from each, and a habit is the same action type on a resource that reads alike every way, so neither a
-        link the agent used every day pointed at patient records, nor `https://evil.example/../` before the
-        agent's usual host, is the habit of the path it resembles."""
-        read = read or Readings(resource, (resource,), False)
+        flagged, since the principal asked for it (see `risk.features.named_destinations`). `resource` is the
+        normalized resource, or better all its readings (`risk.resources.readings`, symlinks resolved for a
+        file): destinations are read from each, and a habit is the same action type on a resource that reads
+        alike every way, so neither a link the agent used every day pointed at patient records, nor
+        `https://evil.example/../` before the agent's usual host, is the habit of the path it resembles."""
+        read = resource if isinstance(resource, Readings) else Readings(resource, (resource,), False)
+        resource = read.canonical
         prefix = resource_prefix(resource)
         primary, dests = destinations(resource, payload, read.all)
         quantities = amounts(action_type, payload)

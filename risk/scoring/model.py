@@ -72,6 +72,11 @@ class BehaviorModel:
     def model_version(self) -> str:
         return f"{self.name}-{self.version}"
 
+    @property
+    def scores_these_features(self) -> bool:
+        """Whether it was trained on the features this version computes, by name and by meaning."""
+        return (tuple(self.features), self.features_version) == (MODEL_FEATURES, FEATURES_VERSION)
+
     def raw_score(self, x: Sequence[float]) -> float:
         """Anomaly: the negated IsolationForest score, higher is stranger."""
         return -self.forest.score_one(x)
@@ -239,8 +244,7 @@ def load_model(spec: str | Path) -> BehaviorModel:
     if said != held:
         raise ModelError(f"the model card {card_path} does not describe {artifact}: it says name, version and "
                          f"features {said}, the artifact holds {held}")  # fmt: skip
-    trained_on = (tuple(model.features), model.features_version)
-    if trained_on != (MODEL_FEATURES, FEATURES_VERSION):
+    if not model.scores_these_features:
         raise ModelError(f"{artifact} was trained on other features than this version of agent-risk computes (its "
                          f"features are version {model.features_version}, these {FEATURES_VERSION}, see "
                          "risk.features.FEATURES_VERSION): retrain it with `risk train`")  # fmt: skip
