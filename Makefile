@@ -42,7 +42,7 @@ clean:
 # The shipped default model, trained reproducibly on synthetic benign history made by data/synthetic.py.
 model: $(BIN)/.installed
 	$(BIN)/python data/synthetic.py --out build/synthetic --seed 7 --scale 1
-	$(BIN)/risk train build/synthetic/train.jsonl --out models --name default --version 4 --seed 0 \
+	$(BIN)/risk train build/synthetic/train.jsonl --out models --name default --version 5 --seed 0 \
 		--evaluate build/synthetic/test.jsonl --force
 
 # The AgentDojo banking and slack test traces replayed under the policies of examples/agentdojo_replay.

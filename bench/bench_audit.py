@@ -37,7 +37,7 @@ def body(i: int) -> dict[str, Any]:
         "action_type": "database_query", "resource": "data.deidentified.claims",
         "resource_normalized": "data.deidentified.claims", "payload_digest": "a" * 64, "risk_score": 0.12,
         "reasons": [REASON] * 3, "decision": "allow", "outcome": "allowed", "mode": "alert",
-        "policy_hash": "b" * 64, "model_version": "rules-1+default-4+online-hst10x6",
+        "policy_hash": "b" * 64, "model_version": "rules-1+default-5+online-hst10x6",
     }  # fmt: skip
 
 

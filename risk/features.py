@@ -29,7 +29,7 @@ FEATURES: tuple[str, ...] = (
     "is_permission",
     "new_action_type",  # first time this agent uses this action type
     "new_resource",  # ... this exact resource
-    "new_prefix",  # ... this resource's folder, schema or service
+    "new_prefix",  # ... this resource's folder, schema or service (touched as a resource of its own, it is known)
     "new_destination",  # 1 if any destination (email, domain, host, IBAN, recipient) was never used before
     "denied_destination",  # 1 if any was where a denied action tried to go
     "rate_1m",  # log ratio of actions in the last minute to the agent's usual per-active-minute rate
@@ -48,7 +48,8 @@ FEATURES: tuple[str, ...] = (
 N_FEATURES = len(FEATURES)
 # Raised whenever a feature's meaning changes, so a model trained on the old meaning is refused, not misread.
 # 2: action_type_severity and resource_severity are halved for a habit (the model default-4).
-FEATURES_VERSION = 2
+# 3: new_prefix is 0 for a folder the agent touched itself, as a resource (the model default-5).
+FEATURES_VERSION = 3
 # What the models see: all but the guard's own past decisions, and the amounts. A model that learned only
 # denial-free history would read every denial as an anomaly and feed on its own output; novelty rules use those
 # two instead. amount_deviation is read by its novelty rule only: the shipped forest was trained without it, and
@@ -332,7 +333,7 @@ def feature_vector(
         float(action_type is ActionType.PERMISSION_CHANGE),
         float(value not in profile.type_counts),
         float(resource not in profile.resources),
-        float(prefix not in profile.prefixes),
+        float(prefix not in profile.prefixes and prefix not in profile.resources),
         new_dest,
         denied_dest,
         math.log(c1 / (usual_per_active_minute + 1.0)),

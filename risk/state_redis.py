@@ -382,7 +382,7 @@ class RedisProfiles:
 
     def read(self, agent_id: str, probe: Probe, use: Callable[[AgentProfile], T]) -> T:
         asked = {
-            "resources": [probe.resource],
+            "resources": [probe.resource, probe.prefix],  # a prefix touched as a resource is not new
             "prefixes": [probe.prefix],
             "destinations": list(probe.destinations),
             "denied_destinations": list(probe.destinations),

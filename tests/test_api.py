@@ -574,13 +574,13 @@ def test_policy_file_applied_at_start_becomes_the_service_default(tmp_path: Path
 
 def test_models_list_and_reload(clients: Callable[..., httpx.Client], service: Running) -> None:
     listed = ok(clients(Role.AUDITOR).get("/v1/models"))
-    assert listed["active"] == "default-4" and [m["name"] for m in listed["available"]] == ["default"]
+    assert listed["active"] == "default-5" and [m["name"] for m in listed["available"]] == ["default"]
     reloaded = ok(clients(Role.ADMIN).post("/v1/models/reload"))
-    assert reloaded == {"previous": "default-4", "active": "default-4"}
-    assert 'risk_model_info{version="default-4"} 1.0' in clients(None).get("/metrics").text
+    assert reloaded == {"previous": "default-5", "active": "default-5"}
+    assert 'risk_model_info{version="default-5"} 1.0' in clients(None).get("/metrics").text
     # The reload is the service's, and the asking tenant's auditors see it among the tenant's records.
     seen = ok(clients(Role.AUDITOR).get("/v1/audit", params={"kind": "model_reload"}))["records"]
-    assert [(r["agent_id"].split("/")[1], r["model_version"]) for r in seen] == [("*", "default-4")]
+    assert [(r["agent_id"].split("/")[1], r["model_version"]) for r in seen] == [("*", "default-5")]
     service_wide = service.app.state.service.audit.query(AuditQuery(kind="model_reload", agent_id="*"))
     assert service_wide and service_wide[-1].actor == seen[0]["actor"]
 

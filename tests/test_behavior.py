@@ -354,6 +354,15 @@ def test_a_first_time_thing_is_new_until_the_profile_records_it(
     assert vector(profile, T0 + 60, *other)[feature] == 1.0  # something else is still new
 
 
+
+def test_a_folder_the_agent_touched_as_a_resource_is_no_new_prefix() -> None:
+    """An agent that listed a channel's members, then adds a user to it: the channel is no new folder to it
+    (in AgentDojo's slack suite a benign session paused on that, every time)."""
+    profile = AgentProfile("a")
+    record(profile, T0, "database_query", "slack.channel_member/general")
+    assert vector(profile, T0 + 60, "permission_change", "slack.channel_member/general/Dora")["new_prefix"] == 0.0
+    assert vector(profile, T0 + 60, "permission_change", "slack.channel_member/private/Dora")["new_prefix"] == 1.0
+
 def test_hour_rarity_is_zero_at_the_busiest_hour_and_highest_at_an_unseen_hour() -> None:
     profile = AgentProfile("a")
     for day in range(5):
@@ -1013,7 +1022,7 @@ def run_payments(guard: Guard, clock: Clock) -> list[Any]:
 def test_guard_scores_with_the_shipped_model_and_online_learning_by_default(tmp_path: Path) -> None:
     clock = Clock()
     guard = make_guard(tmp_path, max_risk_score=0.5, clock=clock)
-    assert guard.model_version == "rules-1+default-4+online-hst10x6"
+    assert guard.model_version == "rules-1+default-5+online-hst10x6"
     novel = run_payments(guard, clock)[-1]
     assert not novel.allowed and "new_destination" in novel.reason_codes
 

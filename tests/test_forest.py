@@ -288,8 +288,8 @@ def _replace_after_the_first_open(event: str, args: tuple[Any, ...]) -> None:
 
 def test_load_model_unpickles_the_bytes_it_hashed_not_a_second_read(tmp_path: Path) -> None:
     artifact = tmp_path / "m-1.joblib"
-    shutil.copy(SHIPPED_MODELS / "default-4.joblib", artifact)
-    shutil.copy(SHIPPED_MODELS / "default-4.json", tmp_path / "m-1.json")
+    shutil.copy(SHIPPED_MODELS / "default-5.joblib", artifact)
+    shutil.copy(SHIPPED_MODELS / "default-5.json", tmp_path / "m-1.json")
     payload = _RunsCode()
     payload.marker = str(tmp_path / "code-ran")
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps(payload))
@@ -307,7 +307,7 @@ def test_load_model_unpickles_the_bytes_it_hashed_not_a_second_read(tmp_path: Pa
 
 @pytest.mark.parametrize("card", ["[]", '"text"', "3", "null"])
 def test_a_card_that_is_not_a_json_object_is_a_model_error(tmp_path: Path, card: str) -> None:
-    shutil.copy(SHIPPED_MODELS / "default-4.joblib", tmp_path / "m-1.joblib")
+    shutil.copy(SHIPPED_MODELS / "default-5.joblib", tmp_path / "m-1.joblib")
     (tmp_path / "m-1.json").write_text(card)
     with pytest.raises(ModelError, match="not a JSON object"):
         load_model(tmp_path / "m-1.joblib")
