@@ -292,7 +292,8 @@ def feature_vector(
     n = profile.actions
     seen_dests, denied_dests = profile.destinations, profile.denied_destinations
     new_dest = float(any(d not in seen_dests and d not in named for d in dests))
-    denied_dest = float(any(d in denied_dests for d in dests))
+    # A reviewer who approved an action sending there made it known (see BehaviorScorer.observe): no longer suspect.
+    denied_dest = float(any(d in denied_dests and d not in seen_dests for d in dests))
 
     # Time runs backwards when workers sharing a profile disagree on the clock, or a trace is out of order:
     # such an action counts as coming right after the profile's latest, never as a negative span.

@@ -354,7 +354,6 @@ def test_a_first_time_thing_is_new_until_the_profile_records_it(
     assert vector(profile, T0 + 60, *other)[feature] == 1.0  # something else is still new
 
 
-
 def test_a_folder_the_agent_touched_as_a_resource_is_no_new_prefix() -> None:
     """An agent that listed a channel's members, then adds a user to it: the channel is no new folder to it
     (in AgentDojo's slack suite a benign session paused on that, every time)."""
@@ -362,6 +361,7 @@ def test_a_folder_the_agent_touched_as_a_resource_is_no_new_prefix() -> None:
     record(profile, T0, "database_query", "slack.channel_member/general")
     assert vector(profile, T0 + 60, "permission_change", "slack.channel_member/general/Dora")["new_prefix"] == 0.0
     assert vector(profile, T0 + 60, "permission_change", "slack.channel_member/private/Dora")["new_prefix"] == 1.0
+
 
 def test_hour_rarity_is_zero_at_the_busiest_hour_and_highest_at_an_unseen_hour() -> None:
     profile = AgentProfile("a")
@@ -1203,6 +1203,40 @@ def test_an_approved_action_runs_once_and_makes_no_habit_for_other_payloads(tmp_
     delete = guard.check("process_spawn", "k8s/prod/deployments", {"cmd": "kubectl delete deployments --all -n prod"})
     assert delete.outcome.value == "paused" and "habitual" not in delete.reason_codes
     guard.close()
+
+
+def test_a_payee_a_reviewer_approved_is_no_longer_suspect_but_one_only_resumed_past_stays_so(tmp_path: Path) -> None:
+    """Approving the payment that paused the agent vouches for its payee: every later payment there paused the
+    agent again on denied_destination (0.7), since nothing took a destination off the suspects."""
+    clock = Clock()
+    guard = make_guard(tmp_path, model=payments_model(), online=False, max_risk_score=0.5, mode="pause", clock=clock)
+    assert run_payments(guard, clock)[-1].outcome.value == "paused"  # NEW_IBAN, blamed
+    guard.approve(actor="reviewer")
+    assert "approved" in guard.check("api_call", "bank.transfer", transfer(NEW_IBAN)).reason_codes
+    clock.now += 300
+    again = guard.check("api_call", "bank.transfer", transfer(NEW_IBAN, 120))
+    assert again.allowed and not {"denied_destination", "new_destination"} & set(again.reason_codes)
+
+    other = "NL91ABNA0417164300"  # paused, then resumed without running: still suspect
+    clock.now += 300
+    assert guard.check("api_call", "bank.transfer", transfer(other)).outcome.value == "paused"
+    guard.resume(actor="reviewer")
+    clock.now += 300
+    retry = guard.check("api_call", "bank.transfer", transfer(other))
+    assert not retry.allowed and "denied_destination" in retry.reason_codes
+    guard.close()
+
+
+def test_a_suspect_destination_is_not_learned_from_an_action_the_threshold_let_through() -> None:
+    """Only a reviewer's approval vouches for a destination: an action there that scored under the threshold ran
+    unflagged, and learning its destination would have cleared the suspicion without anyone looking."""
+    scorer = BehaviorScorer(None, None)
+    for i in range(12):
+        pay(scorer, T0 + 60 * i, "bank.transfer", transfer(KNOWN_IBANS[i % 2], 100 + i), allowed=True)
+    pay(scorer, T0 + 900, "bank.transfer", transfer(NEW_IBAN), allowed=False, blame=True)
+    passed = pay(scorer, T0 + 960, "bank.transfer", transfer(NEW_IBAN), allowed=True)  # under a threshold of 0.8
+    assert "denied_destination" in {r.code for r in passed.reasons}
+    assert "denied_destination" in codes(pay(scorer, T0 + 1020, "bank.transfer", transfer(NEW_IBAN), allowed=None))
 
 
 def test_guard_lets_a_new_payee_the_users_task_names_pass_and_audits_why(tmp_path: Path) -> None:

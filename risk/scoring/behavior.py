@@ -102,6 +102,7 @@ class Assessment:
     amounts: tuple[tuple[str, float], ...] = ()  # its quantity arguments (see risk.features.amounts)
     habit: str = ""  # its habit_key: what the agent's profile remembers if it runs unflagged
     prior_discount: float = 0.0  # how much less the rule priors count: a habit (see HABIT_DISCOUNT)
+    suspect: tuple[str, ...] = ()  # its destinations where a denied action of the agent tried to go
 
 
 class BehaviorScorer:
@@ -154,7 +155,7 @@ class BehaviorScorer:
         named = named_destinations(task, dests) if task else frozenset()
         habit = habit_key(action_type.value, read.identity)
 
-        def measure(profile: AgentProfile) -> tuple[list[float], float, tuple[str, ...], float]:
+        def measure(profile: AgentProfile) -> tuple[list[float], float, tuple[str, ...], tuple[str, ...], float]:
             weight = maturity(profile)
             discount = HABIT_DISCOUNT * weight if habit in profile.habits else 0.0
             x = feature_vector(
@@ -171,9 +172,11 @@ class BehaviorScorer:
                 prior_discount=discount,
             )
             unseen = tuple(d for d in dests if d not in profile.destinations)
-            return x, weight, unseen, discount
+            return x, weight, unseen, tuple(d for d in unseen if d in profile.denied_destinations), discount
 
-        x, weight, unseen, discount = self.profiles.read(agent_id, Probe(resource, prefix, dests, habit), measure)
+        x, weight, unseen, suspect, discount = self.profiles.read(
+            agent_id, Probe(resource, prefix, dests, habit), measure
+        )
         unseen_primary = tuple(d for d in primary if d in unseen and d not in named)
         severities, reasons = [], []
         if waived := [d for d in unseen if d in named]:
@@ -208,6 +211,7 @@ class BehaviorScorer:
             quantities,
             habit,
             discount,
+            suspect,
         )
 
     def observe(
@@ -217,13 +221,17 @@ class BehaviorScorer:
         """Fold a decision into the agent's profile. Every decision counts toward the denial rate, a denied or
         `flagged` one (not simply allowed: denied, or alerted and run) as a denial. An allowed action shapes the
         baseline, but a flagged one not with its new destinations, its amounts, nor as a habit; `blame` (denied or
-        flagged for what the action itself is) marks those destinations as suspect. One that ran by a reviewer's
-        one-time approval (`approved`) makes no habit either: the approval was for that payload, once. The
+        flagged for what the action itself is) marks those destinations as suspect, and no action teaches a suspect
+        destination but one that ran by a reviewer's one-time approval (`approved`): the reviewer vouched for where
+        it goes. Such an action makes no habit, though: the approval was for that payload, once. The
         features of an allowed, unflagged action wait for its outcome, to be learned by the online model."""
         denied = flagged or not allowed
         seen = None
         if allowed:  # it ran
-            sent = () if flagged else assessment.destinations
+            # Where a denied action went stays suspect (not learned) until a reviewer approves an action going there.
+            sent = (
+                () if flagged else tuple(d for d in assessment.destinations if approved or d not in assessment.suspect)
+            )
             sent_amounts = () if flagged else assessment.amounts
             habit = "" if flagged or approved else assessment.habit
             seen = ActionSeen(ts, action_type.value, resource, assessment.prefix, sent, sent_amounts, habit)
