@@ -48,7 +48,8 @@ FEATURES: tuple[str, ...] = (
 N_FEATURES = len(FEATURES)
 # Raised whenever a feature's meaning changes, so a model trained on the old meaning is refused, not misread.
 # 2: action_type_severity and resource_severity are halved for a habit (the model default-4).
-# 3: new_prefix is 0 for a folder the agent touched itself, as a resource (the model default-5).
+# 3: new_prefix is 0 for a folder the agent touched itself, as a resource; volume_ratio counts only the last
+#    hour's volume (it counted minutes older than that until the next outcome came). The model default-5.
 FEATURES_VERSION = 3
 # What the models see: all but the guard's own past decisions, and the amounts. A model that learned only
 # denial-free history would read every denial as an anomaly and feed on its own output; novelty rules use those
@@ -321,7 +322,7 @@ def feature_vector(
     distinct = len({*window, resource}) / (len(window) + 1)
     denied = profile.recent_denied
     errors = profile.recent_errors
-    volume_hour = sum(v for _, v in profile.volume)
+    volume_hour = profile.volume_last_hour(ts)
     volume_usual = profile.volume_baseline * max(1, c60 - 1)
 
     return [

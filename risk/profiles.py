@@ -117,6 +117,17 @@ class AgentProfile:
         else:
             self.volume.append([minute, volume])
 
+    def volume_last_hour(self, ts: float) -> float:
+        """Rows and bytes/1000 reported in the hour before `ts`, by whole minutes as `counts_since` counts. Older
+        minutes leave `volume` only when the next outcome comes, so after a quiet hour they are still there.
+
+        >>> p = AgentProfile("a"); p.volume.extend([[0, 5.0], [30, 2.0]])
+        >>> p.volume_last_hour(30 * 60.0), p.volume_last_hour(60 * 60.0), p.volume_last_hour(200 * 60.0)
+        (7.0, 2.0, 0.0)
+        """
+        first = int(ts // 60) - RATE_HORIZON_MINUTES + 1
+        return sum((v for minute, v in self.volume if minute >= first), 0.0)
+
     def counts_since(self, ts: float, windows: tuple[float, ...]) -> list[int]:
         """Allowed actions in each of the last `windows` seconds (whole minutes, up to an hour), shortest first,
         counted in one pass from the newest minute back.

@@ -934,6 +934,20 @@ def test_outcome_volumes_are_kept_by_the_minute_for_an_hour_however_many_are_rep
     assert not profile.volume
 
 
+def test_volume_ratio_forgets_an_hour_old_volume_though_no_outcome_came_since() -> None:
+    """The first action after a quiet hour read the last session's volume as this hour's: it stays in the profile
+    until the next outcome, and volume_ratio summed it, so a session start looked like a bulk read."""
+    profile = AgentProfile("a")
+    for i in range(20):
+        record(profile, T0 + 60 * i, "database_query", "data.claims")
+        profile.record_outcome(T0 + 60 * i, error=False, volume=1.0)
+    record(profile, T0 + 1260, "database_query", "data.claims")
+    profile.record_outcome(T0 + 1260, error=False, volume=5000.0)  # one bulk export, then nothing
+    assert vector(profile, T0 + 1320, "database_query", "data.claims")["volume_ratio"] > 1
+    later = vector(profile, T0 + 1260 + HOUR, "database_query", "data.claims")  # its minute has left the hour
+    assert later["volume_ratio"] <= 0
+
+
 def test_a_profile_stored_with_a_volume_per_outcome_loads_them_by_the_minute() -> None:
     profile = AgentProfile("a")
     profile.record_outcome(T0, error=False, volume=3.0)
