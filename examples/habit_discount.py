@@ -60,8 +60,8 @@ def sweep(seed: int, out: Path) -> None:
 
 
 def delete_all(first: list[str]) -> None:
-    """Five days of six restarts a day (and log reads) learned at the default threshold, then `first`, then the
-    delete, each 20 minutes after the last."""
+    """Five days of six restarts a day from 09:00 (and log reads) learned at the default threshold; on the sixth
+    day a log read at 09:00, then `first` and the delete, 20 minutes apart, at the hours the agent works."""
     day0 = 1_771_977_600.0 + 9 * 3600  # 09:00 UTC
     now = [day0]
     with tempfile.TemporaryDirectory() as home:
@@ -75,14 +75,18 @@ def delete_all(first: list[str]) -> None:
                 learning.record_outcome(learning.check("process_spawn", "k8s/prod/deployments", restart).action_id)
                 now[0] += 300
                 learning.record_outcome(learning.check("file_read", f"/srv/app/logs/{i}.log").action_id)
+        now[0] = day0 + 5 * 86400
+        learning.record_outcome(learning.check("file_read", "/srv/app/logs/0.log").action_id)
         guard = Guard(mode="pause", max_risk_score=THRESHOLD, **stores)
+        seen = []
         for cmd in [*first, "kubectl delete deployments --all -n prod"]:
             now[0] += 1200
             d = guard.check("process_spawn", "k8s/prod/deployments", {"cmd": cmd})
             if d.allowed:
                 guard.record_outcome(d.action_id)
-        weights = ", ".join(f"{r.code} {r.weight:.2f}" for r in d.reasons if r.code != "risk_above_threshold")
-        print(f"  after {len(first)} more restart(s): {d.outcome.value} at {d.risk_score:.2f} ({weights})")
+            weights = ", ".join(f"{r.code} {r.weight:.2f}" for r in d.reasons if r.code != "risk_above_threshold")
+            seen.append(f"{cmd.split(' deploy')[0]}: {d.outcome.value} at {d.risk_score:.2f} ({weights})")
+        print(f"  after {len(first)} more restart(s): " + "; ".join(seen))
         guard.close()
         learning.close()
 
