@@ -31,7 +31,7 @@ FEATURES: tuple[str, ...] = (
     "new_resource",  # ... this exact resource
     "new_prefix",  # ... this resource's folder, schema or service (touched as a resource of its own, it is known)
     "new_destination",  # 1 if any destination (email, domain, host, IBAN, recipient) was never used before
-    "denied_destination",  # 1 if any was where a denied action tried to go
+    "denied_destination",  # 1 if any was where a denied action tried to go, and no approved action went since
     "rate_1m",  # log ratio of actions in the last minute to the agent's usual per-active-minute rate
     "rate_10m",  # log ratio of actions in the last 10 minutes to the agent's long-run rate
     "rate_60m",  # the same over an hour

@@ -1253,6 +1253,29 @@ def test_a_suspect_destination_is_not_learned_from_an_action_the_threshold_let_t
     assert "denied_destination" in codes(pay(scorer, T0 + 1020, "bank.transfer", transfer(NEW_IBAN), allowed=None))
 
 
+def test_an_approval_vouches_for_where_the_action_goes_not_for_what_its_payload_mentions() -> None:
+    scorer = BehaviorScorer(None, None)
+    mail = ActionType.NETWORK_REQUEST
+
+    def send(ts: float, to: str, body: str, **observed: Any) -> Any:
+        resource, payload = f"mail.send/{to}", {"body": body}
+        _, rules = RuleScorer().score(mail, resource, payload)
+        assessment = scorer.assess(
+            "mailer", ts=ts, action_type=mail, resource=resource, payload=payload, payload_bytes=60, rule_reasons=rules
+        )
+        if observed:
+            scorer.observe("mailer", f"id-{ts}", ts, mail, resource, assessment, **observed)
+        return assessment
+
+    for i in range(12):
+        send(T0 + 60 * i, "alice@corp.example", "hi", allowed=True)
+    send(T0 + 900, "eve@evil.example", "the export", allowed=False, blame=True)
+    send(T0 + 960, "bob@newco.example", "hi", allowed=False, blame=True)
+    send(T0 + 1020, "bob@newco.example", "write to eve@evil.example", allowed=True, approved=True)
+    assert "denied_destination" not in codes(send(T0 + 1080, "bob@newco.example", "hi"))
+    assert "denied_destination" in codes(send(T0 + 1140, "eve@evil.example", "the export"))
+
+
 def test_guard_lets_a_new_payee_the_users_task_names_pass_and_audits_why(tmp_path: Path) -> None:
     clock = Clock()
     guard = make_guard(tmp_path, model=payments_model(), online=False, max_risk_score=0.5, mode="block", clock=clock)

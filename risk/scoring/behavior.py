@@ -222,16 +222,17 @@ class BehaviorScorer:
         `flagged` one (not simply allowed: denied, or alerted and run) as a denial. An allowed action shapes the
         baseline, but a flagged one not with its new destinations, its amounts, nor as a habit; `blame` (denied or
         flagged for what the action itself is) marks those destinations as suspect, and no action teaches a suspect
-        destination but one that ran by a reviewer's one-time approval (`approved`): the reviewer vouched for where
-        it goes. Such an action makes no habit, though: the approval was for that payload, once. The
+        destination but one that ran by a reviewer's one-time approval (`approved`) and goes there: the reviewer
+        vouched for where it goes. Such an action makes no habit, though: the approval was for that payload, once. The
         features of an allowed, unflagged action wait for its outcome, to be learned by the online model."""
         denied = flagged or not allowed
         seen = None
         if allowed:  # it ran
-            # Where a denied action went stays suspect (not learned) until a reviewer approves an action going there.
-            sent = (
-                () if flagged else tuple(d for d in assessment.destinations if approved or d not in assessment.suspect)
-            )
+            # Where a denied action went stays suspect (not learned) until a reviewer approves an action going there;
+            # one its payload only mentions (a link in a message) is not what the reviewer vouched for.
+            vouched = assessment.unseen_primary if approved else ()
+            suspect = [d for d in assessment.suspect if d not in vouched]
+            sent = () if flagged else tuple(d for d in assessment.destinations if d not in suspect)
             sent_amounts = () if flagged else assessment.amounts
             habit = "" if flagged or approved else assessment.habit
             seen = ActionSeen(ts, action_type.value, resource, assessment.prefix, sent, sent_amounts, habit)
