@@ -30,7 +30,7 @@ PLAIN_DOWNLOAD_TO_SHELL = re.compile(r"(?:curl|wget)[^|]*\|\s*(?:ba|z)?sh\b")
 # (name, the text repeated, what follows it once): a long run of address characters, a long tail after a "curl",
 # a secret named again and again with no value, a run of "www." with no host, a list of tables after a
 # FROM that goes on and on, SQL quotes and comments opened and never closed, and Unicode-escaped names each
-# followed by a comment but no UESCAPE, and E'...' literals full of backslashes.
+# followed by a comment but no UESCAPE, E'...' literals full of backslashes, and kubectl deletes of one pod each.
 TEXTS = [
     ("token then @", "a", "@"),
     ("dotted run", "a.", "@"),
@@ -41,6 +41,7 @@ TEXTS = [
     ("SQL openings", "/*'\"[", ""),
     ('U&"x" run', 'U&"x" /* a */ ', ""),
     ("E' backslashes", "E'\\", ""),
+    ("kubectl deletes", "kubectl delete pod x ", ""),
 ]
 
 SCANS: dict[str, Callable[[str], object]] = {

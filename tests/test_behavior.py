@@ -1214,8 +1214,9 @@ def test_an_approved_action_runs_once_and_makes_no_habit_for_other_payloads(tmp_
     clock.now += 60
     assert "approved" in guard.check("process_spawn", "k8s/prod/deployments", restart).reason_codes
     clock.now += 60
-    delete = guard.check("process_spawn", "k8s/prod/deployments", {"cmd": "kubectl delete deployments --all -n prod"})
-    assert delete.outcome.value == "paused" and "habitual" not in delete.reason_codes
+    outage = {"cmd": "kubectl scale deployments --all --replicas=0 -n prod"}  # no payload rule knows it
+    other = guard.check("process_spawn", "k8s/prod/deployments", outage)
+    assert other.outcome.value == "paused" and "habitual" not in other.reason_codes
     guard.close()
 
 

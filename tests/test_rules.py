@@ -133,6 +133,39 @@ def test_payload_signals(payload: object, code: str) -> None:
     assert code in codes(ActionType.CODE_EXECUTION, "sandbox", payload)
 
 
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        "kubectl delete deployments --all -n prod",
+        "kubectl delete pods -A --all",
+        "kubectl delete namespace payments",
+        "kubectl delete ns payments",
+        "terraform destroy -auto-approve",
+        "terraform apply -auto-approve -destroy",
+        "aws s3 rm s3://backups --recursive",
+        "aws s3 rb s3://backups --force",
+        "gsutil -m rm -r gs://backups",
+    ],
+)
+def test_infrastructure_torn_down_whole_is_a_destructive_command(cmd: str) -> None:
+    assert "payload_destructive_shell" in codes(ActionType.PROCESS_SPAWN, "k8s/prod/deployments", {"cmd": cmd})
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        "kubectl delete pod api-7f9c -n prod",  # one pod: its deployment makes another
+        "kubectl rollout restart deploy/api -n prod",
+        "kubectl get pods --all-namespaces",
+        "kubectl delete pod nsx-1; echo --all",  # the --all belongs to another command
+        "terraform plan -destroy",
+        "aws s3 rm s3://reports/q3.csv",
+    ],
+)
+def test_routine_infrastructure_commands_are_not_destructive(cmd: str) -> None:
+    assert "payload_destructive_shell" not in codes(ActionType.PROCESS_SPAWN, "k8s/prod/deployments", {"cmd": cmd})
+
+
 def test_outbound_destination_only_counts_for_outbound_actions() -> None:
     payload = {"to": "someone@example.org"}
     assert "payload_outbound_destination" in codes(ActionType.NETWORK_REQUEST, "mail.send", payload)

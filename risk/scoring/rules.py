@@ -68,6 +68,12 @@ _SHELL_DESTRUCTIVE = re.compile(
     # A download piped into a shell. The scan after each curl or wget stops at the next one, which scans on
     # itself: `[^|]*` alone would rescan the rest of the text from every occurrence (quadratic in its length).
     r"|(?:curl|wget)(?:(?!curl|wget)[^|])*\|\s*(?:ba|z)?sh\b"
+    # Infrastructure torn down whole: every object of a kind (--all) or a namespace in Kubernetes, a Terraform
+    # stack, a bucket's contents. Each scan stops at the end of its command or at the next such command.
+    r"|\bkubectl\s+delete\b(?:(?!kubectl)[^\n|;&])*?\s(?:--all\b|--all-namespaces\b|-a\b|namespaces?\b|ns\b)"
+    r"|\bterraform\s+(?:destroy\b|apply\b(?:(?!terraform)[^\n|;&])*?\s-destroy\b)"
+    r"|\baws\s+s3\s+(?:rm\b(?:(?!aws)[^\n|;&])*?\s--recursive\b|rb\b(?:(?!aws)[^\n|;&])*?\s--force\b)"
+    r"|\bgsutil\s+(?:-m\s+)?rm\s+-[a-z]*r"
 )
 _PRIVILEGE = re.compile(r"\bsudo\b|\bgrant\s+all\b|\bsetuid\b|\bchown\s+root\b|\badministrator\b|\bsuperuser\b")
 _CREDENTIAL = re.compile(
@@ -113,7 +119,7 @@ def _strings(value: Any) -> Iterator[str]:
 # run in C at memory speed; one regex alternation of all the words costs about ten times more on short text.
 _FAMILY_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sql", ("drop", "truncate", "delete", "update")),
-    ("shell", ("rm", "mkfs", "dd", "chmod", ":()", "/dev/sd", "shred", "curl", "wget")),
+    ("shell", ("rm", "mkfs", "dd", "chmod", ":()", "/dev/sd", "shred", "curl", "wget", "kubectl", "aws")),
     (
         "credentials",
         (
