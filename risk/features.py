@@ -31,7 +31,7 @@ FEATURES: tuple[str, ...] = (
     "new_resource",  # ... this exact resource
     "new_prefix",  # ... this resource's folder, schema or service (touched as a resource of its own, it is known)
     "new_destination",  # 1 if any destination (email, domain, host, IBAN, recipient) was never used before
-    "denied_destination",  # 1 if any was where a denied action tried to go, and no approved action went since
+    "denied_destination",  # 1 if any was where a denied action tried to go (until a reviewer approves one there)
     "rate_1m",  # log ratio of actions in the last minute to the agent's usual per-active-minute rate
     "rate_10m",  # log ratio of actions in the last 10 minutes to the agent's long-run rate
     "rate_60m",  # the same over an hour
@@ -293,8 +293,7 @@ def feature_vector(
     n = profile.actions
     seen_dests, denied_dests = profile.destinations, profile.denied_destinations
     new_dest = float(any(d not in seen_dests and d not in named for d in dests))
-    # A reviewer who approved an action sending there made it known (see BehaviorScorer.observe): no longer suspect.
-    denied_dest = float(any(d in denied_dests and d not in seen_dests for d in dests))
+    denied_dest = float(any(d in denied_dests for d in dests))
 
     # Time runs backwards when workers sharing a profile disagree on the clock, or a trace is out of order:
     # such an action counts as coming right after the profile's latest, never as a negative span.

@@ -50,11 +50,15 @@ class AgentProfile:
     volume_baseline: float = 0.0  # long-run mean volume per reported outcome
     amounts: dict[str, list[float]] = field(default_factory=dict)  # amount name -> [uses, min, max] of log10
 
-    def record_decision(self, denied: bool, blamed_destinations: tuple[str, ...] = ()) -> None:
-        """Count a decision; a denial for what the action itself did marks its destinations as suspect."""
+    def record_decision(
+        self, denied: bool, blamed_destinations: tuple[str, ...] = (), cleared_destinations: tuple[str, ...] = ()
+    ) -> None:
+        """Count a decision; a denial for what the action itself did marks its destinations as suspect, and a
+        reviewer's approval of one clears the suspect destinations it goes to."""
         self.recent_denied.append(denied)
         for d in blamed_destinations:
             _remember(self.denied_destinations, d)
+        self.denied_destinations.difference_update(cleared_destinations)
 
     def record_action(
         self,
@@ -251,7 +255,10 @@ class ProfileStore(Protocol):
         sets need only answer membership for the probe's members; `use` must not change it."""
         ...
 
-    def record(self, agent_id: str, *, denied: bool, blamed: tuple[str, ...], action: ActionSeen | None) -> None:
+    def record(
+        self, agent_id: str, *, denied: bool, blamed: tuple[str, ...], action: ActionSeen | None,
+        cleared: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         """Fold one decision in: `AgentProfile.record_decision`, then `record_action` if it ran."""
         ...
 
@@ -293,10 +300,13 @@ class MemoryProfiles:
         with self._lock:
             return use(self._get(agent_id))
 
-    def record(self, agent_id: str, *, denied: bool, blamed: tuple[str, ...], action: ActionSeen | None) -> None:
+    def record(
+        self, agent_id: str, *, denied: bool, blamed: tuple[str, ...], action: ActionSeen | None,
+        cleared: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         with self._lock:
             profile = self._get(agent_id)
-            profile.record_decision(denied, blamed)
+            profile.record_decision(denied, blamed, cleared)
             if action is not None:
                 action.fold_into(profile)
 

@@ -114,11 +114,11 @@ return text
 """
 
 
-# KEYS: the profile's sets. ARGV[1] the cap; then, per key, a count n and n members. A set at the cap grows no more.
 # Replace a profile's scalar part only if it still is what the caller last saw (the empty string: no profile
-# yet), and add to its sets up to the cap, in one round trip. Returns 0, changing nothing, if another worker
-# wrote the profile in between.
-# KEYS: the scalar part, then the sets; ARGV: the expected part, the new part, the cap, then per set n, members.
+# yet), add to its sets up to the cap (a set at the cap grows no more) and remove from them, in one round trip.
+# Returns 0, changing nothing, if another worker wrote the profile in between.
+# KEYS: the scalar part, then the sets; ARGV: the expected part, the new part, the cap, then per set a count n and
+# n members to add, a count m and m members to remove.
 # KEYS[1] the group's set; ARGV: member, limit. 1 if the member is in the set (added if there was room).
 _ADMIT = """
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
@@ -143,6 +143,14 @@ for i = 2, #KEYS do
     redis.call('SADD', KEYS[i], unpack(ARGV, first, upto))
     first = upto + 1
     size = redis.call('SCARD', KEYS[i])
+  end
+  -- then the members to remove from it
+  n = tonumber(ARGV[last + 1])
+  first, last = last + 2, last + 1 + n
+  while first <= last do
+    local upto = math.min(last, first + 999)
+    redis.call('SREM', KEYS[i], unpack(ARGV, first, upto))
+    first = upto + 1
   end
   at = last + 1
 end
@@ -366,8 +374,8 @@ class RedisProfiles:
 
     A read is one round trip: the profile's scalar part and membership of just the probed members in its sets.
     An update is optimistic: apply the same AgentProfile methods as in memory to the scalar part as last seen,
-    and replace it with one script that checks it is unchanged and adds to the sets. The part last seen is
-    kept from the read a decision made just before, so an update usually costs that one round trip; if
+    and replace it with one script that checks it is unchanged and adds to (or removes from) the sets. The part
+    last seen is kept from the read a decision made just before, so an update usually costs that one round trip; if
     another worker updated the agent first, the update reads the part again and retries, so concurrent
     updates are all kept.
     """
@@ -402,18 +410,25 @@ class RedisProfiles:
         self._remember(agent_id, raw)
         return use(profile)
 
-    def record(self, agent_id: str, *, denied: bool, blamed: tuple[str, ...], action: ActionSeen | None) -> None:
+    def record(
+        self, agent_id: str, *, denied: bool, blamed: tuple[str, ...], action: ActionSeen | None,
+        cleared: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         def update(profile: AgentProfile) -> None:
             profile.record_decision(denied, blamed)
             if action is not None:
                 action.fold_into(profile)
 
-        self._update(agent_id, update)
+        self._update(agent_id, update, {"denied_destinations": cleared})
 
     def record_outcome(self, agent_id: str, ts: float, error: bool, volume: float) -> None:
         self._update(agent_id, lambda profile: profile.record_outcome(ts, error, volume))
 
-    def _update(self, agent_id: str, update: Callable[[AgentProfile], None]) -> None:
+    def _update(
+        self, agent_id: str, update: Callable[[AgentProfile], None], removed: dict[str, tuple[str, ...]] | None = None
+    ) -> None:
+        """Apply `update` to the agent's profile; `removed` names members to take out of its sets, after the
+        additions (an update applied to a profile whose sets start empty can only add)."""
         key = self._key(agent_id)
         keys = [key, *(self._key(agent_id, name) for name in PROFILE_SETS)]
         with self._lock:
@@ -427,8 +442,8 @@ class RedisProfiles:
                 written = json.dumps(profile_core(profile), separators=(",", ":"))
                 args: list[Any] = [seen or "", written, MAX_REMEMBERED]
                 for name in PROFILE_SETS:
-                    added = getattr(profile, name)
-                    args += [len(added), *added]
+                    added, gone = getattr(profile, name), (removed or {}).get(name, ())
+                    args += [len(added), *added, len(gone), *gone]
                 if self._replace(keys=keys, args=args):
                     self._remember(agent_id, written)
                     return

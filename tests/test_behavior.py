@@ -421,6 +421,18 @@ def test_denied_destination_is_set_only_for_blamed_destinations() -> None:
     assert vector(profile, T0, "network_request", "mail.send/bob@corp.example")["denied_destination"] == 0.0
 
 
+def test_a_suspect_destination_is_cleared_by_an_approval_only_not_by_being_learned() -> None:
+    """Two tool calls at once to a new address: one blocked (blaming it), the other run, learned from the profile as
+    it was before the blame. Known and suspect, it must stay suspect until a reviewer clears it."""
+    profile = AgentProfile("a")
+    eve = destinations("mail.send/eve@evil.example", None)[1]
+    profile.record_decision(True, eve)
+    record(profile, T0, "network_request", "mail.send/eve@evil.example")  # the racing call that ran
+    assert vector(profile, T0 + 60, "network_request", "mail.send/eve@evil.example")["denied_destination"] == 1.0
+    profile.record_decision(False, (), eve)  # a reviewer approved an action going there
+    assert vector(profile, T0 + 120, "network_request", "mail.send/eve@evil.example")["denied_destination"] == 0.0
+
+
 # ---- calibration --------------------------------------------------------------------------------------------
 
 
@@ -1275,6 +1287,10 @@ def test_an_approval_vouches_for_where_the_action_goes_not_for_what_its_payload_
     send(T0 + 1020, "bob@newco.example", "write to eve@evil.example", allowed=True, approved=True)
     assert "denied_destination" not in codes(send(T0 + 1080, "bob@newco.example", "hi"))
     assert "denied_destination" in codes(send(T0 + 1140, "eve@evil.example", "the export"))
+    # What a reviewer is shown names each suspect destination, and whether the action goes there.
+    (shown,) = [r for r in send(T0 + 1200, "bob@newco.example", "see eve@evil.example").reasons
+                if r.code == "denied_destination"]  # fmt: skip
+    assert shown.message.endswith("email:eve@evil.example (in its payload), domain:evil.example (in its payload)")
 
 
 def test_guard_lets_a_new_payee_the_users_task_names_pass_and_audits_why(tmp_path: Path) -> None:

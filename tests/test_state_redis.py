@@ -497,6 +497,17 @@ def test_redis_profiles_give_the_same_features_as_memory_profiles_on_a_trace(url
     assert in_redis == in_memory
 
 
+def test_a_cleared_destination_leaves_the_suspects_in_redis_as_in_memory(url: str) -> None:
+    state = RedisState.from_url(url)
+    suspects = ("email:eve@evil.example", "domain:evil.example")
+    probe = Probe("mail.send/eve@evil.example", "mail.send", suspects)
+    for profiles in (RedisProfiles(state), MemoryProfiles()):
+        profiles.record("mailer", denied=True, blamed=suspects, action=None)
+        profiles.record("mailer", denied=False, blamed=(), action=None, cleared=suspects[:1])
+        assert profiles.read("mailer", probe, lambda p: set(p.denied_destinations)) == {"domain:evil.example"}
+    state.close()
+
+
 def test_concurrent_profile_updates_from_8_threads_are_all_kept(url: str) -> None:
     state = RedisState.from_url(url)
     profiles = RedisProfiles(state)

@@ -104,6 +104,7 @@ class Assessment:
     habit: str = ""  # its habit_key: what the agent's profile remembers if it runs unflagged
     prior_discount: float = 0.0  # how much less the rule priors count: a habit (see HABIT_DISCOUNT)
     suspect: tuple[str, ...] = ()  # its destinations where a denied action of the agent tried to go
+    primary: tuple[str, ...] = ()  # where the action itself goes (see risk.features.destinations)
 
 
 class BehaviorScorer:
@@ -173,7 +174,7 @@ class BehaviorScorer:
                 prior_discount=discount,
             )
             unseen = tuple(d for d in dests if d not in profile.destinations)
-            return x, weight, unseen, tuple(d for d in unseen if d in profile.denied_destinations), discount
+            return x, weight, unseen, tuple(d for d in dests if d in profile.denied_destinations), discount
 
         x, weight, unseen, suspect, discount = self.profiles.read(
             agent_id, Probe(resource, prefix, dests, habit), measure
@@ -186,7 +187,8 @@ class BehaviorScorer:
             why = f"this agent ran {action_type.value} on this resource before, unflagged: "
             reasons.append(Reason("habitual", why + f"the action type and resource rules count {1 - discount:.0%}"))
         if weight > 0:
-            found = [Reason(r.code, r.message, r.weight * weight) for r in novelty(x, action_type)]
+            found = [Reason(r.code, _named(r.message, r.code, suspect, primary), r.weight * weight)
+                     for r in novelty(x, action_type)]  # fmt: skip
             if found:
                 severities.append(noisy_or([r.weight for r in found]))
                 reasons += [r for r in found if r.weight >= REASON_FLOOR]
@@ -213,6 +215,7 @@ class BehaviorScorer:
             habit,
             discount,
             suspect,
+            primary,
         )
 
     def observe(
@@ -228,17 +231,20 @@ class BehaviorScorer:
         features of an allowed, unflagged action wait for its outcome, to be learned by the online model."""
         denied = flagged or not allowed
         seen = None
+        vouched: tuple[str, ...] = ()
         if allowed:  # it ran
-            # Where a denied action went stays suspect (not learned) until a reviewer approves an action going there;
-            # one its payload only mentions (a link in a message) is not what the reviewer vouched for.
-            vouched = assessment.unseen_primary if approved else ()
-            suspect = [d for d in assessment.suspect if d not in vouched]
-            sent = () if flagged else tuple(d for d in assessment.destinations if d not in suspect)
+            # Where a denied action went stays suspect (not learned) until a reviewer approves an action going there
+            # (the reason the reviewer saw named it); one its payload only mentions, as a link in a message, not.
+            if approved and not flagged:
+                vouched = tuple(d for d in assessment.suspect if d in assessment.primary)
+            sent = () if flagged else tuple(d for d in assessment.destinations
+                                            if d not in assessment.suspect or d in vouched)  # fmt: skip
             sent_amounts = () if flagged else assessment.amounts
             habit = "" if flagged or approved else assessment.habit
             seen = ActionSeen(ts, action_type.value, resource, assessment.prefix, sent, sent_amounts, habit)
         # Blame only where the flagged action tried to go, and only places the agent never used.
-        self.profiles.record(agent_id, denied=denied, blamed=assessment.unseen_primary if blame else (), action=seen)
+        blamed = assessment.unseen_primary if blame else ()
+        self.profiles.record(agent_id, denied=denied, blamed=blamed, action=seen, cleared=vouched)
         if not denied and self.online is not None:
             self._pending[action_id] = assessment.features
             if len(self._pending) > PENDING_LIMIT:
@@ -250,6 +256,15 @@ class BehaviorScorer:
         x = self._pending.pop(action_id, None)
         if success and x is not None and self.online is not None:
             self.online.learn(model_input(x))
+
+
+def _named(message: str, code: str, suspect: Sequence[str], primary: Sequence[str]) -> str:
+    """A novelty reason's message; denied_destination's names the suspect destinations, so a reviewer approving
+    the action knows which of them the approval vouches for (those it goes to)."""
+    if code != "denied_destination" or not suspect:
+        return message
+    named = ", ".join(f"{d} ({'where it goes' if d in primary else 'in its payload'})" for d in suspect)
+    return f"{message}: {named}"
 
 
 def _message(what: str, model: BehaviorModel, x: Sequence[float], severity: float) -> str:
