@@ -30,7 +30,8 @@ PLAIN_DOWNLOAD_TO_SHELL = re.compile(r"(?:curl|wget)[^|]*\|\s*(?:ba|z)?sh\b")
 # (name, the text repeated, what follows it once): a long run of address characters, a long tail after a "curl",
 # a secret named again and again with no value, a run of "www." with no host, a list of tables after a
 # FROM that goes on and on, SQL quotes and comments opened and never closed, and Unicode-escaped names each
-# followed by a comment but no UESCAPE, E'...' literals full of backslashes, and kubectl deletes of one pod each.
+# followed by a comment but no UESCAPE, E'...' literals full of backslashes, and infrastructure commands that
+# never reach what would make them destructive.
 TEXTS = [
     ("token then @", "a", "@"),
     ("dotted run", "a.", "@"),
@@ -42,6 +43,10 @@ TEXTS = [
     ('U&"x" run', 'U&"x" /* a */ ', ""),
     ("E' backslashes", "E'\\", ""),
     ("kubectl deletes", "kubectl delete pod x ", ""),
+    ("kubectl flags", "kubectl -n x ", ""),
+    ("terraform applies", "terraform apply -x ", ""),
+    ("aws s3 rms", "aws s3 rm s3://b ", ""),
+    ("gsutil flags", "gsutil rm -m ", ""),
 ]
 
 SCANS: dict[str, Callable[[str], object]] = {

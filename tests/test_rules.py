@@ -114,6 +114,12 @@ def test_a_symlink_scores_as_what_it_points_to(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("resource", ["/home/app/.ssh", "/home/app/.ssh/config", "/home/app/.aws", "/root/.aws/config"])
+def test_a_folder_of_secrets_is_a_secret_like_what_it_holds(resource: str) -> None:
+    """A read of the folder itself makes it a known folder to the agent (new_prefix): it must not pass as harmless."""
+    assert "resource_secrets" in codes(ActionType.FILE_READ, resource, None)
+
+
 def test_product_is_not_production() -> None:
     assert "resource_production" not in codes(ActionType.FILE_READ, "catalog.products", None)
 
@@ -145,10 +151,24 @@ def test_payload_signals(payload: object, code: str) -> None:
         "aws s3 rm s3://backups --recursive",
         "aws s3 rb s3://backups --force",
         "gsutil -m rm -r gs://backups",
+        # Global flags before the verb, and a line continued with a backslash.
+        "kubectl -n prod delete deploy --all",
+        "kubectl --context prod delete namespace payments",
+        "terraform -chdir=infra destroy",
+        "aws --profile prod s3 rm s3://backups --recursive",
+        "kubectl delete deploy api \\\n    --all",
     ],
 )
 def test_infrastructure_torn_down_whole_is_a_destructive_command(cmd: str) -> None:
     assert "payload_destructive_shell" in codes(ActionType.PROCESS_SPAWN, "k8s/prod/deployments", {"cmd": cmd})
+
+
+def test_a_destructive_command_given_as_an_argv_list_is_one() -> None:
+    """As the watch reports a spawned process: {"argv": [program, *args]}."""
+    argv = {"argv": ["/usr/local/bin/kubectl", "delete", "deployments", "--all", "-n", "prod"]}
+    assert "payload_destructive_shell" in codes(ActionType.PROCESS_SPAWN, "k8s/prod/deployments", argv)
+    routine = {"argv": ["/usr/local/bin/kubectl", "rollout", "restart", "deploy/api", "-n", "prod"]}
+    assert "payload_destructive_shell" not in codes(ActionType.PROCESS_SPAWN, "k8s/prod/deployments", routine)
 
 
 @pytest.mark.parametrize(
@@ -159,7 +179,12 @@ def test_infrastructure_torn_down_whole_is_a_destructive_command(cmd: str) -> No
         "kubectl get pods --all-namespaces",
         "kubectl delete pod nsx-1; echo --all",  # the --all belongs to another command
         "terraform plan -destroy",
+        "terraform plan -out destroy.tfplan",
         "aws s3 rm s3://reports/q3.csv",
+        "aws s3 cp s3://reports s3://archive --recursive",
+        "kubectl delete pod api-1 -n ns-payments",  # a namespace's name is not the kind deleted
+        "kubectl delete secret namespace-token -n prod",
+        "kubectl delete configmap ns-config",
     ],
 )
 def test_routine_infrastructure_commands_are_not_destructive(cmd: str) -> None:

@@ -36,8 +36,8 @@ RESOURCE_RULES: tuple[tuple[str, float, re.Pattern[str]], ...] = (
         "resource_secrets",
         0.60,
         re.compile(
-            r"secret|passw|credential|token|api[_-]?key|private[_-]?key|\.env(?![a-z])|id_rsa|id_ed25519|\.ssh/|\.aws/"
-            r"|\.pem(?![a-z])|vault"
+            r"secret|passw|credential|token|api[_-]?key|private[_-]?key|\.env(?![a-z])|id_rsa|id_ed25519|\.ssh(?:/|$)"
+            r"|\.aws(?:/|$)|\.pem(?![a-z])|vault"  # the folders themselves too: a read of one makes it known
         ),
     ),
     (
@@ -63,17 +63,24 @@ RESOURCE_RULES: tuple[tuple[str, float, re.Pattern[str]], ...] = (
 _DROP = re.compile(r"\b(?:drop\s+(?:table|database|schema|view|index|user|role)|truncate\s+(?:table\s+)?[\w\"`\[])")
 _DELETE_ALL = re.compile(r"\bdelete\s+from\s+[\w.\"`\[\]]+\s*$")
 _UPDATE_ALL = re.compile(r"\bupdate\s+[\w.\"`\[\]]+\s+set\b(?!.*\bwhere\b)", re.S)
+_ARGS = r"(?:(?!%s)[^\n|;&])"  # one character of the same command, not where the words given begin
+_AWS_ARG = _ARGS % r"aws|s3\s"  # s3:// in a bucket's name is not the next s3 verb
 _SHELL_DESTRUCTIVE = re.compile(
     r"\brm\s+-[a-z]*[rf][a-z]*\b|\bmkfs\b|\bdd\s+if=|\bchmod\s+(?:-r\s+)?777\b|:\(\)\s*\{|>\s*/dev/sd|\bshred\b"
     # A download piped into a shell. The scan after each curl or wget stops at the next one, which scans on
     # itself: `[^|]*` alone would rescan the rest of the text from every occurrence (quadratic in its length).
     r"|(?:curl|wget)(?:(?!curl|wget)[^|])*\|\s*(?:ba|z)?sh\b"
     # Infrastructure torn down whole: every object of a kind (--all) or a namespace in Kubernetes, a Terraform
-    # stack, a bucket's contents. Each scan stops at the end of its command or at the next such command.
-    r"|\bkubectl\s+delete\b(?:(?!kubectl)[^\n|;&])*?\s(?:--all\b|--all-namespaces\b|-a\b|namespaces?\b|ns\b)"
-    r"|\bterraform\s+(?:destroy\b|apply\b(?:(?!terraform)[^\n|;&])*?\s-destroy\b)"
-    r"|\baws\s+s3\s+(?:rm\b(?:(?!aws)[^\n|;&])*?\s--recursive\b|rb\b(?:(?!aws)[^\n|;&])*?\s--force\b)"
-    r"|\bgsutil\s+(?:-m\s+)?rm\s+-[a-z]*r"
+    # stack, a bucket's contents, global flags (`kubectl -n prod`, `terraform -chdir=infra`) before the verb or
+    # not. Each scan stops at the end of its command, at the next such command or at its next verb, so that no
+    # text is scanned again from every occurrence.
+    rf"|\bkubectl\b{_ARGS % 'kubectl|delete'}*\sdelete\b(?:{_ARGS % 'kubectl|delete'}*?\s(?:--all\b|-a\b)"
+    r"|\s+(?:--?[a-z][\w-]*(?:=\S*)?\s+)*(?:namespaces?|ns)(?=[\s/]|$))"  # the kind deleted: a namespace
+    rf"|\bterraform\b{_ARGS % 'terraform|apply|destroy'}*\s"
+    rf"(?:destroy(?=\s|$)|apply\b{_ARGS % 'terraform|apply'}*?\s-destroy\b)"
+    rf"|\baws\b{_AWS_ARG}*\ss3\s+"
+    rf"(?:rm\b{_AWS_ARG}*?\s--recursive\b|rb\b{_AWS_ARG}*?\s--force\b)"
+    r"|\bgsutil\s+(?:-\S+\s+)*rm\s+(?:-\S+\s+)*-[a-z]*r"
 )
 _PRIVILEGE = re.compile(r"\bsudo\b|\bgrant\s+all\b|\bsetuid\b|\bchown\s+root\b|\badministrator\b|\bsuperuser\b")
 _CREDENTIAL = re.compile(
@@ -111,6 +118,8 @@ def _strings(value: Any) -> Iterator[str]:
     elif isinstance(value, list | tuple):
         for v in value:
             yield from _strings(v)
+        if len(value) > 1 and all(isinstance(v, str) for v in value):
+            yield " ".join(value)  # an argv list, as the command line it is
     elif value is not None:
         yield str(value)
 
@@ -119,7 +128,24 @@ def _strings(value: Any) -> Iterator[str]:
 # run in C at memory speed; one regex alternation of all the words costs about ten times more on short text.
 _FAMILY_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sql", ("drop", "truncate", "delete", "update")),
-    ("shell", ("rm", "mkfs", "dd", "chmod", ":()", "/dev/sd", "shred", "curl", "wget", "kubectl", "aws")),
+    (
+        "shell",
+        (
+            "rm",
+            "mkfs",
+            "dd",
+            "chmod",
+            ":()",
+            "/dev/sd",
+            "shred",
+            "curl",
+            "wget",
+            "kubectl",
+            "terraform",
+            "aws",
+            "gsutil",
+        ),
+    ),
     (
         "credentials",
         (
@@ -182,7 +208,7 @@ def _text_signals(texts: tuple[str, ...], outbound: bool) -> tuple[str, ...]:
         or any(_DELETE_ALL.search(s) or _UPDATE_ALL.search(s) for t in texts for s in map(str.strip, t.split(";")))
     ):
         found.append("payload_destructive_sql")
-    if "shell" in families and _SHELL_DESTRUCTIVE.search(joined):
+    if "shell" in families and _SHELL_DESTRUCTIVE.search(joined.replace("\\\n", " ")):  # a continued line: one command
         found.append("payload_destructive_shell")
     if "credentials" in families and _CREDENTIAL.search(joined):
         found.append("payload_credentials")
