@@ -47,6 +47,9 @@ TEXTS = [
     ("terraform applies", "terraform apply -x ", ""),
     ("aws s3 rms", "aws s3 rm s3://b ", ""),
     ("gsutil flags", "gsutil rm -m ", ""),
+    ("gsutil -gsutil", "gsutil -gsutil -gsutil -gsutil ", ""),
+    ("kubectl -l flags", "kubectl delete -l x -l x ", ""),
+    ("aws s3 buckets", "aws s3 rm s3://data-s3 ", ""),
 ]
 
 SCANS: dict[str, Callable[[str], object]] = {

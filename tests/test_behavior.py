@@ -1293,6 +1293,32 @@ def test_an_approval_vouches_for_where_the_action_goes_not_for_what_its_payload_
     assert shown.message.endswith("email:eve@evil.example (in its payload), domain:evil.example (in its payload)")
 
 
+def test_the_denied_destination_reason_names_a_few_suspects_however_many_the_action_has() -> None:
+    scorer = BehaviorScorer(None, None)
+    mail, to_all = ActionType.NETWORK_REQUEST, {"to": [f"user{i}@list.example" for i in range(2_000)]}
+
+    def send(ts: float, payload: Any, **observed: Any) -> Any:
+        _, rules = RuleScorer().score(mail, "mail.send", payload)
+        assessment = scorer.assess(
+            "mailer",
+            ts=ts,
+            action_type=mail,
+            resource="mail.send",
+            payload=payload,
+            payload_bytes=60,
+            rule_reasons=rules,
+        )
+        if observed:
+            scorer.observe("mailer", f"id-{ts}", ts, mail, "mail.send", assessment, **observed)
+        return assessment
+
+    for i in range(12):
+        send(T0 + 60 * i, {"to": ["alice@corp.example"]}, allowed=True)
+    send(T0 + 900, to_all, allowed=False, blame=True)
+    (shown,) = [r for r in send(T0 + 960, to_all).reasons if r.code == "denied_destination"]
+    assert len(shown.message) < 1_000 and shown.message.endswith(" and 1996 more")
+
+
 def test_guard_lets_a_new_payee_the_users_task_names_pass_and_audits_why(tmp_path: Path) -> None:
     clock = Clock()
     guard = make_guard(tmp_path, model=payments_model(), online=False, max_risk_score=0.5, mode="block", clock=clock)

@@ -157,6 +157,15 @@ def test_payload_signals(payload: object, code: str) -> None:
         "terraform -chdir=infra destroy",
         "aws --profile prod s3 rm s3://backups --recursive",
         "kubectl delete deploy api \\\n    --all",
+        # Flags that take a value, and names that hold the words the scans stop at.
+        "kubectl delete -n prod ns payments",
+        "kubectl delete --context staging namespace payments",
+        "kubectl delete pods -n batch-delete --all",
+        "kubectl delete deploy --context kubectl-prod --all",
+        "terraform -chdir=destroyer destroy",
+        "aws s3 rm s3://data-s3 --recursive",
+        "aws s3 rm s3://mycorp-aws-logs --recursive",
+        "/usr/local/bin/kubectl delete deployments --all",
     ],
 )
 def test_infrastructure_torn_down_whole_is_a_destructive_command(cmd: str) -> None:
@@ -164,11 +173,26 @@ def test_infrastructure_torn_down_whole_is_a_destructive_command(cmd: str) -> No
 
 
 def test_a_destructive_command_given_as_an_argv_list_is_one() -> None:
-    """As the watch reports a spawned process: {"argv": [program, *args]}."""
+    """As the watch reports a spawned process: {"argv": [program, *args]}; or a program beside its arguments."""
     argv = {"argv": ["/usr/local/bin/kubectl", "delete", "deployments", "--all", "-n", "prod"]}
     assert "payload_destructive_shell" in codes(ActionType.PROCESS_SPAWN, "k8s/prod/deployments", argv)
+    beside = {"command": "kubectl", "args": ["delete", "ns", "payments"]}
+    assert "payload_destructive_shell" in codes(ActionType.PROCESS_SPAWN, "k8s/prod/namespaces", beside)
     routine = {"argv": ["/usr/local/bin/kubectl", "rollout", "restart", "deploy/api", "-n", "prod"]}
     assert "payload_destructive_shell" not in codes(ActionType.PROCESS_SPAWN, "k8s/prod/deployments", routine)
+
+
+def test_lists_read_as_command_lines_by_the_shell_rule_alone() -> None:
+    """Joined for every rule, four-digit ids read as a card number and two commands of a script as one."""
+    assert codes(ActionType.API_CALL, "tickets.merge", {"ids": ["4111", "1111", "1111", "1111"]}) == ["action_type"]
+    script = {"script": ["kubectl delete job migrate -n prod", "docker ps -a"]}
+    assert "payload_destructive_shell" not in codes(ActionType.PROCESS_SPAWN, "shell/script", script)
+
+
+def test_a_payload_of_many_empty_strings_is_not_cached_as_a_small_one() -> None:
+    _text_signals.cache_clear()
+    payload_signals({"x": [""] * 10_000}, ActionType.API_CALL)
+    assert _text_signals.cache_info().currsize == 0
 
 
 @pytest.mark.parametrize(
@@ -185,6 +209,10 @@ def test_a_destructive_command_given_as_an_argv_list_is_one() -> None:
         "kubectl delete pod api-1 -n ns-payments",  # a namespace's name is not the kind deleted
         "kubectl delete secret namespace-token -n prod",
         "kubectl delete configmap ns-config",
+        "kubectl delete -n ns pod api-1",  # a namespace called ns
+        "kubectl delete pod api-1 --all-containers",
+        "terraform workspace select destroy",
+        "gsutil rm gs://reports/q3.csv",
     ],
 )
 def test_routine_infrastructure_commands_are_not_destructive(cmd: str) -> None:

@@ -179,7 +179,8 @@ class BehaviorScorer:
         x, weight, unseen, suspect, discount = self.profiles.read(
             agent_id, Probe(resource, prefix, dests, habit), measure
         )
-        unseen_primary = tuple(d for d in primary if d in unseen and d not in named)
+        new = set(unseen)
+        unseen_primary = tuple(d for d in primary if d in new and d not in named)
         severities, reasons = [], []
         if waived := [d for d in unseen if d in named]:
             reasons.append(Reason("named_by_task", f"new destinations the task names: {', '.join(waived)}"))
@@ -236,9 +237,10 @@ class BehaviorScorer:
             # Where a denied action went stays suspect (not learned) until a reviewer approves an action going there
             # (the reason the reviewer saw named it); one its payload only mentions, as a link in a message, not.
             if approved and not flagged:
-                vouched = tuple(d for d in assessment.suspect if d in assessment.primary)
-            sent = () if flagged else tuple(d for d in assessment.destinations
-                                            if d not in assessment.suspect or d in vouched)  # fmt: skip
+                goes = set(assessment.primary)
+                vouched = tuple(d for d in assessment.suspect if d in goes)
+            still_suspect = set(assessment.suspect).difference(vouched)
+            sent = () if flagged else tuple(d for d in assessment.destinations if d not in still_suspect)
             sent_amounts = () if flagged else assessment.amounts
             habit = "" if flagged or approved else assessment.habit
             seen = ActionSeen(ts, action_type.value, resource, assessment.prefix, sent, sent_amounts, habit)
@@ -258,13 +260,18 @@ class BehaviorScorer:
             self.online.learn(model_input(x))
 
 
+NAMED_SUSPECTS = 5  # suspect destinations a reason names; a mail to thousands must not put them all in each record
+
+
 def _named(message: str, code: str, suspect: Sequence[str], primary: Sequence[str]) -> str:
     """A novelty reason's message; denied_destination's names the suspect destinations, so a reviewer approving
     the action knows which of them the approval vouches for (those it goes to)."""
     if code != "denied_destination" or not suspect:
         return message
-    named = ", ".join(f"{d} ({'where it goes' if d in primary else 'in its payload'})" for d in suspect)
-    return f"{message}: {named}"
+    goes = set(primary)
+    shown = [f"{d} ({'where it goes' if d in goes else 'in its payload'})" for d in suspect[:NAMED_SUSPECTS]]
+    more = f" and {len(suspect) - NAMED_SUSPECTS} more" if len(suspect) > NAMED_SUSPECTS else ""
+    return f"{message}: {', '.join(shown)}{more}"
 
 
 def _message(what: str, model: BehaviorModel, x: Sequence[float], severity: float) -> str:

@@ -63,24 +63,42 @@ RESOURCE_RULES: tuple[tuple[str, float, re.Pattern[str]], ...] = (
 _DROP = re.compile(r"\b(?:drop\s+(?:table|database|schema|view|index|user|role)|truncate\s+(?:table\s+)?[\w\"`\[])")
 _DELETE_ALL = re.compile(r"\bdelete\s+from\s+[\w.\"`\[\]]+\s*$")
 _UPDATE_ALL = re.compile(r"\bupdate\s+[\w.\"`\[\]]+\s+set\b(?!.*\bwhere\b)", re.S)
-_ARGS = r"(?:(?!%s)[^\n|;&])"  # one character of the same command, not where the words given begin
-_AWS_ARG = _ARGS % r"aws|s3\s"  # s3:// in a bucket's name is not the next s3 verb
+
+
+def _same_command_until(*words: str) -> str:
+    """One character of the same command (no newline, `|`, `;` or `&`), not where one of `words` begins as a token
+    of its own: a scan over these stops at the next such token, so no text is scanned again from every one."""
+    return rf"(?:(?!(?<![^\s/])(?:{'|'.join(words)})(?=\s|$))[^\n|;&])"
+
+
+def _token(word: str) -> str:
+    """`word` as a token of a command line: after a space, a `/` (a program's path) or the start."""
+    return rf"(?<![^\s/]){word}(?=\s|$)"
+
+
+_KUBECTL_ARG = _same_command_until("kubectl", "delete")
+_KUBECTL_VALUE_FLAGS = "n|namespace|context|cluster|kubeconfig|user|l|selector|o|output|timeout|grace-period"
+# A flag between `delete` and the kind deleted: one that takes a value takes it (`-n prod`), so that neither a
+# namespace's name nor a flag's value reads as the kind.
+_KUBECTL_FLAG = (
+    rf"(?:--?(?:{_KUBECTL_VALUE_FLAGS})(?:=\S*|\s+[^\s-]\S*)"
+    rf"|--?(?!(?:{_KUBECTL_VALUE_FLAGS})(?![\w-]))[a-z][\w-]*(?:=\S*)?)"
+)
+_TERRAFORM_ARG = _same_command_until("terraform")
+_AWS_ARG = _same_command_until("aws", "s3")
 _SHELL_DESTRUCTIVE = re.compile(
     r"\brm\s+-[a-z]*[rf][a-z]*\b|\bmkfs\b|\bdd\s+if=|\bchmod\s+(?:-r\s+)?777\b|:\(\)\s*\{|>\s*/dev/sd|\bshred\b"
     # A download piped into a shell. The scan after each curl or wget stops at the next one, which scans on
     # itself: `[^|]*` alone would rescan the rest of the text from every occurrence (quadratic in its length).
     r"|(?:curl|wget)(?:(?!curl|wget)[^|])*\|\s*(?:ba|z)?sh\b"
-    # Infrastructure torn down whole: every object of a kind (--all) or a namespace in Kubernetes, a Terraform
-    # stack, a bucket's contents, global flags (`kubectl -n prod`, `terraform -chdir=infra`) before the verb or
-    # not. Each scan stops at the end of its command, at the next such command or at its next verb, so that no
-    # text is scanned again from every occurrence.
-    rf"|\bkubectl\b{_ARGS % 'kubectl|delete'}*\sdelete\b(?:{_ARGS % 'kubectl|delete'}*?\s(?:--all\b|-a\b)"
-    r"|\s+(?:--?[a-z][\w-]*(?:=\S*)?\s+)*(?:namespaces?|ns)(?=[\s/]|$))"  # the kind deleted: a namespace
-    rf"|\bterraform\b{_ARGS % 'terraform|apply|destroy'}*\s"
-    rf"(?:destroy(?=\s|$)|apply\b{_ARGS % 'terraform|apply'}*?\s-destroy\b)"
-    rf"|\baws\b{_AWS_ARG}*\ss3\s+"
-    rf"(?:rm\b{_AWS_ARG}*?\s--recursive\b|rb\b{_AWS_ARG}*?\s--force\b)"
-    r"|\bgsutil\s+(?:-\S+\s+)*rm\s+(?:-\S+\s+)*-[a-z]*r"
+    # Infrastructure torn down whole: every object of a kind (`--all`) or a namespace in Kubernetes, a Terraform
+    # stack, a bucket's contents; global flags (`kubectl -n prod`, `terraform -chdir=infra`) before the verb or not.
+    rf"|{_token('kubectl')}{_KUBECTL_ARG}*\sdelete(?=\s)"
+    rf"(?:{_KUBECTL_ARG}*?\s--all(?:=\S*)?(?=\s|$)|(?:\s+{_KUBECTL_FLAG})*\s+(?:namespaces?|ns)(?=[\s/]|$))"
+    rf"|{_token('terraform')}(?:\s+-\S+)*\s+(?:destroy(?=\s|$)|apply(?=\s){_TERRAFORM_ARG}*?\s-destroy(?=\s|$))"
+    rf"|{_token('aws')}{_AWS_ARG}*\ss3\s+"
+    rf"(?:rm(?=\s){_AWS_ARG}*?\s--recursive(?=\s|$)|rb(?=\s){_AWS_ARG}*?\s--force(?=\s|$))"
+    rf"|{_token('gsutil')}(?:\s+-\S+)*\s+rm(?=\s)(?:\s+-\S+)*?\s+-[a-z]*r"
 )
 _PRIVILEGE = re.compile(r"\bsudo\b|\bgrant\s+all\b|\bsetuid\b|\bchown\s+root\b|\badministrator\b|\bsuperuser\b")
 _CREDENTIAL = re.compile(
@@ -118,10 +136,34 @@ def _strings(value: Any) -> Iterator[str]:
     elif isinstance(value, list | tuple):
         for v in value:
             yield from _strings(v)
-        if len(value) > 1 and all(isinstance(v, str) for v in value):
-            yield " ".join(value)  # an argv list, as the command line it is
     elif value is not None:
         yield str(value)
+
+
+_PROGRAM_KEYS = ("command", "cmd", "program", "executable")
+_ARGUMENT_KEYS = ("args", "argv", "arguments")
+
+
+def _command_lines(value: Any) -> Iterator[str]:
+    """The command lines an argv list spells, for the destructive shell rule alone: a list of strings whose first
+    names a program (`["kubectl", "delete", ...]`, as the watch reports a spawned process), or a program beside
+    its arguments (`{"command": "kubectl", "args": ["delete", ...]}`). Joined, other rules would read separate
+    strings as one: digits as a card number, two commands as one."""
+    if isinstance(value, dict):
+        program = next((value[k] for k in _PROGRAM_KEYS if isinstance(value.get(k), str)), None)
+        for k, v in value.items():
+            if program is not None and k in _ARGUMENT_KEYS and _all_strings(v):
+                yield " ".join((program, *v))
+            yield from _command_lines(v)
+    elif isinstance(value, list | tuple):
+        if len(value) > 1 and _all_strings(value) and not any(c.isspace() for c in value[0]):
+            yield " ".join(value)
+        for v in value:
+            yield from _command_lines(v)
+
+
+def _all_strings(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
 
 
 # Cheap tests first: a family's full expressions run only if one of its words is in the text. Substring tests
@@ -189,15 +231,18 @@ def payload_signals(payload: Any, action_type: ActionType) -> list[str]:
     if payload is None:
         return []
     texts = tuple(t.lower() for t in _strings(payload))
+    commands = tuple(c.lower() for c in _command_lines(payload))
     outbound = action_type in _OUTBOUND_TYPES
-    if sum(map(len, texts)) > CACHED_TEXT_CHARS:
-        return list(_text_signals.__wrapped__(texts, outbound))
-    return list(_text_signals(texts, outbound))
+    # The size as the cache holds it: a hundred thousand empty strings are no small payload.
+    if sum(map(len, texts)) + len(texts) + sum(map(len, commands)) > CACHED_TEXT_CHARS:
+        return list(_text_signals.__wrapped__(texts, outbound, commands))
+    return list(_text_signals(texts, outbound, commands))
 
 
 @functools.lru_cache(maxsize=4096)
-def _text_signals(texts: tuple[str, ...], outbound: bool) -> tuple[str, ...]:
-    """The payload rules over a payload's strings, lower-cased; `outbound` for action types that send."""
+def _text_signals(texts: tuple[str, ...], outbound: bool, commands: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The payload rules over a payload's strings, lower-cased; `outbound` for action types that send; `commands`,
+    the command lines its argv lists spell (`_command_lines`), for the destructive shell rule."""
     joined = "\n".join(texts)
     families = _families(joined)
     if not families:
@@ -208,7 +253,8 @@ def _text_signals(texts: tuple[str, ...], outbound: bool) -> tuple[str, ...]:
         or any(_DELETE_ALL.search(s) or _UPDATE_ALL.search(s) for t in texts for s in map(str.strip, t.split(";")))
     ):
         found.append("payload_destructive_sql")
-    if "shell" in families and _SHELL_DESTRUCTIVE.search(joined.replace("\\\n", " ")):  # a continued line: one command
+    shell = "\n".join((joined, *commands)).replace("\\\n", " ")  # a line continued with a backslash: one command
+    if "shell" in families and _SHELL_DESTRUCTIVE.search(shell):
         found.append("payload_destructive_shell")
     if "credentials" in families and _CREDENTIAL.search(joined):
         found.append("payload_credentials")
