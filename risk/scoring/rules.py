@@ -140,6 +140,7 @@ def _strings(value: Any) -> Iterator[str]:
         yield str(value)
 
 
+_PROGRAMS = ("kubectl", "terraform", "aws", "gsutil")  # the programs of the rule's argv forms (rm's needs none)
 _PROGRAM_KEYS = ("command", "cmd", "program", "executable")
 _ARGUMENT_KEYS = ("args", "argv", "arguments")
 
@@ -231,7 +232,9 @@ def payload_signals(payload: Any, action_type: ActionType) -> list[str]:
     if payload is None:
         return []
     texts = tuple(t.lower() for t in _strings(payload))
-    commands = tuple(c.lower() for c in _command_lines(payload))
+    # Walking the payload again costs more than the first walk: only where a program it matters for is named.
+    named = "\n".join(texts)
+    commands = tuple(c.lower() for c in _command_lines(payload)) if any(p in named for p in _PROGRAMS) else ()
     outbound = action_type in _OUTBOUND_TYPES
     # The size as the cache holds it: a hundred thousand empty strings are no small payload.
     if sum(map(len, texts)) + len(texts) + sum(map(len, commands)) > CACHED_TEXT_CHARS:
@@ -253,9 +256,10 @@ def _text_signals(texts: tuple[str, ...], outbound: bool, commands: tuple[str, .
         or any(_DELETE_ALL.search(s) or _UPDATE_ALL.search(s) for t in texts for s in map(str.strip, t.split(";")))
     ):
         found.append("payload_destructive_sql")
-    shell = "\n".join((joined, *commands)).replace("\\\n", " ")  # a line continued with a backslash: one command
-    if "shell" in families and _SHELL_DESTRUCTIVE.search(shell):
-        found.append("payload_destructive_shell")
+    if "shell" in families:
+        shell = "\n".join((joined, *commands)).replace("\\\n", " ")  # a line continued with a backslash: one command
+        if _SHELL_DESTRUCTIVE.search(shell):
+            found.append("payload_destructive_shell")
     if "credentials" in families and _CREDENTIAL.search(joined):
         found.append("payload_credentials")
     if "privilege" in families and _PRIVILEGE.search(joined):
