@@ -174,12 +174,18 @@ def _scan(text: str, found: dict[str, None]) -> None:
             found[f"domain:{address.rpartition('@')[2]}"] = None
     if "://" in text:
         for m in _HOST.finditer(text):
-            found[f"host:{m.group(1).lower().removeprefix('www.')}"] = None
+            found[f"host:{_host(m.group(1))}"] = None
     if "." in text and _ENDS_IN_TLD.search(text):
         for m in _BARE_HOST.finditer(text):
-            found[f"host:{m.group(1).lower().removeprefix('www.')}"] = None
+            found[f"host:{_host(m.group(1))}"] = None
     for m in _IBAN.finditer(text):
         found[f"iban:{m.group()}"] = None
+
+
+def _host(name: str) -> str:
+    """A host as one destination however it is written: `EVIL.example.` (the DNS root's dot) and `www.evil.example`
+    are evil.example, so neither passes as new where evil.example was denied."""
+    return name.lower().rstrip(".").removeprefix("www.")
 
 
 def _recipients(payload: dict[str, Any], found: dict[str, None]) -> None:

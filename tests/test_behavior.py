@@ -212,6 +212,14 @@ def test_resource_prefix_is_the_folder_schema_or_service(resource: str, prefix: 
     assert resource_prefix(resource) == prefix
 
 
+@pytest.mark.parametrize(
+    "url", ["https://EVIL.example./upload", "https://www.evil.example/upload", "http://evil.example"]
+)
+def test_a_host_is_one_destination_however_it_is_written(url: str) -> None:
+    """The DNS root's trailing dot made another destination of a denied host: new, but no longer denied."""
+    assert destinations("web.post", {"url": url})[0] == ("host:evil.example",)
+
+
 def test_destinations_of_an_email_resource_are_the_address_and_its_domain() -> None:
     primary, every = destinations("mail.send/Alice@Example.com", {"subject": "hi"})
     assert primary == ("email:alice@example.com", "domain:example.com")
