@@ -670,10 +670,12 @@ def test_novelty_rules_never_fire_for_reads(action_type: ActionType) -> None:
 
 def send_email(
     scorer: BehaviorScorer, ts: float, to: str, *, allowed: bool | None = True, blame: bool = False,
-    body: str = "report", task: str | None = None,
+    approved: bool = False, body: str = "report", task: str | None = None, recipients: list[str] | None = None,
 ) -> Any:  # fmt: skip
-    """Assess a send to `to` and, unless allowed is None, tell the scorer what was decided."""
-    resource, payload = f"mail.send/{to}", {"tool": "send_email", "args": {"recipients": [to], "body": body}}
+    """Assess a send to `to` (or to `recipients`, on `mail.send/{to}`) and, unless allowed is None, tell the
+    scorer what was decided."""
+    args = {"recipients": recipients or [to], "body": body}
+    resource, payload = f"mail.send/{to}", {"tool": "send_email", "args": args}
     atype = ActionType.NETWORK_REQUEST
     _, rules = RuleScorer().score(atype, resource, payload)
     assessment = scorer.assess(
@@ -681,7 +683,7 @@ def send_email(
         task=task,
     )  # fmt: skip
     if allowed is not None:
-        scorer.observe("mailer", f"id-{ts}", ts, atype, resource, assessment, allowed, blame=blame)
+        scorer.observe("mailer", f"id-{ts}", ts, atype, resource, assessment, allowed, blame=blame, approved=approved)
     return assessment
 
 
@@ -1276,54 +1278,27 @@ def test_a_suspect_destination_is_not_learned_from_an_action_the_threshold_let_t
 
 def test_an_approval_vouches_for_where_the_action_goes_not_for_what_its_payload_mentions() -> None:
     scorer = BehaviorScorer(None, None)
-    mail = ActionType.NETWORK_REQUEST
-
-    def send(ts: float, to: str, body: str, **observed: Any) -> Any:
-        resource, payload = f"mail.send/{to}", {"body": body}
-        _, rules = RuleScorer().score(mail, resource, payload)
-        assessment = scorer.assess(
-            "mailer", ts=ts, action_type=mail, resource=resource, payload=payload, payload_bytes=60, rule_reasons=rules
-        )
-        if observed:
-            scorer.observe("mailer", f"id-{ts}", ts, mail, resource, assessment, **observed)
-        return assessment
-
     for i in range(12):
-        send(T0 + 60 * i, "alice@corp.example", "hi", allowed=True)
-    send(T0 + 900, "eve@evil.example", "the export", allowed=False, blame=True)
-    send(T0 + 960, "bob@newco.example", "hi", allowed=False, blame=True)
-    send(T0 + 1020, "bob@newco.example", "write to eve@evil.example", allowed=True, approved=True)
-    assert "denied_destination" not in codes(send(T0 + 1080, "bob@newco.example", "hi"))
-    assert "denied_destination" in codes(send(T0 + 1140, "eve@evil.example", "the export"))
+        send_email(scorer, T0 + 60 * i, "alice@corp.example")
+    send_email(scorer, T0 + 900, "eve@evil.example", allowed=False, blame=True)
+    send_email(scorer, T0 + 960, "bob@newco.example", allowed=False, blame=True)
+    send_email(scorer, T0 + 1020, "bob@newco.example", body="write to eve@evil.example", approved=True)
+    assert "denied_destination" not in codes(send_email(scorer, T0 + 1080, "bob@newco.example", allowed=None))
+    assert "denied_destination" in codes(send_email(scorer, T0 + 1140, "eve@evil.example", allowed=None))
     # What a reviewer is shown names each suspect destination, and whether the action goes there.
-    (shown,) = [r for r in send(T0 + 1200, "bob@newco.example", "see eve@evil.example").reasons
-                if r.code == "denied_destination"]  # fmt: skip
+    again = send_email(scorer, T0 + 1200, "bob@newco.example", body="see eve@evil.example", allowed=None)
+    (shown,) = [r for r in again.reasons if r.code == "denied_destination"]
     assert shown.message.endswith("email:eve@evil.example (in its payload), domain:evil.example (in its payload)")
 
 
 def test_the_denied_destination_reason_names_a_few_suspects_however_many_the_action_has() -> None:
     scorer = BehaviorScorer(None, None)
-    mail, to_all = ActionType.NETWORK_REQUEST, {"to": [f"user{i}@list.example" for i in range(2_000)]}
-
-    def send(ts: float, payload: Any, **observed: Any) -> Any:
-        _, rules = RuleScorer().score(mail, "mail.send", payload)
-        assessment = scorer.assess(
-            "mailer",
-            ts=ts,
-            action_type=mail,
-            resource="mail.send",
-            payload=payload,
-            payload_bytes=60,
-            rule_reasons=rules,
-        )
-        if observed:
-            scorer.observe("mailer", f"id-{ts}", ts, mail, "mail.send", assessment, **observed)
-        return assessment
-
+    everyone = [f"user{i}@list.example" for i in range(2_000)]
     for i in range(12):
-        send(T0 + 60 * i, {"to": ["alice@corp.example"]}, allowed=True)
-    send(T0 + 900, to_all, allowed=False, blame=True)
-    (shown,) = [r for r in send(T0 + 960, to_all).reasons if r.code == "denied_destination"]
+        send_email(scorer, T0 + 60 * i, "alice@corp.example")
+    send_email(scorer, T0 + 900, "all", recipients=everyone, allowed=False, blame=True)
+    again = send_email(scorer, T0 + 960, "all", recipients=everyone, allowed=None)
+    (shown,) = [r for r in again.reasons if r.code == "denied_destination"]
     assert len(shown.message) < 1_000 and shown.message.endswith(" and 1996 more")
 
 

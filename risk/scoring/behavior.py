@@ -61,8 +61,7 @@ def novelty(x: Sequence[float], action_type: ActionType) -> list[Reason]:
 # type it ran on the same resource before, unflagged. A devops agent's daily deploy to production is what that agent
 # is for: at full prior, each scored 0.58 and paused it at the threshold 0.5. Halved, not removed: the same resource
 # can see another command (`kubectl scale --all --replicas=0`, which no payload rule knows), and only the prior
-# still weighs it. See the README's "Habits" for
-# what halving and removing did on synthetic data.
+# still weighs it. See the README's "Habits" for what halving and removing did on synthetic data.
 HABIT_DISCOUNT = 0.5
 
 

@@ -233,8 +233,8 @@ def payload_signals(payload: Any, action_type: ActionType) -> list[str]:
         return []
     texts = tuple(t.lower() for t in _strings(payload))
     # Walking the payload again costs more than the first walk: only where a program it matters for is named.
-    named = "\n".join(texts)
-    commands = tuple(c.lower() for c in _command_lines(payload)) if any(p in named for p in _PROGRAMS) else ()
+    text = "\n".join(texts)
+    commands = tuple(c.lower() for c in _command_lines(payload)) if any(p in text for p in _PROGRAMS) else ()
     outbound = action_type in _OUTBOUND_TYPES
     # The size as the cache holds it: a hundred thousand empty strings are no small payload.
     if sum(map(len, texts)) + len(texts) + sum(map(len, commands)) > CACHED_TEXT_CHARS:
